@@ -1,0 +1,491 @@
+"""Orthonormal bases in which the noise is shaped.
+
+A basis splits image space into K *groups* of orthonormal directions plus the
+orthogonal *rest*. Every squeeze operator in this project is diagonal in such a
+basis: it multiplies group k by one factor and the rest by another. A basis
+therefore needs one operation, :meth:`Basis.scale`, and the dimensions of its
+groups (for HDM's determinant compensation).
+
+- :class:`ChannelBasis`: the paper's basis. One direction ``v`` in colour space,
+  applied to every pixel's channel vector (K = 1, acts on C dimensions).
+- :class:`PixelPCABasis`: the top-k principal components of flattened images
+  (K = k, each its own group, acts on C*H*W dimensions).
+- :class:`DCTBasis`: radial frequency bands of an orthonormal 2-D DCT-II per
+  channel ("frequency-specific squeezing").
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+Tensor = torch.Tensor
+
+
+def _expand(scale: Tensor | float, ndim: int) -> Tensor | float:
+    """View a per-sample scale ``[B]`` so it broadcasts over ``[B, ...]``."""
+    if isinstance(scale, Tensor):
+        return scale.reshape(-1, *([1] * (ndim - 1)))
+    return scale
+
+
+class Basis(ABC):
+    """Groups of orthonormal directions, with a diagonal operator acting on them."""
+
+    kind: ClassVar[str]
+    _registry: ClassVar[dict[str, type[Basis]]] = {}
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        Basis._registry[cls.kind] = cls
+
+    def __init__(self, eigenvalues: Tensor | None = None, metadata: dict | None = None) -> None:
+        self.eigenvalues = None if eigenvalues is None else eigenvalues.detach().to(torch.float64)
+        self.metadata: dict = dict(metadata or {})
+
+    # -- geometry -----------------------------------------------------------------
+    @property
+    @abstractmethod
+    def group_dims(self) -> tuple[int, ...]:
+        """Number of dimensions in each squeezed group (within :attr:`ambient_dim`)."""
+
+    @property
+    @abstractmethod
+    def ambient_dim(self) -> int:
+        """Dimension of the space one operator acts on (C per pixel, or C*H*W)."""
+
+    @property
+    def num_groups(self) -> int:
+        return len(self.group_dims)
+
+    @property
+    def rest_dim(self) -> int:
+        return self.ambient_dim - sum(self.group_dims)
+
+    def group_names(self) -> list[str]:
+        """Human-readable names of the groups followed by the rest (used in errors)."""
+        return [f"component {k}" for k in range(self.num_groups)] + ["orthogonal complement"]
+
+    @abstractmethod
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        """Raise ``ValueError`` if a ``[B, C, H, W]`` batch does not fit this basis."""
+
+    @abstractmethod
+    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
+        """Multiply ``x`` by ``group[:, k]`` along group k and by ``rest`` elsewhere.
+
+        ``x`` is ``[B, C, H, W]``; ``group`` is ``[B, K]`` (or ``[1, K]``) and
+        ``rest`` is ``[B]`` (or ``[1]``). This is the only operation the process
+        needs, so it is where each basis spends its effort on speed.
+        """
+
+    def to(self, device: torch.device | str) -> Basis:
+        """Move the basis tensors (in float32) to ``device``; returns ``self``."""
+        for name, value in self._tensors().items():
+            setattr(self, name, value.to(device=device, dtype=torch.float32))
+        return self
+
+    # -- persistence --------------------------------------------------------------
+    @abstractmethod
+    def _tensors(self) -> dict[str, Tensor]:
+        """The tensors that define the basis (saved to and moved with it)."""
+
+    @abstractmethod
+    def _config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments other than the tensors."""
+
+    def save(self, path: str | Path) -> Path:
+        """Write the basis to a safetensors file (atomic: temp file, then rename)."""
+        path = Path(path)
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
+        if self.eigenvalues is not None:
+            tensors["eigenvalues"] = self.eigenvalues.cpu().contiguous()
+        header = {
+            "format": "squeezed-diffusion-basis/1",
+            "kind": self.kind,
+            "config": json.dumps(self._config()),
+            "metadata": json.dumps(self.metadata),
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata=header)
+        tmp.replace(path)
+        return path
+
+    @staticmethod
+    def load(path: str | Path) -> Basis:
+        """Read a basis written by :meth:`save`, whatever its kind."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"basis file {path} does not exist; create it with `sqdm fit-basis`"
+            )
+        try:
+            tensors = load_file(str(path))
+            with open(path, "rb") as f:
+                header_len = int.from_bytes(f.read(8), "little")
+                header = json.loads(f.read(header_len))["__metadata__"]
+            if header.get("format") != "squeezed-diffusion-basis/1":
+                raise KeyError("format")
+            cls = Basis._registry[header["kind"]]
+            config = json.loads(header["config"])
+            metadata = json.loads(header["metadata"])
+        except (SafetensorError, KeyError, ValueError, TypeError, OSError) as err:
+            raise ValueError(
+                f"{path} is not a readable basis file ({type(err).__name__}: {err}); "
+                "re-create it with `sqdm fit-basis`"
+            ) from None
+        eigenvalues = tensors.pop("eigenvalues", None)
+        return cls(**tensors, **config, eigenvalues=eigenvalues, metadata=metadata)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._config()}, groups={self.group_dims})"
+
+
+class _CovarianceAccumulator:
+    """Streaming mean and covariance of row vectors, in float64.
+
+    Each batch is centred on the first batch's mean before its outer product is
+    taken, so the float32 matmul sees small numbers and the float64 sum stays
+    accurate for any number of rows.
+    """
+
+    def __init__(self) -> None:
+        self.n = 0
+        self.shift: Tensor | None = None
+        self.sum: Tensor | None = None
+        self.outer: Tensor | None = None
+
+    def update(self, rows: Tensor) -> None:
+        rows = rows.detach().to(torch.float32)
+        if self.shift is None:
+            self.shift = rows.mean(0)
+            dim = rows.shape[1]
+            self.sum = torch.zeros(dim, dtype=torch.float64)
+            self.outer = torch.zeros(dim, dim, dtype=torch.float64)
+        centred = rows - self.shift
+        self.sum += centred.sum(0, dtype=torch.float64)
+        self.outer += (centred.T @ centred).double()
+        self.n += rows.shape[0]
+
+    def mean_cov(self) -> tuple[Tensor, Tensor]:
+        if self.n < 2:
+            raise ValueError("need at least two samples to estimate a covariance")
+        mean_c = self.sum / self.n
+        cov = (self.outer - self.n * torch.outer(mean_c, mean_c)) / (self.n - 1)
+        return self.shift.double() + mean_c, cov
+
+
+def _check_batch(batch: Tensor) -> Tensor:
+    if not isinstance(batch, Tensor) or batch.ndim != 4:
+        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+        raise ValueError(f"basis fitting expects [B, C, H, W] tensors in [-1, 1], got {shape}")
+    return batch
+
+
+def _sign_fix(vectors: Tensor) -> Tensor:
+    """Flip each row so its largest-magnitude entry is positive (a reproducible sign)."""
+    idx = vectors.abs().argmax(dim=1)
+    signs = torch.sign(vectors.gather(1, idx[:, None]))
+    return vectors * signs
+
+
+class ChannelBasis(Basis):
+    """The paper's basis: one unit direction ``v`` in colour space, per pixel.
+
+    ``S x = rest * x + (group - rest) * v (v . x)`` on each pixel: O(C) per pixel.
+    """
+
+    kind = "channel"
+
+    def __init__(
+        self,
+        direction: Tensor | Iterable[float],
+        eigenvalues: Tensor | None = None,
+        metadata: dict | None = None,
+    ) -> None:
+        super().__init__(eigenvalues, metadata)
+        v = torch.as_tensor(direction, dtype=torch.float64).flatten()
+        norm = float(v.norm())
+        if v.numel() < 1 or not math.isfinite(norm) or norm == 0.0:
+            raise ValueError(f"direction must be a finite non-zero vector, got {v.tolist()}")
+        self.direction = (v / norm).to(torch.float32)
+
+    @classmethod
+    def luminance(cls, channels: int = 3) -> ChannelBasis:
+        """The direction (1, ..., 1)/sqrt(C), close to what natural images give."""
+        return cls(torch.ones(channels))
+
+    @classmethod
+    def fit(cls, batches: Iterable[Tensor], max_images: int | None = None) -> ChannelBasis:
+        """Top eigenvector of the C x C channel covariance over every pixel."""
+        acc = _CovarianceAccumulator()
+        num_images = 0
+        for batch in batches:
+            batch = _check_batch(batch)
+            if max_images is not None:
+                batch = batch[: max_images - num_images]
+                if batch.shape[0] == 0:
+                    break
+            acc.update(batch.transpose(0, 1).reshape(batch.shape[1], -1).T)
+            num_images += batch.shape[0]
+        _, cov = acc.mean_cov()
+        evals, evecs = torch.linalg.eigh(cov)
+        evals, evecs = evals.flip(0), evecs.flip(1)
+        direction = _sign_fix(evecs[:, :1].T)[0]
+        return cls(direction, eigenvalues=evals, metadata={"num_images": num_images})
+
+    @property
+    def channels(self) -> int:
+        return self.direction.numel()
+
+    @property
+    def group_dims(self) -> tuple[int, ...]:
+        return (1,)
+
+    @property
+    def ambient_dim(self) -> int:
+        return self.channels
+
+    def group_names(self) -> list[str]:
+        return ["principal channel direction", "orthogonal channel directions"]
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 4 or shape[1] != self.channels:
+            raise ValueError(
+                f"channel basis has {self.channels} channels but the batch has shape "
+                f"{tuple(shape)}; expected [B, {self.channels}, H, W]"
+            )
+
+    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
+        v = self.direction.to(x.dtype).view(1, -1, 1, 1)
+        r = _expand(rest, x.ndim)
+        g = _expand(group[..., 0], x.ndim)
+        proj = (x * v).sum(1, keepdim=True)
+        return torch.addcmul(r * x, (g - r) * proj, v)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"direction": self.direction}
+
+    def _config(self) -> dict[str, Any]:
+        return {}
+
+
+class PixelPCABasis(Basis):
+    """The top-k principal components of flattened images, each its own group."""
+
+    kind = "pixel_pca"
+
+    def __init__(
+        self,
+        components: Tensor,
+        image_shape: Iterable[int],
+        eigenvalues: Tensor | None = None,
+        metadata: dict | None = None,
+    ) -> None:
+        super().__init__(eigenvalues, metadata)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        comps = torch.as_tensor(components, dtype=torch.float32)
+        if comps.ndim != 2 or comps.shape[1] != math.prod(self.image_shape):
+            raise ValueError(
+                f"components must be [k, {math.prod(self.image_shape)}] for images of shape "
+                f"{self.image_shape}, got {tuple(comps.shape)}"
+            )
+        self.components = comps
+
+    @classmethod
+    def fit(cls, batches: Iterable[Tensor], k: int, max_images: int | None = None) -> PixelPCABasis:
+        """Streaming covariance of flattened images, then its top-k eigenvectors."""
+        acc = _CovarianceAccumulator()
+        image_shape: tuple[int, ...] | None = None
+        for batch in batches:
+            batch = _check_batch(batch)
+            if image_shape is None:
+                image_shape = tuple(batch.shape[1:])
+            elif tuple(batch.shape[1:]) != image_shape:
+                raise ValueError(
+                    f"images change shape mid-stream: {image_shape} then {batch.shape[1:]}"
+                )
+            if max_images is not None:
+                batch = batch[: max_images - acc.n]
+                if batch.shape[0] == 0:
+                    break
+            acc.update(batch.flatten(1))
+        if image_shape is None:
+            raise ValueError("no images to fit the basis on")
+        dim = math.prod(image_shape)
+        if not 1 <= k < dim:
+            raise ValueError(
+                f"k must be in [1, {dim - 1}] for images of shape {image_shape}, got {k}"
+            )
+        _, cov = acc.mean_cov()
+        evals, evecs = torch.linalg.eigh(cov.float())
+        evals, evecs = evals.flip(0).double(), evecs.flip(1)
+        components = _sign_fix(evecs[:, :k].T.contiguous())
+        return cls(components, image_shape, eigenvalues=evals[:k], metadata={"num_images": acc.n})
+
+    @property
+    def group_dims(self) -> tuple[int, ...]:
+        return (1,) * self.components.shape[0]
+
+    @property
+    def ambient_dim(self) -> int:
+        return self.components.shape[1]
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"pixel PCA basis was fitted on images of shape {self.image_shape}, got a batch "
+                f"of shape {tuple(shape)}; fit a basis for this resolution"
+            )
+
+    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
+        u = self.components.to(x.dtype)
+        flat = x.flatten(1)
+        r = _expand(rest, 2)
+        coef = (flat @ u.T) * (group - r)
+        return torch.addmm(r * flat, coef, u).view_as(x)
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {"components": self.components}
+
+    def _config(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape)}
+
+
+def dct_matrix(n: int) -> Tensor:
+    """Orthonormal DCT-II matrix ``M`` (``M @ x`` transforms, ``M.T @ X`` inverts)."""
+    k = torch.arange(n, dtype=torch.float64)[:, None]
+    i = torch.arange(n, dtype=torch.float64)[None, :]
+    m = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+    m[0] /= math.sqrt(2.0)
+    return m
+
+
+class DCTBasis(Basis):
+    """Radial frequency bands of an orthonormal 2-D DCT-II, per channel.
+
+    Frequency ``(u, v)`` of an ``H x W`` image has normalised radius
+    ``r = sqrt((u / H)^2 + (v / W)^2)`` in ``[0, sqrt 2)``. ``cutoffs``
+    ``(c_1 < ... < c_K)`` define K groups ``[0, c_1), [c_1, c_2), ...``; the
+    frequencies at or above ``c_K`` are the rest. The default squeezes the
+    lowest-frequency band, which carries most of natural images' energy.
+    """
+
+    kind = "dct"
+
+    def __init__(
+        self,
+        image_shape: Iterable[int],
+        cutoffs: Iterable[float] = (0.25,),
+        eigenvalues: Tensor | None = None,
+        metadata: dict | None = None,
+    ) -> None:
+        super().__init__(eigenvalues, metadata)
+        self.image_shape = tuple(int(s) for s in image_shape)
+        if len(self.image_shape) != 3:
+            raise ValueError(f"image_shape must be (C, H, W), got {self.image_shape}")
+        self.cutoffs = tuple(float(c) for c in cutoffs)
+        if not self.cutoffs or any(b <= a for a, b in itertools.pairwise((0.0, *self.cutoffs))):
+            raise ValueError(f"cutoffs must be positive and increasing, got {self.cutoffs}")
+        c, h, w = self.image_shape
+        self.dct_h = dct_matrix(h).float()
+        self.dct_w = dct_matrix(w).float()
+        radius = torch.sqrt(
+            (torch.arange(h)[:, None] / h) ** 2 + (torch.arange(w)[None, :] / w) ** 2
+        )
+        self.band = torch.bucketize(
+            radius, torch.tensor(self.cutoffs, dtype=radius.dtype), right=True
+        )
+        counts = torch.bincount(self.band.flatten(), minlength=len(self.cutoffs) + 1)
+        if (counts[:-1] == 0).any():
+            raise ValueError(f"cutoffs {self.cutoffs} leave an empty band at resolution {h}x{w}")
+        self._dims = tuple(int(n) * c for n in counts[:-1])
+
+    @classmethod
+    def fit(
+        cls,
+        batches: Iterable[Tensor],
+        cutoffs: Iterable[float] = (0.25,),
+        max_images: int | None = None,
+    ) -> DCTBasis:
+        """Nothing to learn; records each band's mean coefficient variance as its 'eigenvalue'."""
+        basis: DCTBasis | None = None
+        n, total, total_sq = 0, None, None
+        for batch in batches:
+            batch = _check_batch(batch)
+            if basis is None:
+                basis = cls(tuple(batch.shape[1:]), cutoffs)
+            if max_images is not None:
+                batch = batch[: max_images - n]
+                if batch.shape[0] == 0:
+                    break
+            coef = basis.dct(batch.float()).double()
+            total = coef.sum(0) if total is None else total + coef.sum(0)
+            total_sq = (coef**2).sum(0) if total_sq is None else total_sq + (coef**2).sum(0)
+            n += batch.shape[0]
+        if basis is None or n < 2:
+            raise ValueError("need at least two images to fit a DCT basis")
+        var = (total_sq - total**2 / n) / (n - 1)  # [C, H, W]
+        per_freq = var.sum(0)
+        energy = torch.stack(
+            [per_freq[basis.band == g].mean() for g in range(basis.num_groups + 1)]
+        )
+        basis.eigenvalues = energy
+        basis.metadata = {"num_images": n}
+        return basis
+
+    def dct(self, x: Tensor) -> Tensor:
+        return self.dct_h.to(x.dtype) @ x @ self.dct_w.to(x.dtype).T
+
+    def idct(self, coef: Tensor) -> Tensor:
+        return self.dct_h.to(coef.dtype).T @ coef @ self.dct_w.to(coef.dtype)
+
+    @property
+    def group_dims(self) -> tuple[int, ...]:
+        return self._dims
+
+    @property
+    def ambient_dim(self) -> int:
+        return math.prod(self.image_shape)
+
+    def group_names(self) -> list[str]:
+        edges = (0.0, *self.cutoffs)
+        bands = [f"frequency band [{a:g}, {b:g})" for a, b in itertools.pairwise(edges)]
+        return [*bands, f"frequencies >= {self.cutoffs[-1]:g}"]
+
+    def check_shape(self, shape: tuple[int, ...]) -> None:
+        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
+            raise ValueError(
+                f"DCT basis was built for images of shape {self.image_shape}, got a batch of "
+                f"shape {tuple(shape)}; build one for this resolution"
+            )
+
+    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
+        factors = torch.cat([group, _expand(rest, 2).expand(group.shape[0], 1)], dim=1)
+        per_freq = factors[:, self.band.to(x.device)].unsqueeze(1)  # [B, 1, H, W]
+        return self.idct(self.dct(x) * per_freq.to(x.dtype))
+
+    def _tensors(self) -> dict[str, Tensor]:
+        return {}
+
+    def _config(self) -> dict[str, Any]:
+        return {"image_shape": list(self.image_shape), "cutoffs": list(self.cutoffs)}
+
+    def to(self, device: torch.device | str) -> DCTBasis:
+        self.dct_h, self.dct_w = self.dct_h.to(device), self.dct_w.to(device)
+        return self
+
+
+def load_basis(path: str | Path) -> Basis:
+    """Read any basis file written by :meth:`Basis.save`."""
+    return Basis.load(path)

@@ -1,0 +1,281 @@
+"""The squeezed diffusion process: schedule, squeeze operator, forward noising.
+
+Per direction i of the basis, ``x_t,i = a_t x_0,i + sigma_t,i eps_i`` with
+``a_t = sqrt(abar_t)`` and ``sigma_t,i = sqrt(1 - abar_t) c_i(t)``. The squeeze
+operator ``S_t`` multiplies direction i by ``c_i(t)``:
+
+- SDM: ``c_group = exp(-s_t)``, ``c_rest = 1``;
+- HDM: ``c_group = exp(-s_t)``, ``c_rest = exp(sum_k d_k s_t,k / d_rest)`` so
+  that ``det S_t = 1`` (for the channel basis: ``exp(s_t / (C - 1))``).
+
+``s_t = strength * u(t)`` with the time profile ``u`` (``beta``: beta_t / max
+beta, the paper; ``constant``; ``linear``). Positive strength squeezes (less
+noise along the basis groups), negative antisqueezes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from diffusers import DDPMScheduler
+
+from .basis import Basis, ChannelBasis
+
+if TYPE_CHECKING:
+    from .samplers import Callback
+
+Tensor = torch.Tensor
+
+VARIANTS = ("isotropic", "sdm", "hdm")
+PROFILES = ("beta", "constant", "linear")
+TARGETS = ("squeezed", "unit")
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
+def _choice(name: str, value: str, options: Sequence[str]) -> str:
+    if value not in options:
+        raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
+    return value
+
+
+def time_profile(profile: str, betas: Tensor) -> Tensor:
+    """``u(t)`` in [0, 1] for t = 0..T-1 (float64): how much of the strength applies at t."""
+    num = betas.numel()
+    if profile == "beta":
+        return betas / betas.max()
+    if profile == "constant":
+        return torch.ones(num, dtype=torch.float64)
+    if profile == "linear":
+        return torch.arange(1, num + 1, dtype=torch.float64) / num
+    raise ValueError(f"unknown profile {profile!r}; choose one of: {', '.join(PROFILES)}")
+
+
+class SqueezedDiffusion:
+    """Diffusion with noise ``sqrt(1 - abar_t) S_t eps``; the network predicts ``target``.
+
+    All tables are per training timestep t = 0..T-1 (diffusers' indexing: t = 0
+    is the first noising step). Group scales ``c`` are ``[T, K]`` and the rest's
+    scale ``c_rest`` is ``[T]``; per-direction noise levels are :meth:`sigma`.
+    """
+
+    def __init__(
+        self,
+        basis: Basis | None = None,
+        variant: str = "sdm",
+        strength: float | Sequence[float] | Tensor = 0.0,
+        profile: str = "beta",
+        num_train_timesteps: int = 1000,
+        beta_schedule: str = "linear",
+        target: str = "squeezed",
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+    ) -> None:
+        self.variant = _choice("variant", variant, VARIANTS)
+        self.profile = _choice("profile", profile, PROFILES)
+        self.target = _choice("target", target, TARGETS)
+        self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+            raise ValueError(
+                f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}"
+            )
+        self.num_train_timesteps = num_train_timesteps
+        self.basis = basis if basis is not None else ChannelBasis.luminance(3)
+        self.strength = self._check_strength(strength)
+
+        # diffusers' own float32 schedule, so that s = 0 reproduces its schedulers exactly.
+        ref = DDPMScheduler(
+            num_train_timesteps=num_train_timesteps,
+            beta_start=beta_start,
+            beta_end=beta_end,
+            beta_schedule=beta_schedule,
+        )
+        self.betas = ref.betas.double()
+        self.alphas_cumprod = ref.alphas_cumprod.double()
+
+        s_t = time_profile(self.profile, self.betas)[:, None] * self.strength[None, :]  # [T, K]
+        self.log_c, self.log_c_rest = self._log_scales(s_t)
+        self.c = self.log_c.exp()
+        self.c_rest = self.log_c_rest.exp()
+        self._validate()
+        self._device_tables: dict[tuple, tuple[Tensor, ...]] = {}
+
+    # -- construction helpers -----------------------------------------------------
+    def _check_strength(self, strength: float | Sequence[float] | Tensor) -> Tensor:
+        k = self.basis.num_groups
+        try:
+            s = torch.as_tensor(strength, dtype=torch.float64).flatten()
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"strength must be a number or a list of numbers, got {strength!r}"
+            ) from None
+        if s.numel() == 1:
+            s = s.expand(k).clone()
+        if s.numel() != k:
+            raise ValueError(f"strength has {s.numel()} values but the basis has {k} groups")
+        if not torch.isfinite(s).all():
+            raise ValueError(f"strength must be finite, got {s.tolist()}")
+        if self.variant == "isotropic":
+            s = torch.zeros_like(s)
+        return s
+
+    def _log_scales(self, s_t: Tensor) -> tuple[Tensor, Tensor]:
+        log_c = -s_t
+        log_rest = torch.zeros(s_t.shape[0], dtype=torch.float64)
+        if self.variant == "hdm" and self.strength.abs().sum() > 0:
+            rest_dim = self.basis.rest_dim
+            if rest_dim <= 0:
+                raise ValueError(
+                    f"HDM needs directions outside the squeezed groups to compensate, but "
+                    f"{type(self.basis).__name__} leaves none (for a channel basis: C >= 2 channels); "
+                    "use variant 'sdm'"
+                )
+            dims = torch.tensor(self.basis.group_dims, dtype=torch.float64)
+            log_rest = (s_t * dims).sum(1) / rest_dim
+        return log_c, log_rest
+
+    def _validate(self) -> None:
+        """Every direction's transition variance ``q_t,i`` must be >= 0 (SNR falls with t)."""
+        sig2 = self.sigma_table() ** 2  # [T, K + 1]
+        alphas = (1.0 - self.betas)[1:, None]
+        q = sig2[1:] - alphas * sig2[:-1]
+        bad = q < -1e-12 * sig2[1:]
+        if bad.any():
+            t, i = (int(v) for v in bad.nonzero()[0])
+            names = self.basis.group_names()
+            raise ValueError(
+                f"strength {self._strength_repr()} with the {self.profile!r} profile gives an invalid "
+                f"{self.variant.upper()} process: transition variance q_t = {float(q[t, i]):.3g} < 0 "
+                f"at t={t + 1} along the {names[i]}; use a smaller |strength| or a smoother profile"
+            )
+
+    def _strength_repr(self) -> str:
+        s = self.strength.tolist()
+        return f"{s[0]:g}" if len(set(s)) == 1 else str([round(v, 6) for v in s])
+
+    # -- tables -------------------------------------------------------------------
+    @property
+    def is_isotropic(self) -> bool:
+        return bool((self.log_c == 0).all() and (self.log_c_rest == 0).all())
+
+    def sigma_table(self) -> Tensor:
+        """Per-direction noise std ``[T, K + 1]`` (groups, then the rest), float64."""
+        scales = torch.cat([self.c, self.c_rest[:, None]], dim=1)
+        return (1.0 - self.alphas_cumprod).sqrt()[:, None] * scales
+
+    def sigma(self, t: int | Tensor) -> Tensor:
+        """Per-direction noise std at timestep(s) ``t``: ``[..., K + 1]``."""
+        return self.sigma_table()[torch.as_tensor(t, dtype=torch.long)]
+
+    def log_snr_table(self) -> Tensor:
+        """Per-direction log signal-to-noise ratio ``[T, K + 1]`` (what a strength does)."""
+        return (self.alphas_cumprod[:, None] / self.sigma_table() ** 2).log()
+
+    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
+        """(sqrt abar, sqrt(1 - abar), c, c_rest) on ``device``, cached."""
+        key = (device, dtype)
+        if key not in self._device_tables:
+            tabs = (
+                self.alphas_cumprod.sqrt(),
+                (1.0 - self.alphas_cumprod).sqrt(),
+                self.c,
+                self.c_rest,
+            )
+            self._device_tables[key] = tuple(x.to(device=device, dtype=dtype) for x in tabs)
+        return self._device_tables[key]
+
+    def to(self, device: torch.device | str) -> SqueezedDiffusion:
+        """Move the basis to ``device`` (tables follow lazily); returns ``self``."""
+        self.basis.to(device)
+        return self
+
+    # -- the squeeze operator -----------------------------------------------------
+    def _per_sample(self, t: int | Tensor, x: Tensor) -> Tensor:
+        t = torch.as_tensor(t, device=x.device, dtype=torch.long)
+        return t.reshape(-1) if t.ndim else t.reshape(1)
+
+    def squeeze(self, x: Tensor, t: int | Tensor) -> Tensor:
+        """``S_t x`` for a batch; ``t`` is an int or one timestep per sample."""
+        if self.is_isotropic:
+            return x
+        _, _, c, c_rest = self._tables(x.device, x.dtype)
+        t = self._per_sample(t, x)
+        return self.basis.scale(x, c[t], c_rest[t])
+
+    def unsqueeze(self, x: Tensor, t: int | Tensor) -> Tensor:
+        """``S_t^{-1} x``: the squeeze is diagonal, so its inverse is ``1 / c``."""
+        if self.is_isotropic:
+            return x
+        _, _, c, c_rest = self._tables(x.device, x.dtype)
+        t = self._per_sample(t, x)
+        return self.basis.scale(x, c[t].reciprocal(), c_rest[t].reciprocal())
+
+    def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
+        """Noisy sample ``a_t x0 + sqrt(1 - abar_t) S_t noise`` and the training target."""
+        a, s, _, _ = self._tables(x0.device, x0.dtype)
+        t = self._per_sample(t, x0)
+        shaped = self.squeeze(noise, t)
+        view = (-1,) + (1,) * (x0.ndim - 1)
+        x_t = torch.addcmul(a[t].view(view) * x0, s[t].view(view), shaped)
+        return x_t, (shaped if self.target == "squeezed" else noise)
+
+    def prior(
+        self,
+        shape: Sequence[int],
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``x_T = S_T eps``: the squeezed prior every sampler starts from."""
+        from diffusers.utils.torch_utils import randn_tensor
+
+        self.basis.check_shape(tuple(shape))
+        eps = randn_tensor(
+            tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=dtype
+        )
+        return self.squeeze(eps, self.num_train_timesteps - 1)
+
+    # -- sampling -----------------------------------------------------------------
+    def sample(
+        self,
+        model: Callable[[Tensor, Tensor], Tensor],
+        shape: Sequence[int],
+        num_steps: int = 50,
+        sampler: str = "ddpm",
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        progress: bool = True,
+        clip: bool | None = None,
+        device: torch.device | str | None = None,
+        callback: Callback | None = None,
+    ) -> Tensor:
+        """Draw samples; ``model(x_t, t_batch)`` returns the predicted target.
+
+        ``sampler`` is ``"ddpm"`` (exact ancestral), ``"ddim"`` (exact, with
+        ``eta``) or ``"ddpm-paper"`` (the reference heuristic). ``clip`` clips
+        the predicted x_0 to [-1, 1]; ``None`` uses the sampler's default (on
+        for ``ddpm-paper`` as in diffusers, off for the exact samplers).
+        """
+        from .samplers import sample
+
+        return sample(
+            self,
+            model,
+            shape,
+            num_steps,
+            sampler,
+            generator=generator,
+            eta=eta,
+            progress=progress,
+            clip=clip,
+            device=device,
+            callback=callback,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"SqueezedDiffusion(variant={self.variant!r}, strength={self._strength_repr()}, "
+            f"profile={self.profile!r}, target={self.target!r}, basis={self.basis!r}, "
+            f"T={self.num_train_timesteps})"
+        )

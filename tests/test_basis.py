@@ -1,0 +1,127 @@
+"""Bases: fitting recovers known structure, streaming equals one pass, files round-trip."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from conftest import SIGMA0, top_direction
+
+from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, load_basis
+from squeezed_diffusion.basis import dct_matrix
+
+
+def gaussian_images(n: int, cov: np.ndarray, size: int = 8, seed: int = 0) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, cov.shape[0], size, size, generator=gen, dtype=torch.float64)
+    x = torch.einsum("ij,bjhw->bihw", torch.tensor(np.linalg.cholesky(cov)), z)
+    return (x + 0.1).float()
+
+
+def angle_deg(a: torch.Tensor, b: np.ndarray) -> float:
+    cos = abs(float(a.double() @ torch.tensor(b))) / float(a.double().norm()) / np.linalg.norm(b)
+    return math.degrees(math.acos(min(1.0, cos)))
+
+
+def test_channel_fit_recovers_top_eigenvector() -> None:
+    images = gaussian_images(256, SIGMA0)
+    basis = ChannelBasis.fit(images.split(32))
+    assert angle_deg(basis.direction, top_direction(SIGMA0)) < 1.0
+    assert basis.direction.abs().argmax() == basis.direction.argmax()  # sign: largest entry > 0
+    assert torch.allclose(
+        basis.eigenvalues, torch.tensor(np.linalg.eigvalsh(SIGMA0)[::-1].copy()), rtol=0.05
+    )
+    assert basis.metadata["num_images"] == 256
+
+
+def test_channel_fit_streaming_equals_one_pass() -> None:
+    images = gaussian_images(120, SIGMA0, seed=3)
+    one = ChannelBasis.fit([images])
+    streamed = ChannelBasis.fit(images.split(7))
+    assert torch.allclose(one.eigenvalues, streamed.eigenvalues, rtol=1e-5)
+    assert torch.allclose(one.direction, streamed.direction, atol=1e-6)
+    limited = ChannelBasis.fit(images.split(7), max_images=50)
+    assert limited.metadata["num_images"] == 50
+    assert torch.allclose(limited.direction, ChannelBasis.fit([images[:50]]).direction, atol=1e-6)
+
+
+def test_channel_fit_rejects_wrong_shape() -> None:
+    with pytest.raises(ValueError, match=r"expects \[B, C, H, W\]"):
+        ChannelBasis.fit([torch.zeros(3, 8, 8)])
+
+
+def test_pixel_pca_recovers_planted_components() -> None:
+    gen = torch.Generator().manual_seed(0)
+    dim, k = 3 * 8 * 8, 3
+    planted, _ = torch.linalg.qr(torch.randn(dim, k, generator=gen, dtype=torch.float64))
+    scales = torch.tensor([4.0, 2.0, 1.0], dtype=torch.float64)
+    coef = torch.randn(2000, k, generator=gen, dtype=torch.float64) * scales
+    data = coef @ planted.T + 0.05 * torch.randn(2000, dim, generator=gen, dtype=torch.float64)
+    basis = PixelPCABasis.fit(data.float().view(-1, 3, 8, 8).split(128), k=k)
+    overlap = basis.components.double() @ planted
+    assert torch.allclose(overlap.abs(), torch.eye(k, dtype=torch.float64), atol=0.02)
+    assert torch.allclose(basis.components @ basis.components.T, torch.eye(k), atol=1e-5)
+    assert torch.allclose(basis.eigenvalues.sqrt(), scales, rtol=0.1)
+
+
+def test_dct_matrix_is_orthonormal_and_bands_partition() -> None:
+    m = dct_matrix(16)
+    assert torch.allclose(m @ m.T, torch.eye(16, dtype=torch.float64), atol=1e-12)
+    basis = DCTBasis((3, 16, 16), cutoffs=(0.125, 0.5))
+    assert sum(basis.group_dims) + basis.rest_dim == 3 * 256
+    x = torch.randn(2, 3, 16, 16)
+    same = basis.scale(x, torch.ones(1, 2), torch.ones(1))
+    assert torch.allclose(same, x, atol=1e-5)
+    # Scaling only the lowest band by 0 removes exactly the DC component when the band is {0}.
+    dc_only = DCTBasis((3, 16, 16), cutoffs=(1e-6,))
+    no_dc = dc_only.scale(x, torch.zeros(1, 1), torch.ones(1))
+    assert torch.allclose(no_dc.mean((2, 3)), torch.zeros(2, 3), atol=1e-5)
+
+
+def test_dct_fit_puts_more_energy_in_low_band_for_smooth_images() -> None:
+    gen = torch.Generator().manual_seed(0)
+    smooth = torch.nn.functional.interpolate(
+        torch.randn(64, 3, 4, 4, generator=gen), size=16, mode="bilinear"
+    )
+    basis = DCTBasis.fit(smooth.split(16), cutoffs=(0.25,))
+    assert basis.eigenvalues[0] > 10 * basis.eigenvalues[1]
+
+
+@pytest.mark.parametrize("kind", ["channel", "pca", "dct"])
+def test_save_load_round_trip(tmp_path, kind: str) -> None:
+    images = gaussian_images(64, SIGMA0)
+    basis = {
+        "channel": lambda: ChannelBasis.fit([images]),
+        "pca": lambda: PixelPCABasis.fit([images], k=4),
+        "dct": lambda: DCTBasis.fit([images], cutoffs=(0.2, 0.4)),
+    }[kind]()
+    basis.metadata.update({"fingerprint": "abc123", "image_shape": [3, 8, 8]})
+    loaded = load_basis(basis.save(tmp_path / "b.safetensors"))
+    assert type(loaded) is type(basis) and loaded.metadata == basis.metadata
+    assert torch.equal(loaded.eigenvalues, basis.eigenvalues)
+    x = torch.randn(2, 3, 8, 8)
+    g, r = torch.full((1, basis.num_groups), 0.5), torch.full((1,), 2.0)
+    assert torch.allclose(loaded.scale(x, g, r), basis.scale(x, g, r))
+
+
+def test_load_rejects_missing_and_corrupt_files(tmp_path) -> None:
+    with pytest.raises(FileNotFoundError, match="sqdm fit-basis"):
+        load_basis(tmp_path / "nope.safetensors")
+    bad = tmp_path / "bad.safetensors"
+    bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all")
+    with pytest.raises(ValueError, match="not a readable basis file"):
+        load_basis(bad)
+    good = ChannelBasis.luminance().save(tmp_path / "good.safetensors")
+    truncated = tmp_path / "trunc.safetensors"
+    truncated.write_bytes(good.read_bytes()[:-5])
+    with pytest.raises(ValueError, match="not a readable basis file"):
+        load_basis(truncated)
+
+
+def test_direction_validation() -> None:
+    with pytest.raises(ValueError, match="finite non-zero"):
+        ChannelBasis([0.0, 0.0, 0.0])
+    with pytest.raises(ValueError, match="finite non-zero"):
+        ChannelBasis([float("nan"), 1.0, 0.0])

@@ -1,0 +1,151 @@
+"""The forward process: diffusers at s = 0, the paper's dense formulas, the marginal, validation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from conftest import MEAN0, SIGMA0, dense_squeeze, paper_strength_t, top_direction
+from diffusers import DDPMScheduler
+
+from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
+
+
+def rel_fro(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("variant", ["isotropic", "sdm", "hdm"])
+def test_add_noise_at_zero_strength_equals_diffusers(variant: str) -> None:
+    proc = SqueezedDiffusion(ChannelBasis([0.6, 0.5, 0.62]), variant, 0.0)
+    ref = DDPMScheduler()
+    x0, noise = torch.rand(8, 3, 16, 16) * 2 - 1, torch.randn(8, 3, 16, 16)
+    t = torch.tensor([0, 1, 10, 100, 500, 900, 998, 999])
+    x_t, target = proc.add_noise(x0, noise, t)
+    assert (x_t - ref.add_noise(x0, noise, t)).abs().max() < 1e-5
+    assert torch.equal(target, noise)
+
+
+@pytest.mark.parametrize("variant", ["sdm", "hdm"])
+@pytest.mark.parametrize("strength", [-1.2, -0.4, 0.7])
+def test_add_noise_matches_dense_paper_formula(variant: str, strength: float) -> None:
+    v = np.array([0.55, 0.6, 0.58])
+    proc = SqueezedDiffusion(ChannelBasis(v), variant, strength, "beta", target="squeezed")
+    abar = np.cumprod(1 - np.linspace(1e-4, 0.02, 1000, dtype=np.float32).astype(np.float64))
+    s_t = paper_strength_t(strength, "beta")
+    x0, noise = torch.rand(5, 3, 4, 4) * 2 - 1, torch.randn(5, 3, 4, 4)
+    t = torch.tensor([0, 50, 300, 700, 999])
+    x_t, target = proc.add_noise(x0, noise, t)
+    for i, ti in enumerate(t.tolist()):
+        s = dense_squeeze(v, s_t[ti], variant)
+        shaped = np.einsum("ij,jhw->ihw", s, noise[i].double().numpy())
+        expect = np.sqrt(abar[ti]) * x0[i].double().numpy() + np.sqrt(1 - abar[ti]) * shaped
+        np.testing.assert_allclose(target[i].numpy(), shaped, atol=2e-6)
+        np.testing.assert_allclose(x_t[i].numpy(), expect, atol=2e-6)
+    if variant == "hdm":  # det S_t = 1 by construction
+        assert abs(np.linalg.det(dense_squeeze(v, s_t[999], variant)) - 1) < 1e-12
+
+
+def test_unit_target_is_the_unit_noise() -> None:
+    proc = SqueezedDiffusion(ChannelBasis.luminance(), "sdm", -0.4, target="unit")
+    noise = torch.randn(2, 3, 4, 4)
+    _, target = proc.add_noise(torch.zeros_like(noise), noise, torch.tensor([5, 999]))
+    assert torch.equal(target, noise)
+
+
+@pytest.mark.parametrize("variant", ["sdm", "hdm"])
+@pytest.mark.parametrize("t", [100, 500, 999])
+def test_forward_marginal_covariance(variant: str, t: int) -> None:
+    """x_t ~ N(a m, a^2 Sigma0 + sigma^2 S_t^2) over 102,400 draws."""
+    v = top_direction(SIGMA0)
+    proc = SqueezedDiffusion(ChannelBasis(v), variant, -0.8, "beta")
+    chol = np.linalg.cholesky(SIGMA0)
+    z = torch.randn(100, 3, 32, 32, dtype=torch.float64)
+    x0 = (
+        torch.einsum("ij,bjhw->bihw", torch.tensor(chol), z) + torch.tensor(MEAN0).view(1, 3, 1, 1)
+    ).float()
+    x_t, _ = proc.add_noise(x0, torch.randn_like(x0), torch.full((100,), t))
+    vecs = x_t.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
+    abar = float(proc.alphas_cumprod[t])
+    s = dense_squeeze(v, paper_strength_t(-0.8, "beta")[t], variant)
+    expect = abar * SIGMA0 + (1 - abar) * s @ s
+    assert rel_fro(np.cov(vecs.T), expect) < 0.02
+    assert np.abs(vecs.mean(0) - np.sqrt(abar) * MEAN0).max() < 0.01
+
+
+@pytest.mark.parametrize(
+    "basis",
+    [ChannelBasis([0.3, 0.5, 0.8]), DCTBasis((3, 8, 8), (0.2, 0.5)), None],
+    ids=["channel", "dct", "pca"],
+)
+def test_squeeze_is_orthogonal_diagonal_and_inverts(basis) -> None:
+    if basis is None:
+        q, _ = torch.linalg.qr(torch.randn(3 * 8 * 8, 4, dtype=torch.float64))
+        basis = PixelPCABasis(q.T.float(), (3, 8, 8))
+    proc = SqueezedDiffusion(basis, "hdm", [-0.6] * basis.num_groups, "constant")
+    x = torch.randn(4, 3, 8, 8)
+    t = torch.tensor([0, 10, 500, 999])
+    assert (proc.unsqueeze(proc.squeeze(x, t), t) - x).abs().max() < 1e-5
+    # Dense operator from the basis applied to the identity: symmetric, eigenvalues = factors.
+    eye = torch.eye(3 * 64).view(-1, 3, 8, 8)
+    dense = proc.squeeze(eye, 999).reshape(3 * 64, -1).double()
+    assert torch.allclose(dense, dense.T, atol=1e-5)
+    copies = 3 * 64 // basis.ambient_dim  # the channel basis acts on each of the 64 pixels
+    squeezed = copies * sum(basis.group_dims)
+    expect = sorted([np.exp(0.6)] * squeezed + [float(proc.c_rest[999])] * copies * basis.rest_dim)
+    assert np.allclose(sorted(torch.linalg.eigvalsh(dense).tolist()), expect, atol=1e-4)
+    assert abs(float(torch.linalg.slogdet(dense)[1])) < 1e-3  # HDM: det = 1
+
+
+def test_sigma_and_log_snr_shapes() -> None:
+    proc = SqueezedDiffusion(ChannelBasis.luminance(), "sdm", -0.4)
+    assert proc.sigma(999).shape == (2,)
+    assert proc.sigma(torch.tensor([1, 2])).shape == (2, 2)
+    lsnr = proc.log_snr_table()
+    assert lsnr.shape == (1000, 2)
+    assert (lsnr[1:] < lsnr[:-1]).all()  # every direction's SNR falls with t
+    assert float(proc.sigma(999)[0]) == pytest.approx(
+        float(proc.sigma(999)[1]) * np.exp(0.4), rel=1e-6
+    )
+
+
+@pytest.mark.parametrize(
+    ("variant", "strength", "profile", "direction"),
+    [("sdm", 10.0, "beta", "principal"), ("hdm", -12.0, "linear", "orthogonal")],
+)
+def test_invalid_process_names_t_direction_and_strength(
+    variant, strength, profile, direction
+) -> None:
+    with pytest.raises(ValueError, match=r"invalid") as err:
+        SqueezedDiffusion(ChannelBasis.luminance(), variant, strength, profile)
+    msg = str(err.value)
+    assert f"strength {strength:g}" in msg and direction in msg
+    assert "at t=" in msg and "\n" not in msg
+
+
+def test_reasonable_strengths_are_valid() -> None:
+    for s in (-8.0, -2.0, -0.4, 0.4, 1.0, 4.0):
+        for v in ("sdm", "hdm"):
+            SqueezedDiffusion(ChannelBasis.luminance(), v, s, "beta")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "pattern"),
+    [
+        ({"strength": float("nan")}, "finite"),
+        ({"strength": float("inf")}, "finite"),
+        ({"variant": "sqdm"}, "unknown variant 'sqdm'; choose one of: isotropic, sdm, hdm"),
+        ({"profile": "cosine"}, "unknown profile 'cosine'"),
+        ({"target": "v"}, "unknown target 'v'"),
+        ({"strength": [0.1, 0.2]}, "strength has 2 values but the basis has 1 groups"),
+    ],
+)
+def test_bad_arguments_raise_clear_errors(kwargs: dict, pattern: str) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        SqueezedDiffusion(ChannelBasis.luminance(), **kwargs)
+
+
+def test_hdm_needs_a_complement() -> None:
+    with pytest.raises(ValueError, match="HDM needs directions outside"):
+        SqueezedDiffusion(ChannelBasis([1.0]), "hdm", -0.4)
+    SqueezedDiffusion(ChannelBasis([1.0]), "sdm", -0.4)  # grayscale SDM is fine
