@@ -36,5 +36,7 @@ def top_direction(cov: np.ndarray) -> np.ndarray:
 
 
 @pytest.fixture(autouse=True)
-def _seed() -> None:
+def _seed_and_cache(tmp_path_factory, monkeypatch) -> None:
+    """Seed torch and keep dataset/basis caches out of the user's home."""
     torch.manual_seed(0)
+    monkeypatch.setenv("SQDM_CACHE", str(tmp_path_factory.getbasetemp() / "sqdm-cache"))
