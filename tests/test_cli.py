@@ -1,0 +1,98 @@
+"""The `sqdm` command: help, version, fit-basis on arrays, folders and archives."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from squeezed_diffusion import ChannelBasis, PixelPCABasis, __version__, load_basis
+from squeezed_diffusion.cli import main
+
+
+def correlated_uint8(n: int, size: int = 8, seed: int = 0) -> np.ndarray:
+    """[N, H, W, 3] uint8 images whose channels share a common luminance signal."""
+    rng = np.random.default_rng(seed)
+    lum = rng.normal(128, 50, (n, size, size, 1))
+    chroma = rng.normal(0, 10, (n, size, size, 3))
+    return np.clip(lum + chroma, 0, 255).astype(np.uint8)
+
+
+def test_version_and_help() -> None:
+    out = subprocess.run(
+        [sys.executable, "-m", "squeezed_diffusion.cli", "--version"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0 and __version__ in out.stdout
+    helptext = subprocess.run(["sqdm", "--help"], capture_output=True, text=True)
+    assert helptext.returncode == 0 and "fit-basis" in helptext.stdout
+
+
+def test_fit_basis_on_npy_prints_and_writes(tmp_path, capsys) -> None:
+    arr = tmp_path / "imgs.npy"
+    np.save(arr, correlated_uint8(40))
+    out = tmp_path / "basis.safetensors"
+    assert main(["fit-basis", str(arr), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "eigenvalues: [" in printed and str(out) in printed
+    basis = load_basis(out)
+    assert isinstance(basis, ChannelBasis)
+    assert np.degrees(np.arccos(float(basis.direction.sum()) / np.sqrt(3))) < 10  # luminance-like
+    assert basis.metadata["num_images"] == 40 and basis.metadata["image_shape"] == [3, 8, 8]
+    assert len(basis.metadata["fingerprint"]) >= 8
+
+
+def test_fit_basis_on_folder_and_tar(tmp_path, capsys) -> None:
+    folder = tmp_path / "imgs" / "cls"
+    folder.mkdir(parents=True)
+    for i, img in enumerate(correlated_uint8(12, seed=1)):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    archive = tmp_path / "imgs.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(tmp_path / "imgs", arcname="imgs")
+    a, b = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    assert main(["fit-basis", str(tmp_path / "imgs"), "--out", str(a)]) == 0
+    assert main(["fit-basis", str(archive), "--out", str(b)]) == 0
+    assert np.allclose(load_basis(a).direction, load_basis(b).direction, atol=1e-6)
+    capsys.readouterr()
+    assert (
+        main(["fit-basis", str(tmp_path / "imgs"), "--basis", "pca", "--k", "3", "--out", str(a)])
+        == 0
+    )
+    assert isinstance(load_basis(a), PixelPCABasis)
+
+
+@pytest.mark.parametrize(
+    ("argv", "pattern"),
+    [
+        (["fit-basis", "does/not/exist"], "neither an existing folder"),
+        (["fit-basis", "missing.npy"], "missing.npy"),
+    ],
+)
+def test_fit_basis_errors_are_one_line(argv, pattern, capsys, tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sqdm: error:") and pattern in err and "\n" not in err
+    assert not list(tmp_path.iterdir())  # nothing written that could pass for a result
+
+
+CIFAR_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+
+@pytest.mark.skipif(not CIFAR_TAR.is_file(), reason=f"{CIFAR_TAR} not present")
+def test_fit_basis_on_real_cifar10_tar_is_luminance_like(tmp_path, capsys) -> None:
+    out = tmp_path / "c10.safetensors"
+    assert main(["fit-basis", str(CIFAR_TAR), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    basis = load_basis(out)
+    assert basis.metadata["num_images"] == 50_000 and basis.metadata["image_shape"] == [3, 32, 32]
+    angle = np.degrees(np.arccos(float(basis.direction.sum()) / np.sqrt(3)))
+    assert angle < 10, angle
+    print(printed, f"angle to luminance: {angle:.2f} deg")
