@@ -1,0 +1,197 @@
+"""Checkpoints: atomic writes, verified loads, keep-last-N, and loading a run for sampling.
+
+A checkpoint is a folder ``checkpoints/step-NNNNNNNN`` written as
+``step-NNNNNNNN.tmp-PID`` and renamed into place only when every file is on
+disk, so a kill at any moment leaves either the old set of checkpoints or the
+new one: never a partial folder under a final name. ``state.json`` records a
+SHA-256 manifest of the other files, checked on load.
+
+Weights are safetensors; optimiser and LR-scheduler state go through
+``torch.save`` and are read back with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+CHECKPOINT_DIR = "checkpoints"
+_NAME = re.compile(r"^step-(\d{8})$")
+_FILES = ("model.safetensors", "ema.safetensors", "rng.safetensors", "optimizer.pt")
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, corrupt or from another model; the message says what to do."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _rng_state() -> dict[str, torch.Tensor]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state.update({f"cuda{i}": s for i, s in enumerate(torch.cuda.get_rng_state_all())})
+    return state
+
+
+def save_checkpoint(
+    run_dir: str | Path,
+    step: int,
+    *,
+    model: torch.nn.Module,
+    ema_params: dict[str, torch.Tensor],
+    optimizer_state: dict[str, Any],
+    state: dict[str, Any],
+    keep: int = 3,
+) -> Path:
+    """Write ``checkpoints/step-NNNNNNNN`` atomically, then drop all but the newest ``keep``."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step-{step:08d}"
+    tmp = root / f"{final.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    save_file(model_state, str(tmp / "model.safetensors"))
+    save_file(
+        {k: v.detach().cpu().contiguous() for k, v in ema_params.items()},
+        str(tmp / "ema.safetensors"),
+    )
+    save_file(_rng_state(), str(tmp / "rng.safetensors"))
+    torch.save(optimizer_state, tmp / "optimizer.pt")
+    manifest = {name: _sha256(tmp / name) for name in _FILES}
+    (tmp / "state.json").write_text(
+        json.dumps({**state, "step": step, "manifest": manifest}, indent=1)
+    )
+    for name in (*_FILES, "state.json"):
+        with open(tmp / name, "rb") as f:
+            os.fsync(f.fileno())
+    if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
+        shutil.rmtree(final)
+    tmp.rename(final)
+    _fsync_dir(root)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Finished checkpoint folders (never ``.tmp`` ones), oldest first."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if not root.is_dir():
+        return []
+    return sorted((p for p in root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
+
+
+def verify(ckpt: Path) -> dict[str, Any]:
+    """Return ``state.json`` after checking every file against its manifest."""
+    try:
+        state = json.loads((ckpt / "state.json").read_text())
+        manifest = state["manifest"]
+    except (OSError, ValueError, KeyError) as err:
+        raise CheckpointError(
+            f"checkpoint {ckpt} is incomplete or corrupt (state.json: {err.__class__.__name__}); "
+            "delete it or resume from another with --resume PATH"
+        ) from None
+    for name in _FILES:
+        path = ckpt / name
+        if not path.is_file() or _sha256(path) != manifest.get(name):
+            raise CheckpointError(
+                f"checkpoint {ckpt} is corrupt ({name} is missing or does not match its checksum); "
+                "delete it or resume from another with --resume PATH"
+            )
+    return state
+
+
+def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
+    """``latest`` (the newest checkpoint that verifies) or an explicit checkpoint folder."""
+    if which != "latest":
+        path = Path(which)
+        verify(path)
+        return path
+    candidates = list_checkpoints(run_dir)
+    for ckpt in reversed(candidates):
+        try:
+            verify(ckpt)
+            return ckpt
+        except CheckpointError as err:
+            warnings.warn(f"skipping {err}", stacklevel=2)
+    raise CheckpointError(
+        f"no usable checkpoint in {Path(run_dir) / CHECKPOINT_DIR}; train the run first"
+    )
+
+
+def load_checkpoint(ckpt: Path) -> dict[str, Any]:
+    """Tensors and state of a verified checkpoint (optimiser state loaded with weights_only)."""
+    state = verify(ckpt)
+    return {
+        "state": state,
+        "model": load_file(str(ckpt / "model.safetensors")),
+        "ema": load_file(str(ckpt / "ema.safetensors")),
+        "rng": load_file(str(ckpt / "rng.safetensors")),
+        "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
+    }
+
+
+def restore_rng(rng: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(rng["torch"])
+    if torch.cuda.is_available():
+        states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        if len(states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(states)
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], source: Path) -> None:
+    """Load a state dict, turning a shape/key mismatch into a one-line error."""
+    expected = model.state_dict()
+    if set(weights) != set(expected) or any(
+        weights[k].shape != expected[k].shape for k in expected
+    ):
+        raise CheckpointError(
+            f"checkpoint {source} holds weights for a different model than the run's "
+            f"({type(model).__name__} with {len(expected)} tensors); check --model or the run folder"
+        )
+    model.load_state_dict(weights)
+
+
+def load_run(run_dir: str | Path, ema: bool = True, checkpoint: str = "latest"):
+    """``(unet, process)`` of a trained run, EMA weights by default, ready for sampling."""
+    from .basis import load_basis
+    from .config import TrainConfig, build_process
+    from .models import build_model
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise CheckpointError(
+            f"{run_dir} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
+        )
+    cfg = TrainConfig.load(run_dir / "config.yaml")
+    basis = load_basis(run_dir / "basis.safetensors")
+    ckpt = find_checkpoint(run_dir, checkpoint)
+    channels, resolution = basis.metadata["image_shape"][0], basis.metadata["image_shape"][-1]
+    unet = build_model(cfg.model, channels, resolution)
+    weights = load_file(str(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
+    load_weights(unet, weights, ckpt)
+    return unet.eval(), build_process(cfg, basis)

@@ -1,0 +1,78 @@
+"""Sampling a trained run: batched, seeded per batch, split across processes, saved as PNG or .npz.
+
+Batch ``b`` always uses the generator seeded ``(seed, b)``, so the images do not
+depend on the batch order, on resuming, or on how many processes share the work.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from tqdm.auto import tqdm
+
+from .checkpoint import load_run
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8 ``[N, C, H, W]`` (rounded, clipped)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
+def generate(
+    run_dir: str | Path,
+    num: int,
+    steps: int = 50,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    batch_size: int = 256,
+    ema: bool = True,
+    eta: float = 0.0,
+    device: str | torch.device | None = None,
+    rank: int = 0,
+    world_size: int = 1,
+    progress: bool = True,
+) -> tuple[list[int], torch.Tensor]:
+    """This process's share of ``num`` samples: (global indices, uint8 images)."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    unet, proc = load_run(run_dir, ema=ema)
+    unet.to(device)
+    proc.to(device)
+    shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    batches = list(range(0, num, batch_size))[rank::world_size]
+    indices: list[int] = []
+    images: list[torch.Tensor] = []
+    for start in tqdm(batches, desc="sampling", disable=not progress):
+        n = min(batch_size, num - start)
+        gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start // batch_size)
+        x = proc.sample(
+            lambda x, t: unet(x, t).sample, (n, *shape), steps, sampler,
+            generator=gen, eta=eta, progress=False, device=device,
+        )  # fmt: skip
+        images.append(to_uint8(x))
+        indices.extend(range(start, start + n))
+    empty = torch.zeros((0, *shape), dtype=torch.uint8)
+    return indices, torch.cat(images) if images else empty
+
+
+def save_samples(images: torch.Tensor, out: str | Path) -> Path:
+    """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``, NHWC)."""
+    out = Path(out)
+    nhwc = images.permute(0, 2, 3, 1).numpy()
+    if out.suffix == ".npz":
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + ".tmp.npz")
+        np.savez_compressed(tmp, images=nhwc)
+        os.replace(tmp, out)
+        return out
+    out.mkdir(parents=True, exist_ok=True)
+    for i, img in enumerate(nhwc):
+        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
+    return out

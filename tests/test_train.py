@@ -1,0 +1,162 @@
+"""Training, resuming, presets and sampling through the `sqdm` command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from squeezed_diffusion.checkpoint import list_checkpoints, load_checkpoint
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.config import TrainConfig, resolve_config
+
+
+@pytest.fixture
+def array_data(tmp_path) -> Path:
+    rng = np.random.default_rng(0)
+    lum = rng.normal(120, 40, (64, 8, 8, 1))
+    path = tmp_path / "data.npy"
+    np.save(path, np.clip(lum + rng.normal(0, 8, (64, 8, 8, 3)), 0, 255).astype(np.uint8))
+    return path
+
+
+def train_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--dataset", "array", "--data-dir", str(data), "--model", "tiny", "--out", str(out),
+        "--batch-size", "16", "--lr", "1e-3", "--warmup-steps", "2", "--log-every", "1",
+        "--checkpoint-every", "2", "--sample-steps", "4", "--ema-decay", "0.9", "--quiet", *extra,
+    ]  # fmt: skip
+
+
+def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp_path) -> None:
+    run = tmp_path / "run"
+    assert (
+        main(train_args(array_data, run, "--steps", "4", "--variant", "hdm", "--strength", "-0.4"))
+        == 0
+    )
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    assert cfg["variant"] == "hdm" and cfg["strength"] == -0.4 and cfg["steps"] == 4
+    assert (run / "basis.safetensors").is_file()
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2, 3, 4] and all(np.isfinite(r["loss"]) for r in log)
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002", "step-00000004"]
+    assert (run / "samples" / "final.png").is_file() and (
+        run / "samples" / "trajectory.png"
+    ).is_file()
+
+    a, b, c = (tmp_path / f"{n}.npz" for n in "abc")
+    for out, seed in ((a, "3"), (b, "3"), (c, "4")):
+        assert (
+            main(
+                [
+                    "sample",
+                    str(run),
+                    "--num",
+                    "5",
+                    "--steps",
+                    "4",
+                    "--batch-size",
+                    "2",
+                    "--seed",
+                    seed,
+                    "--out",
+                    str(out),
+                    "--quiet",
+                ]
+            )
+            == 0
+        )
+    imgs = [np.load(p)["images"] for p in (a, b, c)]
+    assert imgs[0].shape == (5, 8, 8, 3) and imgs[0].dtype == np.uint8
+    assert np.array_equal(imgs[0], imgs[1]) and not np.array_equal(imgs[0], imgs[2])
+    folder = tmp_path / "pngs"
+    assert (
+        main(["sample", str(run), "--num", "3", "--steps", "2", "--out", str(folder), "--quiet"])
+        == 0
+    )
+    assert len(list(folder.glob("*.png"))) == 3
+
+
+def test_resume_continues_with_saved_optimizer_ema_and_rng(array_data, tmp_path) -> None:
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(train_args(array_data, straight, "--steps", "4")) == 0
+    assert main(train_args(array_data, split, "--steps", "2")) == 0
+    assert (
+        main(["train", "--out", str(split), "--resume", "latest", "--steps", "4", "--quiet"]) == 0
+    )
+    one, two = (load_checkpoint(list_checkpoints(r)[-1]) for r in (straight, split))
+    assert one["state"]["step"] == two["state"]["step"] == 4
+    for key in ("model", "ema"):
+        for name, tensor in one[key].items():
+            assert torch.allclose(tensor, two[key][name], atol=1e-6), (key, name)
+    opt1, opt2 = one["optimizer"]["optimizer"]["state"], two["optimizer"]["optimizer"]["state"]
+    assert all(
+        torch.allclose(opt1[k]["exp_avg_sq"], opt2[k]["exp_avg_sq"], atol=1e-9) for k in opt1
+    )
+    assert one["state"]["ema_optimization_step"] == two["state"]["ema_optimization_step"] == 4
+    losses = [
+        [json.loads(ln)["loss"] for ln in (r / "log.jsonl").read_text().splitlines()]
+        for r in (straight, split)
+    ]
+    assert np.allclose(losses[0], losses[1], rtol=1e-5)
+
+
+def test_fresh_train_refuses_to_overwrite_a_run(array_data, tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "2")) == 0
+    before = load_file(str(list_checkpoints(run)[-1] / "model.safetensors"))
+    assert main(train_args(array_data, run, "--steps", "2")) == 2
+    assert "already holds a run; pass --resume latest" in capsys.readouterr().err
+    after = load_file(str(list_checkpoints(run)[-1] / "model.safetensors"))
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+PAPER_CIFAR10 = {  # DESIGN.md part 1, field by field
+    "dataset": "cifar10", "resolution": 32, "hflip": True, "model": "paper", "variant": "sdm",
+    "strength": -0.4, "profile": "beta", "basis": "channel", "target": "squeezed",
+    "num_train_timesteps": 1000, "beta_schedule": "linear", "epochs": 30, "steps": None,
+    "batch_size": 128, "grad_accum": 1, "lr": 1e-4, "adam_betas": [0.95, 0.999],
+    "weight_decay": 1e-6, "adam_eps": 1e-8, "lr_schedule": "cosine", "warmup_steps": 500,
+    "grad_clip": 1.0, "mixed_precision": "fp16", "ema_decay": 0.9999, "ema_inv_gamma": 1.0,
+    "ema_power": 0.75, "seed": 42, "sample_sampler": "ddpm-paper", "sample_steps": 50,
+}  # fmt: skip
+
+
+def test_paper_preset_resolves_to_the_documented_configuration() -> None:
+    cfg = resolve_config("paper-cifar10", out="x").to_dict()
+    assert {k: cfg[k] for k in PAPER_CIFAR10} == PAPER_CIFAR10
+    c100 = resolve_config("paper-cifar100", out="x").to_dict()
+    assert c100 == {**cfg, "dataset": "cifar100"}
+    celeba = resolve_config("paper-celeba64", out="x").to_dict()
+    assert celeba == {**cfg, "dataset": "celeba64", "resolution": 64}
+    overridden = resolve_config("paper-cifar10", out="x", steps=10, strength=0.2)
+    assert overridden.steps == 10 and overridden.epochs is None and overridden.strength == 0.2
+
+
+@pytest.mark.parametrize(
+    ("overrides", "pattern"),
+    [
+        ({"variant": "sqdm"}, "unknown variant 'sqdm'"),
+        ({"model": "huge"}, "unknown model 'huge'"),
+        ({"strength": float("nan")}, "strength must be a finite number"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"epochs": 1.0}, "exactly one of --steps or --epochs"),
+    ],
+)
+def test_config_validation(overrides, pattern) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        resolve_config(None, out="x", steps=1, **overrides)
+
+
+def test_config_round_trips_through_yaml(tmp_path) -> None:
+    cfg = resolve_config("demo", out=str(tmp_path / "r"))
+    cfg.save(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == cfg
+    (tmp_path / "bad.yaml").write_text("lr: [unclosed")
+    with pytest.raises(ValueError, match="not valid YAML"):
+        TrainConfig.load(tmp_path / "bad.yaml")
