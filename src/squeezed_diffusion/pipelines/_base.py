@@ -1,0 +1,225 @@
+"""What the squeezed DDPM and DDIM schedulers share: config -> process, timesteps, noising.
+
+A scheduler is a thin, serialisable face on :class:`SqueezedDiffusion`: its
+config rebuilds the process, and every formula (noising, prior, the steps)
+is the core's. Only bases whose definition fits in a JSON config (channel,
+DCT) can be described here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+from diffusers.utils import BaseOutput
+
+from ..basis import Basis, ChannelBasis, DCTBasis, load_basis
+from ..process import SqueezedDiffusion
+from ..samplers import StepFunction
+from ..samplers import timesteps as leading_timesteps
+
+Tensor = torch.Tensor
+_S = TypeVar("_S", bound="SqueezedSchedulerMixin")
+
+BASES = ("channel", "dct")
+_UNSUPPORTED = (
+    "the diffusers schedulers describe their basis in a JSON config, which fits the 'channel' "
+    "and 'dct' bases only; {name} is too big for that (its components are C*H*W-sized): build a "
+    "SqueezedDiffusion with it and sample with SqueezedDiffusion.sample directly"
+)
+
+
+def basis_config(basis: Basis) -> dict[str, Any]:
+    """The scheduler config fields that rebuild ``basis``."""
+    if isinstance(basis, ChannelBasis):
+        return {
+            "basis": "channel",
+            "direction": basis.direction.tolist(),
+            "num_channels": basis.channels,
+        }
+    if isinstance(basis, DCTBasis):
+        return {
+            "basis": "dct",
+            "image_shape": list(basis.image_shape),
+            "cutoffs": list(basis.cutoffs),
+        }
+    raise ValueError(_UNSUPPORTED.format(name=type(basis).__name__))
+
+
+def build_basis(
+    basis: str,
+    direction: list[float] | None,
+    num_channels: int,
+    image_shape: list[int] | None,
+    cutoffs: list[float] | None,
+) -> Basis:
+    """The basis a scheduler config describes; fields of the other basis kind are errors."""
+    if basis == "channel":
+        if image_shape is not None or cutoffs is not None:
+            raise ValueError("image_shape and cutoffs belong to basis='dct', not 'channel'")
+        if direction is None:
+            return ChannelBasis.luminance(num_channels)
+        if len(direction) != num_channels:
+            raise ValueError(
+                f"direction has {len(direction)} entries but num_channels is {num_channels}; "
+                "pass num_channels=len(direction) (from_basis does this for you)"
+            )
+        return ChannelBasis(direction)
+    if basis == "dct":
+        if direction is not None:
+            raise ValueError("direction belongs to basis='channel', not 'dct'")
+        if image_shape is None:
+            raise ValueError("basis='dct' needs image_shape=[C, H, W]")
+        return DCTBasis(image_shape) if cutoffs is None else DCTBasis(image_shape, cutoffs)
+    if basis == "pixel_pca":
+        raise ValueError(_UNSUPPORTED.format(name="a pixel-PCA basis"))
+    raise ValueError(f"unknown basis {basis!r}; choose one of: {', '.join(BASES)}")
+
+
+def _plain(value: Any) -> Any:
+    """Tensors and tuples as lists, so that the config survives a JSON round trip unchanged."""
+    if isinstance(value, Tensor):
+        return value.tolist()
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+class SqueezedSchedulerMixin:
+    """Config -> :class:`SqueezedDiffusion`, leading timesteps, noising and the prior.
+
+    Config fields shared by both schedulers (defaults are diffusers' DDPM ones,
+    so ``strength=0`` is the stock scheduler):
+
+    - ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``:
+      the beta schedule, as in diffusers;
+    - ``variant`` ('sdm', 'hdm', 'isotropic'), ``strength`` (a number, or one
+      per basis group), ``profile`` ('beta', 'constant', 'linear'), ``target``
+      ('squeezed': the model predicts ``S_t eps``; 'unit': ``eps``): the process;
+    - ``basis``: 'channel' with ``direction`` (None: the luminance direction of
+      ``num_channels`` channels), or 'dct' with ``image_shape`` [C, H, W] and
+      ``cutoffs`` (None: DCTBasis' default);
+    - ``clip_sample``: clip the predicted x_0 to [-1, 1] (on, as in diffusers;
+      ``SqueezedDiffusion.sample`` leaves it off for the exact samplers).
+
+    Subclasses also derive from diffusers' ``SchedulerMixin, ConfigMixin`` (in their
+    own module, where diffusers' pipeline loader looks for them), declare the config
+    in a ``@register_to_config`` ``__init__``, call :meth:`_setup`, and wrap
+    :meth:`_step` in diffusers' ``step`` signature.
+    Until :meth:`set_timesteps` is called the schedule is all training timesteps,
+    as in diffusers. Only "leading" spacing and the "fixed_small" posterior
+    variance exist, which are diffusers' defaults.
+    """
+
+    order = 1
+    init_noise_sigma = 1.0
+    _SEQUENCE_FIELDS = ("strength", "direction", "image_shape", "cutoffs")
+
+    def _setup(self) -> None:
+        self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
+        cfg = self.config
+        self._process = SqueezedDiffusion(
+            build_basis(cfg.basis, cfg.direction, cfg.num_channels, cfg.image_shape, cfg.cutoffs),
+            variant=cfg.variant,
+            strength=cfg.strength,
+            profile=cfg.profile,
+            num_train_timesteps=cfg.num_train_timesteps,
+            beta_schedule=cfg.beta_schedule,
+            target=cfg.target,
+            beta_start=cfg.beta_start,
+            beta_end=cfg.beta_end,
+        )
+        # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
+        self.betas = self._process.betas.float()
+        self.alphas_cumprod = self._process.alphas_cumprod.float()
+        self.set_timesteps(cfg.num_train_timesteps)
+
+    @classmethod
+    def from_basis(cls: type[_S], basis: Basis | str | Path, **config: Any) -> _S:
+        """A scheduler for a fitted basis (object or ``sqdm fit-basis`` file) plus other config."""
+        if not isinstance(basis, Basis):
+            basis = load_basis(basis)
+        return cls(**basis_config(basis), **config)
+
+    @property
+    def process(self) -> SqueezedDiffusion:
+        """The core process every formula comes from."""
+        return self._process
+
+    def _on(self, device: torch.device | str) -> SqueezedDiffusion:
+        """The process with its basis on ``device``: the scheduler follows the data, as diffusers' do."""
+        return self._process.to(device)
+
+    def __len__(self) -> int:
+        return self.config.num_train_timesteps
+
+    def set_timesteps(
+        self, num_inference_steps: int, device: str | torch.device | None = None
+    ) -> None:
+        """Use ``num_inference_steps`` steps with diffusers' "leading" spacing."""
+        pairs = leading_timesteps(self.config.num_train_timesteps, num_inference_steps)
+        self.num_inference_steps = num_inference_steps
+        self._previous = dict(pairs)
+        self.timesteps = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=device)
+        if device is not None:
+            self._on(device)
+
+    def previous_timestep(self, timestep: int | Tensor) -> int:
+        """The timestep a step from ``timestep`` lands on (negative: the data)."""
+        t = int(timestep)
+        if t not in self._previous:
+            raise ValueError(
+                f"timestep {t} is not in the schedule of {self.num_inference_steps} steps; "
+                "step with the values of scheduler.timesteps after set_timesteps()"
+            )
+        return self._previous[t]
+
+    def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
+        """Identity: the model sees x_t unscaled (here for diffusers' interface)."""
+        return sample
+
+    def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """``x_t = a_t x_0 + sqrt(1 - abar_t) S_t noise`` (the noisy sample only, like diffusers)."""
+        return self._on(original_samples.device).add_noise(original_samples, noise, timesteps)[0]
+
+    def training_target(self, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """What the model learns to predict: ``S_t noise`` (target 'squeezed') or ``noise`` ('unit')."""
+        proc = self._on(noise.device)
+        return proc.squeeze(noise, timesteps) if proc.target == "squeezed" else noise
+
+    def draw_prior(
+        self,
+        shape: tuple[int, ...],
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> Tensor:
+        """``x_T = S_T eps``: where sampling starts (isotropic noise would be the wrong prior)."""
+        device = torch.device(device or "cpu")
+        return self._on(device).prior(shape, generator=generator, device=device, dtype=dtype)
+
+    def _step(
+        self,
+        step_fn: StepFunction,
+        output_cls: type[BaseOutput],
+        model_output: Tensor,
+        timestep: int | Tensor,
+        sample: Tensor,
+        *,
+        generator: torch.Generator | list[torch.Generator] | None,
+        eta: float,
+        return_dict: bool,
+    ) -> BaseOutput | tuple[Tensor, Tensor]:
+        """One core step from ``timestep`` to its predecessor, in diffusers' output format."""
+        out = step_fn(
+            self._on(sample.device),
+            model_output,
+            sample,
+            int(timestep),
+            self.previous_timestep(timestep),
+            generator=generator,
+            eta=eta,
+            clip=self.config.clip_sample,
+        )
+        return output_cls(**out._asdict()) if return_dict else tuple(out)

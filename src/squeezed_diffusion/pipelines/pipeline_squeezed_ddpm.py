@@ -1,0 +1,152 @@
+"""``SqueezedDDPMPipeline``: unconditional sampling from the squeezed prior with a diffusers UNet.
+
+diffusers' own ``DDPMPipeline`` starts from isotropic noise, which is the wrong
+prior once the noise is squeezed; this pipeline starts from ``S_T eps`` and
+otherwise runs the same loop, drawing random numbers in the same order as
+:meth:`SqueezedDiffusion.sample`, so that a seeded generator gives the same images.
+"""
+
+from __future__ import annotations
+
+import inspect
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
+
+from ..process import SqueezedDiffusion
+from ..samplers import DEFAULT_CLIP, get_sampler
+from ._base import basis_config
+from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
+from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
+
+OUTPUT_TYPES = ("pil", "np", "pt", "latent")
+SCHEDULER_KINDS: dict[str, type[SqueezedDDPMScheduler | SqueezedDDIMScheduler]] = {
+    "ddpm": SqueezedDDPMScheduler,
+    "ddim": SqueezedDDIMScheduler,
+}
+
+
+def scheduler_from_process(
+    process: SqueezedDiffusion, kind: str = "ddpm", **overrides: Any
+) -> SqueezedDDPMScheduler | SqueezedDDIMScheduler:
+    """A scheduler whose config rebuilds ``process`` (channel or DCT basis only).
+
+    ``overrides`` are further config fields (``sampler``, ``clip_sample``, ...).
+    The process does not record ``beta_start``/``beta_end``, so the rebuilt beta
+    schedule is checked against the process' and a mismatch asks for them.
+    """
+    if kind not in SCHEDULER_KINDS:
+        raise ValueError(f"unknown scheduler kind {kind!r}; choose one of: ddpm, ddim")
+    strength = process.strength.tolist()
+    config = {
+        **basis_config(process.basis),
+        "num_train_timesteps": process.num_train_timesteps,
+        "beta_schedule": process.beta_schedule,
+        "variant": process.variant,
+        "strength": strength[0] if len(set(strength)) == 1 else strength,
+        "profile": process.profile,
+        "target": process.target,
+        **overrides,
+    }
+    scheduler = SCHEDULER_KINDS[kind](**config)
+    if not torch.equal(scheduler.process.alphas_cumprod, process.alphas_cumprod):
+        raise ValueError(
+            "the process' beta schedule differs from the scheduler's "
+            f"(beta_start={scheduler.config.beta_start}, beta_end={scheduler.config.beta_end}); "
+            "pass the process' beta_start=..., beta_end=... as overrides"
+        )
+    return scheduler
+
+
+class SqueezedDDPMPipeline(DiffusionPipeline):
+    """Unconditional image generation: squeezed prior, then ``unet`` -> ``scheduler.step``.
+
+    ``scheduler`` is a :class:`SqueezedDDPMScheduler` or a :class:`SqueezedDDIMScheduler`.
+    """
+
+    model_cpu_offload_seq = "unet"
+
+    def __init__(
+        self, unet: UNet2DModel, scheduler: SqueezedDDPMScheduler | SqueezedDDIMScheduler
+    ) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
+
+    @classmethod
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        ema: bool = True,
+        sampler: str = "ddpm",
+        clip_sample: bool | None = None,
+    ) -> SqueezedDDPMPipeline:
+        """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
+
+        ``sampler`` is 'ddpm', 'ddpm-paper' or 'ddim'. ``clip_sample=None`` takes the
+        core's default for that sampler (off for the exact ones, on for 'ddpm-paper'),
+        so that the pipeline draws what ``SqueezedDiffusion.sample`` draws.
+        """
+        # Imported here: loading runs is the training side's business, not the schedulers'.
+        from ..checkpoint import load_run
+
+        get_sampler(sampler)  # reject an unknown name before loading anything
+        clip = DEFAULT_CLIP[sampler] if clip_sample is None else clip_sample
+        unet, process = load_run(run_dir, ema=ema)
+        if sampler == "ddim":
+            scheduler = scheduler_from_process(process, "ddim", clip_sample=clip)
+        else:
+            scheduler = scheduler_from_process(process, "ddpm", sampler=sampler, clip_sample=clip)
+        return cls(unet=unet, scheduler=scheduler)
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        batch_size: int = 1,
+        generator: torch.Generator | list[torch.Generator] | None = None,
+        num_inference_steps: int = 1000,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        eta: float = 0.0,
+    ) -> ImagePipelineOutput | tuple:
+        """Generate ``batch_size`` images.
+
+        ``output_type``: 'pil', 'np' (NHWC in [0, 1]), 'pt' (NCHW in [0, 1]) or
+        'latent' (the raw final sample in [-1, 1], unclamped: what
+        ``SqueezedDiffusion.sample`` returns). ``eta`` is DDIM's and needs the DDIM scheduler.
+        """
+        if output_type not in OUTPUT_TYPES:
+            raise ValueError(
+                f"unknown output_type {output_type!r}; choose one of: {', '.join(OUTPUT_TYPES)}"
+            )
+        takes_eta = "eta" in inspect.signature(self.scheduler.step).parameters
+        if eta and not takes_eta:
+            raise ValueError(
+                f"eta={eta} applies to DDIM; {type(self.scheduler).__name__} has no eta "
+                "(use SqueezedDDIMScheduler)"
+            )
+        size = self.unet.config.sample_size
+        spatial = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, self.unet.config.in_channels, *spatial)
+        device = self._execution_device
+
+        image = self.scheduler.draw_prior(
+            shape, generator=generator, device=device, dtype=self.unet.dtype
+        )
+        self.scheduler.set_timesteps(num_inference_steps, device=device)
+        step_kwargs = {"eta": eta} if takes_eta else {}
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_output = self.unet(image, t).sample
+            image = self.scheduler.step(
+                model_output, t, image, generator=generator, **step_kwargs
+            ).prev_sample
+        self.maybe_free_model_hooks()
+
+        if output_type != "latent":
+            image = (image / 2 + 0.5).clamp(0, 1)
+            if output_type != "pt":
+                image = image.cpu().permute(0, 2, 3, 1).numpy()
+                if output_type == "pil":
+                    image = self.numpy_to_pil(image)
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
