@@ -33,8 +33,10 @@ def test_ddpm_step_equals_diffusers(num_steps: int, clip: bool) -> None:
         ours = ddpm_step(proc, out, x, t, t_prev, generator=_gen(t), clip=clip)
         theirs = ref.step(out, t, x, generator=_gen(t))
         assert (ours.prev_sample - theirs.prev_sample).abs().max() < 1e-5, t
-        scale = theirs.pred_original_sample.abs().max().clamp_min(1)
-        assert (ours.pred_original_sample - theirs.pred_original_sample).abs().max() < 1e-5 * scale
+        # x0 is (x - sqrt(1 - abar) out) / sqrt(abar): hundreds near t = T, so compare relatively.
+        assert torch.allclose(
+            ours.pred_original_sample, theirs.pred_original_sample, rtol=1e-6, atol=1e-5
+        )
         x = theirs.prev_sample.clamp(-3, 3)  # walk a realistic trajectory
 
 

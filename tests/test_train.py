@@ -160,3 +160,30 @@ def test_config_round_trips_through_yaml(tmp_path) -> None:
     (tmp_path / "bad.yaml").write_text("lr: [unclosed")
     with pytest.raises(ValueError, match="not valid YAML"):
         TrainConfig.load(tmp_path / "bad.yaml")
+
+
+def test_trained_run_loads_as_a_pipeline_in_one_call(array_data, tmp_path) -> None:
+    """`SqueezedDDPMPipeline.from_run` gives the same images as sampling the run directly."""
+    from squeezed_diffusion.checkpoint import load_run
+    from squeezed_diffusion.pipelines import SqueezedDDPMPipeline
+
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "2", "--strength", "-0.8")) == 0
+    pipe = SqueezedDDPMPipeline.from_run(run)
+    images = pipe(
+        batch_size=3,
+        num_inference_steps=5,
+        output_type="latent",
+        generator=torch.Generator().manual_seed(0),
+    ).images
+    unet, proc = load_run(run)
+    direct = proc.sample(
+        lambda x, t: unet(x, t).sample,
+        (3, 3, 8, 8),
+        5,
+        "ddpm",
+        generator=torch.Generator().manual_seed(0),
+        progress=False,
+    )
+    assert torch.as_tensor(images).shape == (3, 3, 8, 8)
+    assert (torch.as_tensor(images) - direct).abs().max() < 1e-5
