@@ -1,0 +1,176 @@
+"""Metrics: the Frechet distance, torch-fidelity plumbing offline, the EfficientNet feature space."""
+
+from __future__ import annotations
+
+import urllib.error
+from pathlib import Path
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.data import load_dataset
+from squeezed_diffusion.metrics import (
+    EffNetLite0Features,
+    FeatureWeightsError,
+    _fold_batchnorm,
+    evaluate,
+    frechet_distance,
+    parse_feature_weights,
+    reference_subset,
+    resolve_weights,
+)
+
+
+def test_frechet_distance_matches_scipy_sqrtm_and_vanishes_on_identical_stats() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
+    b = rng.normal(0.3, 1.0, size=(400, 12)) @ rng.normal(size=(12, 12))
+    mu1, s1, mu2, s2 = a.mean(0), np.cov(a, rowvar=False), b.mean(0), np.cov(b, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    expected = ((mu1 - mu2) ** 2).sum() + np.trace(s1 + s2 - 2 * covmean)
+    assert abs(frechet_distance(mu1, s1, mu2, s2) - expected) < 1e-6 * expected
+    assert frechet_distance(mu1, s1, mu1, s1) < 1e-9 * np.trace(s1)
+    with pytest.raises(ValueError, match="mismatched"):
+        frechet_distance(mu1, s1, mu2[:3], s2)
+
+
+def test_reference_subset_is_seeded_random_not_a_prefix() -> None:
+    images = torch.arange(100, dtype=torch.uint8).view(100, 1, 1, 1).expand(100, 3, 2, 2)
+    sub = reference_subset(images, 10)
+    assert torch.equal(sub, reference_subset(images, 10)) and len(sub) == 10
+    assert sub[:, 0, 0, 0].tolist() != list(range(10)) and sub[-1, 0, 0, 0] > 10
+    assert reference_subset(images, None) is images
+    with pytest.raises(ValueError, match="has 100"):
+        reference_subset(images, 101)
+
+
+# -------------------------------------------------------------- torch-fidelity, offline
+
+
+@pytest.fixture(scope="module")
+def inception_weights(tmp_path_factory) -> Path:
+    """A randomly initialised torch-fidelity InceptionV3 state dict (the real one downloads)."""
+    from torch_fidelity import feature_extractor_inceptionv3 as fe
+
+    class Untrained(fe.FeatureExtractorInceptionV3):
+        def load_state_dict(self, state_dict, strict=True, assign=False):  # keep the random init
+            return None
+
+    original = fe.load_state_dict_from_url
+    fe.load_state_dict_from_url = lambda *a, **k: {}
+    try:
+        torch.manual_seed(0)
+        net = Untrained("random-inception", ["2048"])
+    finally:
+        fe.load_state_dict_from_url = original
+    path = tmp_path_factory.mktemp("weights") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return path
+
+
+def images(n: int, seed: int, size: int = 16, offset: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    smooth = torch.nn.functional.interpolate(torch.rand(n, 3, 4, 4, generator=g), size=size)
+    return (smooth * 200 + offset).clamp(0, 255).to(torch.uint8)
+
+
+def test_fid_isc_kid_prc_run_through_torch_fidelity_offline(inception_weights) -> None:
+    samples, reference = images(10, 1), images(10, 2)
+    kwargs = {"feature_weights": {"inception": inception_weights}, "prc_extractor": "inception"}
+    result = evaluate(samples, reference, ("fid", "isc", "kid", "prc"), **kwargs)
+    for key in ("fid", "isc_mean", "isc_std", "kid_mean", "kid_std", "precision", "recall"):
+        assert np.isfinite(result[key]), key
+        assert result["feature_extractor"][key].startswith("inception-v3-compat:")
+    assert result["feature_extractor"]["isc_mean"].startswith("inception-v3-compat:logits")
+    assert result["fid"] > 0 and 0 <= result["precision"] <= 1
+    assert result["num_samples"] == 10 and result["num_reference"] == 10
+    cached = list((Path(_cache()) / "fidelity").glob("ref-*-inception-v3-compat-features-*.pt"))
+    assert cached, "reference features are cached by fingerprint and extractor"
+    same = evaluate(reference, reference, ("fid",), **kwargs)  # also reads the cache
+    assert same["fid"] < 1e-3 * result["fid"]
+
+
+def _cache() -> str:
+    import os
+
+    return os.environ["SQDM_CACHE"]
+
+
+def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path, capsys) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(FeatureWeightsError) as err:
+        resolve_weights("inception")
+    message = str(err.value)
+    assert "\n" not in message and "weights-inception-2015-12-05-6726825d.pth" in message
+    assert str(tmp_path / "torch" / "hub" / "checkpoints") in message
+    assert "--feature-weights" in message
+    with pytest.raises(FeatureWeightsError, match=r"vgg16-397923af\.pth"):
+        resolve_weights("vgg16")
+
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, images=images(4, 0).permute(0, 2, 3, 1).numpy())
+    ref = tmp_path / "ref.npy"
+    np.save(ref, images(4, 1).permute(0, 2, 3, 1).numpy())
+    assert main(["evaluate", str(samples), "--reference", str(ref), "--metrics", "fid"]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert stderr.startswith("sqdm: error:") and "\n" not in stderr
+    assert "weights-inception-2015-12-05-6726825d.pth" in stderr
+
+    missing = tmp_path / "nowhere.pth"
+    argv = ["evaluate", str(samples), "--reference", str(ref), "--metrics", "fid"]
+    assert main([*argv, "--feature-weights", str(missing)]) == 2
+    assert str(missing) in capsys.readouterr().err
+    torch.save({"not": "tensors"}, tmp_path / "bad.pth")
+    assert main([*argv, "--feature-weights", f"inception={tmp_path / 'bad.pth'}"]) == 2
+    assert "does not hold InceptionV3 weights" in capsys.readouterr().err
+
+
+def test_feature_weights_specs() -> None:
+    assert parse_feature_weights(["w.pth"], ["inception"]) == {"inception": Path("w.pth")}
+    both = parse_feature_weights(["vgg16=a=b.pth", "inception=c.pth"], ["inception", "vgg16"])
+    assert both == {"vgg16": Path("a=b.pth"), "inception": Path("c.pth")}
+    with pytest.raises(ValueError, match="NAME=PATH"):
+        parse_feature_weights(["w.pth"], ["inception", "vgg16"])
+
+
+# -------------------------------------------------------------- the offline EfficientNet space
+
+
+def test_batchnorm_folding_keeps_the_features() -> None:
+    from efficientnet_lite_pytorch import EfficientNet
+
+    torch.manual_seed(0)
+    net = EfficientNet.from_name("efficientnet-lite0").eval()
+    for m in net.modules():  # non-trivial BatchNorm statistics
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 2.0)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        before = net.extract_features(x)
+        _fold_batchnorm(net)
+        after = net.extract_features(x)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
+    assert torch.allclose(before, after, rtol=1e-4, atol=1e-4 * before.abs().max())
+
+
+def test_effnet_loads_offline_and_separates_distributions() -> None:
+    photos = load_dataset("photos", resolution=16, subset=32, seed=0).images
+    noise = (torch.rand(16, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255).byte()
+    same = evaluate(photos[:16], photos[16:], ("fd_effnet", "prc_effnet"))
+    other = evaluate(noise, photos[16:], ("fd_effnet", "prc_effnet"))
+    assert other["fd_effnet"] > 2 * same["fd_effnet"] > 0
+    assert other["precision_effnet"] < same["precision_effnet"]
+    assert same["feature_extractor"]["fd_effnet"].startswith("effnet-lite0:1280")
+    assert "fid" not in same and "fid" not in other
+    extractor = EffNetLite0Features("effnet-lite0", ["1280"])
+    (features,) = extractor(photos[:2])
+    assert features.shape == (2, 1280)

@@ -1,0 +1,132 @@
+"""`sqdm report`: the paper-style table with intervals, the plots, and an HTML page that renders."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+from PIL import Image
+from scipy import stats
+
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.report import interval95, summarize
+
+STRENGTHS = {"isotropic": [0.0], "sdm": [-0.8, -0.4, 0.4], "hdm": [-0.4]}
+
+
+def fixture_rows() -> list[dict]:
+    """fd_effnet = 20 + 10 s + seed - 1 (so seeds 0..2 give mean 20 + 10 s, sd 1), P/R alongside."""
+    rows = []
+    for variant, strengths in STRENGTHS.items():
+        for s in strengths:
+            for seed in range(3):
+                cell = f"cifar10_{variant}_s{s:+g}_seed{seed}"
+                iso = variant == "isotropic"
+                shared = {
+                    "cell": cell, "dataset": "cifar10", "variant": variant, "strength": s,
+                    "profile": "" if iso else "beta", "basis": "" if iso else "channel",
+                    "seed": seed, "extra": "", "num_samples": 2000, "num_reference": 10000,
+                    "train_s": 300.0, "sample_s": 100.0, "eval_s": 60.0, "wall_s": 460.0,
+                }  # fmt: skip
+                values = {
+                    "fd_effnet": 20 + 10 * s + seed - 1,
+                    "precision_effnet": 0.6 + 0.1 * s,
+                    "recall_effnet": 0.5 - 0.1 * s + 0.01 * seed,
+                }
+                rows += [
+                    {**shared, "metric": m, "value": v, "feature_extractor": "effnet-lite0:1280"}
+                    for m, v in values.items()
+                ]
+    return rows
+
+
+@pytest.fixture
+def results_dir(tmp_path) -> Path:
+    (tmp_path / "results.json").write_text(json.dumps(fixture_rows()))
+    return tmp_path
+
+
+def test_interval_is_student_t() -> None:
+    values = [1.0, 2.0, 4.0, 7.0]
+    low, _ = stats.t.interval(0.95, 3, loc=3.5, scale=stats.sem(values))
+    assert interval95(values) == pytest.approx(3.5 - low, rel=1e-9)
+    assert interval95([5.0]) is None
+
+
+def test_summary_uses_isotropic_as_strength_zero_of_every_variant() -> None:
+    summary = summarize(fixture_rows())
+    fd = {(s.variant, s.strength): s for s in summary if s.metric == "fd_effnet"}
+    assert fd[("sdm", -0.4)].mean == pytest.approx(16.0)
+    assert fd[("sdm", -0.4)].change_pct == pytest.approx(-20.0)
+    assert fd[("sdm", -0.4)].ci == pytest.approx(stats.t.ppf(0.975, 2) / 3**0.5)
+    assert fd[("isotropic", 0.0)].change_pct is None and fd[("isotropic", 0.0)].n == 3
+    assert {s.group for s in summary} == {("cifar10", "", "beta", "channel")}
+
+
+def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> None:
+    out = results_dir / "report"
+    assert main(["report", str(results_dir / "results.json"), "--out", str(out)]) == 0
+    assert "report.html" in capsys.readouterr().out
+    md = (out / "report.md").read_text()
+    assert "| variant | s | seeds | fd_effnet | precision_effnet | recall_effnet |" in md
+    ci = stats.t.ppf(0.975, 2) / 3**0.5
+    assert f"| sdm | -0.4 | 3 | 16 ± {ci:.2g} (-20.0 %) |" in md
+    assert "| isotropic | 0 | 3 | 20 ± " in md
+    links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
+    assert len(links) == 3  # metrics, precision-recall, log-SNR
+    for link in links:
+        assert (out / link).stat().st_size > 5_000
+    page = (out / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 3 and "<script" not in page
+    assert "<th>fd_effnet</th>" in page and "16 ± " in page
+
+
+def test_report_of_a_sweep_folder_includes_sample_grids(results_dir) -> None:
+    grid = results_dir / "cells" / "cifar10_sdm_s-0.4_seed0" / "samples.png"
+    grid.parent.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (200, 60, 20)).save(grid)
+    assert main(["report", str(results_dir)]) == 0
+    md = (results_dir / "report.md").read_text()
+    assert "## Samples" in md and "figures/samples-cifar10_sdm_s-0.4_seed0.png" in md
+    assert (results_dir / "report.html").read_text().count("data:image/png") == 4
+
+
+def test_bad_results_are_one_line_errors(tmp_path, capsys) -> None:
+    assert main(["report", str(tmp_path)]) == 2
+    assert "results.json does not exist" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text("[]")
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no sweep rows" in capsys.readouterr().err
+
+
+CHROMIUM_FLAGS = (
+    "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    "--enable-logging=stderr", "--v=0",
+)  # fmt: skip
+
+
+def test_html_renders_in_headless_chromium(results_dir, tmp_path) -> None:
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("Chromium is not installed (apt-get install -y chromium)")
+    assert main(["report", str(results_dir)]) == 0
+    url = (results_dir / "report.html").resolve().as_uri()
+    profile = f"--user-data-dir={tmp_path / 'profile'}"
+    dom = subprocess.run(
+        [browser, *CHROMIUM_FLAGS, profile, "--dump-dom", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert dom.returncode == 0, dom.stderr[-2000:]
+    assert "<th>fd_effnet</th>" in dom.stdout and dom.stdout.count("<img") == 3
+    assert "Uncaught" not in dom.stderr and ":CONSOLE" not in dom.stderr
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [browser, *CHROMIUM_FLAGS, profile, f"--screenshot={shot}", "--window-size=1280,2400", url],
+        capture_output=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert shot.stat().st_size > 20_000  # the page drew its tables and figures

@@ -1,0 +1,154 @@
+"""Sweeps: cell expansion and deduplication, sharding, skip-finished, and a tiny sweep end to end."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.sweep import load_sweep, parse_shard, shard, sweep_names
+
+
+def write_sweep(path: Path, grid, base=None, eval_=None, **extra) -> Path:
+    spec = {"base": base or {"dataset": "photos", "steps": 2}, "grid": grid, **extra}
+    if eval_ is not None:
+        spec["eval"] = eval_
+    path.write_text(yaml.safe_dump(spec))
+    return path
+
+
+def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    grid = {"variant": ["isotropic", "sdm", "hdm"], "strength": [0.0, -0.4], "seed": [0, 1]}
+    base = {"dataset": "array", "data_dir": "data/x.npy", "steps": 2}
+    sweep = load_sweep(write_sweep(tmp_path / "s.yaml", grid, base), tmp_path / "out")
+    assert [c.id for c in sweep.cells] == [
+        "array_hdm_s-0.4_beta_channel_seed0",
+        "array_hdm_s-0.4_beta_channel_seed1",
+        "array_isotropic_seed0",
+        "array_isotropic_seed1",
+        "array_sdm_s-0.4_beta_channel_seed0",
+        "array_sdm_s-0.4_beta_channel_seed1",
+    ]
+    iso = sweep.cells[2]
+    assert iso.axes == {
+        "dataset": "array", "variant": "isotropic", "strength": 0.0, "profile": "", "basis": "",
+        "seed": 0, "extra": "",
+    }  # fmt: skip
+    assert iso.config.variant == "isotropic" and iso.config.strength == 0.0
+    assert iso.config.out == str(tmp_path / "out" / "cells" / iso.id / "run")
+    assert iso.config.data_dir == str(tmp_path / "data" / "x.npy")
+    assert sweep.name == "s" and sweep.eval.metrics == ("fd_effnet", "prc_effnet")
+
+    union = [
+        {"variant": ["sdm"], "strength": [-0.8, -0.4], "lr": [1e-3, 1e-4]},
+        {"variant": ["hdm"], "strength": [-0.4]},
+    ]
+    ids = [c.id for c in load_sweep(write_sweep(tmp_path / "u.yaml", union), tmp_path).cells]
+    assert len(ids) == 5 and "photos_sdm_s-0.8_beta_channel_seed42_lr0.001" in ids
+
+
+@pytest.mark.parametrize(
+    ("spec", "message"),
+    [
+        ({"grid": {"variant": ["sdm"]}, "evaluation": {}}, "unknown key"),
+        ({"grid": {"variant": "sdm"}}, "non-empty list"),
+        ({"grid": {"out": ["x"]}}, "non-empty list"),
+        ({"grid": {"colour": [1]}}, "unknown config field"),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"metric": ["fid"]}}, "unknown eval field"),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"metrics": ["fidd"]}}, "unknown metric"),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"sampler": "euler"}}, "unknown sampler"),
+    ],
+)
+def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"base": {"steps": 2}, **spec}))
+    with pytest.raises(ValueError, match=message):
+        load_sweep(path)
+
+
+def test_shards_partition_the_cells() -> None:
+    cells = load_sweep("paper-cifar10").cells
+    assert len(cells) == 2 * 8 * 3 + 3  # SDM and HDM at 8 non-zero strengths, one isotropic
+    for count in (1, 2, 3, 7):
+        parts = [[c.id for c in shard(cells, i, count)] for i in range(count)]
+        flat = [cid for part in parts for cid in part]
+        assert sorted(flat) == sorted(c.id for c in cells) and len(set(flat)) == len(flat)
+    assert shard(cells, 1, 3) == shard(list(reversed(cells)), 1, 3)  # order-independent
+    assert parse_shard("2/5") == (2, 5)
+    for bad in ("5/5", "-1/2", "a/b", "3"):
+        with pytest.raises(ValueError, match="--shard"):
+            parse_shard(bad)
+
+
+def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert sweep_names() == ["local-cifar10", "paper-celeba64", "paper-cifar10", "paper-cifar100"]
+    local = load_sweep("local-cifar10")
+    assert len(local.cells) == 14 and local.eval.metrics == ("fd_effnet", "prc_effnet")
+    assert {c.axes["variant"] for c in local.cells} == {"isotropic", "sdm", "hdm"}
+    assert local.cells[0].config.data_dir == str(
+        tmp_path / "../shared/data/cifar10-jpeg-train.tar.gz"
+    )
+    for name in ("paper-cifar100", "paper-celeba64"):
+        paper = load_sweep(name)
+        assert paper.eval.num == 10_000 and paper.eval.num_reference == 50_000
+        assert paper.eval.sampler == "ddpm-paper" and "fid" in paper.eval.metrics
+
+
+def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
+    rng = np.random.default_rng(0)
+    data = tmp_path / "data.npy"
+    lum = rng.normal(120, 40, (64, 8, 8, 1))
+    np.save(data, np.clip(lum + rng.normal(0, 8, (64, 8, 8, 3)), 0, 255).astype(np.uint8))
+    base = {
+        "dataset": "array", "data_dir": str(data), "model": "tiny", "steps": 2, "batch_size": 16,
+        "warmup_steps": 1, "checkpoint_every": 2, "sample_num": 4, "sample_steps": 2,
+    }  # fmt: skip
+    evaluation = {
+        "num": 6,
+        "steps": 2,
+        "sampler": "ddim",
+        "metrics": ["fd_pixels8"],
+        "num_reference": 32,
+    }
+    grid = {"variant": ["sdm", "hdm"], "strength": [0.0, -0.4]}
+    sweep_file = write_sweep(tmp_path / "tiny.yaml", grid, base, evaluation)
+    out = tmp_path / "out"
+    argv = ["sweep", str(sweep_file), "--out", str(out), "--quiet"]
+
+    assert main([*argv, "--shard", "0/2"]) == 0
+    first = json.loads((out / "results.json").read_text())
+    cells = ["array_hdm_s-0.4_beta_channel_seed42", "array_isotropic_seed42", "array_sdm_s-0.4_beta_channel_seed42"]  # fmt: skip
+    assert sorted({r["cell"] for r in first}) == cells[0::2]  # positions 0 and 2 of 3
+    assert main([*argv, "--shard", "1/2"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert sorted({r["cell"] for r in rows}) == cells and len(rows) == 3
+    row = next(r for r in rows if r["variant"] == "isotropic")
+    assert row["metric"] == "fd_pixels8" and row["value"] > 0 and row["strength"] == 0.0
+    assert row["feature_extractor"].startswith("pixels") and row["num_reference"] == 32
+    with open(out / "results.csv") as f:
+        assert len(list(csv.DictReader(f))) == 3
+    for cell in cells:
+        assert (out / "cells" / cell / "samples.png").is_file()
+        assert np.load(out / "cells" / cell / "samples.npz")["images"].shape == (6, 8, 8, 3)
+
+    finished = {c: (out / "cells" / c / "result.json").stat().st_mtime_ns for c in cells}
+    assert main(argv) == 0  # everything finished: nothing is redone
+    assert finished == {c: (out / "cells" / c / "result.json").stat().st_mtime_ns for c in cells}
+
+    redo = out / "cells" / cells[2]
+    (redo / "result.json").unlink()
+    (redo / "samples.npz").unlink()
+    assert main(argv) == 0  # trained already: resumes at the last step, samples and scores
+    result = json.loads((redo / "result.json").read_text())
+    assert result["resumed_from_step"] == 2 and result["metrics"]["fd_pixels8"] > 0
+    assert main([*argv, "--list"]) == 0
+    assert main(["report", str(out)]) == 0  # the log-SNR panels come from the cells' saved bases
+    report = (out / "report.md").read_text()
+    assert "## Samples" in report and "figures/log-snr-0.png" in report
