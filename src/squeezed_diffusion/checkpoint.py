@@ -105,6 +105,14 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return sorted((p for p in root.iterdir() if _NAME.match(p.name)), key=lambda p: p.name)
 
 
+def remove_partial_checkpoints(run_dir: str | Path) -> None:
+    """Delete ``.tmp`` folders left by a writer that was killed mid-checkpoint."""
+    root = Path(run_dir) / CHECKPOINT_DIR
+    if root.is_dir():
+        for tmp in root.glob("step-*.tmp-*"):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def verify(ckpt: Path) -> dict[str, Any]:
     """Return ``state.json`` after checking every file against its manifest."""
     try:
@@ -151,8 +159,19 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
         "model": load_file(str(ckpt / "model.safetensors")),
         "ema": load_file(str(ckpt / "ema.safetensors")),
         "rng": load_file(str(ckpt / "rng.safetensors")),
-        "optimizer": torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=True),
+        "optimizer": _load_tensors_only(ckpt / "optimizer.pt"),
     }
+
+
+def _load_tensors_only(path: Path) -> Any:
+    """``torch.load`` restricted to tensors and plain containers: a pickle can run no code."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, ...: all mean "not ours"
+        raise CheckpointError(
+            f"{path} holds more than tensors and plain data ({type(err).__name__}); refusing to load "
+            "it. Use checkpoints written by `sqdm train`"
+        ) from None
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:

@@ -74,9 +74,9 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     """Resolve preset + flags into a config and train (or resume) a run."""
     from .config import TrainConfig, resolve_config
-    from .train import TrainingDiverged, train
+    from .train import Trainer, TrainingDiverged
 
-    flags = (*_TRAIN_FLAGS, "hflip", "download", "skip_bad_images", "skip_nonfinite")
+    flags = (*_TRAIN_FLAGS, "hflip", "download", "skip_bad_images", "skip_nonfinite", "compile")
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     overrides["out"] = args.out
     if args.resume:
@@ -91,26 +91,31 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg.validate()
     else:
         cfg = resolve_config(args.preset, **overrides)
+    _check_writable(Path(cfg.out))
+    trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
     try:
-        out = train(cfg, resume=args.resume, progress=not args.quiet)
+        out = trainer.run()
     except TrainingDiverged as err:
         print(f"sqdm: error: {err}", file=sys.stderr)
         return 1
+    if trainer.stop_signal is not None:  # saved and stopped early: not a finished run
+        return 128 + trainer.stop_signal
     print(f"run folder: {out}")
     return 0
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a trained run to PNG files or an .npz."""
-    from .generate import generate, save_samples
+    from .generate import generate_all, save_samples
 
     out = Path(args.out)
     _check_writable(out)
-    _, images = generate(
-        args.run, args.num, args.steps, args.sampler, seed=args.seed, batch_size=args.batch_size,
-        ema=not args.no_ema, eta=args.eta, progress=not args.quiet,
+    images = generate_all(
+        args.run, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
+        batch_size=args.batch_size, ema=not args.no_ema, eta=args.eta, progress=not args.quiet,
     )  # fmt: skip
-    print(f"wrote {len(images)} samples to {save_samples(images, out)}")
+    if images is not None:  # the main process writes
+        print(f"wrote {len(images)} samples to {save_samples(images, out)}")
     return 0
 
 
@@ -124,11 +129,87 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    """Score a run (sampled on the fly) or a folder/.npz of samples against a dataset."""
+    import json
+
+    from .metrics import (
+        evaluate,
+        evaluate_run,
+        extractors_for,
+        load_samples,
+        parse_feature_weights,
+    )
+
+    metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    weights = parse_feature_weights(
+        args.feature_weights, extractors_for(metrics, args.prc_extractor)
+    )
+    if args.out:
+        _check_writable(Path(args.out))
+    is_run = (Path(args.source) / "config.yaml").is_file()
+    if not is_run and args.reference is None:
+        raise ValueError(f"{args.source} is not a run folder: pass --reference DATASET_OR_PATH")
+    reference = _dataset_from_arg(args.reference, args) if args.reference else None
+    options = {
+        "metrics": metrics, "num_reference": args.num_reference, "feature_weights": weights,
+        "prc_extractor": args.prc_extractor, "batch_size": args.batch_size,
+    }  # fmt: skip
+    if is_run:
+        result = evaluate_run(
+            args.source, args.num, args.steps, args.sampler, args.seed, reference=reference,
+            sample_batch_size=args.sample_batch_size, progress=not args.quiet, **options,
+        )  # fmt: skip
+    else:
+        result = evaluate(load_samples(args.source), reference, verbose=not args.quiet, **options)
+    for key, name in result["feature_extractor"].items():
+        print(f"{key:>16} = {result[key]:.6g}   [{name}]")
+    print(f"{result['num_samples']} samples vs {result['num_reference']} reference images")
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    """Train, sample and evaluate this shard's cells of a sweep; rebuild the results table."""
+    from .sweep import is_finished, load_sweep, parse_shard, run_sweep, shard
+
+    index, count = parse_shard(args.shard)
+    out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
+    sweep = load_sweep(args.sweep, out)
+    mine = shard(sweep.cells, index, count)
+    if args.list:
+        for cell in mine:
+            print(f"{'done' if is_finished(cell) else 'todo'}  {cell.id}")
+        print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
+        return 0
+    _check_writable(out)
+    rows = run_sweep(sweep, out, index, count, progress=not args.quiet)
+    done = sum(is_finished(c) for c in sweep.cells)
+    print(f"{done} of {len(sweep.cells)} cells finished; {len(rows)} rows in {out / 'results.csv'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Markdown and self-contained HTML report of a sweep's results."""
+    from .report import write_report
+
+    if args.out:
+        _check_writable(Path(args.out))
+    md, page = write_report(args.results, args.out)
+    print(f"wrote {md} and {page}")
+    return 0
+
+
 def _check_writable(path: Path) -> None:
+    """Fail before any work unless the nearest existing ancestor is a writable folder."""
     parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
-    if not os.access(parent, os.W_OK):
+    if parent == path and path.is_file():
+        parent = path.parent  # overwriting an existing output file
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
         raise PermissionError(
-            f"cannot write to {path}: {parent} is not writable; choose another output path"
+            f"cannot write to {path}: {parent} is not a writable folder; choose another output path"
         )
 
 
@@ -210,6 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument(
         "--skip-nonfinite", action="store_const", const=True, help="skip NaN/inf batches"
     )
+    tr.add_argument(
+        "--compile", action="store_const", const=True, help="torch.compile the UNet (GPUs)"
+    )
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
@@ -233,6 +317,63 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--num-samples", type=int, default=500)
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
+
+    ev = sub.add_parser(
+        "evaluate", help="FID/IS/KID/precision-recall, or offline fd_effnet, of a run or samples"
+    )
+    ev.add_argument("source", help="run folder (sampled on the fly) or a folder/.npz of samples")
+    ev.add_argument(
+        "--reference",
+        help="dataset name or path (default for a run: the images it trained on)",
+    )
+    ev.add_argument("--data-dir", help="where a named reference dataset lives")
+    ev.add_argument("--resolution", type=int, help="resize the reference to R x R")
+    ev.add_argument(
+        "--metrics",
+        default="fd_effnet,prc_effnet",
+        help="comma list of fid, isc, kid, prc, fd_effnet, prc_effnet, fd_pixels8 "
+        "(default: the offline fd_effnet,prc_effnet; the paper: fid,isc,prc)",
+    )
+    ev.add_argument("--num", type=int, default=10_000, help="samples to draw from a run")
+    ev.add_argument(
+        "--num-reference", type=int, help="seeded random subset of the reference (default: all)"
+    )
+    ev.add_argument("--steps", type=int, default=50)
+    ev.add_argument("--sampler", default="ddpm", help="ddpm (exact), ddim (exact) or ddpm-paper")
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument(
+        "--feature-weights",
+        action="append",
+        default=[],
+        metavar="[NAME=]PATH",
+        help="weights file for inception, vgg16 or effnet (NAME= needed when several are used)",
+    )
+    ev.add_argument(
+        "--prc-extractor",
+        choices=("vgg16", "inception"),
+        default="vgg16",
+        help="features for prc (torch-fidelity's default: vgg16)",
+    )
+    ev.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch")
+    ev.add_argument("--sample-batch-size", type=int, default=256)
+    ev.add_argument("--out", help="write the results as JSON")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
+
+    sw = sub.add_parser(
+        "sweep", help="run a grid of trainings + evaluations (resumable, shardable)"
+    )
+    sw.add_argument("sweep", help="sweep YAML file, or a shipped sweep (e.g. local-cifar10)")
+    sw.add_argument("--shard", default="0/1", metavar="i/n", help="run every n-th cell from i")
+    sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
+    sw.add_argument("--list", action="store_true", help="list this shard's cells and stop")
+    sw.add_argument("--quiet", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
+
+    rp = sub.add_parser("report", help="markdown + HTML report of a sweep's results")
+    rp.add_argument("results", help="sweep folder or its results.json")
+    rp.add_argument("--out", help="report folder (default: beside results.json)")
+    rp.set_defaults(func=cmd_report)
     return parser
 
 

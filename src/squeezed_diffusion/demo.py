@@ -32,6 +32,8 @@ def _train_once(cfg: TrainConfig, progress: bool) -> float:
     trainer = Trainer(cfg, resume=resume, progress=progress)
     if trainer.step < trainer.total_steps:
         trainer.run()
+    if trainer.stop_signal is not None:  # saved on SIGINT/SIGTERM: stop the whole demo
+        raise KeyboardInterrupt
     return time.perf_counter() - start
 
 

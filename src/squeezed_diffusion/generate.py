@@ -15,6 +15,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from .checkpoint import load_run
+from .samplers import get_sampler
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -41,6 +42,7 @@ def generate(
         raise ValueError(f"--num must be at least 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    get_sampler(sampler)  # fail on a bad name before loading anything
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet, proc = load_run(run_dir, ema=ema)
     unet.to(device)
@@ -60,6 +62,26 @@ def generate(
         indices.extend(range(start, start + n))
     empty = torch.zeros((0, *shape), dtype=torch.uint8)
     return indices, torch.cat(images) if images else empty
+
+
+def generate_all(run_dir: str | Path, num: int, **kwargs) -> torch.Tensor | None:
+    """All ``num`` samples, split over the processes accelerate launched, gathered on the
+    main process in index order (``None`` on the others): each index exactly once."""
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
+
+    state = PartialState(cpu=not torch.cuda.is_available())
+    kwargs.setdefault("device", state.device)
+    indices, images = generate(
+        run_dir, num, rank=state.process_index, world_size=state.num_processes, **kwargs
+    )
+    if state.num_processes == 1:
+        return images
+    parts = gather_object([(indices, images)])
+    if not state.is_main_process:
+        return None
+    order = torch.tensor([i for idx, _ in parts for i in idx]).argsort()
+    return torch.cat([imgs for _, imgs in parts])[order]
 
 
 def save_samples(images: torch.Tensor, out: str | Path) -> Path:

@@ -1,0 +1,344 @@
+"""Reliability: kills never corrupt a run, signals save, NaNs stop cleanly, bad input is one line,
+pickles cannot run code, and two processes train what one would."""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from squeezed_diffusion import ChannelBasis
+from squeezed_diffusion.checkpoint import (
+    CheckpointError,
+    _sha256,
+    find_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    verify,
+)
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.generate import generate
+from squeezed_diffusion.train import Trainer
+
+SQDM = [sys.executable, "-m", "squeezed_diffusion.cli"]
+
+
+def write_array(path: Path, n: int = 64, channels: int = 3, size: int = 8, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    lum = rng.normal(120, 40, (n, size, size, 1))
+    arr = np.clip(lum + rng.normal(0, 8, (n, size, size, channels)), 0, 255).astype(np.uint8)
+    np.save(path, arr[..., 0] if channels == 1 else arr)
+    return path
+
+
+def base_args(data: Path, out: Path, *extra: str) -> list[str]:
+    return [
+        "train", "--dataset", "array", "--data-dir", str(data), "--model", "tiny", "--out", str(out),
+        "--batch-size", "16", "--warmup-steps", "1", "--log-every", "1", "--sample-steps", "2",
+        "--quiet", *extra,
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def data(tmp_path) -> Path:
+    return write_array(tmp_path / "data.npy")
+
+
+@pytest.fixture
+def trained(data, tmp_path) -> Path:
+    run = tmp_path / "run"
+    assert main(base_args(data, run, "--steps", "2", "--checkpoint-every", "2")) == 0
+    return run
+
+
+# -- crash safety -----------------------------------------------------------------------
+def test_sigkill_at_random_moments_never_leaves_a_bad_checkpoint(data, tmp_path) -> None:
+    """Kill -9 repeatedly (often mid-write, since every step checkpoints); resume must always work."""
+    run = tmp_path / "run"
+    rng = random.Random(0)
+    kills, mid_write, resumed_steps = 0, 0, []
+    args = [*SQDM, *base_args(data, run, "--steps", "400", "--checkpoint-every", "1")]
+    while kills < 6 or mid_write == 0:
+        assert kills < 14, "never caught a checkpoint mid-write"
+        resume = ["--resume", "latest"] if list_checkpoints(run) else []
+        proc = subprocess.Popen([*args, *resume], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 60
+        while not list_checkpoints(run) or (
+            resumed_steps and _latest_step(run) <= resumed_steps[-1]
+        ):
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.time() < deadline
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        kills += 1
+        mid_write += bool(list((run / "checkpoints").glob("*.tmp-*")))
+        for done in list_checkpoints(run):  # nothing under a final name is ever partial
+            verify(done)
+        ckpt = find_checkpoint(run, "latest")
+        loaded = load_checkpoint(ckpt)
+        assert loaded["state"]["step"] == int(ckpt.name.split("-")[1])
+        resumed_steps.append(loaded["state"]["step"])
+    assert resumed_steps == sorted(resumed_steps)  # every resume made progress or held still
+
+
+def _latest_step(run: Path) -> int:
+    ckpts = list_checkpoints(run)
+    return int(ckpts[-1].name.split("-")[1]) if ckpts else -1
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_save_a_checkpoint_and_exit(data, tmp_path, signum) -> None:
+    run = tmp_path / "run"
+    args = [*SQDM, *base_args(data, run, "--steps", "100000", "--checkpoint-every", "100000")]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while not (run / "log.jsonl").is_file() or not (run / "log.jsonl").read_text():
+        assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+        time.sleep(0.05)
+    proc.send_signal(signum)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + signum, err
+    assert "Traceback" not in err
+    ckpt = find_checkpoint(run, "latest")
+    assert load_checkpoint(ckpt)["state"]["step"] >= 1
+
+
+# -- non-finite loss --------------------------------------------------------------------
+def _poison_step(monkeypatch, bad_step: int) -> None:
+    """Make the training target NaN at one step, as a diverging run would."""
+    original = Trainer._micro_batch
+
+    def poisoned(self, step, micro, idx):
+        x_t, t, target = original(self, step, micro, idx)
+        return x_t, t, target * float("nan") if step == bad_step else target
+
+    monkeypatch.setattr(Trainer, "_micro_batch", poisoned)
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good(
+    data, tmp_path, capsys, monkeypatch
+) -> None:
+    run = tmp_path / "run"
+    _poison_step(monkeypatch, bad_step=3)
+    code = main(base_args(data, run, "--steps", "8", "--checkpoint-every", "2"))
+    err = capsys.readouterr().err.strip()
+    assert code == 1
+    assert "non-finite by step 4" in err and "step-00000002" in err and "\n" not in err
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]  # nothing non-finite saved
+    good = load_checkpoint(list_checkpoints(run)[-1])
+    assert all(torch.isfinite(t).all() for t in good["model"].values())
+
+
+def test_skip_nonfinite_counts_skipped_batches(data, tmp_path, monkeypatch) -> None:
+    _poison_step(monkeypatch, bad_step=1)
+    assert main(base_args(data, tmp_path / "r", "--steps", "3", "--skip-nonfinite")) == 0
+    log = [json.loads(ln) for ln in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["skipped_batches"] == 1 and all(np.isfinite(r["loss"]) for r in log)
+    final = load_checkpoint(list_checkpoints(tmp_path / "r")[-1])
+    assert all(torch.isfinite(t).all() for t in final["model"].values())
+
+
+# -- safe loading -----------------------------------------------------------------------
+class _Payload:
+    def __reduce__(self):
+        return (os.system, (f"touch {os.environ['SQDM_PWNED']}",))
+
+
+def test_crafted_pickle_checkpoint_is_refused(trained, tmp_path, monkeypatch, capsys) -> None:
+    marker = tmp_path / "pwned"
+    monkeypatch.setenv("SQDM_PWNED", str(marker))
+    ckpt = list_checkpoints(trained)[-1]
+    (ckpt / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": _Payload()}))
+    state = json.loads((ckpt / "state.json").read_text())
+    state["manifest"]["optimizer.pt"] = _sha256(ckpt / "optimizer.pt")  # a consistent forgery
+    (ckpt / "state.json").write_text(json.dumps(state))
+    with pytest.raises(CheckpointError, match="refusing to load"):
+        load_checkpoint(ckpt)
+    assert (
+        main(["train", "--out", str(trained), "--resume", str(ckpt), "--steps", "3", "--quiet"])
+        == 2
+    )
+    assert "refusing to load" in capsys.readouterr().err
+    assert not marker.exists()
+
+
+# -- bad input --------------------------------------------------------------------------
+def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], str]]:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(broken / f"{i}.png")
+    (broken / "bad.png").write_bytes(b"not a png")
+    gray = write_array(tmp_path / "gray.npy", channels=1)
+    out = str(tmp_path / "new")
+    t = ["train", "--out", out, "--steps", "1", "--model", "tiny", "--quiet"]
+    arr = ["--dataset", "array", "--data-dir", str(data)]
+    return [
+        ([*t, "--preset", "paper-cifar1000"], "unknown preset 'paper-cifar1000'; choose one of"),
+        ([*t, *arr, "--variant", "sqdm"], "unknown variant 'sqdm'; choose one of"),
+        ([*t, *arr, "--profile", "cosine"], "unknown profile 'cosine'; choose one of"),
+        ([*t, "--dataset", "imagenet"], "unknown dataset 'imagenet'; choose one of"),
+        ([*t, *arr, "--strength", "nan"], "strength must be a finite number"),
+        ([*t, *arr, "--strength", "inf"], "strength must be a finite number"),
+        ([*t, *arr, "--strength", "12"], "invalid SDM process"),
+        ([*t, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nowhere")], "nowhere"),
+        ([*t, "--dataset", "imagefolder", "--data-dir", str(empty)], "no images"),
+        (
+            [*t, "--dataset", "imagefolder", "--data-dir", str(broken), "--batch-size", "2"],
+            "bad.png",
+        ),
+        (
+            [
+                *t,
+                "--dataset",
+                "array",
+                "--data-dir",
+                str(gray),
+                "--variant",
+                "hdm",
+                "--strength",
+                "-0.4",
+            ],
+            "HDM needs directions outside",
+        ),
+        ([*t, "--dataset", "cifar10", "--data-dir", str(empty)], "--download"),
+        ([*t, *arr, "--batch-size", "0"], "batch_size must be >= 1"),
+        (
+            ["sample", str(run), "--num", "0", "--out", str(tmp_path / "s.npz")],
+            "--num must be at least 1",
+        ),
+        (
+            ["sample", str(run), "--sampler", "euler", "--out", str(tmp_path / "s.npz")],
+            "unknown sampler 'euler'",
+        ),
+        (["sample", str(tmp_path), "--out", str(tmp_path / "s.npz")], "is not a run folder"),
+        (["sample", str(run), "--out", str(data / "x.npz")], "not a writable folder"),
+        ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
+        (["fit-basis", str(empty)], "no images"),
+        (["train", "--out", str(tmp_path / "nothing"), "--resume", "latest"], "cannot resume"),
+    ]
+
+
+def test_bad_input_gives_one_line_and_exit_2(data, trained, tmp_path, capsys) -> None:
+    cases = _bad_cases(tmp_path, data, trained)
+    assert len(cases) >= 15
+    for argv, pattern in cases:
+        before = sorted(p for p in tmp_path.rglob("*") if "sqdm-cache" not in str(p))
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("sqdm: error:") and pattern in err, (argv, err)
+        assert "\n" not in err and "Traceback" not in err, err
+        after = sorted(p for p in tmp_path.rglob("*") if "sqdm-cache" not in str(p))
+        assert after == before, (argv, set(after) - set(before))  # nothing left behind
+
+
+def test_skip_bad_images_counts_them(tmp_path, capsys) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(4):
+        Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(broken / f"{i}.png")
+    (broken / "bad.png").write_bytes(b"not a png")
+    with pytest.warns(UserWarning, match="1"):
+        code = main(
+            [
+                "fit-basis",
+                str(broken),
+                "--skip-bad-images",
+                "--out",
+                str(tmp_path / "b.safetensors"),
+            ]
+        )
+    assert code == 0 and "on 4 images" in capsys.readouterr().out
+
+
+def test_truncated_checkpoint_and_other_preset_are_refused(trained, capsys) -> None:
+    ckpt = list_checkpoints(trained)[-1]
+    cfg_path = trained / "config.yaml"
+    cfg_path.write_text(cfg_path.read_text().replace("model: tiny", "model: small"))
+    assert main(["sample", str(trained), "--num", "1", "--out", str(trained / "s.npz")]) == 2
+    assert "holds weights for a different model" in capsys.readouterr().err
+    cfg_path.write_text(cfg_path.read_text().replace("model: small", "model: tiny"))
+    weights = ckpt / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    with pytest.warns(UserWarning, match="corrupt"):
+        assert main(["sample", str(trained), "--num", "1", "--out", str(trained / "s.npz")]) == 2
+    assert "no usable checkpoint" in capsys.readouterr().err
+
+
+def test_basis_from_other_data_is_refused_on_resume(trained, tmp_path, capsys) -> None:
+    other = ChannelBasis([1.0, 0.0, 0.0])
+    other.metadata.update({"dataset": "array", "fingerprint": "0" * 16, "image_shape": [3, 8, 8]})
+    other.save(trained / "basis.safetensors")
+    assert (
+        main(["train", "--out", str(trained), "--resume", "latest", "--steps", "3", "--quiet"]) == 2
+    )
+    assert "was fitted on" in capsys.readouterr().err
+
+
+# -- distributed ------------------------------------------------------------------------
+WORKER = """
+import sys, torch
+from squeezed_diffusion.config import resolve_config
+from squeezed_diffusion.train import Trainer
+data, out, dump = sys.argv[1:4]
+cfg = resolve_config(None, dataset="array", data_dir=data, model="tiny", out=out, steps=3,
+                     batch_size=16, lr=1e-2, adam_eps=1.0, warmup_steps=1, log_every=1,
+                     sample_steps=2)  # a large eps keeps Adam from amplifying float noise
+trainer = Trainer(cfg, progress=False)
+trainer.run()
+rank = trainer.accelerator.process_index
+torch.save({n: p.detach().cpu() for n, p in trainer.unwrapped.named_parameters()}, f"{dump}.{rank}")
+"""
+
+
+def test_two_processes_train_what_one_process_would(data, tmp_path) -> None:
+    script = tmp_path / "worker.py"
+    script.write_text(WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+    for procs, name in ((2, "two"), (1, "one")):
+        cmd = [
+            *launch,
+            str(procs),
+            str(script),
+            str(data),
+            str(tmp_path / name),
+            str(tmp_path / name),
+        ]
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1, single = (
+        torch.load(tmp_path / f, weights_only=True) for f in ("two.0", "two.1", "one.0")
+    )
+    for n in single:
+        assert torch.equal(rank0[n], rank1[n]), n
+        assert torch.allclose(rank0[n], single[n], atol=1e-5), n
+
+
+def test_distributed_sampling_covers_every_index_once(trained) -> None:
+    full_idx, full = generate(trained, 7, steps=2, batch_size=2, progress=False)
+    parts = [
+        generate(trained, 7, steps=2, batch_size=2, rank=r, world_size=3, progress=False)
+        for r in range(3)
+    ]
+    indices = sorted(i for idx, _ in parts for i in idx)
+    assert indices == full_idx == list(range(7))
+    gathered = torch.cat([imgs for _, imgs in parts])[
+        torch.tensor([i for idx, _ in parts for i in idx]).argsort()
+    ]
+    assert torch.equal(gathered, full)
