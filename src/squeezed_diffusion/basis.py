@@ -12,6 +12,11 @@ groups (for HDM's determinant compensation).
   (K = k, each its own group, acts on C*H*W dimensions).
 - :class:`DCTBasis`: radial frequency bands of an orthonormal 2-D DCT-II per
   channel ("frequency-specific squeezing").
+
+The operators are linear, so a sum ``sum_j S_j x_j`` (a sampler step combines
+x_t, x0hat and fresh noise) needs one projection onto the groups, not one per
+term: :meth:`Basis.scale_sum` is the primitive and :meth:`Basis.scale` its
+one-term case.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -29,6 +35,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 Tensor = torch.Tensor
+# One term of Basis.scale_sum: (x [B, C, H, W], group factors [B or 1, K], rest factor [B or 1]
+# or a number; the number 1 skips the multiplication, which is SDM's rest).
+Term = tuple[Tensor, Tensor, Tensor | float]
 
 
 def _expand(scale: Tensor | float, ndim: int) -> Tensor | float:
@@ -36,6 +45,36 @@ def _expand(scale: Tensor | float, ndim: int) -> Tensor | float:
     if isinstance(scale, Tensor):
         return scale.reshape(-1, *([1] * (ndim - 1)))
     return scale
+
+
+def _rest_part(terms: Sequence[Term]) -> tuple[Tensor, bool]:
+    """``(sum_j rest_j x_j, owned)``: ``owned`` is False when it is the caller's own ``x``.
+
+    One allocation at most: the first product is a new tensor, later terms are added into
+    it in place; a single term with rest 1 is returned as is (SDM's squeeze).
+    """
+    x, _, rest = terms[0]
+    if len(terms) == 1 and isinstance(rest, float) and rest == 1.0:
+        return x, False
+    out = x * _expand(rest, x.ndim)
+    for x, _, rest in terms[1:]:
+        if isinstance(rest, Tensor):
+            out.addcmul_(x, _expand(rest, x.ndim))
+        else:
+            out.add_(x, alpha=rest)
+    return out, True
+
+
+def _group_weighted(y: Tensor, group: Tensor, rest: Tensor | float) -> Tensor:
+    """``y * (group - rest)``, with ``group`` ``[B or 1, K]``: what a term adds along its groups.
+
+    A number ``rest`` enters as ``alpha``: wrapping it in a tensor would cost more than the
+    arithmetic, and this runs at every training and sampling step.
+    """
+    out = y * group
+    if isinstance(rest, Tensor):
+        return out.addcmul_(y, rest.reshape(-1, 1), value=-1.0)
+    return out.sub_(y, alpha=rest)
 
 
 class Basis(ABC):
@@ -79,13 +118,22 @@ class Basis(ABC):
     def check_shape(self, shape: tuple[int, ...]) -> None:
         """Raise ``ValueError`` if a ``[B, C, H, W]`` batch does not fit this basis."""
 
-    @abstractmethod
-    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
+    def scale(self, x: Tensor, group: Tensor, rest: Tensor | float) -> Tensor:
         """Multiply ``x`` by ``group[:, k]`` along group k and by ``rest`` elsewhere.
 
         ``x`` is ``[B, C, H, W]``; ``group`` is ``[B, K]`` (or ``[1, K]``) and
-        ``rest`` is ``[B]`` (or ``[1]``). This is the only operation the process
-        needs, so it is where each basis spends its effort on speed.
+        ``rest`` is ``[B]`` (or ``[1]``, or a number). This is the only operation
+        the process needs; it is :meth:`scale_sum` with one term.
+        """
+        return self.scale_sum([(x, group, rest)])
+
+    @abstractmethod
+    def scale_sum(self, terms: Sequence[Term]) -> Tensor:
+        """``sum_j S_j x_j`` over terms ``(x_j, group_j, rest_j)`` as in :meth:`scale`.
+
+        Every operator is linear, so a basis projects the terms onto its groups
+        once rather than once per term; this is where each basis spends its
+        effort on speed. Returns a new tensor (never one of the ``x_j``).
         """
 
     def to(self, device: torch.device | str) -> Basis:
@@ -116,7 +164,7 @@ class Basis(ABC):
             "metadata": json.dumps(self.metadata),
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # processes may save at once
         save_file(tensors, str(tmp), metadata=header)
         tmp.replace(path)
         return path
@@ -152,34 +200,61 @@ class Basis(ABC):
 
 
 class _CovarianceAccumulator:
-    """Streaming mean and covariance of row vectors, in float64.
+    """Streaming mean and covariance of D-dimensional vectors, in float64.
 
-    Each batch is centred on the first batch's mean before its outer product is
-    taken, so the float32 matmul sees small numbers and the float64 sum stays
-    accurate for any number of rows.
+    :meth:`update` takes ``[B, D, P]``: P vectors per item (the pixels of an image for
+    the channel covariance, P = 1 for flattened images), so no batch is ever transposed.
+    Vectors are centred on the first batch's mean before their products are taken, so
+    float32 sees small numbers. Work is done in chunks of about a megabyte through one
+    reused buffer (cache-resident, no allocation per chunk), products are summed in
+    float32 for at most ``FLUSH`` vectors and then added to the float64 totals.
     """
+
+    CHUNK = 2**18  # float32 elements per chunk: 1 MB, fits in cache
+    FLUSH = 2**16  # vectors summed in float32 before moving to float64
 
     def __init__(self) -> None:
         self.n = 0
         self.shift: Tensor | None = None
         self.sum: Tensor | None = None
         self.outer: Tensor | None = None
+        self._gram: Tensor | None = None  # float32 partial sum of outer products
+        self._pending = 0
+        self._buf: Tensor | None = None
 
-    def update(self, rows: Tensor) -> None:
-        rows = rows.detach().to(torch.float32)
+    def update(self, x: Tensor) -> None:
+        x = x.detach().to(torch.float32)
+        dim, per_item = x.shape[1], x.shape[2]
         if self.shift is None:
-            self.shift = rows.mean(0)
-            dim = rows.shape[1]
+            self.shift = x.mean((0, 2))
             self.sum = torch.zeros(dim, dtype=torch.float64)
             self.outer = torch.zeros(dim, dim, dtype=torch.float64)
-        centred = rows - self.shift
-        self.sum += centred.sum(0, dtype=torch.float64)
-        self.outer += (centred.T @ centred).double()
-        self.n += rows.shape[0]
+            self._gram = torch.zeros(dim, dim)
+        step = max(1, self.CHUNK // (dim * per_item))
+        if self._buf is None or self._buf.shape[1:] != x.shape[1:]:
+            self._buf = torch.empty(step, dim, per_item)
+        for chunk in x.split(step):
+            centred = torch.sub(chunk, self.shift[:, None], out=self._buf[: len(chunk)])
+            self.sum += centred.sum((0, 2)).double()
+            if per_item == 1:
+                flat = centred[..., 0]
+                self._gram.addmm_(flat.T, flat)
+            else:
+                self._gram += torch.bmm(centred, centred.mT).sum(0)
+            self._pending += centred.shape[0] * per_item
+            if self._pending >= self.FLUSH:
+                self._flush()
+        self.n += x.shape[0] * per_item
+
+    def _flush(self) -> None:
+        self.outer += self._gram.double()
+        self._gram.zero_()
+        self._pending = 0
 
     def mean_cov(self) -> tuple[Tensor, Tensor]:
         if self.n < 2:
             raise ValueError("need at least two samples to estimate a covariance")
+        self._flush()
         mean_c = self.sum / self.n
         cov = (self.outer - self.n * torch.outer(mean_c, mean_c)) / (self.n - 1)
         return self.shift.double() + mean_c, cov
@@ -236,7 +311,7 @@ class ChannelBasis(Basis):
                 batch = batch[: max_images - num_images]
                 if batch.shape[0] == 0:
                     break
-            acc.update(batch.transpose(0, 1).reshape(batch.shape[1], -1).T)
+            acc.update(batch.flatten(2))
             num_images += batch.shape[0]
         _, cov = acc.mean_cov()
         evals, evecs = torch.linalg.eigh(cov)
@@ -266,12 +341,25 @@ class ChannelBasis(Basis):
                 f"{tuple(shape)}; expected [B, {self.channels}, H, W]"
             )
 
-    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
-        v = self.direction.to(x.dtype).view(1, -1, 1, 1)
-        r = _expand(rest, x.ndim)
-        g = _expand(group[..., 0], x.ndim)
-        proj = (x * v).sum(1, keepdim=True)
-        return torch.addcmul(r * x, (g - r) * proj, v)
+    def scale_sum(self, terms: Sequence[Term]) -> Tensor:
+        """``sum_j rest_j x_j + v (sum_j (group_j - rest_j) v . x_j)`` per pixel.
+
+        The projections are batched matmuls over the channel axis, accumulated in place
+        (one read of each ``x_j``), then added to the rest part in one pass. Like every
+        matmul they follow torch's float32 matmul precision: full unless TF32 is enabled.
+        """
+        base, owned = _rest_part(terms)
+        v = self.direction.to(base.dtype)
+        proj: Tensor | None = None
+        for x, group, rest in terms:
+            flat = x.flatten(2)  # [B, C, H * W]
+            weights = _group_weighted(v, group, rest).unsqueeze(1)  # [B or 1, 1, C]
+            if len(weights) != len(flat):
+                weights = weights.expand(len(flat), -1, -1)
+            proj = torch.bmm(weights, flat) if proj is None else proj.baddbmm_(weights, flat)
+        proj = proj.view(base.shape[0], 1, *base.shape[2:])
+        v = v.view(1, -1, 1, 1)
+        return base.addcmul_(proj, v) if owned else torch.addcmul(base, proj, v)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"direction": self.direction}
@@ -319,7 +407,7 @@ class PixelPCABasis(Basis):
                 batch = batch[: max_images - acc.n]
                 if batch.shape[0] == 0:
                     break
-            acc.update(batch.flatten(1))
+            acc.update(batch.flatten(1)[..., None])
         if image_shape is None:
             raise ValueError("no images to fit the basis on")
         dim = math.prod(image_shape)
@@ -348,12 +436,12 @@ class PixelPCABasis(Basis):
                 f"of shape {tuple(shape)}; fit a basis for this resolution"
             )
 
-    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
-        u = self.components.to(x.dtype)
-        flat = x.flatten(1)
-        r = _expand(rest, 2)
-        coef = (flat @ u.T) * (group - r)
-        return torch.addmm(r * flat, coef, u).view_as(x)
+    def scale_sum(self, terms: Sequence[Term]) -> Tensor:
+        """Rest part plus ``U^T`` of the summed, weighted component coefficients: J + 1 matmuls."""
+        base, _ = _rest_part(terms)
+        u = self.components.to(base.dtype)
+        coef = sum(_group_weighted(x.flatten(1) @ u.T, g, r) for x, g, r in terms)
+        return torch.addmm(base.reshape(base.shape[0], -1), coef, u).view(base.shape)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {"components": self.components}
@@ -470,10 +558,16 @@ class DCTBasis(Basis):
                 f"shape {tuple(shape)}; build one for this resolution"
             )
 
-    def scale(self, x: Tensor, group: Tensor, rest: Tensor) -> Tensor:
-        factors = torch.cat([group, _expand(rest, 2).expand(group.shape[0], 1)], dim=1)
-        per_freq = factors[:, self.band.to(x.device)].unsqueeze(1)  # [B, 1, H, W]
-        return self.idct(self.dct(x) * per_freq.to(x.dtype))
+    def scale_sum(self, terms: Sequence[Term]) -> Tensor:
+        """One inverse transform of the summed, band-weighted coefficients: J + 1 transforms."""
+        band = self.band.to(terms[0][0].device)
+        coef: Tensor | None = None
+        for x, group, rest in terms:
+            rest = torch.as_tensor(rest, dtype=group.dtype, device=group.device).reshape(-1, 1)
+            factors = torch.cat([group, rest.expand(group.shape[0], 1)], dim=1)
+            weighted = self.dct(x) * factors[:, band].unsqueeze(1).to(x.dtype)  # [B, 1, H, W]
+            coef = weighted if coef is None else coef.add_(weighted)
+        return self.idct(coef)
 
     def _tensors(self) -> dict[str, Tensor]:
         return {}

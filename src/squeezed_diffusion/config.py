@@ -57,6 +57,7 @@ class TrainConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     mixed_precision: str = "no"
+    compile: bool = False  # torch.compile the UNet (worth it on GPUs; slow to start)
     ema_decay: float = 0.9999
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75

@@ -98,8 +98,11 @@ class SqueezedDiffusion:
         self.log_c, self.log_c_rest = self._log_scales(s_t)
         self.c = self.log_c.exp()
         self.c_rest = self.log_c_rest.exp()
+        # Decided once, not per call: squeeze and add_noise run at every training step.
+        self._unit_rest = bool((self.log_c_rest == 0).all())  # SDM: the basis skips rest * x
+        self._isotropic = self._unit_rest and bool((self.log_c == 0).all())
         self._validate()
-        self._device_tables: dict[tuple, tuple[Tensor, ...]] = {}
+        self._device_tables: dict[tuple, Tensor] = {}
 
     # -- construction helpers -----------------------------------------------------
     def _check_strength(self, strength: float | Sequence[float] | Tensor) -> Tensor:
@@ -157,7 +160,7 @@ class SqueezedDiffusion:
     # -- tables -------------------------------------------------------------------
     @property
     def is_isotropic(self) -> bool:
-        return bool((self.log_c == 0).all() and (self.log_c_rest == 0).all())
+        return self._isotropic
 
     def sigma_table(self) -> Tensor:
         """Per-direction noise std ``[T, K + 1]`` (groups, then the rest), float64."""
@@ -172,17 +175,18 @@ class SqueezedDiffusion:
         """Per-direction log signal-to-noise ratio ``[T, K + 1]`` (what a strength does)."""
         return (self.alphas_cumprod[:, None] / self.sigma_table() ** 2).log()
 
-    def _tables(self, device: torch.device, dtype: torch.dtype) -> tuple[Tensor, ...]:
-        """(sqrt abar, sqrt(1 - abar), c, c_rest) on ``device``, cached."""
+    def _table(self, device: torch.device, dtype: torch.dtype) -> Tensor:
+        """``[T, 3 + K]`` on ``device``, cached: sqrt abar, sqrt(1 - abar), c, c_rest.
+
+        One row per timestep, so a batch's factors are a single gather.
+        """
         key = (device, dtype)
         if key not in self._device_tables:
-            tabs = (
-                self.alphas_cumprod.sqrt(),
-                (1.0 - self.alphas_cumprod).sqrt(),
-                self.c,
-                self.c_rest,
+            levels = torch.stack(
+                [self.alphas_cumprod.sqrt(), (1.0 - self.alphas_cumprod).sqrt()], 1
             )
-            self._device_tables[key] = tuple(x.to(device=device, dtype=dtype) for x in tabs)
+            table = torch.cat([levels, self.c, self.c_rest[:, None]], dim=1)
+            self._device_tables[key] = table.to(device=device, dtype=dtype)
         return self._device_tables[key]
 
     def to(self, device: torch.device | str) -> SqueezedDiffusion:
@@ -191,33 +195,39 @@ class SqueezedDiffusion:
         return self
 
     # -- the squeeze operator -----------------------------------------------------
-    def _per_sample(self, t: int | Tensor, x: Tensor) -> Tensor:
+    def _rows(self, t: int | Tensor, x: Tensor) -> tuple[Tensor, ...]:
+        """Per-sample ``[a_t, s_t, c_t (K columns), c_rest_t]`` of timestep(s) ``t`` for ``x``.
+
+        ``t`` is an int or one timestep per sample; one gather, then views.
+        """
         t = torch.as_tensor(t, device=x.device, dtype=torch.long)
-        return t.reshape(-1) if t.ndim else t.reshape(1)
+        rows = self._table(x.device, x.dtype).index_select(0, t.reshape(-1))
+        return rows.split([1, 1, self.basis.num_groups, 1], dim=1)
+
+    def _scale(self, x: Tensor, group: Tensor, rest: Tensor, inverse: bool) -> Tensor:
+        """``S_t x``, or ``S_t^{-1} x``: the squeeze is diagonal, so its inverse is ``1 / c``."""
+        if inverse:
+            group, rest = group.reciprocal(), rest.reciprocal()
+        return self.basis.scale(x, group, 1.0 if self._unit_rest else rest)
 
     def squeeze(self, x: Tensor, t: int | Tensor) -> Tensor:
         """``S_t x`` for a batch; ``t`` is an int or one timestep per sample."""
-        if self.is_isotropic:
-            return x
-        _, _, c, c_rest = self._tables(x.device, x.dtype)
-        t = self._per_sample(t, x)
-        return self.basis.scale(x, c[t], c_rest[t])
+        return x if self.is_isotropic else self._scale(x, *self._rows(t, x)[2:], inverse=False)
 
     def unsqueeze(self, x: Tensor, t: int | Tensor) -> Tensor:
         """``S_t^{-1} x``: the squeeze is diagonal, so its inverse is ``1 / c``."""
-        if self.is_isotropic:
-            return x
-        _, _, c, c_rest = self._tables(x.device, x.dtype)
-        t = self._per_sample(t, x)
-        return self.basis.scale(x, c[t].reciprocal(), c_rest[t].reciprocal())
+        return x if self.is_isotropic else self._scale(x, *self._rows(t, x)[2:], inverse=True)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
-        """Noisy sample ``a_t x0 + sqrt(1 - abar_t) S_t noise`` and the training target."""
-        a, s, _, _ = self._tables(x0.device, x0.dtype)
-        t = self._per_sample(t, x0)
-        shaped = self.squeeze(noise, t)
+        """Noisy sample ``a_t x0 + sqrt(1 - abar_t) S_t noise`` and the training target.
+
+        Besides the squeeze, two passes over the batch (``a_t x0``, then the noise added in
+        place) and one gather of the per-sample factors.
+        """
+        a, s, group, rest = self._rows(t, x0)
+        shaped = noise if self.is_isotropic else self._scale(noise, group, rest, inverse=False)
         view = (-1,) + (1,) * (x0.ndim - 1)
-        x_t = torch.addcmul(a[t].view(view) * x0, s[t].view(view), shaped)
+        x_t = (a.view(view) * x0).addcmul_(s.view(view), shaped)
         return x_t, (shaped if self.target == "squeezed" else noise)
 
     def prior(

@@ -16,10 +16,17 @@ with ``sigma_t,i = sqrt(1 - abar_t) c_i(t)`` (DESIGN.md part 2):
 
 At strength 0 each reduces to diffusers' ``DDPMScheduler.step`` /
 ``DDIMScheduler.step`` (same noise draws from the same generator).
+
+Speed: a step's per-direction coefficients are computed once per process and
+``(t, t_prev)`` and kept on the batch's device, so a step does no host work or
+transfers after the first batch; its terms (x_t, x0hat, noise) go through one
+:meth:`~squeezed_diffusion.basis.Basis.scale_sum`, i.e. one projection onto the
+basis, and coefficients equal in every direction become plain scalar multiplies.
 """
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, NamedTuple, Protocol
 
@@ -32,6 +39,9 @@ if TYPE_CHECKING:
 
 Tensor = torch.Tensor
 Callback = Callable[[int, int, Tensor, Tensor], None]
+# A per-direction coefficient: one number when it is the same in every direction, else a
+# [K + 1] tensor (groups, then the rest) on the batch's device and dtype.
+Coef = float | Tensor
 
 
 class StepOutput(NamedTuple):
@@ -115,12 +125,51 @@ def _calibrated(fn: Callable[..., tuple[Tensor, ...]], lv: _Levels) -> list[Tens
     ]
 
 
-def _diag(proc: SqueezedDiffusion, x: Tensor, coef: Tensor) -> Tensor:
-    """Multiply ``x`` by ``coef[i]`` along direction group i (last entry: the rest)."""
-    if bool((coef == coef[-1]).all()):
-        return x * float(coef[-1])
-    coef = coef.to(device=x.device, dtype=x.dtype)
-    return proc.basis.scale(x, coef[None, :-1], coef[-1:])
+_STEP_CACHE: weakref.WeakKeyDictionary[SqueezedDiffusion, dict[tuple, tuple[Coef, ...]]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _cached(
+    proc: SqueezedDiffusion, key: tuple, like: Tensor, make: Callable[[], Sequence[Tensor]]
+) -> tuple[Coef, ...]:
+    """``make()``'s coefficients for one step, computed once per process, step and device.
+
+    Every batch of a sampling run repeats the same ``(t, t_prev)``; the float64 maths on
+    tiny tensors costs more than the step's own tensor work at small batches, and its
+    results would otherwise cross from host to device at every step.
+    """
+    table = _STEP_CACHE.setdefault(proc, {})
+    key = (*key, like.device, like.dtype)
+    if key not in table:
+        table[key] = tuple(_coef(values, like) for values in make())
+    return table[key]
+
+
+def _coef(values: Tensor, like: Tensor) -> Coef:
+    values = values.reshape(-1)
+    if bool((values == values[-1]).all()):
+        return float(values[-1])
+    return values.to(device=like.device, dtype=like.dtype)
+
+
+def _combine(proc: SqueezedDiffusion, terms: Sequence[tuple[Tensor, Coef]]) -> Tensor:
+    """``sum_j D_j x_j`` with ``D_j`` multiplying direction group i by ``coef_j[i]``.
+
+    The per-direction terms share one :meth:`Basis.scale_sum` (one projection); the
+    uniform ones are then added in place, as scalar multiples.
+    """
+    shaped = [(x, c[None, :-1], c[-1:]) for x, c in terms if isinstance(c, Tensor)]
+    out = proc.basis.scale_sum(shaped) if shaped else None
+    for x, c in terms:
+        if isinstance(c, Tensor):
+            continue
+        if out is None:
+            out = x * c
+        else:
+            out.add_(x, alpha=c)
+    assert out is not None  # every step has at least one term
+    return out
 
 
 def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
@@ -129,9 +178,15 @@ def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
 
 def predict_x0(proc: SqueezedDiffusion, model_output: Tensor, x: Tensor, t: int) -> Tensor:
     """``x0hat = (x_t - sqrt(1 - abar_t) S_t epshat) / a_t`` from the model's target."""
-    abar_t = proc.alphas_cumprod.float()[t]
+
+    def scalars() -> tuple[Tensor, Tensor]:
+        abar_t = proc.alphas_cumprod.float()[t]  # diffusers' float32 values
+        return (1 - abar_t) ** 0.5, abar_t**0.5
+
+    noise_level, signal = _cached(proc, ("x0", t), x, scalars)
     shaped = model_output if proc.target == "squeezed" else proc.squeeze(model_output, t)
-    return (x - float((1 - abar_t) ** 0.5) * shaped) / float(abar_t**0.5)
+    x0 = shaped * noise_level  # diffusers' operations and roundings, in one buffer
+    return torch.sub(x, x0, out=x0).div_(signal)
 
 
 def _clip_x0(x0: Tensor, clip: bool) -> Tensor:
@@ -151,12 +206,17 @@ def ddpm_step(
     clip: bool = False,
 ) -> StepOutput:
     """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)."""
-    mean_x, mean_x0, var = _calibrated(_posterior, _levels(proc, t, t_prev))
+
+    def coefs() -> tuple[Tensor, ...]:
+        mean_x, mean_x0, var = _calibrated(_posterior, _levels(proc, t, t_prev))
+        return mean_x, mean_x0, var.clamp_min(1e-20).sqrt()
+
+    mean_x, mean_x0, std = _cached(proc, ("ddpm", t, t_prev), x, coefs)
     x0 = _clip_x0(predict_x0(proc, model_output, x, t), clip)
-    prev = _diag(proc, x0, mean_x0) + _diag(proc, x, mean_x)
+    terms = [(x0, mean_x0), (x, mean_x)]
     if t > 0:
-        prev = prev + _diag(proc, _noise(x, generator), var.clamp_min(1e-20).sqrt())
-    return StepOutput(prev, x0)
+        terms.append((_noise(x, generator), std))
+    return StepOutput(_combine(proc, terms), x0)
 
 
 def _ddim_coefs(
@@ -186,14 +246,19 @@ def ddim_step(
     Like diffusers, a clipped x0hat leaves epshat alone, and noise is drawn at
     every step when ``eta > 0``.
     """
-    lv = _levels(proc, t, t_prev)
-    unit = proc.target == "unit"
-    std, out_coef = _calibrated(lambda *a: _ddim_coefs(*a, eta=eta, unit=unit), lv)
+
+    def coefs() -> tuple[Tensor, ...]:
+        lv = _levels(proc, t, t_prev)
+        unit = proc.target == "unit"
+        std, out_coef = _calibrated(lambda *a: _ddim_coefs(*a, eta=eta, unit=unit), lv)
+        return lv.abar_prev**0.5, out_coef, std
+
+    signal, out_coef, std = _cached(proc, ("ddim", t, t_prev, eta), x, coefs)
     x0 = _clip_x0(predict_x0(proc, model_output, x, t), clip)
-    prev = float(lv.abar_prev**0.5) * x0 + _diag(proc, model_output, out_coef)
+    terms = [(x0, signal), (model_output, out_coef)]
     if eta > 0:
-        prev = prev + _diag(proc, _noise(x, generator), std)
-    return StepOutput(prev, x0)
+        terms.append((_noise(x, generator), std))
+    return StepOutput(_combine(proc, terms), x0)
 
 
 def ddpm_paper_step(
@@ -213,16 +278,21 @@ def ddpm_paper_step(
     x_0 clipped in the unsqueezed coordinates). Written in x coordinates it is
     ``A x_t + B S_t clip(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
     """
-    lv = _levels(proc, t, t_prev)
-    ones = torch.ones(1)
-    mean_x, mean_x0, var = (float(v) for v in _posterior(lv.abar_t, lv.abar_prev, ones, ones))
+
+    def coefs() -> tuple[Tensor, ...]:
+        lv = _levels(proc, t, t_prev)
+        ones = torch.ones(1)
+        mean_x, mean_x0, var = _posterior(lv.abar_t, lv.abar_prev, ones, ones)
+        return mean_x, mean_x0, var.double().clamp_min(1e-20).sqrt() * lv.c_t  # std * S_t
+
+    mean_x, mean_x0, noise_coef = _cached(proc, ("ddpm-paper", t, t_prev), x, coefs)
     x0 = predict_x0(proc, model_output, x, t)
     if clip:
         x0 = proc.squeeze(proc.unsqueeze(x0, t).clamp(-1.0, 1.0), t)
-    prev = mean_x0 * x0 + mean_x * x
+    terms = [(x0, mean_x0), (x, mean_x)]
     if t > 0:
-        prev = prev + max(var, 1e-20) ** 0.5 * proc.squeeze(_noise(x, generator), t)
-    return StepOutput(prev, x0)
+        terms.append((_noise(x, generator), noise_coef))
+    return StepOutput(_combine(proc, terms), x0)
 
 
 SAMPLERS: dict[str, StepFunction] = {

@@ -35,6 +35,7 @@ from .checkpoint import (
     list_checkpoints,
     load_checkpoint,
     load_weights,
+    remove_partial_checkpoints,
     restore_rng,
     save_checkpoint,
 )
@@ -104,15 +105,19 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> None:
         self.cfg, self.progress = cfg, progress
         self.out = Path(cfg.out)
-        self.accelerator = Accelerator(mixed_precision=cfg.mixed_precision)
+        # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
+        self.accelerator = Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available()
+        )
         set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
         if resume is None and list_checkpoints(self.out):
             raise ValueError(
                 f"{self.out} already holds a run; pass --resume latest or choose another --out"
             )
+        # The data do not depend on the training seed: seeds differ only in training randomness.
         self.dataset = load_dataset(
             cfg.dataset, cfg.data_dir, resolution=cfg.resolution, subset=cfg.subset,
-            download=cfg.download, skip_bad_images=cfg.skip_bad_images, seed=cfg.seed,
+            download=cfg.download, skip_bad_images=cfg.skip_bad_images,
         )  # fmt: skip
         self.basis = self._basis(resume)
         self.process: SqueezedDiffusion = build_process(cfg, self.basis).to(self.accelerator.device)
@@ -132,6 +137,14 @@ class Trainer:
 
         channels, resolution = self.dataset.shape[0], self.dataset.shape[-1]
         model = build_model(cfg.model, channels, resolution)
+        if self.accelerator.device.type == "cuda":
+            # TF32 and autotuned algorithms for the convolutions (fixed shapes) and NHWC
+            # layout for tensor cores. Matmuls stay fp32: the PCA/DCT bases project with them.
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+            model = model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            model.compile()  # in place: parameter names and state_dict keys stay the same
         optimizer = torch.optim.AdamW(
             model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
             weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
@@ -148,12 +161,9 @@ class Trainer:
             inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power,
         )  # fmt: skip
         self.ema.to(self.accelerator.device)
-        self.images = (
-            self.dataset.images.pin_memory() if torch.cuda.is_available() else self.dataset.images
-        )
         self.step = 0
         self._perm: tuple[int, torch.Tensor] | None = None
-        self._stop_signal: int | None = None
+        self.stop_signal: int | None = None
         self.skipped_batches = 0
         if resume is not None:
             self._resume(resume)
@@ -161,6 +171,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             cfg.save(self.out / "config.yaml")
             self.basis.save(self.out / "basis.safetensors")
+        if self.accelerator.is_main_process:
+            remove_partial_checkpoints(self.out)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -222,11 +234,27 @@ class Trainer:
         flip = torch.rand(n, generator=gen, device=device) < 0.5
         world, rank = self.accelerator.num_processes, self.accelerator.process_index
         share = slice(rank * n // world, (rank + 1) * n // world)
-        x0 = self.images[idx[share]].to(device, non_blocking=True).float().div_(127.5).sub_(1.0)
-        if self.cfg.hflip:
-            x0 = torch.where(flip[share].view(-1, 1, 1, 1), x0.flip(-1), x0)
+        x0 = self._load_images(idx[share], flip[share] if self.cfg.hflip else None)
         x_t, target = self.process.add_noise(x0, noise[share], t[share])
         return x_t, t[share], target
+
+    def _load_images(self, idx: torch.Tensor, flip: torch.Tensor | None) -> torch.Tensor:
+        """Images ``idx`` as floats in [-1, 1] on the device, mirrored where ``flip``.
+
+        Gathered and flipped as uint8 (a quarter of the bytes of floats), then converted
+        once. On CUDA the gather writes pinned memory, so the copy to the GPU is
+        asynchronous (the pinned block is recycled only after the copy has finished).
+        """
+        device = self.accelerator.device
+        images = self.dataset.images
+        if device.type == "cuda":
+            batch = torch.empty((len(idx), *images.shape[1:]), dtype=images.dtype, pin_memory=True)
+            batch = torch.index_select(images, 0, idx, out=batch).to(device, non_blocking=True)
+        else:
+            batch = images[idx]
+        if flip is not None:
+            batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
+        return batch.float().div_(127.5).sub_(1.0)
 
     def train_step(self) -> torch.Tensor:
         """One optimiser step over the global batch; returns the mean loss (on device)."""
@@ -245,7 +273,7 @@ class Trainer:
         if cfg.skip_nonfinite and not torch.isfinite(total):
             self.optimizer.zero_grad(set_to_none=True)
             self.skipped_batches += 1
-            return total
+            return torch.zeros_like(total)  # keep the logged mean loss finite
         if cfg.grad_clip > 0:
             acc.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         self.optimizer.step()
@@ -315,7 +343,7 @@ class Trainer:
                 f.write(json.dumps(record) + "\n")
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
-        self._stop_signal = signum
+        self.stop_signal = signum
 
     # -- the loop ---------------------------------------------------------------------
     def run(self) -> Path:
@@ -326,7 +354,7 @@ class Trainer:
             total=self.total_steps, initial=self.step, disable=not (self.progress and acc.is_main_process),
             desc=f"train {cfg.variant} s={cfg.strength:g}", unit="step",
         )  # fmt: skip
-        if acc.is_main_process and self.step == 0:
+        if acc.is_main_process and self.step == 0 and self.progress:
             n_params = count_parameters(self.unwrapped)
             bar.write(
                 f"{cfg.model} UNet, {n_params / 1e6:.2f}M parameters; {len(self.dataset)} images"
@@ -343,7 +371,7 @@ class Trainer:
                 window_steps += 1
                 bar.update(1)
                 boundary = self.step % cfg.checkpoint_every == 0 or self.step == self.total_steps
-                if self.step % cfg.log_every == 0 or boundary or self._stop_signal:
+                if self.step % cfg.log_every == 0 or boundary or self.stop_signal:
                     mean_loss = float(loss_sum) / window_steps  # the only host sync
                     if not math.isfinite(mean_loss) and not cfg.skip_nonfinite:
                         raise TrainingDiverged(self._diverged_message())
@@ -359,13 +387,13 @@ class Trainer:
                     bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
                     loss_sum.zero_()
                     window_start, window_steps = time.perf_counter(), 0
-                if boundary or self._stop_signal:
+                if boundary or self.stop_signal:
                     self.save()
                 if cfg.sample_every and self.step % cfg.sample_every == 0 and acc.is_main_process:
                     self.sample_grid(self.out / "samples" / f"step-{self.step:08d}.png")
-                if self._stop_signal:
+                if self.stop_signal:
                     bar.write(
-                        f"signal {self._stop_signal}: saved step {self.step}; resume with --resume latest"
+                        f"signal {self.stop_signal}: saved step {self.step}; resume with --resume latest"
                     )
                     break
         finally:
