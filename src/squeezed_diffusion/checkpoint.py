@@ -195,19 +195,25 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     model.load_state_dict(weights)
 
 
-def load_run(run_dir: str | Path, ema: bool = True, checkpoint: str = "latest"):
-    """``(unet, process)`` of a trained run, EMA weights by default, ready for sampling."""
+def read_run(run_dir: str | Path):
+    """``(config, basis)`` saved in a run folder: everything needed to rebuild its process."""
     from .basis import load_basis
-    from .config import TrainConfig, build_process
-    from .models import build_model
+    from .config import TrainConfig
 
     run_dir = Path(run_dir)
     if not (run_dir / "config.yaml").is_file():
         raise CheckpointError(
             f"{run_dir} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
         )
-    cfg = TrainConfig.load(run_dir / "config.yaml")
-    basis = load_basis(run_dir / "basis.safetensors")
+    return TrainConfig.load(run_dir / "config.yaml"), load_basis(run_dir / "basis.safetensors")
+
+
+def load_run(run_dir: str | Path, ema: bool = True, checkpoint: str = "latest"):
+    """``(unet, process)`` of a trained run, EMA weights by default, ready for sampling."""
+    from .config import build_process
+    from .models import build_model
+
+    cfg, basis = read_run(run_dir)
     ckpt = find_checkpoint(run_dir, checkpoint)
     channels, resolution = basis.metadata["image_shape"][0], basis.metadata["image_shape"][-1]
     unet = build_model(cfg.model, channels, resolution)

@@ -15,8 +15,8 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .checkpoint import list_checkpoints, load_run
-from .config import TrainConfig, resolve_config
+from .checkpoint import list_checkpoints, read_run
+from .config import TrainConfig, build_process, resolve_config
 from .data import load_dataset
 from .generate import generate
 from .metrics import fd_pixels
@@ -43,7 +43,7 @@ def _plots(rows: list[dict], runs: dict[str, Path], out: Path) -> Path:
     for row in rows:
         log = [json.loads(ln) for ln in (runs[row["name"]] / "log.jsonl").read_text().splitlines()]
         ax_loss.plot([r["step"] for r in log], [r["loss"] for r in log], label=row["name"])
-        _, proc = load_run(runs[row["name"]])
+        proc = build_process(*read_run(runs[row["name"]]))  # no weights needed for log-SNR
         lsnr = proc.log_snr_table().numpy()
         ax_snr.plot(lsnr[:, 0], label=f"{row['name']}: principal")
         if row["variant"] != "isotropic":

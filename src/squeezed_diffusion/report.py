@@ -249,13 +249,14 @@ def _saved_setting(
     """(config, basis) to rebuild a configuration's processes: a cell's saved ones when the
     cell folders are there, else the defaults with the luminance channel direction (C = 3),
     which gives the same per-direction curves as any fitted channel direction."""
-    from .basis import ChannelBasis, load_basis
+    from .basis import ChannelBasis
+    from .checkpoint import read_run
     from .config import TrainConfig
 
     for cell in cell_ids:
         run = cells_dir / cell / "run"
         if (run / "basis.safetensors").is_file() and (run / "config.yaml").is_file():
-            return TrainConfig.load(run / "config.yaml"), load_basis(run / "basis.safetensors")
+            return read_run(run)
     return (TrainConfig(), ChannelBasis.luminance(3)) if group[3] == "channel" else None
 
 
