@@ -67,6 +67,26 @@ def test_summary_uses_isotropic_as_strength_zero_of_every_variant() -> None:
     assert {s.group for s in summary} == {("cifar10", "", "beta", "channel")}
 
 
+def test_paired_difference_matches_seeds_and_removes_their_common_scatter() -> None:
+    # fd_effnet scatters by seed (sd 1) in every cell, identically: the paired difference from
+    # the isotropic cell of the same seed is exactly 10 s with zero spread.
+    rows = [r for r in fixture_rows() if not (r["variant"] == "isotropic" and r["seed"] == 2)]
+    fd = {(s.variant, s.strength): s for s in summarize(rows) if s.metric == "fd_effnet"}
+    sdm = fd[("sdm", -0.4)]
+    assert sdm.pairs == 2 and sdm.n == 3  # seed 2 has no isotropic partner
+    assert sdm.delta == pytest.approx(-4.0) and sdm.delta_ci == pytest.approx(0.0, abs=1e-9)
+    assert sdm.ci > 1  # the unpaired interval keeps the seed scatter
+    assert fd[("isotropic", 0.0)].delta is None and fd[("isotropic", 0.0)].pairs == 0
+    # an unmatched seed shifts the paired mean: pair seed 0 with a deliberately different value
+    rows = [dict(r) for r in rows]
+    for r in rows:
+        if r["cell"] == "cifar10_sdm_s-0.4_seed0" and r["metric"] == "fd_effnet":
+            r["value"] += 2.0
+    sdm = {(s.variant, s.strength): s for s in summarize(rows) if s.metric == "fd_effnet"}
+    assert sdm[("sdm", -0.4)].delta == pytest.approx(-3.0)
+    assert sdm[("sdm", -0.4)].delta_ci == pytest.approx(stats.t.ppf(0.975, 1) * 2**0.5 / 2**0.5)
+
+
 def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> None:
     out = results_dir / "report"
     assert main(["report", str(results_dir / "results.json"), "--out", str(out)]) == 0
@@ -76,6 +96,8 @@ def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> 
     ci = stats.t.ppf(0.975, 2) / 3**0.5
     assert f"| sdm | -0.4 | 3 | 16 ± {ci:.2g} (-20.0 %) |" in md
     assert "| isotropic | 0 | 3 | 20 ± " in md
+    assert "| variant | s | pairs | fd_effnet | precision_effnet | recall_effnet |" in md
+    assert "| sdm | -0.4 | 3 | -4 ± 0 | -0.04 ± 0 | +0.04 ± 0 |" in md
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert len(links) == 3  # metrics, precision-recall, log-SNR
     for link in links:

@@ -7,7 +7,10 @@ no script; the markdown links PNG files written to ``figures/`` beside it.
 Numbers: per (configuration, variant, strength, metric), the mean over seeds and the
 half-width of its 95 % interval, ``t(0.975, n - 1) * sd / sqrt(n)`` (Student t; none for
 one seed), and the change of the mean relative to strength 0 (the isotropic cell of the
-same dataset and extra settings), in %.
+same dataset and extra settings), in %. Because a seed fixes the initialisation, the data
+order and every noise draw, a cell and the isotropic cell of the same seed are a matched
+pair: the paired difference (mean over seeds of cell minus isotropic, with its own Student-t
+interval) separates the effect of the strength from seed-to-seed scatter.
 """
 
 from __future__ import annotations
@@ -51,6 +54,9 @@ class Summary:
     mean: float
     ci: float | None
     change_pct: float | None
+    delta: float | None = None  # mean over seeds of (cell - isotropic cell of the same seed)
+    delta_ci: float | None = None
+    pairs: int = 0
 
 
 # ----------------------------------------------------------------------------- numbers
@@ -105,13 +111,15 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
     of their dataset and extra settings.
     """
     values: dict[tuple, list[float]] = defaultdict(list)
+    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)
     configs: set[tuple[str, str, str, str]] = set()
     for r in rows:
-        values[(*_config(r), r["variant"], float(r["strength"]), r["metric"])].append(
-            float(r["value"])
-        )
+        key = (*_config(r), r["variant"], float(r["strength"]), r["metric"])
+        values[key].append(float(r["value"]))
+        by_seed[key][int(r["seed"])] = float(r["value"])
         if r["variant"] != "isotropic":
             configs.add(_config(r))
+    iso_seed = {(k[0], k[1], k[6]): v for k, v in by_seed.items() if k[4] == "isotropic"}
     baseline = {
         (k[0], k[1], k[6]): statistics.fmean(v) for k, v in values.items() if k[4] == "isotropic"
     }
@@ -127,9 +135,26 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         mean = statistics.fmean(vals)
         base = baseline.get((dataset, extra, metric))
         change = None if variant == "isotropic" or not base else 100 * (mean - base) / abs(base)
+        paired = _paired_differences(
+            by_seed[(dataset, extra, profile, basis, variant, strength, metric)],
+            iso_seed.get((dataset, extra, metric), {}) if variant != "isotropic" else {},
+        )
+        delta = statistics.fmean(paired) if paired else None
         for group in groups:
             out.append(
-                Summary(group, variant, strength, metric, len(vals), mean, interval95(vals), change)
+                Summary(
+                    group,
+                    variant,
+                    strength,
+                    metric,
+                    len(vals),
+                    mean,
+                    interval95(vals),
+                    change,
+                    delta,
+                    interval95(paired),
+                    len(paired),
+                )
             )
     return sorted(
         out,
@@ -142,6 +167,11 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
     )
 
 
+def _paired_differences(cell: dict[int, float], isotropic: dict[int, float]) -> list[float]:
+    """cell - isotropic for every seed both have."""
+    return [cell[seed] - isotropic[seed] for seed in sorted(cell.keys() & isotropic.keys())]
+
+
 def _metric_rank(metric: str) -> int:
     return RESULT_KEYS.index(metric) if metric in RESULT_KEYS else len(RESULT_KEYS)
 
@@ -149,6 +179,12 @@ def _metric_rank(metric: str) -> int:
 def _cell_text(s: Summary) -> str:
     text = f"{s.mean:.4g}" + (f" ± {s.ci:.2g}" if s.ci is not None else "")
     return text + (f" ({s.change_pct:+.1f} %)" if s.change_pct is not None else "")
+
+
+def _delta_text(s: Summary) -> str:
+    if s.delta is None:
+        return ""
+    return f"{s.delta:+.4g}" + (f" ± {s.delta_ci:.2g}" if s.delta_ci is not None else "")
 
 
 def _group_title(group: tuple[str, str, str, str]) -> str:
@@ -316,18 +352,29 @@ _INTRO = (
 )
 
 
-def paper_table(items: list[Summary]) -> tuple[list[str], list[list[str]]]:
-    """The paper's layout: one row per (variant, strength), one column per metric."""
+_PAIRED = (
+    "Paired difference from strength 0: mean over seeds of (cell - isotropic cell of the same "
+    "seed; a seed fixes initialisation, data order and noise draws) ± half-width of its 95 % "
+    "interval (Student t). An interval that excludes 0 is a difference this sweep resolves."
+)
+
+
+def paper_table(items: list[Summary], paired: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The paper's layout: one row per (variant, strength), one column per metric; with
+    ``paired`` the seed-matched differences from strength 0 instead of the means."""
     metrics = sorted({s.metric for s in items}, key=_metric_rank)
-    text = {(s.variant, s.strength, s.metric): _cell_text(s) for s in items}
-    seeds = {(s.variant, s.strength): s.n for s in items}
+    if paired:
+        items = [s for s in items if s.delta is not None]
+    fmt = _delta_text if paired else _cell_text
+    text = {(s.variant, s.strength, s.metric): fmt(s) for s in items}
+    seeds = {(s.variant, s.strength): s.pairs if paired else s.n for s in items}
     rows = [
         [variant, f"{strength:g}", str(n), *(text.get((variant, strength, m), "") for m in metrics)]
         for (variant, strength), n in sorted(
             seeds.items(), key=lambda kv: (_VARIANT_ORDER.get(kv[0][0], 9), kv[0][1])
         )
     ]
-    return ["variant", "s", "seeds", *metrics], rows
+    return ["variant", "s", "pairs" if paired else "seeds", *metrics], rows
 
 
 def _group_blocks(
@@ -338,9 +385,11 @@ def _group_blocks(
     cells_dir: Path,
 ) -> list[Block]:
     header, body = paper_table(items)
-    blocks: list[Block] = [
-        ("h", 2, _group_title(group)),
-        ("table", header, body),
+    blocks: list[Block] = [("h", 2, _group_title(group)), ("table", header, body)]
+    header, body = paper_table(items, paired=True)
+    if body:
+        blocks += [("p", _PAIRED), ("table", header, body)]
+    blocks += [
         (
             "img",
             f"metrics-{i}.png",
