@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import numpy as np
@@ -125,3 +126,60 @@ def test_direction_validation() -> None:
         ChannelBasis([0.0, 0.0, 0.0])
     with pytest.raises(ValueError, match="finite non-zero"):
         ChannelBasis([float("nan"), 1.0, 0.0])
+
+
+def _dense_operator(basis, group: torch.Tensor, rest: float) -> torch.Tensor:
+    """The D x D matrix of ``S = rest I + sum_k (group_k - rest) P_k``, built from each basis'
+    definition (not from its ``scale`` code): channel direction per pixel, PCA components,
+    DCT bands of a 2-D DCT-II."""
+    c, h, w = 3, 8, 8
+    eye = torch.eye(c * h * w, dtype=torch.float64)
+    if isinstance(basis, ChannelBasis):
+        v = basis.direction.double()
+        proj = [torch.kron(torch.outer(v, v), torch.eye(h * w, dtype=torch.float64))]
+    elif isinstance(basis, PixelPCABasis):
+        proj = [torch.outer(u, u) for u in basis.components.double()]
+    else:
+        m = torch.kron(dct_matrix(h), dct_matrix(w))  # 2-D DCT on a flattened H x W plane
+        u, v = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+        radius = torch.sqrt((u / h) ** 2 + (v / w) ** 2).flatten()
+        edges = (0.0, *basis.cutoffs)
+        proj = []
+        for lo, hi in itertools.pairwise(edges):
+            band = ((radius >= lo) & (radius < hi)).double()
+            plane = m.T @ torch.diag(band) @ m
+            proj.append(torch.kron(torch.eye(c, dtype=torch.float64), plane))
+    op = rest * eye
+    for k, p in enumerate(proj):
+        op = op + (float(group[k]) - rest) * p
+    return op
+
+
+@pytest.mark.parametrize("kind", ["channel", "pca", "dct"])
+def test_scale_sum_of_several_terms_equals_dense_operators(kind: str) -> None:
+    """The samplers' three-term ``scale_sum`` (per-sample and broadcast scales) equals the
+    sum of the dense per-sample operators, and leaves its inputs untouched."""
+    gen = torch.Generator().manual_seed(5)
+    basis = {
+        "channel": lambda: ChannelBasis(direction=torch.tensor([0.5, 0.6, 0.62])),
+        "pca": lambda: PixelPCABasis.fit(torch.randn(300, 3, 8, 8, generator=gen).split(100), k=3),
+        "dct": lambda: DCTBasis((3, 8, 8), cutoffs=(0.2, 0.5)),
+    }[kind]()
+    batch, k = 4, basis.num_groups
+    terms = [
+        (torch.randn(batch, 3, 8, 8, generator=gen), torch.rand(batch, k, generator=gen) + 0.5,
+         torch.rand(batch, generator=gen) + 0.5),
+        (torch.randn(batch, 3, 8, 8, generator=gen), torch.rand(1, k, generator=gen) + 0.5,
+         torch.rand(1, generator=gen) + 0.5),
+        (torch.randn(batch, 3, 8, 8, generator=gen), torch.rand(batch, k, generator=gen), 0.7),
+    ]  # fmt: skip
+    before = [x.clone() for x, _, _ in terms]
+    out = basis.scale_sum(terms)
+    for b in range(batch):
+        want = torch.zeros(3 * 8 * 8, dtype=torch.float64)
+        for x, group, rest in terms:
+            g = group[b] if len(group) == batch else group[0]
+            r = float(rest if isinstance(rest, float) else rest[b if len(rest) == batch else 0])
+            want += _dense_operator(basis, g, r) @ x[b].double().flatten()
+        assert torch.allclose(out[b].double().flatten(), want, atol=1e-4), (kind, b)
+    assert all(torch.equal(x, x0) for (x, _, _), x0 in zip(terms, before, strict=True))
