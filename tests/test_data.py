@@ -264,6 +264,21 @@ def test_celeba_centre_crop_and_resize(tmp_path):
     ).shape == (3, 32, 32)
 
 
+def test_celeba_uses_the_training_split_when_the_partition_file_is_there(tmp_path):
+    folder = tmp_path / "celeba" / "img_align_celeba"
+    for i, split in enumerate([0, 1, 0, 2], 1):  # train images white, the others black
+        _save_png(
+            folder / f"{i:06d}.jpg", np.full((218, 178, 3), 255 if split == 0 else 0, np.uint8)
+        )
+    partition = tmp_path / "celeba" / "list_eval_partition.txt"
+    partition.write_text("000001.jpg 0\n000002.jpg 1\n000003.jpg 0\n000004.jpg 2\n")
+    ds = load_dataset("celeba64", tmp_path)
+    assert len(ds) == 2 and ds.images.float().min() > 240
+    partition.write_text("000001.jpg train\n")
+    with pytest.raises(DataError, match=r"list_eval_partition.txt:1 is not 'FILE SPLIT'"):
+        load_dataset("celeba64", tmp_path)
+
+
 # ----------------------------------------------------------------------------- Fashion-MNIST
 
 

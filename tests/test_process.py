@@ -123,10 +123,26 @@ def test_invalid_process_names_t_direction_and_strength(
     assert "at t=" in msg and "\n" not in msg
 
 
-def test_reasonable_strengths_are_valid() -> None:
-    for s in (-8.0, -2.0, -0.4, 0.4, 1.0, 4.0):
-        for v in ("sdm", "hdm"):
-            SqueezedDiffusion(ChannelBasis.luminance(), v, s, "beta")
+def valid_strengths(variant: str, grid: np.ndarray) -> list[float]:
+    out = []
+    for s in grid:
+        try:
+            SqueezedDiffusion(ChannelBasis.luminance(), variant, float(s), "beta")
+            out.append(float(s))
+        except ValueError:
+            pass
+    return out
+
+
+def test_valid_strength_ranges_are_the_documented_ones() -> None:
+    """README, 'The process': on a 0.5 grid, SDM is valid for every s <= 4.5 (antisqueezing
+    only speeds up the principal SNR's fall) and HDM for -9.5 <= s <= 4.5 (its orthogonal
+    directions, scaled by exp(s / 2), stop falling first). Both ranges are contiguous."""
+    grid = np.arange(-100.0, 20.0, 0.5)
+    for variant, low in (("sdm", -100.0), ("hdm", -9.5)):
+        valid = valid_strengths(variant, grid)
+        assert (valid[0], valid[-1]) == (low, 4.5), variant
+        assert len(valid) == round((4.5 - low) / 0.5) + 1, variant
 
 
 @pytest.mark.parametrize(

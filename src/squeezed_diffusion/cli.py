@@ -214,7 +214,7 @@ def _check_writable(path: Path) -> None:
 
 
 _TRAIN_FLAGS = {
-    "dataset": (str, "dataset name (see sqdm fit-basis --help)"),
+    "dataset": (str, "cifar10, cifar100, celeba64, imagefolder, fashion-mnist, photos or array"),
     "data_dir": (str, "where the dataset lives (file or folder)"),
     "resolution": (int, "resize images to R x R"),
     "subset": (int, "use the first N images"),

@@ -277,8 +277,11 @@ def _read_member(tf: tarfile.TarFile, member: tarfile.TarInfo) -> bytes:
     return f.read()
 
 
-def _load_files(req: _Request, size: int | None, crop: int | None = None) -> np.ndarray:
-    """Images from a folder (recursive) or tar archive, sorted by relative path.
+def _load_files(
+    req: _Request, size: int | None, crop: int | None = None, names: set[str] | None = None
+) -> np.ndarray:
+    """Images from a folder (recursive) or tar archive, sorted by relative path; ``names``
+    (file names) keeps only those files of a folder, e.g. a dataset's training split.
 
     A full decode is cached as .npy (see ``_cache_path``); a ``subset`` reads the cache when
     one exists and otherwise decodes only its own images.
@@ -291,7 +294,11 @@ def _load_files(req: _Request, size: int | None, crop: int | None = None) -> np.
         signature: object = [st.st_size, st.st_mtime_ns]
     else:
         files = sorted(
-            (p for p in path.rglob("*") if _is_image(p.name) and p.is_file()),
+            (
+                p
+                for p in path.rglob("*")
+                if _is_image(p.name) and (names is None or p.name in names) and p.is_file()
+            ),
             key=lambda p: p.relative_to(path).as_posix(),
         )
         if not files:
@@ -354,7 +361,9 @@ def _load_cifar(req: _Request) -> np.ndarray:
     """Torchvision's python-pickle files, read directly (torchvision's md5 check rejects copies)."""
     title, folder, files = _CIFAR[req.name]
     if req.root is None:
-        raise DataError(f"{title} needs a data path; pass --data-dir PATH (with --download)")
+        raise DataError(
+            f"{title} needs a data path; pass --data-dir PATH (sqdm train can add --download)"
+        )
     paths = [req.root / folder / f for f in files]
     expected = f"{folder}/{files[0]}..{len(files)}" if len(files) > 1 else f"{folder}/{files[0]}"
     if req.download and not all(p.exists() for p in paths):
@@ -385,13 +394,47 @@ def _load_cifar(req: _Request) -> np.ndarray:
 
 
 def _load_celeba(req: _Request) -> np.ndarray:
-    """Aligned CelebA (178x218): centre crop 140 px, resized to 64 unless --resolution says else."""
+    """Aligned CelebA (178x218): centre crop 140 px, resized to 64 unless --resolution says else.
+
+    The training split (162,770 images) when ``list_eval_partition.txt`` lies in the image
+    folder or up to two levels above it (torchvision's layout); every image otherwise.
+    """
     root = _existing(req)
     for sub in ("celeba/img_align_celeba", "img_align_celeba"):  # torchvision layout first
         if (root / sub).is_dir():
             root = root / sub
             break
-    return _load_files(replace(req, root=root), size=req.resolution or 64, crop=CELEBA_CROP)
+    split = next(
+        (
+            d / _CELEBA_SPLIT
+            for d in (root, root.parent, root.parent.parent)
+            if (d / _CELEBA_SPLIT).is_file()
+        ),
+        None,
+    )
+    names = _celeba_train_names(split) if split is not None else None
+    return _load_files(
+        replace(req, root=root), size=req.resolution or 64, crop=CELEBA_CROP, names=names
+    )
+
+
+_CELEBA_SPLIT = "list_eval_partition.txt"
+
+
+def _celeba_train_names(path: Path) -> set[str]:
+    """File names marked 0 (train) in CelebA's partition file: lines ``000001.jpg 0``."""
+    names = set()
+    for i, line in enumerate(path.read_text().splitlines(), 1):
+        parts = line.split()
+        if not parts:
+            continue
+        if len(parts) != 2 or parts[1] not in ("0", "1", "2"):
+            raise DataError(f"{path}:{i} is not 'FILE SPLIT' (split 0, 1 or 2); restore the file")
+        if parts[1] == "0":
+            names.add(parts[0])
+    if not names:
+        raise DataError(f"{path} marks no image as training (split 0); restore the file")
+    return names
 
 
 def _load_imagefolder(req: _Request) -> np.ndarray:
