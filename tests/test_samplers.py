@@ -68,7 +68,9 @@ def test_full_sampling_loop_equals_diffusers_loop(sampler: str) -> None:
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 0.9 * x + 0.001 * t.float().view(-1, 1, 1, 1)
 
-    ours = proc.sample(model, (2, 3, 8, 8), 20, sampler, generator=_gen(7), eta=1.0, progress=False)
+    ours = proc.sample(
+        model, (2, 3, 8, 8), 20, sampler, generator=_gen(7), eta=1.0, clip=False, progress=False
+    )
     gen = _gen(7)
     x = torch.randn((2, 3, 8, 8), generator=gen)
     for t in ref.timesteps:
@@ -105,6 +107,7 @@ def oracle_errors(variant: str, strength: float, profile: str, sampler: str, ste
         ChannelBasis(direction), variant, strength, profile, target=kw.pop("target", "squeezed")
     )
     model = oracle(proc, variant, strength, profile)
+    kw.setdefault("clip", False)  # Gaussian data are not bounded to [-1, 1]
     x = proc.sample(model, (16, 3, 32, 32), steps, sampler, generator=_gen(1), progress=False, **kw)
     vecs = x.permute(0, 2, 3, 1).reshape(-1, 3).double().numpy()
     cov_err = np.linalg.norm(np.cov(vecs.T) - SIGMA0) / np.linalg.norm(SIGMA0)
@@ -187,3 +190,20 @@ def test_prior_is_squeezed() -> None:
     x = proc.prior((64, 3, 16, 16), generator=_gen(0))
     along = (x * proc.basis.direction.view(1, 3, 1, 1)).sum(1)
     assert float(along.std()) == pytest.approx(np.exp(0.8), rel=0.02)
+
+
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "ddpm-paper"])
+def test_samplers_clip_x0_by_default_like_diffusers(sampler: str) -> None:
+    """A wild predictor (as an undertrained network is at large t) saturates unclipped
+    samples; the default clips x_0 to [-1, 1], so the last step lands inside the data range."""
+    proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "hdm", -0.4)
+
+    def wild(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -3.0 * x
+
+    run = {"generator": _gen(2), "progress": False}
+    clipped = proc.sample(wild, (2, 3, 8, 8), 10, sampler, **run)
+    # ddpm-paper clips S_t^-1 x_0 and maps back with S_t, which at t = 0 is still exp(-s_0) != 1
+    assert clipped.abs().max() <= (1.01 if sampler == "ddpm-paper" else 1.0 + 1e-4)
+    unclipped = proc.sample(wild, (2, 3, 8, 8), 10, sampler, clip=False, **run)
+    assert unclipped.abs().max() > 2.0

@@ -256,7 +256,7 @@ class SqueezedDiffusion:
         generator: torch.Generator | None = None,
         eta: float = 0.0,
         progress: bool = True,
-        clip: bool | None = None,
+        clip: bool = True,
         device: torch.device | str | None = None,
         callback: Callback | None = None,
     ) -> Tensor:
@@ -264,8 +264,7 @@ class SqueezedDiffusion:
 
         ``sampler`` is ``"ddpm"`` (exact ancestral), ``"ddim"`` (exact, with
         ``eta``) or ``"ddpm-paper"`` (the reference heuristic). ``clip`` clips
-        the predicted x_0 to [-1, 1]; ``None`` uses the sampler's default (on
-        for ``ddpm-paper`` as in diffusers, off for the exact samplers).
+        the predicted x_0 to [-1, 1] (on by default, as in diffusers).
         """
         from .samplers import sample
 

@@ -300,7 +300,6 @@ SAMPLERS: dict[str, StepFunction] = {
     "ddim": ddim_step,
     "ddpm-paper": ddpm_paper_step,
 }
-DEFAULT_CLIP = {"ddpm": False, "ddim": False, "ddpm-paper": True}
 
 
 def get_sampler(name: str) -> StepFunction:
@@ -330,7 +329,7 @@ def sample(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     progress: bool = True,
-    clip: bool | None = None,
+    clip: bool = True,
     device: torch.device | str | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -339,11 +338,13 @@ def sample(
     Noise is drawn in diffusers' order (prior first, then one draw per step
     that adds noise), so a seeded generator gives the same images as the
     diffusers pipeline would. ``callback(i, t, x_prev, pred_x0)`` sees every
-    step (for trajectory strips).
+    step (for trajectory strips). ``clip`` clips the predicted x_0 to the data range
+    [-1, 1] (on, as in diffusers: an undertrained network's x_0 at large t is amplified
+    by 1 / sqrt(abar_t), and unclipped it saturates most pixels); the Gaussian oracle,
+    whose data are unbounded, turns it off.
     """
     step = get_sampler(sampler)
     schedule = timesteps(proc.num_train_timesteps, num_steps)
-    clip = DEFAULT_CLIP[sampler] if clip is None else clip
     x = proc.prior(shape, generator=generator, device=device)
     for i, (t, t_prev) in enumerate(
         tqdm(schedule, desc=f"sampling ({sampler})", disable=not progress)

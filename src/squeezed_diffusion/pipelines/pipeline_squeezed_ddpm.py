@@ -16,7 +16,7 @@ import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..process import SqueezedDiffusion
-from ..samplers import DEFAULT_CLIP, get_sampler
+from ..samplers import get_sampler
 from ._base import basis_config
 from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
 from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
@@ -80,24 +80,24 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         run_dir: str | Path,
         ema: bool = True,
         sampler: str = "ddpm",
-        clip_sample: bool | None = None,
+        clip_sample: bool = True,
     ) -> SqueezedDDPMPipeline:
         """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
 
-        ``sampler`` is 'ddpm', 'ddpm-paper' or 'ddim'. ``clip_sample=None`` takes the
-        core's default for that sampler (off for the exact ones, on for 'ddpm-paper'),
-        so that the pipeline draws what ``SqueezedDiffusion.sample`` draws.
+        ``sampler`` is 'ddpm', 'ddpm-paper' or 'ddim'. With the same ``clip_sample``
+        (on by default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..checkpoint import load_run
 
         get_sampler(sampler)  # reject an unknown name before loading anything
-        clip = DEFAULT_CLIP[sampler] if clip_sample is None else clip_sample
         unet, process = load_run(run_dir, ema=ema)
         if sampler == "ddim":
-            scheduler = scheduler_from_process(process, "ddim", clip_sample=clip)
+            scheduler = scheduler_from_process(process, "ddim", clip_sample=clip_sample)
         else:
-            scheduler = scheduler_from_process(process, "ddpm", sampler=sampler, clip_sample=clip)
+            scheduler = scheduler_from_process(
+                process, "ddpm", sampler=sampler, clip_sample=clip_sample
+            )
         return cls(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()
