@@ -176,15 +176,25 @@ def _metric_rank(metric: str) -> int:
     return RESULT_KEYS.index(metric) if metric in RESULT_KEYS else len(RESULT_KEYS)
 
 
+def _sig(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant figures in plain notation (1e+02 reads badly in a table)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    text = f"{round(x, decimals):.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
 def _cell_text(s: Summary) -> str:
-    text = f"{s.mean:.4g}" + (f" ± {s.ci:.2g}" if s.ci is not None else "")
+    text = _sig(s.mean, 4) + (f" ± {_sig(s.ci, 2)}" if s.ci is not None else "")
     return text + (f" ({s.change_pct:+.1f} %)" if s.change_pct is not None else "")
 
 
 def _delta_text(s: Summary) -> str:
     if s.delta is None:
         return ""
-    return f"{s.delta:+.4g}" + (f" ± {s.delta_ci:.2g}" if s.delta_ci is not None else "")
+    sign = "+" if s.delta >= 0 else ""
+    return sign + _sig(s.delta, 4) + (f" ± {_sig(s.delta_ci, 2)}" if s.delta_ci is not None else "")
 
 
 def _group_title(group: tuple[str, str, str, str]) -> str:
