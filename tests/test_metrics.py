@@ -174,3 +174,14 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
     extractor = EffNetLite0Features("effnet-lite0", ["1280"])
     (features,) = extractor(photos[:2])
     assert features.shape == (2, 1280)
+
+
+def test_run_reference_is_the_training_data_whatever_the_seed(tmp_path) -> None:
+    """Trainer loads its data without the run's seed; the reference must be those images,
+    also for `photos`, whose crops depend on the data seed."""
+    from squeezed_diffusion.config import TrainConfig
+    from squeezed_diffusion.metrics import run_reference
+
+    TrainConfig(dataset="photos", resolution=16, subset=8, seed=7).save(tmp_path / "config.yaml")
+    trained_on = load_dataset("photos", resolution=16, subset=8)  # as Trainer.__init__ loads it
+    assert torch.equal(run_reference(tmp_path).images, trained_on.images)

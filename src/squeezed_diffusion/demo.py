@@ -67,9 +67,7 @@ def run_demo(
     """
     out = Path(out)
     base = resolve_config("demo", **{**overrides, "out": str(out)})
-    reference = load_dataset(
-        base.dataset, resolution=base.resolution, subset=base.subset, seed=base.seed
-    ).images
+    reference = load_dataset(base.dataset, resolution=base.resolution, subset=base.subset).images
     rows, runs = [], {}
     for variant, strength in CONFIGS:
         name = variant if variant == "isotropic" else f"{variant} s={strength:g}"

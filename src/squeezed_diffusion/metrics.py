@@ -520,9 +520,8 @@ def run_reference(run_dir: str | Path) -> ImageDataset:
     if not config.is_file():
         raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
     cfg = TrainConfig.load(config)
-    return load_dataset(
-        cfg.dataset, cfg.data_dir, resolution=cfg.resolution, subset=cfg.subset, seed=cfg.seed
-    )
+    # No seed: the training data do not depend on the run's seed (see Trainer), nor does this.
+    return load_dataset(cfg.dataset, cfg.data_dir, resolution=cfg.resolution, subset=cfg.subset)
 
 
 def evaluate_run(
