@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import itertools
 import json
 import os
@@ -351,12 +352,11 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     ]
     out.mkdir(parents=True, exist_ok=True)
     _write_atomic(out / "results.json", json.dumps(rows, indent=1))
-    tmp = out / f"results.csv.tmp-{os.getpid()}"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, out / "results.csv")
+    table = io.StringIO()
+    writer = csv.DictWriter(table, fieldnames=TABLE_COLUMNS)
+    writer.writeheader()
+    writer.writerows(rows)
+    _write_atomic(out / "results.csv", table.getvalue())
     return rows
 
 
