@@ -195,17 +195,23 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
     model.load_state_dict(weights)
 
 
-def read_run(run_dir: str | Path):
-    """``(config, basis)`` saved in a run folder: everything needed to rebuild its process."""
-    from .basis import load_basis
+def read_config(run_dir: str | Path):
+    """The resolved ``TrainConfig`` a run folder was trained with."""
     from .config import TrainConfig
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
+    config = Path(run_dir) / "config.yaml"
+    if not config.is_file():
         raise CheckpointError(
             f"{run_dir} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
         )
-    return TrainConfig.load(run_dir / "config.yaml"), load_basis(run_dir / "basis.safetensors")
+    return TrainConfig.load(config)
+
+
+def read_run(run_dir: str | Path):
+    """``(config, basis)`` saved in a run folder: everything needed to rebuild its process."""
+    from .basis import load_basis
+
+    return read_config(run_dir), load_basis(Path(run_dir) / "basis.safetensors")
 
 
 def load_run(run_dir: str | Path, ema: bool = True, checkpoint: str = "latest"):

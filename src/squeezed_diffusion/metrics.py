@@ -514,12 +514,9 @@ def load_samples(path: str | Path) -> torch.Tensor:
 
 def run_reference(run_dir: str | Path) -> ImageDataset:
     """The images a run trained on (its dataset, resolution and subset): its reference."""
-    from .config import TrainConfig
+    from .checkpoint import read_config
 
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise FileNotFoundError(f"{run_dir} is not a run folder (no config.yaml)")
-    cfg = TrainConfig.load(config)
+    cfg = read_config(run_dir)
     # No seed: the training data do not depend on the run's seed (see Trainer), nor does this.
     return load_dataset(cfg.dataset, cfg.data_dir, resolution=cfg.resolution, subset=cfg.subset)
 
