@@ -15,12 +15,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .checkpoint import list_checkpoints, read_run
+from .checkpoint import read_run
 from .config import TrainConfig, build_process, resolve_config
 from .data import load_dataset
 from .generate import generate
 from .metrics import fd_pixels
-from .train import Trainer
+from .train import train_to_completion
 
 CONFIGS = (("isotropic", 0.0), ("sdm", -0.4), ("hdm", -0.4))
 
@@ -28,12 +28,7 @@ CONFIGS = (("isotropic", 0.0), ("sdm", -0.4), ("hdm", -0.4))
 def _train_once(cfg: TrainConfig, progress: bool) -> float:
     """Train unless a finished run is already there (reruns resume); returns seconds spent."""
     start = time.perf_counter()
-    resume = "latest" if list_checkpoints(cfg.out) else None
-    trainer = Trainer(cfg, resume=resume, progress=progress)
-    if trainer.step < trainer.total_steps:
-        trainer.run()
-    if trainer.stop_signal is not None:  # saved on SIGINT/SIGTERM: stop the whole demo
-        raise KeyboardInterrupt
+    train_to_completion(cfg, progress)
     return time.perf_counter() - start
 
 

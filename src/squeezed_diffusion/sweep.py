@@ -242,22 +242,14 @@ def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any
     """Train (resuming), sample and evaluate one cell; writes and returns its result."""
     from torchvision.utils import save_image
 
-    from .checkpoint import list_checkpoints
     from .generate import generate, save_samples
     from .metrics import evaluate, load_samples, run_reference
-    from .train import Trainer
+    from .train import train_to_completion
 
     run = Path(cell.config.out)
     cell_dir = run.parent
     start = time.perf_counter()
-    trainer = Trainer(
-        cell.config, resume="latest" if list_checkpoints(run) else None, progress=progress
-    )
-    resumed_at = trainer.step
-    if trainer.step < trainer.total_steps:
-        trainer.run()
-        if trainer.stop_signal is not None:
-            raise KeyboardInterrupt(f"signal {trainer.stop_signal}; rerun the sweep to resume")
+    resumed_at = train_to_completion(cell.config, progress)
     train_s = time.perf_counter() - start
 
     start = time.perf_counter()

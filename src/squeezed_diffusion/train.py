@@ -417,6 +417,18 @@ class Trainer:
         )
 
 
-def train(cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> Path:
-    """Train a run described by ``cfg`` (resuming from ``resume`` if given); returns its folder."""
-    return Trainer(cfg, resume=resume, progress=progress).run()
+def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
+    """Train ``cfg`` to its last step, resuming from the run's latest checkpoint when it has
+    one (a finished run is left as it is); returns the step training started from.
+
+    SIGINT/SIGTERM save a checkpoint and raise ``KeyboardInterrupt``, so a demo or a sweep
+    stops as a whole and its rerun resumes.
+    """
+    resume = "latest" if list_checkpoints(cfg.out) else None
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    start = trainer.step
+    if trainer.step < trainer.total_steps:
+        trainer.run()
+    if trainer.stop_signal is not None:
+        raise KeyboardInterrupt(f"signal {trainer.stop_signal}; rerun to resume")
+    return start
