@@ -99,6 +99,37 @@ def _latest_step(run: Path) -> int:
     return int(ckpts[-1].name.split("-")[1]) if ckpts else -1
 
 
+def test_a_kill_while_pruning_old_checkpoints_leaves_only_complete_ones(
+    tmp_path, monkeypatch
+) -> None:
+    """Deleting an old checkpoint is not atomic: killed half-way, it must not be left under
+    its final name (it was, once, in the SIGKILL test above: step-N without state.json)."""
+    import squeezed_diffusion.checkpoint as ckpt
+
+    model = torch.nn.Linear(2, 2)
+    save = {"model": model, "ema_params": dict(model.named_parameters()), "state": {}}
+    save["optimizer_state"] = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+    ckpt.save_checkpoint(tmp_path, 1, keep=1, **save)
+
+    real_rmtree = ckpt.shutil.rmtree
+
+    def killed_half_way(path, ignore_errors=False) -> None:
+        if not (Path(path) / "state.json").is_file():  # e.g. a stale .tmp that is not there
+            return real_rmtree(path, ignore_errors=ignore_errors)
+        (Path(path) / "state.json").unlink()  # the first file gone, then the process dies
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(ckpt.shutil, "rmtree", killed_half_way)
+    with pytest.raises(SystemExit):
+        ckpt.save_checkpoint(tmp_path, 2, keep=1, **save)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000002"]
+    for path in list_checkpoints(tmp_path):
+        verify(path)
+    ckpt.remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002"]
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_save_a_checkpoint_and_exit(data, tmp_path, signum) -> None:
     run = tmp_path / "run"

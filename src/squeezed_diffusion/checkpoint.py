@@ -89,12 +89,22 @@ def save_checkpoint(
         with open(tmp / name, "rb") as f:
             os.fsync(f.fileno())
     if final.exists():  # re-saving the same step (e.g. after a resume): replace it whole
-        shutil.rmtree(final)
+        _discard(final)
     tmp.rename(final)
     _fsync_dir(root)
     for old in list_checkpoints(run_dir)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
+        _discard(old)
     return final
+
+
+def _discard(ckpt: Path) -> None:
+    """Delete a checkpoint folder without ever leaving a partial one under a final name:
+    rename it to a ``.tmp`` name first (atomic), then delete; a kill in between leaves a
+    ``.tmp`` folder, which :func:`remove_partial_checkpoints` clears on the next start."""
+    doomed = ckpt.with_name(f"{ckpt.name}.tmp-{os.getpid()}-old")
+    ckpt.rename(doomed)
+    _fsync_dir(ckpt.parent)
+    shutil.rmtree(doomed, ignore_errors=True)
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:
