@@ -36,11 +36,11 @@ from diffusers import DDIMScheduler, DDPMScheduler
 from torch.utils.flop_counter import FlopCounterMode
 
 from squeezed_diffusion import ChannelBasis, PixelPCABasis, SqueezedDiffusion
-from squeezed_diffusion.config import TrainConfig, build_process
+from squeezed_diffusion.core.samplers import ddim_step, ddpm_paper_step, ddpm_step
 from squeezed_diffusion.data import ImageDataset, load_dataset
 from squeezed_diffusion.models import build_model, count_parameters
-from squeezed_diffusion.samplers import ddim_step, ddpm_paper_step, ddpm_step
-from squeezed_diffusion.train import Trainer
+from squeezed_diffusion.training.config import TrainConfig
+from squeezed_diffusion.training.trainer import Trainer
 
 TAR = Path(__file__).resolve().parents[2] / "shared/data/cifar10-jpeg-train.tar.gz"
 STRENGTH = -0.4  # the paper's reference run
@@ -211,13 +211,15 @@ def bench_preset(
     trainer = make_trainer(preset, batch, root, compile)
     device = trainer.accelerator.device
     procs = {
-        v: build_process(replace(trainer.cfg, variant=v), trainer.basis).to(device)
+        v: SqueezedDiffusion.from_fields(
+            trainer.basis, replace(trainer.cfg, variant=v).to_dict()
+        ).to(device)
         for v in VARIANTS
     }
 
     def using(variant: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
-            trainer.process = procs[variant]
+            trainer.batches.process = procs[variant]
             return fn()
 
         return run
@@ -247,13 +249,15 @@ def bench_preset(
 
     # 5: building the batch alone, and the whole micro-batch (draws, batch, add_noise); the
     # SDM - isotropic difference of the latter is all that squeezing adds to a step.
-    idx = trainer._indices(0)
+    idx = trainer.batches.indices(0)
     flip = torch.rand(len(idx), device=device) < 0.5
     parts = interleaved(
         {
-            "load_images": lambda: trainer._load_images(idx, flip),
-            "micro_batch": using("sdm", lambda: trainer._micro_batch(0, 0, idx)),
-            "micro_batch_isotropic": using("isotropic", lambda: trainer._micro_batch(0, 0, idx)),
+            "load_images": lambda: trainer.batches.load_images(idx, flip),
+            "micro_batch": using("sdm", lambda: trainer.batches.micro_batch(0, 0, idx)),
+            "micro_batch_isotropic": using(
+                "isotropic", lambda: trainer.batches.micro_batch(0, 0, idx)
+            ),
         },
         repeats=max(7, repeats),
         number=10,
@@ -382,8 +386,9 @@ def bench_sampler(repeats: int, device: torch.device) -> dict:
     for s in (0.0, STRENGTH):
         proc = procs[s] = SqueezedDiffusion(ChannelBasis.luminance(), "sdm", s).to(device)
         for name, fn in ours.items():
-            cases[f"{s:g}/{name}/ours"] = lambda fn=fn, proc=proc: fn(
-                proc, out, x, t, t_prev, generator=g_ours
+            clip = refs[name].config.clip_sample  # clip as the diffusers step it is compared with
+            cases[f"{s:g}/{name}/ours"] = lambda fn=fn, proc=proc, clip=clip: fn(
+                proc, out, x, t, t_prev, generator=g_ours, clip=clip
             )
     for name, ref in refs.items():
         cases[f"diffusers/{name}"] = lambda ref=ref: ref.step(out, t, x, generator=g_ref)
@@ -395,9 +400,12 @@ def bench_sampler(repeats: int, device: torch.device) -> dict:
         for name, fn in ours.items():
             key = f"{s:g}/{name}/ours"
             # First call at a (t, t_prev) not seen before: includes computing its coefficients.
+            clip = refs[name].config.clip_sample
             first = [
                 timed(
-                    lambda fn=fn, proc=proc, tt=tt: fn(proc, out, x, tt, tt - 20, generator=g_ours)
+                    lambda fn=fn, proc=proc, tt=tt, clip=clip: fn(
+                        proc, out, x, tt, tt - 20, generator=g_ours, clip=clip
+                    )
                 )[0]
                 for tt in range(999, 899, -10)
             ]

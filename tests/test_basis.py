@@ -11,7 +11,7 @@ import torch
 from conftest import SIGMA0, top_direction
 
 from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, load_basis
-from squeezed_diffusion.basis import dct_matrix
+from squeezed_diffusion.core.basis import dct_matrix
 
 
 def gaussian_images(n: int, cov: np.ndarray, size: int = 8, seed: int = 0) -> torch.Tensor:

@@ -12,16 +12,15 @@ import torch
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.data import load_dataset
-from squeezed_diffusion.metrics import (
-    EffNetLite0Features,
+from squeezed_diffusion.evaluation.metrics import (
     FeatureWeightsError,
-    _fold_batchnorm,
     evaluate,
     frechet_distance,
     parse_feature_weights,
     reference_subset,
     resolve_weights,
 )
+from squeezed_diffusion.evaluation.metrics.effnet import EffNetLite0Features, fold_batchnorm
 
 
 def test_frechet_distance_matches_scipy_sqrtm_and_vanishes_on_identical_stats() -> None:
@@ -156,7 +155,7 @@ def test_batchnorm_folding_keeps_the_features() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         before = net.extract_features(x)
-        _fold_batchnorm(net)
+        fold_batchnorm(net)
         after = net.extract_features(x)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules())
     assert torch.allclose(before, after, rtol=1e-4, atol=1e-4 * before.abs().max())
@@ -179,9 +178,9 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
 def test_run_reference_is_the_training_data_whatever_the_seed(tmp_path) -> None:
     """Trainer loads its data without the run's seed; the reference must be those images,
     also for `photos`, whose crops depend on the data seed."""
-    from squeezed_diffusion.config import TrainConfig
-    from squeezed_diffusion.metrics import run_reference
+    from squeezed_diffusion.run import Run
+    from squeezed_diffusion.training.config import TrainConfig
 
     TrainConfig(dataset="photos", resolution=16, subset=8, seed=7).save(tmp_path / "config.yaml")
     trained_on = load_dataset("photos", resolution=16, subset=8)  # as Trainer.__init__ loads it
-    assert torch.equal(run_reference(tmp_path).images, trained_on.images)
+    assert torch.equal(Run(tmp_path).reference().images, trained_on.images)

@@ -277,9 +277,12 @@ def test_scheduler_from_process_rebuilds_the_process(kind: str, proc: SqueezedDi
 
 
 def test_scheduler_from_process_errors() -> None:
-    pca = SqueezedDiffusion(PixelPCABasis(torch.eye(192)[:2], (3, 8, 8)), "sdm", -0.4)
+    big = PixelPCABasis(torch.eye(3 * 32 * 32)[:16], (3, 32, 32))  # 49,152 numbers
     with pytest.raises(ValueError, match=r"SqueezedDiffusion\.sample directly"):
-        scheduler_from_process(pca)
+        scheduler_from_process(SqueezedDiffusion(big, "sdm", -0.4))
+    small = SqueezedDiffusion(PixelPCABasis(torch.eye(192)[:2], (3, 8, 8)), "sdm", -0.4)
+    rebuilt = scheduler_from_process(small).process  # a small basis fits in the JSON config
+    assert torch.equal(rebuilt.basis.components, small.basis.components)
     other_betas = SqueezedDiffusion(strength=-0.4, beta_end=0.03)
     with pytest.raises(ValueError, match=r"beta_start=\.\.\., beta_end="):
         scheduler_from_process(other_betas)
@@ -292,13 +295,12 @@ def test_from_basis_file(tmp_path) -> None:
     basis = ChannelBasis([0.3, 0.8, 0.5])
     path = basis.save(tmp_path / "basis.safetensors")
     scheduler = SqueezedDDPMScheduler.from_basis(path, strength=-0.4)
-    assert scheduler.config.direction == basis.direction.tolist()
+    assert scheduler.config.basis_config == {"direction": basis.direction.tolist()}
     assert torch.allclose(scheduler.process.basis.direction, basis.direction)
     dct = SqueezedDDIMScheduler.from_basis(DCTBasis((1, 8, 8), (0.3,)), strength=0.2)
-    assert (dct.config.basis, dct.config.image_shape, dct.config.cutoffs) == (
+    assert (dct.config.basis, dct.config.basis_config) == (
         "dct",
-        [1, 8, 8],
-        [0.3],
+        {"image_shape": [1, 8, 8], "cutoffs": [0.3]},
     )
 
 
@@ -307,9 +309,9 @@ def test_config_errors() -> None:
         SqueezedDDPMScheduler(sampler="ddim")
     with pytest.raises(ValueError, match="num_channels is 3"):
         SqueezedDDPMScheduler(direction=[1.0, 0.0])
-    with pytest.raises(ValueError, match=r"SqueezedDiffusion\.sample directly"):
+    with pytest.raises(ValueError, match=r"bad pca basis config"):
         SqueezedDDIMScheduler(basis="pixel_pca")
-    with pytest.raises(ValueError, match="needs image_shape"):
+    with pytest.raises(ValueError, match=r"bad dct basis config .*image_shape"):
         SqueezedDDIMScheduler(basis="dct")
     with pytest.raises(ValueError, match="invalid SDM process"):
         SqueezedDDPMScheduler(strength=50.0, profile="linear")

@@ -19,7 +19,7 @@ def test_readme_reproduction_tables_are_the_committed_results() -> None:
     """The README's and docs/results' tables are recomputed from the committed results.json."""
     import json
 
-    from squeezed_diffusion.report import paper_table, summarize
+    from squeezed_diffusion.evaluation.report import paper_table, summarize
 
     results = README.parent / "docs" / "results" / "local-cifar10"
     items = summarize(json.loads((results / "results.json").read_text()))

@@ -19,17 +19,17 @@ import torch
 from PIL import Image
 
 from squeezed_diffusion import ChannelBasis
-from squeezed_diffusion.checkpoint import (
+from squeezed_diffusion.cli import main
+from squeezed_diffusion.core.fileio import sha256
+from squeezed_diffusion.evaluation.generate import generate
+from squeezed_diffusion.training.batches import Batches
+from squeezed_diffusion.training.checkpoint import (
     CheckpointError,
-    _sha256,
     find_checkpoint,
     list_checkpoints,
     load_checkpoint,
     verify,
 )
-from squeezed_diffusion.cli import main
-from squeezed_diffusion.generate import generate
-from squeezed_diffusion.train import Trainer
 
 SQDM = [sys.executable, "-m", "squeezed_diffusion.cli"]
 
@@ -104,7 +104,7 @@ def test_a_kill_while_pruning_old_checkpoints_leaves_only_complete_ones(
 ) -> None:
     """Deleting an old checkpoint is not atomic: killed half-way, it must not be left under
     its final name (it was, once, in the SIGKILL test above: step-N without state.json)."""
-    import squeezed_diffusion.checkpoint as ckpt
+    import squeezed_diffusion.training.checkpoint as ckpt
 
     model = torch.nn.Linear(2, 2)
     save = {"model": model, "ema_params": dict(model.named_parameters()), "state": {}}
@@ -150,13 +150,13 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit(data, tmp_path, signum) -
 # -- non-finite loss --------------------------------------------------------------------
 def _poison_step(monkeypatch, bad_step: int) -> None:
     """Make the training target NaN at one step, as a diverging run would."""
-    original = Trainer._micro_batch
+    original = Batches.micro_batch
 
     def poisoned(self, step, micro, idx):
         x_t, t, target = original(self, step, micro, idx)
         return x_t, t, target * float("nan") if step == bad_step else target
 
-    monkeypatch.setattr(Trainer, "_micro_batch", poisoned)
+    monkeypatch.setattr(Batches, "micro_batch", poisoned)
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good(
@@ -194,7 +194,7 @@ def test_crafted_pickle_checkpoint_is_refused(trained, tmp_path, monkeypatch, ca
     ckpt = list_checkpoints(trained)[-1]
     (ckpt / "optimizer.pt").write_bytes(pickle.dumps({"optimizer": _Payload()}))
     state = json.loads((ckpt / "state.json").read_text())
-    state["manifest"]["optimizer.pt"] = _sha256(ckpt / "optimizer.pt")  # a consistent forgery
+    state["manifest"]["optimizer.pt"] = sha256(ckpt / "optimizer.pt")  # a consistent forgery
     (ckpt / "state.json").write_text(json.dumps(state))
     with pytest.raises(CheckpointError, match="refusing to load"):
         load_checkpoint(ckpt)
@@ -324,8 +324,8 @@ def test_basis_from_other_data_is_refused_on_resume(trained, tmp_path, capsys) -
 # -- distributed ------------------------------------------------------------------------
 WORKER = """
 import sys, torch
-from squeezed_diffusion.config import resolve_config
-from squeezed_diffusion.train import Trainer
+from squeezed_diffusion.training.config import resolve_config
+from squeezed_diffusion.training.trainer import Trainer
 data, out, dump = sys.argv[1:4]
 cfg = resolve_config(None, dataset="array", data_dir=data, model="tiny", out=out, steps=3,
                      batch_size=16, lr=1e-2, adam_eps=1.0, warmup_steps=1, log_every=1,

@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.report import interval95, summarize
+from squeezed_diffusion.evaluation.report import interval95, summarize
 
 STRENGTHS = {"isotropic": [0.0], "sdm": [-0.8, -0.4, 0.4], "hdm": [-0.4]}
 

@@ -9,7 +9,7 @@ from conftest import MEAN0, SIGMA0, dense_squeeze, paper_strength_t, top_directi
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from squeezed_diffusion import ChannelBasis, SqueezedDiffusion, ddim_step, ddpm_step, timesteps
-from squeezed_diffusion.samplers import ddpm_paper_step
+from squeezed_diffusion.core.samplers import ddpm_paper_step
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -50,7 +50,7 @@ def test_ddim_step_equals_diffusers(num_steps: int, eta: float) -> None:
     x = torch.randn(2, 3, 8, 8)
     for t, t_prev in pairs:
         out = torch.randn(2, 3, 8, 8)
-        ours = ddim_step(proc, out, x, t, t_prev, generator=_gen(t), eta=eta)
+        ours = ddim_step(proc, out, x, t, t_prev, generator=_gen(t), eta=eta, clip=False)
         theirs = ref.step(out, t, x, eta=eta, generator=_gen(t))
         assert (ours.prev_sample - theirs.prev_sample).abs().max() < 1e-5, t
         x = theirs.prev_sample.clamp(-3, 3)
@@ -68,14 +68,14 @@ def test_full_sampling_loop_equals_diffusers_loop(sampler: str) -> None:
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         return 0.9 * x + 0.001 * t.float().view(-1, 1, 1, 1)
 
+    eta = {"eta": 1.0} if sampler == "ddim" else {}
     ours = proc.sample(
-        model, (2, 3, 8, 8), 20, sampler, generator=_gen(7), eta=1.0, clip=False, progress=False
+        model, (2, 3, 8, 8), 20, sampler, generator=_gen(7), clip=False, progress=False, **eta
     )
     gen = _gen(7)
     x = torch.randn((2, 3, 8, 8), generator=gen)
     for t in ref.timesteps:
-        kwargs = {"eta": 1.0} if sampler == "ddim" else {}
-        x = ref.step(model(x, t.repeat(2)), t, x, generator=gen, **kwargs).prev_sample
+        x = ref.step(model(x, t.repeat(2)), t, x, generator=gen, **eta).prev_sample
     assert (ours - x).abs().max() < 1e-5
 
 

@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.sweep import load_sweep, parse_shard, shard, sweep_names
+from squeezed_diffusion.evaluation.sweep import load_sweep, parse_shard, shard, sweep_names
 
 
 def write_sweep(path: Path, grid, base=None, eval_=None, **extra) -> Path:

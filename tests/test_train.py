@@ -11,9 +11,9 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from squeezed_diffusion.checkpoint import list_checkpoints, load_checkpoint
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.config import TrainConfig, resolve_config
+from squeezed_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
+from squeezed_diffusion.training.config import TrainConfig, resolve_config
 
 
 @pytest.fixture
@@ -164,8 +164,8 @@ def test_config_round_trips_through_yaml(tmp_path) -> None:
 
 def test_trained_run_loads_as_a_pipeline_in_one_call(array_data, tmp_path) -> None:
     """`SqueezedDDPMPipeline.from_run` gives the same images as sampling the run directly."""
-    from squeezed_diffusion.checkpoint import load_run
     from squeezed_diffusion.pipelines import SqueezedDDPMPipeline
+    from squeezed_diffusion.run import Run
 
     run = tmp_path / "run"
     assert main(train_args(array_data, run, "--steps", "2", "--strength", "-0.8")) == 0
@@ -176,7 +176,7 @@ def test_trained_run_loads_as_a_pipeline_in_one_call(array_data, tmp_path) -> No
         output_type="latent",
         generator=torch.Generator().manual_seed(0),
     ).images
-    unet, proc = load_run(run)
+    unet, proc = Run(run).load()
     direct = proc.sample(
         lambda x, t: unet(x, t).sample,
         (3, 3, 8, 8),

@@ -1,18 +1,22 @@
-"""``sqdm``: the command line. Thin: parse, validate, call the library, report.
+"""``sqdm``: the command line. Thin: parse, validate through the registries, call the library.
 
 User errors (bad values, missing or corrupt files) end as one line on stderr,
-``sqdm: error: ...``, with exit code 2. Set ``SQDM_DEBUG=1`` for the traceback.
+``sqdm: error: ...``, with exit code 2. Set ``SQDM_DEBUG=1`` for the traceback. Every choice
+and its help text comes from the registry that declares it (datasets, models, bases and their
+options, samplers, metrics), so the help lists what the library has.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
+from .core import BASES, PROFILES, SAMPLERS, TARGETS, VARIANTS
 
 
 def _dataset_from_arg(source: str, args: argparse.Namespace):
@@ -32,38 +36,32 @@ def _dataset_from_arg(source: str, args: argparse.Namespace):
             f"({', '.join(DATASETS)}); check the path"
         )
     return load_dataset(
-        name,
-        data_dir,
-        resolution=args.resolution,
-        subset=args.max_images,
+        name, data_dir, resolution=args.resolution, subset=args.max_images,
         skip_bad_images=args.skip_bad_images,
-    )
+    )  # fmt: skip
+
+
+def _basis_options(args: argparse.Namespace) -> dict:
+    """The basis-option flags the user gave (``None`` means not given)."""
+    return {
+        name: getattr(args, f"basis_opt_{name}")
+        for name in _all_basis_options()
+        if getattr(args, f"basis_opt_{name}", None) is not None
+    }
 
 
 def cmd_fit_basis(args: argparse.Namespace) -> int:
     """Fit a basis on a dataset, save it, print its spectrum."""
-    from .basis import ChannelBasis, DCTBasis, PixelPCABasis
+    from .core import ChannelBasis
+    from .training.bases import fit_dataset_basis
 
     ds = _dataset_from_arg(args.source, args)
-    batches = ds.batches(args.batch_size)
-    if args.basis == "channel":
-        basis = ChannelBasis.fit(batches)
-    elif args.basis == "pca":
-        basis = PixelPCABasis.fit(batches, k=args.k)
-    else:
-        basis = DCTBasis.fit(batches, cutoffs=args.cutoffs)
-    basis.metadata.update(
-        {
-            "dataset": ds.name,
-            "fingerprint": ds.fingerprint,
-            "image_shape": list(ds.shape),
-            "num_images": len(ds),
-        }
-    )
-    out = Path(args.out or f"basis-{args.basis}-{ds.fingerprint[:8]}.safetensors")
+    basis = fit_dataset_basis(ds, args.basis, _basis_options(args), None, args.batch_size)
+    basis.metadata["num_images"] = len(ds)
+    out = Path(args.out or f"basis-{basis.name}-{ds.fingerprint[:8]}.safetensors")
     basis.save(out)
     evals = ", ".join(f"{v:.6g}" for v in basis.eigenvalues.tolist())
-    print(f"fitted {args.basis} basis on {len(ds)} images of shape {tuple(ds.shape)} ({ds.name})")
+    print(f"fitted {basis.name} basis on {len(ds)} images of shape {tuple(ds.shape)} ({ds.name})")
     print(f"eigenvalues: [{evals}]")
     if isinstance(basis, ChannelBasis):
         print(f"direction: [{', '.join(f'{v:.6f}' for v in basis.direction.tolist())}]")
@@ -73,22 +71,20 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Resolve preset + flags into a config and train (or resume) a run."""
-    from .config import TrainConfig, resolve_config
-    from .train import Trainer, TrainingDiverged
+    from .run import Run
+    from .training.config import resolve_config, resume_config
+    from .training.trainer import Trainer, TrainingDiverged
 
     flags = (*_TRAIN_FLAGS, "hflip", "download", "skip_bad_images", "skip_nonfinite", "compile")
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
+    if _basis_options(args):
+        overrides["basis_options"] = _basis_options(args)
     overrides["out"] = args.out
     if args.resume:
-        saved = Path(args.out) / "config.yaml"
-        if not saved.is_file():
-            raise FileNotFoundError(f"cannot resume: {saved} does not exist; check --out")
-        cfg = TrainConfig.load(saved)
-        for key in ("steps", "epochs"):
-            if key in overrides:
-                setattr(cfg, key, overrides[key])
-                setattr(cfg, "epochs" if key == "steps" else "steps", None)
-        cfg.validate()
+        run = Run(args.out)
+        if not run.exists():
+            raise FileNotFoundError(f"cannot resume: {run.config_path} does not exist; check --out")
+        cfg = resume_config(run.config(), overrides)
     else:
         cfg = resolve_config(args.preset, **overrides)
     _check_writable(Path(cfg.out))
@@ -106,7 +102,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a trained run to PNG files or an .npz."""
-    from .generate import generate_all, save_samples
+    from .evaluation.generate import generate_all, save_samples
 
     out = Path(args.out)
     _check_writable(out)
@@ -131,15 +127,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run (sampled on the fly) or a folder/.npz of samples against a dataset."""
-    import json
-
-    from .metrics import (
-        evaluate,
-        evaluate_run,
-        extractors_for,
-        load_samples,
-        parse_feature_weights,
-    )
+    from .evaluation.generate import evaluate_run
+    from .evaluation.metrics import evaluate, extractors_for, load_samples, parse_feature_weights
+    from .run import Run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     weights = parse_feature_weights(
@@ -147,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )
     if args.out:
         _check_writable(Path(args.out))
-    is_run = (Path(args.source) / "config.yaml").is_file()
+    is_run = Run(args.source).exists()
     if not is_run and args.reference is None:
         raise ValueError(f"{args.source} is not a run folder: pass --reference DATASET_OR_PATH")
     reference = _dataset_from_arg(args.reference, args) if args.reference else None
@@ -158,7 +148,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if is_run:
         result = evaluate_run(
             args.source, args.num, args.steps, args.sampler, args.seed, reference=reference,
-            sample_batch_size=args.sample_batch_size, progress=not args.quiet, **options,
+            sample_batch_size=args.sample_batch_size, eta=args.eta, progress=not args.quiet,
+            **options,
         )  # fmt: skip
     else:
         result = evaluate(load_samples(args.source), reference, verbose=not args.quiet, **options)
@@ -173,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train, sample and evaluate this shard's cells of a sweep; rebuild the results table."""
-    from .sweep import is_finished, load_sweep, parse_shard, run_sweep, shard
+    from .evaluation.sweep import is_finished, load_sweep, parse_shard, run_sweep, shard
 
     index, count = parse_shard(args.shard)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
@@ -193,7 +184,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Markdown and self-contained HTML report of a sweep's results."""
-    from .report import write_report
+    from .evaluation.report import write_report
 
     if args.out:
         _check_writable(Path(args.out))
@@ -213,50 +204,66 @@ def _check_writable(path: Path) -> None:
         )
 
 
-_TRAIN_FLAGS = {
-    "dataset": (str, "cifar10, cifar100, celeba64, imagefolder, fashion-mnist, photos or array"),
-    "data_dir": (str, "where the dataset lives (file or folder)"),
-    "resolution": (int, "resize images to R x R"),
-    "subset": (int, "use the first N images"),
-    "model": (str, "UNet preset: paper, ddpm, small, tiny"),
-    "variant": (str, "isotropic, sdm or hdm"),
-    "strength": (float, "squeeze strength s (< 0 antisqueezes)"),
-    "profile": (str, "beta (paper), constant or linear"),
-    "basis": (str, "channel (paper), pca or dct"),
-    "target": (str, "squeezed (paper: S_t eps) or unit (eps)"),
-    "steps": (int, "training length in optimiser steps"),
-    "epochs": (float, "training length in epochs"),
-    "batch_size": (int, "global batch per optimiser step"),
-    "grad_accum": (int, "gradient accumulation micro-batches"),
-    "lr": (float, "AdamW learning rate"),
-    "warmup_steps": (int, "LR warm-up steps"),
-    "mixed_precision": (str, "no, fp16 or bf16"),
-    "ema_decay": (float, "EMA decay"),
-    "seed": (int, "random seed"),
-    "checkpoint_every": (int, "steps between checkpoints"),
-    "keep_checkpoints": (int, "keep the newest N checkpoints"),
-    "log_every": (int, "steps between log lines"),
-    "sample_every": (int, "steps between sample grids (0: only at the end)"),
-    "sample_steps": (int, "sampling steps for the grids"),
-    "sample_sampler": (str, "ddpm, ddim or ddpm-paper for the grids"),
-}
+def _choices(names: Sequence[str]) -> str:
+    return ", ".join(names)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="sqdm",
-        description="Squeezed Diffusion Models: fit bases, train, sample and evaluate.",
-    )
-    parser.add_argument("--version", action="version", version=f"sqdm {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+def _all_basis_options() -> dict:
+    """Every registered basis' fitting options by name (one flag each)."""
+    return {name: opt for _, cls in BASES.items() for name, opt in cls.options.items()}
 
-    fit = sub.add_parser("fit-basis", help="fit a channel / pixel-PCA / DCT basis on a dataset")
+
+def _add_basis_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+    for name, opt in _all_basis_options().items():
+        parser.add_argument(
+            f"--{prefix}{name.replace('_', '-')}", dest=f"basis_opt_{name}", type=opt.type,
+            nargs="+" if opt.multiple else None, help=f"{opt.help}; default {opt.default}",
+        )  # fmt: skip
+
+
+def _train_flags() -> dict[str, tuple[type, str]]:
+    from .data import DATASETS
+    from .models import PRESETS
+
+    return {
+        "dataset": (str, _choices(DATASETS)),
+        "data_dir": (str, "where the dataset lives (file or folder)"),
+        "resolution": (int, "resize images to R x R"),
+        "subset": (int, "use the first N images"),
+        "model": (str, "UNet preset: " + _choices(PRESETS)),
+        "variant": (str, _choices(VARIANTS)),
+        "strength": (float, "squeeze strength s (< 0 antisqueezes)"),
+        "profile": (str, _choices(PROFILES) + " (beta: the paper's)"),
+        "basis": (str, BASES.help()),
+        "target": (str, _choices(TARGETS) + " (squeezed: the paper's S_t eps)"),
+        "steps": (int, "training length in optimiser steps"),
+        "epochs": (float, "training length in epochs"),
+        "batch_size": (int, "global batch per optimiser step"),
+        "grad_accum": (int, "gradient accumulation micro-batches"),
+        "lr": (float, "AdamW learning rate"),
+        "warmup_steps": (int, "LR warm-up steps"),
+        "mixed_precision": (str, "no, fp16 or bf16"),
+        "ema_decay": (float, "EMA decay"),
+        "seed": (int, "random seed"),
+        "checkpoint_every": (int, "steps between checkpoints"),
+        "keep_checkpoints": (int, "keep the newest N checkpoints"),
+        "log_every": (int, "steps between log lines"),
+        "sample_every": (int, "steps between sample grids (0: only at the end)"),
+        "sample_steps": (int, "sampling steps for the grids"),
+        "sample_sampler": (str, "sampler for the grids: " + _choices(SAMPLERS)),
+    }
+
+
+_TRAIN_FLAGS = tuple(_train_flags())
+
+
+def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
+    fit = sub.add_parser("fit-basis", help="fit a registered basis on a dataset and save it")
     fit.add_argument(
         "source", help="image folder, .tar/.tar.gz of images, .npy/.npz array, or dataset name"
     )
-    fit.add_argument("--basis", choices=("channel", "pca", "dct"), default="channel")
-    fit.add_argument("--k", type=int, default=16, help="components for --basis pca (default 16)")
-    fit.add_argument("--cutoffs", type=float, nargs="+", default=[0.25], help="DCT band edges")
+    fit.add_argument("--basis", choices=BASES.names(), default="channel", help=BASES.help())
+    _add_basis_options(fit, prefix="")
     fit.add_argument("--data-dir", help="where a named dataset lives")
     fit.add_argument("--resolution", type=int, help="resize images to R x R first")
     fit.add_argument("--max-images", type=int, help="use at most N images (paper: 50,000)")
@@ -269,47 +276,89 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fit.set_defaults(func=cmd_fit_basis)
 
+
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    from .training.config import preset_names
+
     tr = sub.add_parser("train", help="train a (squeezed) diffusion model; resumable")
-    tr.add_argument(
-        "--preset", help="paper-cifar10, paper-cifar100, paper-celeba64 or demo; flags override"
-    )
+    tr.add_argument("--preset", help=_choices(preset_names()) + "; flags override")
     tr.add_argument("--out", required=True, help="run folder")
     tr.add_argument(
         "--resume", metavar="latest|PATH", help="continue from the newest or a given checkpoint"
     )
-    for name, (kind, text) in _TRAIN_FLAGS.items():
+    for name, (kind, text) in _train_flags().items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
-    tr.add_argument(
-        "--no-hflip", dest="hflip", action="store_const", const=False, help="no random flips"
-    )
-    tr.add_argument(
-        "--download", action="store_const", const=True, help="download torchvision datasets"
-    )
-    tr.add_argument(
-        "--skip-bad-images", action="store_const", const=True, help="skip unreadable images"
-    )
-    tr.add_argument(
-        "--skip-nonfinite", action="store_const", const=True, help="skip NaN/inf batches"
-    )
-    tr.add_argument(
-        "--compile", action="store_const", const=True, help="torch.compile the UNet (GPUs)"
-    )
+    _add_basis_options(tr, prefix="basis-")
+    switches = {
+        "--no-hflip": ("hflip", False, "no random flips"),
+        "--download": ("download", True, "download torchvision datasets"),
+        "--skip-bad-images": ("skip_bad_images", True, "skip unreadable images"),
+        "--skip-nonfinite": ("skip_nonfinite", True, "skip NaN/inf batches"),
+        "--compile": ("compile", True, "torch.compile the UNet (GPUs)"),
+    }
+    for flag, (dest, const, text) in switches.items():
+        tr.add_argument(flag, dest=dest, action="store_const", const=const, help=text)
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 
+
+def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
+    """The options shared by every command that samples a run."""
+    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
+    parser.add_argument("--sampler", default="ddpm", help=SAMPLERS.help())
+    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim only)")
+    parser.add_argument("--seed", type=int, default=0)
+
+
+def _add_sample(sub: argparse._SubParsersAction) -> None:
     sm = sub.add_parser("sample", help="draw samples from a trained run (EMA weights)")
     sm.add_argument("run", help="run folder written by sqdm train")
     sm.add_argument("--num", type=int, default=64)
-    sm.add_argument("--steps", type=int, default=50)
-    sm.add_argument("--sampler", default="ddpm", help="ddpm (exact), ddim (exact) or ddpm-paper")
-    sm.add_argument("--eta", type=float, default=0.0, help="DDIM eta")
-    sm.add_argument("--seed", type=int, default=0)
+    _add_sampling_options(sm)
     sm.add_argument("--batch-size", type=int, default=256)
     sm.add_argument("--no-ema", action="store_true", help="use the raw weights")
     sm.add_argument("--out", required=True, help="folder for PNGs, or a .npz file")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_sample)
 
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from .evaluation.metrics import EXTRACTORS, METRICS, OFFLINE_METRICS
+
+    ev = sub.add_parser(
+        "evaluate", help="FID/IS/KID/precision-recall, or offline fd_effnet, of a run or samples"
+    )
+    ev.add_argument("source", help="run folder (sampled on the fly) or a folder/.npz of samples")
+    ev.add_argument(
+        "--reference", help="dataset name or path (default for a run: the images it trained on)"
+    )
+    ev.add_argument("--data-dir", help="where a named reference dataset lives")
+    ev.add_argument("--resolution", type=int, help="resize the reference to R x R")
+    ev.add_argument(
+        "--metrics", default=",".join(OFFLINE_METRICS),
+        help="comma list of " + METRICS.help() + f" (default: {','.join(OFFLINE_METRICS)}; the paper: fid,isc,prc)",
+    )  # fmt: skip
+    ev.add_argument("--num", type=int, default=10_000, help="samples to draw from a run")
+    ev.add_argument(
+        "--num-reference", type=int, help="seeded random subset of the reference (default: all)"
+    )
+    _add_sampling_options(ev)
+    ev.add_argument(
+        "--feature-weights", action="append", default=[], metavar="[NAME=]PATH",
+        help=f"weights file for {_choices(EXTRACTORS)} (NAME= needed when several are used)",
+    )  # fmt: skip
+    ev.add_argument(
+        "--prc-extractor", choices=("vgg16", "inception"), default="vgg16",
+        help="features for prc (torch-fidelity's default: vgg16)",
+    )  # fmt: skip
+    ev.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch")
+    ev.add_argument("--sample-batch-size", type=int, default=256)
+    ev.add_argument("--out", help="write the results as JSON")
+    ev.add_argument("--quiet", action="store_true")
+    ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
+
+
+def _add_demo(sub: argparse._SubParsersAction) -> None:
     dm = sub.add_parser(
         "demo", help="offline demo: isotropic vs SDM vs HDM on built-in photos, with a report"
     )
@@ -318,48 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
 
-    ev = sub.add_parser(
-        "evaluate", help="FID/IS/KID/precision-recall, or offline fd_effnet, of a run or samples"
-    )
-    ev.add_argument("source", help="run folder (sampled on the fly) or a folder/.npz of samples")
-    ev.add_argument(
-        "--reference",
-        help="dataset name or path (default for a run: the images it trained on)",
-    )
-    ev.add_argument("--data-dir", help="where a named reference dataset lives")
-    ev.add_argument("--resolution", type=int, help="resize the reference to R x R")
-    ev.add_argument(
-        "--metrics",
-        default="fd_effnet,prc_effnet",
-        help="comma list of fid, isc, kid, prc, fd_effnet, prc_effnet, fd_pixels8 "
-        "(default: the offline fd_effnet,prc_effnet; the paper: fid,isc,prc)",
-    )
-    ev.add_argument("--num", type=int, default=10_000, help="samples to draw from a run")
-    ev.add_argument(
-        "--num-reference", type=int, help="seeded random subset of the reference (default: all)"
-    )
-    ev.add_argument("--steps", type=int, default=50)
-    ev.add_argument("--sampler", default="ddpm", help="ddpm (exact), ddim (exact) or ddpm-paper")
-    ev.add_argument("--seed", type=int, default=0)
-    ev.add_argument(
-        "--feature-weights",
-        action="append",
-        default=[],
-        metavar="[NAME=]PATH",
-        help="weights file for inception, vgg16 or effnet (NAME= needed when several are used)",
-    )
-    ev.add_argument(
-        "--prc-extractor",
-        choices=("vgg16", "inception"),
-        default="vgg16",
-        help="features for prc (torch-fidelity's default: vgg16)",
-    )
-    ev.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch")
-    ev.add_argument("--sample-batch-size", type=int, default=256)
-    ev.add_argument("--out", help="write the results as JSON")
-    ev.add_argument("--quiet", action="store_true")
-    ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
 
+def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     sw = sub.add_parser(
         "sweep", help="run a grid of trainings + evaluations (resumable, shardable)"
     )
@@ -374,6 +383,23 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("results", help="sweep folder or its results.json")
     rp.add_argument("--out", help="report folder (default: beside results.json)")
     rp.set_defaults(func=cmd_report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sqdm", description="Squeezed Diffusion Models: fit bases, train, sample and evaluate."
+    )
+    parser.add_argument("--version", action="version", version=f"sqdm {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for add in (
+        _add_fit_basis,
+        _add_train,
+        _add_sample,
+        _add_demo,
+        _add_evaluate,
+        _add_sweep_and_report,
+    ):
+        add(sub)
     return parser
 
 

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-__all__ = ["DATASETS", "DataError", "ImageDataset", "describe", "load_dataset"]
+__all__ = ["DATASETS", "DataError", "ImageDataset", "load_dataset"]
 
 DATASETS: tuple[str, ...] = (
     "cifar10",
@@ -50,15 +50,18 @@ class DataError(ValueError):
     """Bad or missing dataset; the message is one line naming the problem and the fix."""
 
 
-class ImageDataset(torch.utils.data.Dataset):
-    """All images of a dataset in memory as uint8 ``[N, C, H, W]``; items are floats in [-1, 1]."""
+class ImageDataset:
+    """All images of a dataset in memory as uint8 ``[N, C, H, W]``.
+
+    Training gathers its batches straight from :attr:`images` (``training/batches.py``),
+    basis fitting streams float batches from :meth:`batches`.
+    """
 
     def __init__(
         self,
         images: torch.Tensor,
         name: str,
         *,
-        hflip: bool = False,
         resolution: int | None = None,
         subset: int | None = None,
     ) -> None:
@@ -69,20 +72,12 @@ class ImageDataset(torch.utils.data.Dataset):
             )
         self.images = images.contiguous()
         self.name = name
-        self.hflip = hflip
         self.resolution = resolution
         self.subset = subset
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return self.images.shape[0]
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        x = _to_float(self.images[index])
-        # Torch's global RNG: DataLoader reseeds it per worker, so flips differ across workers.
-        if self.hflip and torch.rand(()).item() < 0.5:
-            x = x.flip(-1)
-        return x
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -101,15 +96,9 @@ class ImageDataset(torch.utils.data.Dataset):
         return self._fingerprint
 
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
-        """Float ``[B, C, H, W]`` batches in dataset order, never flipped (for basis fitting)."""
+        """Float ``[B, C, H, W]`` batches in [-1, 1], in dataset order (for basis fitting)."""
         for start in range(0, len(self), batch_size):
             yield _to_float(self.images[start : start + batch_size])
-
-
-def describe(ds: ImageDataset) -> str:
-    """One-line summary for logs and the CLI."""
-    c, h, w = ds.shape
-    return f"{ds.name}: {len(ds)} images, {c}x{h}x{w}" + (", random h-flips" if ds.hflip else "")
 
 
 def load_dataset(
@@ -118,7 +107,6 @@ def load_dataset(
     *,
     resolution: int | None = None,
     subset: int | None = None,
-    hflip: bool = False,
     seed: int = 0,
     download: bool = False,
     skip_bad_images: bool = False,
@@ -142,7 +130,7 @@ def load_dataset(
         raise DataError(f"{name}: subset {subset} exceeds the {len(images)} images available")
     images = _resize_all(images[:subset], resolution)
     tensor = torch.from_numpy(np.require(images, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
-    return ImageDataset(tensor, name, hflip=hflip, resolution=resolution, subset=subset)
+    return ImageDataset(tensor, name, resolution=resolution, subset=subset)
 
 
 # ----------------------------------------------------------------------------- shared helpers

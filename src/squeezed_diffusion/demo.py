@@ -15,12 +15,12 @@ from typing import Any
 
 from matplotlib.figure import Figure
 
-from .checkpoint import read_run
-from .config import TrainConfig, build_process, resolve_config
 from .data import load_dataset
-from .generate import generate
-from .metrics import fd_pixels
-from .train import train_to_completion
+from .evaluation.generate import generate
+from .evaluation.metrics import fd_pixels
+from .run import Run
+from .training.config import TrainConfig, resolve_config
+from .training.trainer import train_to_completion
 
 CONFIGS = (("isotropic", 0.0), ("sdm", -0.4), ("hdm", -0.4))
 
@@ -36,9 +36,10 @@ def _plots(rows: list[dict], runs: dict[str, Path], out: Path) -> Path:
     fig = Figure(figsize=(11, 4))
     ax_loss, ax_snr = fig.subplots(1, 2)
     for row in rows:
-        log = [json.loads(ln) for ln in (runs[row["name"]] / "log.jsonl").read_text().splitlines()]
+        run = Run(runs[row["name"]])
+        log = run.log()
         ax_loss.plot([r["step"] for r in log], [r["loss"] for r in log], label=row["name"])
-        proc = build_process(*read_run(runs[row["name"]]))  # no weights needed for log-SNR
+        proc = run.process()  # no weights needed for log-SNR
         lsnr = proc.log_snr_table().numpy()
         ax_snr.plot(lsnr[:, 0], label=f"{row['name']}: principal")
         if row["variant"] != "isotropic":
@@ -74,7 +75,7 @@ def run_demo(
             run, num_samples, cfg.sample_steps, cfg.sample_sampler, seed=1, progress=progress
         )
         sample_s = time.perf_counter() - start
-        loss = [json.loads(ln)["loss"] for ln in (run / "log.jsonl").read_text().splitlines()][-5:]
+        loss = [r["loss"] for r in Run(run).log()][-5:]
         rows.append({
             "name": name, "variant": variant, "strength": strength, "fd_pixels8": fd_pixels(images, reference),
             "final_loss": sum(loss) / len(loss), "train_s": seconds, "sample_s": sample_s,

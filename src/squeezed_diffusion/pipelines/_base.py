@@ -1,9 +1,10 @@
 """What the squeezed DDPM and DDIM schedulers share: config -> process, timesteps, noising.
 
 A scheduler is a thin, serialisable face on :class:`SqueezedDiffusion`: its
-config rebuilds the process, and every formula (noising, prior, the steps)
-is the core's. Only bases whose definition fits in a JSON config (channel,
-DCT) can be described here.
+config rebuilds the process through the same factory as a run
+(``SqueezedDiffusion.from_fields``), and every formula (noising, prior, the steps)
+is the core's. Any registered basis whose definition fits in a JSON config
+(``Basis.to_config``) can be described here.
 """
 
 from __future__ import annotations
@@ -14,67 +15,53 @@ from typing import Any, TypeVar
 import torch
 from diffusers.utils import BaseOutput
 
-from ..basis import Basis, ChannelBasis, DCTBasis, load_basis
-from ..process import SqueezedDiffusion
-from ..samplers import StepFunction
-from ..samplers import timesteps as leading_timesteps
+from ..core import BASES, Basis, ChannelBasis, SqueezedDiffusion, load_basis
+from ..core.samplers import StepFunction
+from ..core.samplers import timesteps as leading_timesteps
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
 
-BASES = ("channel", "dct")
-_UNSUPPORTED = (
-    "the diffusers schedulers describe their basis in a JSON config, which fits the 'channel' "
-    "and 'dct' bases only; {name} is too big for that (its components are C*H*W-sized): build a "
-    "SqueezedDiffusion with it and sample with SqueezedDiffusion.sample directly"
-)
 
-
-def basis_config(basis: Basis) -> dict[str, Any]:
-    """The scheduler config fields that rebuild ``basis``."""
-    if isinstance(basis, ChannelBasis):
-        return {
-            "basis": "channel",
-            "direction": basis.direction.tolist(),
-            "num_channels": basis.channels,
-        }
-    if isinstance(basis, DCTBasis):
-        return {
-            "basis": "dct",
-            "image_shape": list(basis.image_shape),
-            "cutoffs": list(basis.cutoffs),
-        }
-    raise ValueError(_UNSUPPORTED.format(name=type(basis).__name__))
+def basis_fields(basis: Basis) -> dict[str, Any]:
+    """The scheduler config fields that rebuild ``basis``: its registry name and JSON config
+    (a one-line error for bases too big for a config file, such as pixel PCA)."""
+    return {"basis": basis.name, "basis_config": basis.to_config()}
 
 
 def build_basis(
     basis: str,
-    direction: list[float] | None,
-    num_channels: int,
-    image_shape: list[int] | None,
-    cutoffs: list[float] | None,
+    basis_config: dict[str, Any] | None,
+    legacy: dict[str, Any],
 ) -> Basis:
-    """The basis a scheduler config describes; fields of the other basis kind are errors."""
-    if basis == "channel":
-        if image_shape is not None or cutoffs is not None:
-            raise ValueError("image_shape and cutoffs belong to basis='dct', not 'channel'")
+    """The basis a scheduler config describes.
+
+    ``legacy`` holds 0.1.0's spellings (``direction``, ``num_channels`` for the channel
+    basis; ``image_shape``, ``cutoffs`` for DCT), accepted as a shorthand for
+    ``basis_config``; without either, the channel basis is the luminance direction of
+    ``num_channels`` channels.
+    """
+    cls = BASES.get(basis)
+    given = {k: v for k, v in legacy.items() if v is not None and k != "num_channels"}
+    if basis_config is not None and given:
+        raise ValueError(f"give basis_config or {', '.join(given)}, not both")
+    if basis_config is None and cls is ChannelBasis:
+        direction = given.pop("direction", None)
+        if given:
+            raise ValueError(f"{', '.join(given)} belong to basis='dct', not 'channel'")
         if direction is None:
-            return ChannelBasis.luminance(num_channels)
-        if len(direction) != num_channels:
+            return ChannelBasis.luminance(legacy["num_channels"])
+        if len(direction) != legacy["num_channels"]:
             raise ValueError(
-                f"direction has {len(direction)} entries but num_channels is {num_channels}; "
+                f"direction has {len(direction)} entries but num_channels is {legacy['num_channels']}; "
                 "pass num_channels=len(direction) (from_basis does this for you)"
             )
-        return ChannelBasis(direction)
-    if basis == "dct":
-        if direction is not None:
-            raise ValueError("direction belongs to basis='channel', not 'dct'")
-        if image_shape is None:
-            raise ValueError("basis='dct' needs image_shape=[C, H, W]")
-        return DCTBasis(image_shape) if cutoffs is None else DCTBasis(image_shape, cutoffs)
-    if basis == "pixel_pca":
-        raise ValueError(_UNSUPPORTED.format(name="a pixel-PCA basis"))
-    raise ValueError(f"unknown basis {basis!r}; choose one of: {', '.join(BASES)}")
+        basis_config = {"direction": direction}
+    elif basis_config is None:
+        if "direction" in given:
+            raise ValueError(f"direction belongs to basis='channel', not {basis!r}")
+        basis_config = given
+    return cls.from_config(basis_config)
 
 
 def _plain(value: Any) -> Any:
@@ -97,9 +84,10 @@ class SqueezedSchedulerMixin:
     - ``variant`` ('sdm', 'hdm', 'isotropic'), ``strength`` (a number, or one
       per basis group), ``profile`` ('beta', 'constant', 'linear'), ``target``
       ('squeezed': the model predicts ``S_t eps``; 'unit': ``eps``): the process;
-    - ``basis``: 'channel' with ``direction`` (None: the luminance direction of
-      ``num_channels`` channels), or 'dct' with ``image_shape`` [C, H, W] and
-      ``cutoffs`` (None: DCTBasis' default);
+    - ``basis`` (a registered basis name) and ``basis_config`` (its JSON description,
+      ``Basis.to_config()``; ``from_basis`` fills both). 0.1.0's shorthands still work:
+      ``direction`` (None: the luminance direction of ``num_channels`` channels) for
+      'channel', ``image_shape`` [C, H, W] and ``cutoffs`` for 'dct';
     - ``clip_sample``: clip the predicted x_0 to [-1, 1] (on, as in diffusers;
       ``SqueezedDiffusion.sample`` leaves it off for the exact samplers).
 
@@ -115,21 +103,15 @@ class SqueezedSchedulerMixin:
     order = 1
     init_noise_sigma = 1.0
     _SEQUENCE_FIELDS = ("strength", "direction", "image_shape", "cutoffs")
+    _LEGACY_BASIS_FIELDS = ("direction", "num_channels", "image_shape", "cutoffs")
 
     def _setup(self) -> None:
         self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
         cfg = self.config
-        self._process = SqueezedDiffusion(
-            build_basis(cfg.basis, cfg.direction, cfg.num_channels, cfg.image_shape, cfg.cutoffs),
-            variant=cfg.variant,
-            strength=cfg.strength,
-            profile=cfg.profile,
-            num_train_timesteps=cfg.num_train_timesteps,
-            beta_schedule=cfg.beta_schedule,
-            target=cfg.target,
-            beta_start=cfg.beta_start,
-            beta_end=cfg.beta_end,
-        )
+        legacy = {k: cfg[k] for k in self._LEGACY_BASIS_FIELDS}
+        basis = build_basis(cfg.basis, cfg.basis_config, legacy)
+        self.register_to_config(basis=basis.name)  # the canonical name ('pixel_pca' -> 'pca')
+        self._process = SqueezedDiffusion.from_fields(basis, cfg)
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         self.betas = self._process.betas.float()
         self.alphas_cumprod = self._process.alphas_cumprod.float()
@@ -140,7 +122,7 @@ class SqueezedSchedulerMixin:
         """A scheduler for a fitted basis (object or ``sqdm fit-basis`` file) plus other config."""
         if not isinstance(basis, Basis):
             basis = load_basis(basis)
-        return cls(**basis_config(basis), **config)
+        return cls(**basis_fields(basis), **config)
 
     @property
     def process(self) -> SqueezedDiffusion:

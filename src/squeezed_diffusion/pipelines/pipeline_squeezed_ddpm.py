@@ -15,9 +15,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
-from ..process import SqueezedDiffusion
-from ..samplers import get_sampler
-from ._base import basis_config
+from ..core import SAMPLERS, SqueezedDiffusion
+from ._base import basis_fields
 from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
 from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
 
@@ -41,7 +40,7 @@ def scheduler_from_process(
         raise ValueError(f"unknown scheduler kind {kind!r}; choose one of: ddpm, ddim")
     strength = process.strength.tolist()
     config = {
-        **basis_config(process.basis),
+        **basis_fields(process.basis),
         "num_train_timesteps": process.num_train_timesteps,
         "beta_schedule": process.beta_schedule,
         "variant": process.variant,
@@ -88,16 +87,12 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         (on by default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
-        from ..checkpoint import load_run
+        from ..run import Run
 
-        get_sampler(sampler)  # reject an unknown name before loading anything
-        unet, process = load_run(run_dir, ema=ema)
-        if sampler == "ddim":
-            scheduler = scheduler_from_process(process, "ddim", clip_sample=clip_sample)
-        else:
-            scheduler = scheduler_from_process(
-                process, "ddpm", sampler=sampler, clip_sample=clip_sample
-            )
+        kind = SAMPLERS.get(sampler).scheduler  # an unknown name fails before loading anything
+        unet, process = Run(run_dir).load(ema=ema)
+        extra = {"sampler": sampler} if kind == "ddpm" else {}
+        scheduler = scheduler_from_process(process, kind, clip_sample=clip_sample, **extra)
         return cls(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()

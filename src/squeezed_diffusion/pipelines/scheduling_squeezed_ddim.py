@@ -7,7 +7,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..samplers import ddim_step
+from ..core.samplers import ddim_step
 from ._base import SqueezedSchedulerMixin
 
 Tensor = torch.Tensor
@@ -35,6 +35,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         profile: str = "beta",
         target: str = "squeezed",
         basis: str = "channel",
+        basis_config: dict | None = None,
         direction: list[float] | None = None,
         num_channels: int = 3,
         image_shape: list[int] | None = None,

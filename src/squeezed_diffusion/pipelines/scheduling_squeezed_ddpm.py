@@ -7,12 +7,15 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..samplers import get_sampler
+from ..core import SAMPLERS
 from ._base import SqueezedSchedulerMixin
 
 Tensor = torch.Tensor
 
-DDPM_SAMPLERS = ("ddpm", "ddpm-paper")
+
+def ddpm_samplers() -> list[str]:
+    """The registered samplers this scheduler runs (those declaring ``scheduler='ddpm'``)."""
+    return [name for name, sampler in SAMPLERS.items() if sampler.scheduler == "ddpm"]
 
 
 class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin):
@@ -37,6 +40,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         profile: str = "beta",
         target: str = "squeezed",
         basis: str = "channel",
+        basis_config: dict | None = None,
         direction: list[float] | None = None,
         num_channels: int = 3,
         image_shape: list[int] | None = None,
@@ -44,9 +48,9 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         clip_sample: bool = True,
         sampler: str = "ddpm",
     ) -> None:
-        if sampler not in DDPM_SAMPLERS:
+        if sampler not in ddpm_samplers():
             raise ValueError(
-                f"unknown DDPM sampler {sampler!r}; choose one of: {', '.join(DDPM_SAMPLERS)} "
+                f"unknown DDPM sampler {sampler!r}; choose one of: {', '.join(ddpm_samplers())} "
                 "(for DDIM use SqueezedDDIMScheduler)"
             )
         self._setup()
@@ -61,7 +65,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     ) -> DDPMSchedulerOutput | tuple[Tensor, Tensor]:
         """Move ``sample`` from ``timestep`` to the previous scheduled timestep."""
         return self._step(
-            get_sampler(self.config.sampler),
+            SAMPLERS.get(self.config.sampler).step,
             DDPMSchedulerOutput,
             model_output,
             timestep,

@@ -2,7 +2,9 @@
 
 Every step function is ``step(proc, model_output, x, t, t_prev, *, generator,
 eta, clip) -> StepOutput`` and moves a batch from training timestep ``t`` to
-``t_prev`` (``-1`` means the data). Because the process is diagonal in the
+``t_prev`` (``-1`` means the data); each is registered once, with its help text, in
+:data:`~squeezed_diffusion.core.registry.SAMPLERS`, which the process, the CLI, configs,
+sweeps and the diffusers schedulers read. Because the process is diagonal in the
 basis, the exact samplers apply the isotropic formulas direction by direction,
 with ``sigma_t,i = sqrt(1 - abar_t) c_i(t)`` (DESIGN.md part 2):
 
@@ -18,7 +20,7 @@ At strength 0 each reduces to diffusers' ``DDPMScheduler.step`` /
 ``DDIMScheduler.step`` (same noise draws from the same generator).
 
 Speed: a step's per-direction coefficients are computed once per process and
-``(t, t_prev)`` and kept on the batch's device, so a step does no host work or
+``(t, t_prev)`` and kept on the batch's device (in the process' one cache), so a step does no host work or
 transfers after the first batch; its terms (x_t, x0hat, noise) go through one
 :meth:`~squeezed_diffusion.basis.Basis.scale_sum`, i.e. one projection onto the
 basis, and coefficients equal in every direction become plain scalar multiplies.
@@ -26,18 +28,19 @@ basis, and coefficients equal in every direction become plain scalar multiplies.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, NamedTuple, Protocol
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
 
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
 
-if TYPE_CHECKING:
-    from .process import SqueezedDiffusion
+from .process import SqueezedDiffusion
+from .registry import SAMPLERS
 
 Tensor = torch.Tensor
+# callback(step index, t, x_prev, predicted x0) after every step of a sampling loop
 Callback = Callable[[int, int, Tensor, Tensor], None]
 # A per-direction coefficient: one number when it is the same in every direction, else a
 # [K + 1] tensor (groups, then the rest) on the batch's device and dtype.
@@ -60,7 +63,7 @@ class StepFunction(Protocol):
         *,
         generator: torch.Generator | None = None,
         eta: float = 0.0,
-        clip: bool = False,
+        clip: bool = True,
     ) -> StepOutput: ...
 
 
@@ -125,25 +128,11 @@ def _calibrated(fn: Callable[..., tuple[Tensor, ...]], lv: _Levels) -> list[Tens
     ]
 
 
-_STEP_CACHE: weakref.WeakKeyDictionary[SqueezedDiffusion, dict[tuple, tuple[Coef, ...]]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
 def _cached(
     proc: SqueezedDiffusion, key: tuple, like: Tensor, make: Callable[[], Sequence[Tensor]]
 ) -> tuple[Coef, ...]:
-    """``make()``'s coefficients for one step, computed once per process, step and device.
-
-    Every batch of a sampling run repeats the same ``(t, t_prev)``; the float64 maths on
-    tiny tensors costs more than the step's own tensor work at small batches, and its
-    results would otherwise cross from host to device at every step.
-    """
-    table = _STEP_CACHE.setdefault(proc, {})
-    key = (*key, like.device, like.dtype)
-    if key not in table:
-        table[key] = tuple(_coef(values, like) for values in make())
-    return table[key]
+    """``make()``'s coefficients for one step, computed once per process, step and device."""
+    return proc.cached(key, like, lambda: tuple(_coef(values, like) for values in make()))
 
 
 def _coef(values: Tensor, like: Tensor) -> Coef:
@@ -193,6 +182,12 @@ def _clip_x0(x0: Tensor, clip: bool) -> Tensor:
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 
+def _no_eta(name: str, eta: float) -> None:
+    """Samplers without an ``eta`` refuse one rather than ignore it."""
+    if eta:
+        raise ValueError(f"eta={eta} applies to the ddim sampler only, not to {name}; drop eta")
+
+
 # -- the samplers -------------------------------------------------------------------
 def ddpm_step(
     proc: SqueezedDiffusion,
@@ -203,9 +198,10 @@ def ddpm_step(
     *,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
-    clip: bool = False,
+    clip: bool = True,
 ) -> StepOutput:
     """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)."""
+    _no_eta("ddpm", eta)
 
     def coefs() -> tuple[Tensor, ...]:
         mean_x, mean_x0, var = _calibrated(_posterior, _levels(proc, t, t_prev))
@@ -237,7 +233,7 @@ def ddim_step(
     *,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
-    clip: bool = False,
+    clip: bool = True,
 ) -> StepOutput:
     """Exact DDIM per direction: ``a_prev x0hat + sqrt(sig_prev^2 - std^2) epshat + std z``.
 
@@ -278,6 +274,7 @@ def ddpm_paper_step(
     x_0 clipped in the unsqueezed coordinates). Written in x coordinates it is
     ``A x_t + B S_t clip(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
     """
+    _no_eta("ddpm-paper", eta)
 
     def coefs() -> tuple[Tensor, ...]:
         lv = _levels(proc, t, t_prev)
@@ -293,19 +290,6 @@ def ddpm_paper_step(
     if t > 0:
         terms.append((_noise(x, generator), noise_coef))
     return StepOutput(_combine(proc, terms), x0)
-
-
-SAMPLERS: dict[str, StepFunction] = {
-    "ddpm": ddpm_step,
-    "ddim": ddim_step,
-    "ddpm-paper": ddpm_paper_step,
-}
-
-
-def get_sampler(name: str) -> StepFunction:
-    if name not in SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; choose one of: {', '.join(SAMPLERS)}")
-    return SAMPLERS[name]
 
 
 def timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
@@ -333,7 +317,7 @@ def sample(
     device: torch.device | str | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run a sampler from the squeezed prior down to t = 0.
+    """Run a registered sampler from the squeezed prior down to t = 0.
 
     Noise is drawn in diffusers' order (prior first, then one draw per step
     that adds noise), so a seeded generator gives the same images as the
@@ -343,7 +327,10 @@ def sample(
     by 1 / sqrt(abar_t), and unclipped it saturates most pixels); the Gaussian oracle,
     whose data are unbounded, turns it off.
     """
-    step = get_sampler(sampler)
+    entry = SAMPLERS.get(sampler)
+    if not entry.uses_eta:
+        _no_eta(sampler, eta)  # before any work
+    step = entry.step
     schedule = timesteps(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     for i, (t, t_prev) in enumerate(
@@ -355,3 +342,27 @@ def sample(
         if callback is not None:
             callback(i, t, x, x0)
     return x
+
+
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its step function, one line of help, whether it takes ``eta``,
+    and the diffusers scheduler that runs it (``pipelines/``: 'ddpm' or 'ddim')."""
+
+    name: str
+    step: StepFunction
+    summary: str
+    uses_eta: bool = False
+    scheduler: str = "ddpm"
+
+    def sample(self, proc: SqueezedDiffusion, *args, **kwargs) -> Tensor:
+        """:func:`sample` with this sampler (what ``SqueezedDiffusion.sample`` calls)."""
+        return sample(proc, *args, sampler=self.name, **kwargs)
+
+
+for _sampler in (
+    Sampler("ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior"),
+    Sampler("ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim"),
+    Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
+):
+    SAMPLERS.register(_sampler.name, _sampler)

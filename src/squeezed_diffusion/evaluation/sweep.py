@@ -34,7 +34,6 @@ import dataclasses
 import io
 import itertools
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from importlib import resources
@@ -43,8 +42,11 @@ from typing import Any
 
 import yaml
 
-from .config import TrainConfig, resolve_config
-from .metrics import OFFLINE_METRICS, RESULT_KEYS, check_metrics
+from ..core import SAMPLERS
+from ..core.fileio import atomic_write
+from ..run import Run
+from ..training.config import TrainConfig, resolve_config
+from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
 TABLE_COLUMNS = (
@@ -80,10 +82,8 @@ class EvalSpec:
     grid_images: int = 64
 
     def validate(self) -> EvalSpec:
-        from .samplers import get_sampler
-
         check_metrics(self.metrics, self.prc_extractor)
-        get_sampler(self.sampler)
+        SAMPLERS.canonical(self.sampler)
         for name in ("num", "steps", "batch_size", "sample_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
@@ -242,9 +242,8 @@ def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any
     """Train (resuming), sample and evaluate one cell; writes and returns its result."""
     from torchvision.utils import save_image
 
+    from ..training.trainer import train_to_completion
     from .generate import generate, save_samples
-    from .metrics import evaluate, load_samples, run_reference
-    from .train import train_to_completion
 
     run = Path(cell.config.out)
     cell_dir = run.parent
@@ -273,7 +272,7 @@ def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any
     start = time.perf_counter()
     scores = evaluate(
         images,
-        run_reference(run),
+        Run(run).reference(),
         spec.metrics,
         num_reference=spec.num_reference,
         prc_extractor=spec.prc_extractor,
@@ -285,7 +284,7 @@ def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any
     result = {
         "cell": cell.id,
         "axes": cell.axes,
-        "metrics": {k: scores[k] for k in RESULT_KEYS if k in scores},
+        "metrics": {k: scores[k] for k in result_keys() if k in scores},
         "feature_extractor": scores["feature_extractor"],
         "num_samples": scores["num_samples"],
         "num_reference": scores["num_reference"],
@@ -296,7 +295,7 @@ def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any
         "eval_s": eval_s,
         "wall_s": train_s + sample_s + eval_s,
     }
-    _write_atomic(cell_dir / "result.json", json.dumps(result, indent=1))
+    atomic_write(cell_dir / "result.json", json.dumps(result, indent=1))
     return result
 
 
@@ -343,17 +342,10 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
         for row in table_rows(json.loads(path.read_text()))
     ]
     out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(out / "results.json", json.dumps(rows, indent=1))
+    atomic_write(out / "results.json", json.dumps(rows, indent=1))
     table = io.StringIO()
     writer = csv.DictWriter(table, fieldnames=TABLE_COLUMNS)
     writer.writeheader()
     writer.writerows(rows)
-    _write_atomic(out / "results.csv", table.getvalue())
+    atomic_write(out / "results.csv", table.getvalue())
     return rows
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Temp file + rename: a killed run or a parallel shard never leaves half a file."""
-    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)

@@ -1,4 +1,8 @@
-"""Training configuration: one dataclass, YAML presets, validation with one-line errors."""
+"""Training configuration: one dataclass, YAML presets, validation with one-line errors.
+
+Choices are read from the registries that declare them (datasets, UNet presets, variants,
+profiles, targets, bases and their options, samplers), never listed here.
+"""
 
 from __future__ import annotations
 
@@ -11,13 +15,16 @@ from typing import Any
 
 import yaml
 
-from .basis import Basis
-from .models import PRESETS as MODEL_PRESETS
-from .process import PROFILES, TARGETS, VARIANTS, SqueezedDiffusion
-from .samplers import SAMPLERS
+from ..core import BASES, PROFILES, SAMPLERS, TARGETS, VARIANTS
+from ..core.basis import basis_options
+from ..core.fileio import atomic_write
+from ..data import DATASETS, ImageDataset, load_dataset
+from ..models import PRESETS as MODEL_PRESETS
 
-BASES = ("channel", "pca", "dct")
 PRECISIONS = ("no", "fp16", "bf16")
+LR_SCHEDULES = ("cosine", "constant")
+# 0.1.0 configs held the PCA and DCT options as fields of their own.
+_LEGACY_BASIS_FIELDS = {"basis_k": ("pca", "k"), "basis_cutoffs": ("dct", "cutoffs")}
 
 
 @dataclass
@@ -39,8 +46,7 @@ class TrainConfig:
     strength: float = 0.0
     profile: str = "beta"
     basis: str = "channel"
-    basis_k: int = 16
-    basis_cutoffs: list[float] = field(default_factory=lambda: [0.25])
+    basis_options: dict[str, Any] = field(default_factory=dict)  # the basis' fit options
     target: str = "squeezed"
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
@@ -74,24 +80,23 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the bad value and what is allowed."""
-        from .data import DATASETS
-
         choices = {
             "dataset": DATASETS,
             "model": tuple(MODEL_PRESETS),
             "variant": VARIANTS,
             "profile": PROFILES,
-            "basis": BASES,
             "target": TARGETS,
             "mixed_precision": PRECISIONS,
-            "sample_sampler": tuple(SAMPLERS),
-            "lr_schedule": ("cosine", "constant"),
+            "lr_schedule": LR_SCHEDULES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}"
                 )
+        self.basis = BASES.canonical(self.basis)
+        self.basis_options = basis_options(self.basis, self.basis_options)
+        SAMPLERS.canonical(self.sample_sampler)
         for name in ("strength", "lr", "weight_decay", "grad_clip", "ema_decay"):
             if not math.isfinite(float(getattr(self, name))):
                 raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
@@ -112,10 +117,16 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
+    def load_data(self) -> ImageDataset:
+        """The training images. No seed: seeds differ only in training randomness, so every
+        seed of a configuration (and its evaluation reference) sees the same images."""
+        return load_dataset(
+            self.dataset, self.data_dir, resolution=self.resolution, subset=self.subset,
+            download=self.download, skip_bad_images=self.skip_bad_images,
+        )  # fmt: skip
+
     def save(self, path: str | Path) -> None:
-        tmp = Path(path).with_suffix(".yaml.tmp")
-        tmp.write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-        tmp.replace(path)
+        atomic_write(path, yaml.safe_dump(self.to_dict(), sort_keys=False))
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
@@ -123,6 +134,8 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        """A config from its fields; 0.1.0's ``basis_k``/``basis_cutoffs`` still load."""
+        values = _upgrade(values)
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
         if unknown:
@@ -130,6 +143,19 @@ class TrainConfig:
                 f"unknown config field(s) {', '.join(unknown)}; see `sqdm train --help`"
             )
         return cls(**values)
+
+
+def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
+    """0.1.0 field layouts in today's: the options of the run's own basis move into
+    ``basis_options`` (the other basis' option, which 0.1.0 always wrote, is dropped)."""
+    values = dict(values)
+    basis = values.get("basis", "channel")
+    for old, (owner, option) in _LEGACY_BASIS_FIELDS.items():
+        if old in values:
+            value = values.pop(old)
+            if basis in BASES and BASES.canonical(basis) == owner:
+                values["basis_options"] = {option: value, **values.get("basis_options", {})}
+    return values
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -169,14 +195,11 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     return TrainConfig.from_dict(values).validate()
 
 
-def build_process(cfg: TrainConfig, basis: Basis) -> SqueezedDiffusion:
-    """The run's squeezed process from its config and fitted basis."""
-    return SqueezedDiffusion(
-        basis,
-        variant=cfg.variant,
-        strength=cfg.strength,
-        profile=cfg.profile,
-        num_train_timesteps=cfg.num_train_timesteps,
-        beta_schedule=cfg.beta_schedule,
-        target=cfg.target,
-    )
+def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
+    """The saved config of a run being resumed, with a new ``steps`` or ``epochs``."""
+    cfg = dataclasses.replace(saved)
+    for key in ("steps", "epochs"):
+        if overrides.get(key) is not None:
+            setattr(cfg, key, overrides[key])
+            setattr(cfg, "epochs" if key == "steps" else "steps", None)
+    return cfg.validate()

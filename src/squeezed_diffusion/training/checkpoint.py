@@ -1,6 +1,6 @@
-"""Checkpoints: atomic writes, verified loads, keep-last-N, and loading a run for sampling.
+"""Checkpoints: atomic writes, verified loads, keep-last-N.
 
-A checkpoint is a folder ``checkpoints/step-NNNNNNNN`` written as
+A checkpoint is a folder ``checkpoints/step-NNNNNNNN`` of a run (see ``run.py``) written as
 ``step-NNNNNNNN.tmp-PID`` and renamed into place only when every file is on
 disk, so a kill at any moment leaves either the old set of checkpoints or the
 new one: never a partial folder under a final name. ``state.json`` records a
@@ -12,7 +12,6 @@ Weights are safetensors; optimiser and LR-scheduler state go through
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -24,6 +23,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from ..core.fileio import sha256
+
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
 _FILES = ("model.safetensors", "ema.safetensors", "rng.safetensors", "optimizer.pt")
@@ -31,14 +32,6 @@ _FILES = ("model.safetensors", "ema.safetensors", "rng.safetensors", "optimizer.
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, corrupt or from another model; the message says what to do."""
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _fsync_dir(path: Path) -> None:
@@ -81,7 +74,7 @@ def save_checkpoint(
     )
     save_file(_rng_state(), str(tmp / "rng.safetensors"))
     torch.save(optimizer_state, tmp / "optimizer.pt")
-    manifest = {name: _sha256(tmp / name) for name in _FILES}
+    manifest = {name: sha256(tmp / name) for name in _FILES}
     (tmp / "state.json").write_text(
         json.dumps({**state, "step": step, "manifest": manifest}, indent=1)
     )
@@ -135,7 +128,7 @@ def verify(ckpt: Path) -> dict[str, Any]:
         ) from None
     for name in _FILES:
         path = ckpt / name
-        if not path.is_file() or _sha256(path) != manifest.get(name):
+        if not path.is_file() or sha256(path) != manifest.get(name):
             raise CheckpointError(
                 f"checkpoint {ckpt} is corrupt ({name} is missing or does not match its checksum); "
                 "delete it or resume from another with --resume PATH"
@@ -203,36 +196,3 @@ def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor], sourc
             f"({type(model).__name__} with {len(expected)} tensors); check --model or the run folder"
         )
     model.load_state_dict(weights)
-
-
-def read_config(run_dir: str | Path):
-    """The resolved ``TrainConfig`` a run folder was trained with."""
-    from .config import TrainConfig
-
-    config = Path(run_dir) / "config.yaml"
-    if not config.is_file():
-        raise CheckpointError(
-            f"{run_dir} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
-        )
-    return TrainConfig.load(config)
-
-
-def read_run(run_dir: str | Path):
-    """``(config, basis)`` saved in a run folder: everything needed to rebuild its process."""
-    from .basis import load_basis
-
-    return read_config(run_dir), load_basis(Path(run_dir) / "basis.safetensors")
-
-
-def load_run(run_dir: str | Path, ema: bool = True, checkpoint: str = "latest"):
-    """``(unet, process)`` of a trained run, EMA weights by default, ready for sampling."""
-    from .config import build_process
-    from .models import build_model
-
-    cfg, basis = read_run(run_dir)
-    ckpt = find_checkpoint(run_dir, checkpoint)
-    channels, resolution = basis.metadata["image_shape"][0], basis.metadata["image_shape"][-1]
-    unet = build_model(cfg.model, channels, resolution)
-    weights = load_file(str(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
-    load_weights(unet, weights, ckpt)
-    return unet.eval(), build_process(cfg, basis)

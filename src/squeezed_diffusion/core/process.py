@@ -15,16 +15,16 @@ noise along the basis groups), negative antisqueezes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from diffusers import DDPMScheduler
+from diffusers.utils.torch_utils import randn_tensor
 
 from .basis import Basis, ChannelBasis
-
-if TYPE_CHECKING:
-    from .samplers import Callback
+from .registry import SAMPLERS
 
 Tensor = torch.Tensor
 
@@ -102,7 +102,19 @@ class SqueezedDiffusion:
         self._unit_rest = bool((self.log_c_rest == 0).all())  # SDM: the basis skips rest * x
         self._isotropic = self._unit_rest and bool((self.log_c == 0).all())
         self._validate()
-        self._device_tables: dict[tuple, Tensor] = {}
+        # The one cache of this process' device tensors: the per-timestep table below and the
+        # samplers' per-step coefficients (see :meth:`cached`).
+        self._cache: dict[tuple, Any] = {}
+
+    @classmethod
+    def from_fields(cls, basis: Basis, fields: Mapping[str, Any]) -> SqueezedDiffusion:
+        """The process described by ``fields``: any mapping that holds this constructor's
+        arguments by name (a training config, a scheduler config), other keys ignored.
+
+        The one factory shared by runs and schedulers, so both build the same process.
+        """
+        names = list(inspect.signature(cls.__init__).parameters)[2:]  # after self, basis
+        return cls(basis, **{k: fields[k] for k in names if k in fields})
 
     # -- construction helpers -----------------------------------------------------
     def _check_strength(self, strength: float | Sequence[float] | Tensor) -> Tensor:
@@ -175,19 +187,33 @@ class SqueezedDiffusion:
         """Per-direction log signal-to-noise ratio ``[T, K + 1]`` (what a strength does)."""
         return (self.alphas_cumprod[:, None] / self.sigma_table() ** 2).log()
 
-    def _table(self, device: torch.device, dtype: torch.dtype) -> Tensor:
-        """``[T, 3 + K]`` on ``device``, cached: sqrt abar, sqrt(1 - abar), c, c_rest.
+    def cached(self, key: tuple, like: Tensor, make: Callable[[], Any]) -> Any:
+        """``make()``, computed once per ``key`` and ``like``'s device and dtype.
+
+        Every training step gathers from the same table and every batch of a sampling run
+        repeats the same steps; their float64 maths on tiny tensors costs more than the
+        step's own tensor work at small batches, and would otherwise cross from host to
+        device at every step.
+        """
+        full = (*key, like.device, like.dtype)
+        if full not in self._cache:
+            self._cache[full] = make()
+        return self._cache[full]
+
+    def _table(self, like: Tensor) -> Tensor:
+        """``[T, 3 + K]`` on ``like``'s device: sqrt abar, sqrt(1 - abar), c, c_rest.
 
         One row per timestep, so a batch's factors are a single gather.
         """
-        key = (device, dtype)
-        if key not in self._device_tables:
+
+        def make() -> Tensor:
             levels = torch.stack(
                 [self.alphas_cumprod.sqrt(), (1.0 - self.alphas_cumprod).sqrt()], 1
             )
             table = torch.cat([levels, self.c, self.c_rest[:, None]], dim=1)
-            self._device_tables[key] = table.to(device=device, dtype=dtype)
-        return self._device_tables[key]
+            return table.to(device=like.device, dtype=like.dtype)
+
+        return self.cached(("table",), like, make)
 
     def to(self, device: torch.device | str) -> SqueezedDiffusion:
         """Move the basis to ``device`` (tables follow lazily); returns ``self``."""
@@ -201,7 +227,7 @@ class SqueezedDiffusion:
         ``t`` is an int or one timestep per sample; one gather, then views.
         """
         t = torch.as_tensor(t, device=x.device, dtype=torch.long)
-        rows = self._table(x.device, x.dtype).index_select(0, t.reshape(-1))
+        rows = self._table(x).index_select(0, t.reshape(-1))
         return rows.split([1, 1, self.basis.num_groups, 1], dim=1)
 
     def _scale(self, x: Tensor, group: Tensor, rest: Tensor, inverse: bool) -> Tensor:
@@ -238,8 +264,6 @@ class SqueezedDiffusion:
         dtype: torch.dtype = torch.float32,
     ) -> Tensor:
         """``x_T = S_T eps``: the squeezed prior every sampler starts from."""
-        from diffusers.utils.torch_utils import randn_tensor
-
         self.basis.check_shape(tuple(shape))
         eps = randn_tensor(
             tuple(shape), generator=generator, device=torch.device(device or "cpu"), dtype=dtype
@@ -253,34 +277,16 @@ class SqueezedDiffusion:
         shape: Sequence[int],
         num_steps: int = 50,
         sampler: str = "ddpm",
-        generator: torch.Generator | None = None,
-        eta: float = 0.0,
-        progress: bool = True,
-        clip: bool = True,
-        device: torch.device | str | None = None,
-        callback: Callback | None = None,
+        **options: Any,
     ) -> Tensor:
         """Draw samples; ``model(x_t, t_batch)`` returns the predicted target.
 
-        ``sampler`` is ``"ddpm"`` (exact ancestral), ``"ddim"`` (exact, with
-        ``eta``) or ``"ddpm-paper"`` (the reference heuristic). ``clip`` clips
-        the predicted x_0 to [-1, 1] (on by default, as in diffusers).
+        ``sampler`` names a registered sampler (``squeezed_diffusion.SAMPLERS``: ``ddpm``
+        exact ancestral, ``ddim`` exact with ``eta``, ``ddpm-paper`` the reference
+        heuristic, ...); ``options`` (``generator``, ``eta``, ``clip``, ``progress``,
+        ``device``, ``callback``) are those of :func:`squeezed_diffusion.core.samplers.sample`.
         """
-        from .samplers import sample
-
-        return sample(
-            self,
-            model,
-            shape,
-            num_steps,
-            sampler,
-            generator=generator,
-            eta=eta,
-            progress=progress,
-            clip=clip,
-            device=device,
-            callback=callback,
-        )
+        return SAMPLERS.get(sampler).sample(self, model, shape, num_steps, **options)
 
     def __repr__(self) -> str:
         return (

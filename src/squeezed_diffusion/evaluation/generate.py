@@ -1,4 +1,5 @@
-"""Sampling a trained run: batched, seeded per batch, split across processes, saved as PNG or .npz.
+"""Sampling a trained run (batched, seeded per batch, split across processes, saved as PNG or
+.npz) and scoring those samples.
 
 Batch ``b`` always uses the generator seeded ``(seed, b)``, so the images do not
 depend on the batch order, on resuming, or on how many processes share the work.
@@ -6,16 +7,20 @@ depend on the batch order, on resuming, or on how many processes share the work.
 
 from __future__ import annotations
 
-import os
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from .checkpoint import load_run
-from .samplers import get_sampler
+from ..core import SAMPLERS
+from ..core.fileio import atomic_path
+from ..data import ImageDataset
+from ..run import Run
+from .metrics import OFFLINE_METRICS, check_metrics, evaluate
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -42,9 +47,9 @@ def generate(
         raise ValueError(f"--num must be at least 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    get_sampler(sampler)  # fail on a bad name before loading anything
+    SAMPLERS.canonical(sampler)  # fail on a bad name before loading anything
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    unet, proc = load_run(run_dir, ema=ema)
+    unet, proc = Run(run_dir).load(ema=ema)
     unet.to(device)
     proc.to(device)
     shape = (unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
@@ -89,12 +94,36 @@ def save_samples(images: torch.Tensor, out: str | Path) -> Path:
     out = Path(out)
     nhwc = images.permute(0, 2, 3, 1).numpy()
     if out.suffix == ".npz":
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_name(out.name + ".tmp.npz")
-        np.savez_compressed(tmp, images=nhwc)
-        os.replace(tmp, out)
+        with atomic_path(out) as tmp:
+            np.savez_compressed(tmp, images=nhwc)
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(nhwc):
         Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
     return out
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    num: int = 10_000,
+    steps: int = 50,
+    sampler: str = "ddpm",
+    seed: int = 0,
+    *,
+    reference: torch.Tensor | ImageDataset | None = None,
+    metrics: Sequence[str] = OFFLINE_METRICS,
+    sample_batch_size: int = 256,
+    eta: float = 0.0,
+    progress: bool = True,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """Sample ``num`` images from a run (EMA weights) and :func:`evaluate` them against
+    ``reference`` (default: the run's own training images). ``kwargs`` go to :func:`evaluate`."""
+    metrics = check_metrics(metrics, kwargs.get("prc_extractor", "vgg16"))
+    reference = reference if reference is not None else Run(run_dir).reference()
+    _, images = generate(
+        run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,
+        progress=progress,
+    )  # fmt: skip
+    result = evaluate(images, reference, metrics, verbose=progress, **kwargs)
+    return {**result, "run": str(run_dir), "steps": steps, "sampler": sampler, "seed": seed}

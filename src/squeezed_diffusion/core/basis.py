@@ -1,17 +1,21 @@
-"""Orthonormal bases in which the noise is shaped.
+"""Orthonormal bases in which the noise is shaped, registered by name.
 
 A basis splits image space into K *groups* of orthonormal directions plus the
 orthogonal *rest*. Every squeeze operator in this project is diagonal in such a
 basis: it multiplies group k by one factor and the rest by another. A basis
-therefore needs one operation, :meth:`Basis.scale`, and the dimensions of its
+therefore needs one operation, :meth:`Basis.scale_sum`, and the dimensions of its
 groups (for HDM's determinant compensation).
 
-- :class:`ChannelBasis`: the paper's basis. One direction ``v`` in colour space,
-  applied to every pixel's channel vector (K = 1, acts on C dimensions).
-- :class:`PixelPCABasis`: the top-k principal components of flattened images
+- :class:`ChannelBasis` (``channel``): the paper's basis. One direction ``v`` in colour
+  space, applied to every pixel's channel vector (K = 1, acts on C dimensions).
+- :class:`PixelPCABasis` (``pca``): the top-k principal components of flattened images
   (K = k, each its own group, acts on C*H*W dimensions).
-- :class:`DCTBasis`: radial frequency bands of an orthonormal 2-D DCT-II per
+- :class:`DCTBasis` (``dct``): radial frequency bands of an orthonormal 2-D DCT-II per
   channel ("frequency-specific squeezing").
+
+A subclass registers itself in :data:`BASES` under its ``name`` and declares its fitting
+``options``; the training config, ``sqdm fit-basis``/``sqdm train`` flags, the basis cache
+and the diffusers schedulers read those declarations, so a new basis is one class here.
 
 The operators are linear, so a sum ``sum_j S_j x_j`` (a sampler step combines
 x_t, x0hat and fresh noise) needs one projection onto the groups, not one per
@@ -24,9 +28,9 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -34,10 +38,38 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .fileio import atomic_path
+from .registry import Registry
+
 Tensor = torch.Tensor
 # One term of Basis.scale_sum: (x [B, C, H, W], group factors [B or 1, K], rest factor [B or 1]
 # or a number; the number 1 skips the multiplication, which is SDM's rest).
 Term = tuple[Tensor, Tensor, Tensor | float]
+FORMAT = "squeezed-diffusion-basis/1"
+# A basis whose tensors hold more numbers than this is not written into a scheduler's JSON
+# config (pixel PCA: k x C*H*W); such bases are used through SqueezedDiffusion directly.
+JSON_CONFIG_MAX_NUMBERS = 4096
+
+
+@dataclass(frozen=True)
+class Option:
+    """A fitting option of a basis: a config key (``basis_options``) and a command-line flag."""
+
+    default: Any
+    help: str
+    type: type = int
+    multiple: bool = False  # a list of ``type`` values
+
+    def coerce(self, name: str, value: Any) -> Any:
+        """``value`` as this option's type (a list when ``multiple``); one-line error otherwise."""
+        values = list(value) if self.multiple and isinstance(value, (list, tuple)) else [value]
+        try:
+            out = [self.type(v) for v in values]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"basis option {name} must be {self.type.__name__}, got {value!r}"
+            ) from None
+        return out if self.multiple else out[0]
 
 
 def _expand(scale: Tensor | float, ndim: int) -> Tensor | float:
@@ -78,18 +110,29 @@ def _group_weighted(y: Tensor, group: Tensor, rest: Tensor | float) -> Tensor:
 
 
 class Basis(ABC):
-    """Groups of orthonormal directions, with a diagonal operator acting on them."""
+    """Groups of orthonormal directions, with a diagonal operator acting on them.
 
-    kind: ClassVar[str]
-    _registry: ClassVar[dict[str, type[Basis]]] = {}
+    Subclasses set ``name`` (their registry key), ``summary`` (one line of help) and
+    ``options`` (keyword arguments of :meth:`fit`), and are registered on definition.
+    """
+
+    name: ClassVar[str]
+    summary: ClassVar[str] = ""
+    aliases: ClassVar[tuple[str, ...]] = ()
+    options: ClassVar[dict[str, Option]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        Basis._registry[cls.kind] = cls
+        BASES.register(cls.name, cls, aliases=cls.aliases)
 
     def __init__(self, eigenvalues: Tensor | None = None, metadata: dict | None = None) -> None:
         self.eigenvalues = None if eigenvalues is None else eigenvalues.detach().to(torch.float64)
         self.metadata: dict = dict(metadata or {})
+
+    @classmethod
+    @abstractmethod
+    def fit(cls, batches: Iterable[Tensor], max_images: int | None = None, **options: Any) -> Basis:
+        """Fit on float ``[B, C, H, W]`` batches in [-1, 1] (at most ``max_images`` images)."""
 
     # -- geometry -----------------------------------------------------------------
     @property
@@ -151,52 +194,74 @@ class Basis(ABC):
     def _config(self) -> dict[str, Any]:
         """JSON-serialisable constructor arguments other than the tensors."""
 
+    def to_config(self) -> dict[str, Any]:
+        """The constructor arguments as plain JSON (a scheduler's ``basis_config``).
+
+        Raises ``ValueError`` for a basis too big for a config file (pixel PCA).
+        """
+        tensors = self._tensors()
+        if sum(t.numel() for t in tensors.values()) > JSON_CONFIG_MAX_NUMBERS:
+            raise ValueError(
+                f"a {self.name} basis holds {sum(t.numel() for t in tensors.values())} numbers, too "
+                "many for a scheduler's JSON config: build a SqueezedDiffusion with it and sample "
+                "with SqueezedDiffusion.sample directly"
+            )
+        return {**self._config(), **{k: v.tolist() for k, v in tensors.items()}}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Basis:
+        """Inverse of :meth:`to_config`; unknown or missing fields are one-line errors."""
+        try:
+            return cls(**config)
+        except TypeError as err:
+            raise ValueError(f"bad {cls.name} basis config {dict(config)}: {err}") from None
+
     def save(self, path: str | Path) -> Path:
-        """Write the basis to a safetensors file (atomic: temp file, then rename)."""
-        path = Path(path)
+        """Write the basis to a safetensors file (atomic: temp file, then rename); see :func:`load_basis`."""
         tensors = {k: v.detach().cpu().contiguous() for k, v in self._tensors().items()}
         if self.eigenvalues is not None:
             tensors["eigenvalues"] = self.eigenvalues.cpu().contiguous()
         header = {
-            "format": "squeezed-diffusion-basis/1",
-            "kind": self.kind,
+            "format": FORMAT,
+            "kind": self.name,
             "config": json.dumps(self._config()),
             "metadata": json.dumps(self.metadata),
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")  # processes may save at once
-        save_file(tensors, str(tmp), metadata=header)
-        tmp.replace(path)
-        return path
-
-    @staticmethod
-    def load(path: str | Path) -> Basis:
-        """Read a basis written by :meth:`save`, whatever its kind."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"basis file {path} does not exist; create it with `sqdm fit-basis`"
-            )
-        try:
-            tensors = load_file(str(path))
-            with open(path, "rb") as f:
-                header_len = int.from_bytes(f.read(8), "little")
-                header = json.loads(f.read(header_len))["__metadata__"]
-            if header.get("format") != "squeezed-diffusion-basis/1":
-                raise KeyError("format")
-            cls = Basis._registry[header["kind"]]
-            config = json.loads(header["config"])
-            metadata = json.loads(header["metadata"])
-        except (SafetensorError, KeyError, ValueError, TypeError, OSError) as err:
-            raise ValueError(
-                f"{path} is not a readable basis file ({type(err).__name__}: {err}); "
-                "re-create it with `sqdm fit-basis`"
-            ) from None
-        eigenvalues = tensors.pop("eigenvalues", None)
-        return cls(**tensors, **config, eigenvalues=eigenvalues, metadata=metadata)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata=header)
+        return Path(path)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._config()}, groups={self.group_dims})"
+
+
+BASES: Registry[type[Basis]] = Registry("basis")
+
+
+def basis_options(name: str, given: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """Every fitting option of basis ``name``: ``given`` values (coerced) over the defaults.
+
+    An option the basis does not declare is a one-line error naming the ones it has.
+    """
+    cls = BASES.get(name)
+    given = dict(given or {})
+    unknown = sorted(set(given) - set(cls.options))
+    if unknown:
+        allowed = ", ".join(cls.options) or "none"
+        raise ValueError(
+            f"basis {cls.name!r} has no option(s) {', '.join(unknown)}; its options: {allowed}"
+        )
+    return {
+        key: opt.coerce(key, given[key]) if key in given else opt.default
+        for key, opt in cls.options.items()
+    }
+
+
+def fit_basis(
+    name: str, batches: Iterable[Tensor], max_images: int | None = None, **options: Any
+) -> Basis:
+    """Fit the registered basis ``name`` with its options (defaults filled in)."""
+    return BASES.get(name).fit(batches, max_images=max_images, **basis_options(name, options))
 
 
 class _CovarianceAccumulator:
@@ -280,7 +345,8 @@ class ChannelBasis(Basis):
     ``S x = rest * x + (group - rest) * v (v . x)`` on each pixel: O(C) per pixel.
     """
 
-    kind = "channel"
+    name = "channel"
+    summary = "the paper's: the top eigenvector of the colour-channel covariance, per pixel"
 
     def __init__(
         self,
@@ -371,7 +437,12 @@ class ChannelBasis(Basis):
 class PixelPCABasis(Basis):
     """The top-k principal components of flattened images, each its own group."""
 
-    kind = "pixel_pca"
+    name = "pca"
+    summary = "the top-k principal components of flattened images, each its own group"
+    aliases = ("pixel_pca",)  # its name in 0.1.0 basis files and scheduler configs
+    options: ClassVar[dict[str, Option]] = {
+        "k": Option(16, "principal components to squeeze (pca)")
+    }
 
     def __init__(
         self,
@@ -391,7 +462,9 @@ class PixelPCABasis(Basis):
         self.components = comps
 
     @classmethod
-    def fit(cls, batches: Iterable[Tensor], k: int, max_images: int | None = None) -> PixelPCABasis:
+    def fit(
+        cls, batches: Iterable[Tensor], max_images: int | None = None, k: int = 16
+    ) -> PixelPCABasis:
         """Streaming covariance of flattened images, then its top-k eigenvectors."""
         acc = _CovarianceAccumulator()
         image_shape: tuple[int, ...] | None = None
@@ -469,7 +542,11 @@ class DCTBasis(Basis):
     lowest-frequency band, which carries most of natural images' energy.
     """
 
-    kind = "dct"
+    name = "dct"
+    summary = "radial frequency bands of a 2-D DCT per channel"
+    options: ClassVar[dict[str, Option]] = {
+        "cutoffs": Option([0.25], "DCT band edges (dct)", type=float, multiple=True)
+    }
 
     def __init__(
         self,
@@ -503,8 +580,8 @@ class DCTBasis(Basis):
     def fit(
         cls,
         batches: Iterable[Tensor],
-        cutoffs: Iterable[float] = (0.25,),
         max_images: int | None = None,
+        cutoffs: Iterable[float] = (0.25,),
     ) -> DCTBasis:
         """Nothing to learn; records each band's mean coefficient variance as its 'eigenvalue'."""
         basis: DCTBasis | None = None
@@ -581,5 +658,26 @@ class DCTBasis(Basis):
 
 
 def load_basis(path: str | Path) -> Basis:
-    """Read any basis file written by :meth:`Basis.save`."""
-    return Basis.load(path)
+    """Read a basis written by :meth:`save`, whatever its kind (0.1.0 files included)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"basis file {path} does not exist; create it with `sqdm fit-basis`"
+        )
+    try:
+        tensors = load_file(str(path))
+        with open(path, "rb") as f:
+            header_len = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(header_len))["__metadata__"]
+        if header.get("format") != FORMAT:
+            raise KeyError("format")
+        cls = BASES.get(header["kind"])
+        config = json.loads(header["config"])
+        metadata = json.loads(header["metadata"])
+    except (SafetensorError, KeyError, ValueError, TypeError, OSError) as err:
+        raise ValueError(
+            f"{path} is not a readable basis file ({type(err).__name__}: {err}); "
+            "re-create it with `sqdm fit-basis`"
+        ) from None
+    eigenvalues = tensors.pop("eigenvalues", None)
+    return cls(**tensors, **config, eigenvalues=eigenvalues, metadata=metadata)

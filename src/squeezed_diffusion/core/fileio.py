@@ -1,0 +1,53 @@
+"""The two file operations the whole package shares: an atomic write and a content hash.
+
+They live in ``core`` because ``core`` imports nothing else from the package and bases are
+saved from here; training, evaluation and the CLI use the same two functions.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+
+@contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary name beside ``path``; on success rename it onto ``path``.
+
+    A killed writer, or several processes writing at once (sweep shards, ranks), never leave
+    half a file under the final name. The temporary name keeps ``path``'s suffix, so writers
+    that choose a format by suffix (``np.savez``) still work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp-{os.getpid()}{path.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object]) -> Path:
+    """Write text, bytes, or whatever ``data(tmp_path)`` writes, to ``path`` atomically."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        if isinstance(data, str):
+            tmp.write_text(data)
+        elif isinstance(data, bytes):
+            tmp.write_bytes(data)
+        else:
+            data(tmp)
+    return path
+
+
+def sha256(path: str | Path) -> str:
+    """Hex SHA-256 of a file's bytes, read in 1 MB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,2 @@
+"""Evaluation: sampling runs (``generate.py``), metrics (``metrics/``), grids of runs
+(``sweep.py``) and reports (``report/``)."""

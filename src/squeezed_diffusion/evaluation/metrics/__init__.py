@@ -1,0 +1,27 @@
+"""Sample-quality metrics: one table of metrics (``table.py``), the Frechet maths
+(``frechet.py``), the offline EfficientNet-Lite0 feature space (``effnet.py``), feature
+weights (``weights.py``) and scoring (``evaluate.py``).
+"""
+
+from .evaluate import evaluate, load_samples, reference_subset
+from .frechet import fd_pixels, frechet_distance
+from .table import METRICS, OFFLINE_METRICS, Metric, check_metrics, extractors_for, result_keys
+from .weights import EXTRACTORS, FeatureWeightsError, parse_feature_weights, resolve_weights
+
+__all__ = [
+    "EXTRACTORS",
+    "METRICS",
+    "OFFLINE_METRICS",
+    "FeatureWeightsError",
+    "Metric",
+    "check_metrics",
+    "evaluate",
+    "extractors_for",
+    "fd_pixels",
+    "frechet_distance",
+    "load_samples",
+    "parse_feature_weights",
+    "reference_subset",
+    "resolve_weights",
+    "result_keys",
+]

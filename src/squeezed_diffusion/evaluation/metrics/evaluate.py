@@ -1,0 +1,178 @@
+"""Scoring generated images against reference images with the metrics of ``table.py``.
+
+Reference features are cached by torch-fidelity under ``cache_dir()/fidelity``, keyed by the
+reference images' content hash and the weights file's hash.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ...core.fileio import sha256
+from ...data import ImageDataset, cache_dir, load_dataset
+from .effnet import register_effnet
+from .table import METRICS, OFFLINE_METRICS, check_metrics, result_keys
+from .weights import EXTRACTORS, FeatureWeightsError, resolve_weights
+
+
+class _Uint8Images(torch.utils.data.Dataset):
+    """uint8 ``[N, C, H, W]`` served as torch-fidelity expects: 3-channel uint8 tensors."""
+
+    def __init__(self, images: torch.Tensor) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        x = self.images[index]
+        return x.expand(3, -1, -1) if x.shape[0] == 1 else x
+
+
+def _as_images(images: torch.Tensor | ImageDataset, what: str) -> torch.Tensor:
+    images = images.images if isinstance(images, ImageDataset) else torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] not in (1, 3):
+        raise ValueError(
+            f"{what} must be uint8 [N, C, H, W] with C = 1 or 3, got {images.dtype} {tuple(images.shape)}"
+        )
+    if len(images) < 2:
+        raise ValueError(f"{what} needs at least 2 images, got {len(images)}")
+    return images
+
+
+def reference_subset(images: torch.Tensor, num: int | None, seed: int = 0) -> torch.Tensor:
+    """``num`` images drawn without replacement by a seeded permutation (not the first
+    ``num``: image folders sort by class), in their original order; all when ``num`` is None."""
+    if num is None or num == len(images):
+        return images
+    if not 1 <= num <= len(images):
+        raise ValueError(
+            f"reference subset of {num} images requested, but the reference has {len(images)}"
+        )
+    pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]
+    return images[pick.sort().values]
+
+
+def _fidelity_groups(metrics: Sequence[str], prc_extractor: str) -> dict[str, list[str]]:
+    """torch-fidelity metrics per feature extractor (one torch-fidelity call each)."""
+    groups: dict[str, list[str]] = {}
+    for name in metrics:
+        metric = METRICS.get(name)
+        if metric.flag is not None:
+            groups.setdefault(metric.feature_extractor(prc_extractor), []).append(name)
+    return groups
+
+
+def evaluate(
+    samples: torch.Tensor | ImageDataset,
+    reference: torch.Tensor | ImageDataset,
+    metrics: Sequence[str] = OFFLINE_METRICS,
+    *,
+    num_reference: int | None = None,
+    feature_weights: Mapping[str, str | Path] | None = None,
+    prc_extractor: str = "vgg16",
+    batch_size: int = 64,
+    seed: int = 0,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Score generated uint8 images against reference images.
+
+    Returns the float metrics under their result keys (``table.result_keys()`` order), plus
+    ``feature_extractor`` (result key -> extractor, layer and weights file), ``num_samples``
+    and ``num_reference``. ``feature_weights`` maps ``inception`` / ``vgg16`` / ``effnet`` to
+    weights files; ``num_reference`` evaluates against a seeded random subset of the reference.
+    """
+    metrics = check_metrics(metrics, prc_extractor)
+    samples = _as_images(samples, "samples")
+    reference = reference_subset(_as_images(reference, "reference"), num_reference)
+    if samples.shape[1:] != reference.shape[1:]:
+        raise ValueError(
+            f"samples are {tuple(samples.shape[1:])} but the reference is {tuple(reference.shape[1:])}; "
+            "load the reference at the samples' resolution (--resolution)"
+        )
+    feature_weights = dict(feature_weights or {})
+    unused = sorted(set(feature_weights) - set(EXTRACTORS))
+    if unused:
+        raise ValueError(f"unknown feature extractor(s) {', '.join(unused)} in --feature-weights")
+    groups = _fidelity_groups(metrics, prc_extractor)
+    weights = {ex: resolve_weights(ex, feature_weights.get(ex)) for ex in groups}
+    reference_id = ImageDataset(reference, "reference").fingerprint
+    results: dict[str, float] = {}
+    spaces: dict[str, str] = {}
+    for extractor, names in groups.items():
+        raw = _torch_fidelity(
+            extractor, [METRICS.get(n).flag for n in names], samples, reference, weights[extractor],
+            cache_name=f"ref-{reference_id}-w{sha256(weights[extractor])[:12]}",
+            batch_size=batch_size, seed=seed, verbose=verbose,
+        )  # fmt: skip
+        info = EXTRACTORS[extractor]
+        for metric in map(METRICS.get, names):
+            for key, ours in metric.outputs.items():
+                results[ours] = float(raw[key])
+                layer = metric.layer or info.layer
+                spaces[ours] = f"{info.fidelity_name}:{layer} ({weights[extractor].name})"
+    for metric in (METRICS.get(m) for m in metrics):
+        if metric.compute is not None:
+            for key, value in metric.compute(samples, reference).items():
+                results[key], spaces[key] = value, metric.space
+    ordered = {k: results[k] for k in result_keys() if k in results}
+    return {
+        **ordered,
+        "feature_extractor": {k: spaces[k] for k in ordered},
+        "num_samples": len(samples),
+        "num_reference": len(reference),
+    }
+
+
+def _torch_fidelity(
+    extractor: str,
+    flags: list[str],
+    samples: torch.Tensor,
+    reference: torch.Tensor,
+    weights: Path,
+    *,
+    cache_name: str,
+    batch_size: int,
+    seed: int,
+    verbose: bool,
+) -> dict[str, float]:
+    import torch_fidelity
+
+    if extractor == "effnet":
+        register_effnet()
+    name = EXTRACTORS[extractor].fidelity_name
+    try:
+        return torch_fidelity.calculate_metrics(
+            input1=_Uint8Images(samples),  # torch-fidelity >= 0.4: input1 is the generated set
+            input2=_Uint8Images(reference),
+            input2_cache_name=cache_name,
+            cache_root=str(cache_dir() / "fidelity"),
+            feature_extractor=name,
+            feature_extractor_weights_path=str(weights),
+            cuda=torch.cuda.is_available(),
+            batch_size=batch_size,
+            rng_seed=seed,
+            verbose=verbose,
+            save_cpu_ram=True,  # no DataLoader workers for in-memory tensors; blockwise distances
+            isc_splits=min(10, len(samples)),
+            kid_subset_size=min(1000, len(samples), len(reference)),
+            **dict.fromkeys(flags, True),
+        )
+    except RuntimeError as err:
+        if "state_dict" not in str(err):
+            raise
+        raise FeatureWeightsError(
+            f"{weights} does not fit the {name} network "
+            f"({str(err).splitlines()[0]}); pass its original weights file"
+        ) from None
+
+
+def load_samples(path: str | Path) -> torch.Tensor:
+    """Samples written by ``sqdm sample``: a folder of images or an .npz/.npy array."""
+    path = Path(path)
+    kind = "array" if path.suffix in (".npz", ".npy") else "imagefolder"
+    return load_dataset(kind, path).images

@@ -1,0 +1,7 @@
+"""Reports: statistics (``stats.py``), figures (``figures.py``), one document model rendered
+as markdown and HTML (``render.py``), and the sweep report built from them (``build.py``)."""
+
+from .build import build_blocks, write_report
+from .stats import Summary, interval95, paper_table, summarize
+
+__all__ = ["Summary", "build_blocks", "interval95", "paper_table", "summarize", "write_report"]

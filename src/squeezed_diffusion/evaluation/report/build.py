@@ -1,0 +1,98 @@
+"""``sqdm report``: a sweep's tidy table as a document (``render.py``) of tables
+(``stats.py``) and figures (``figures.py``), written as markdown and as one HTML page."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from ..metrics.table import METRICS, higher_is_better
+from .figures import log_snr_plot, metric_plot, pr_plot
+from .render import Block, Figure, Heading, Table, Text, write_document
+from .stats import Group, Summary, load_rows, paper_table, row_group, summarize
+
+TIMING = ("train_s", "sample_s", "eval_s", "wall_s")
+PAIRED = (
+    "Paired difference from strength 0: mean over seeds of (cell - isotropic cell of the same "
+    "seed; a seed fixes initialisation, data order and noise draws) ± half-width of its 95 % "
+    "interval (Student t). An interval that excludes 0 is a difference this sweep resolves."
+)
+
+
+def intro(metrics: set[str]) -> str:
+    """How to read the tables, and what each metric in them is (from the metric table)."""
+    lower = sorted(m for m in metrics if higher_is_better(m) is False)
+    higher = sorted(m for m in metrics if higher_is_better(m))
+    spaces = "; ".join(
+        f"{name}: {metric.summary}"
+        for name, metric in METRICS.items()
+        if set(metric.keys) & metrics
+    )
+    return (
+        "Each entry: mean over seeds ± half-width of the 95 % interval (Student t, n - 1 degrees "
+        "of freedom; none for one seed), and in brackets the change of the mean relative to "
+        "strength 0 (the isotropic run). "
+        + (f"Lower is better for {', '.join(lower)}. " if lower else "")
+        + (f"Higher is better for {', '.join(higher)}. " if higher else "")
+        + f"Metrics: {spaces}."
+    )
+
+
+def _group_blocks(
+    i: int, group: Group, items: list[Summary], cells: list[str], cells_dir: Path
+) -> list[Block]:
+    header, body = paper_table(items)
+    blocks: list[Block] = [Heading(2, group.title()), Table(header, body)]
+    header, body = paper_table(items, paired=True)
+    if body:
+        blocks += [Text(PAIRED), Table(header, body)]
+    blocks.append(
+        Figure(f"metrics-{i}.png", metric_plot(items), "metrics against strength (95 % intervals)")
+    )
+    pr = pr_plot(items)
+    if pr is not None:
+        blocks.append(Figure(f"precision-recall-{i}.png", pr, "precision vs recall"))
+    strengths = sorted({s.strength for s in items})
+    snr = log_snr_plot(group, strengths, cells_dir, cells) if group.profile else None
+    if snr is not None:
+        caption = "per-direction log-SNR over t: isotropic vs SDM vs HDM (equal curves overlap)"
+        blocks.append(Figure(f"log-snr-{i}.png", snr, caption))
+    return blocks
+
+
+def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
+    """The whole report: intro, one section per configuration, sample grids, wall times."""
+    summaries = summarize(rows)
+    cell_ids = sorted({r["cell"] for r in rows})
+    seeds = ", ".join(map(str, sorted({r["seed"] for r in rows})))
+    extractors = sorted(
+        {f"{r['metric']}: {r['feature_extractor']}" for r in rows if r.get("feature_extractor")}
+    )
+    blocks: list[Block] = [
+        Heading(1, "Squeezed diffusion sweep"),
+        Text(
+            f"{len(cell_ids)} finished cells, seeds {seeds}. {intro({r['metric'] for r in rows})}"
+        ),
+        Text("Feature extractors: " + "; ".join(extractors)),
+    ]
+    for i, group in enumerate(sorted({s.group for s in summaries})):
+        items = [s for s in summaries if s.group == group]
+        cells = sorted({r["cell"] for r in rows if row_group(r) == group})
+        blocks += _group_blocks(i, group, items, cells, cells_dir)
+    grids = [(c, cells_dir / c / "samples.png") for c in cell_ids]
+    grids = [(c, p) for c, p in grids if p.is_file()]
+    if grids:
+        blocks.append(Heading(2, "Samples"))
+        blocks += [Figure(f"samples-{c}.png", p.read_bytes(), c) for c, p in grids]
+    timing = {r["cell"]: [f"{r[k]:.0f}" for k in TIMING] for r in rows if set(TIMING) <= set(r)}
+    if timing:
+        body = [[c, *t] for c, t in sorted(timing.items())]
+        blocks += [Heading(2, "Wall time per cell (s)"), Table(["cell", *TIMING], body)]
+    return blocks
+
+
+def write_report(source: str | Path, out: str | Path | None = None) -> tuple[Path, Path]:
+    """``report.md`` (+ ``figures/``) and ``report.html`` for a sweep's results."""
+    rows, results_dir = load_rows(source)
+    out = Path(out) if out is not None else results_dir
+    return write_document(build_blocks(rows, results_dir / "cells"), out)

@@ -1,0 +1,142 @@
+"""The figures of a sweep report: metrics against strength, precision against recall, and the
+per-direction log-SNR each configuration trains on."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections import defaultdict
+from pathlib import Path
+
+from matplotlib.figure import Figure
+
+from ...core import Basis, ChannelBasis, SqueezedDiffusion
+from ...run import Run
+from ...training.config import TrainConfig
+from ..metrics.table import pr_pairs
+from .render import png
+from .stats import VARIANT_ORDER, Group, Summary, metric_rank
+
+COLORS = {"isotropic": "0.3", "sdm": "C0", "hdm": "C1"}
+
+
+def _by_variant(items: list[Summary]) -> dict[str, list[Summary]]:
+    out: dict[str, list[Summary]] = defaultdict(list)
+    for s in items:
+        out[s.variant].append(s)
+    return out
+
+
+def metric_plot(items: list[Summary]) -> bytes:
+    """Each metric against strength, one line per variant (the isotropic cell at s = 0),
+    error bars: the 95 % intervals."""
+    metrics = sorted({s.metric for s in items}, key=metric_rank)
+    cols = min(3, len(metrics))
+    rows = math.ceil(len(metrics) / cols)
+    fig = Figure(figsize=(4.2 * cols, 3.2 * rows))
+    axes = fig.subplots(rows, cols, squeeze=False).flatten()
+    for ax, metric in zip(axes, metrics, strict=False):
+        per = _by_variant([s for s in items if s.metric == metric])
+        base = per.get("isotropic", [])
+        for variant, pts in per.items():
+            pts = sorted(pts + (base if variant != "isotropic" else []), key=lambda s: s.strength)
+            ax.errorbar(
+                [s.strength for s in pts], [s.mean for s in pts], yerr=[s.ci or 0.0 for s in pts],
+                marker="o", capsize=3, color=COLORS.get(variant), label=variant,
+                linestyle="none" if variant == "isotropic" else "-",
+            )  # fmt: skip
+        ax.set(xlabel="strength s", title=metric)
+        ax.axvline(0, color="0.8", lw=0.8, zorder=0)
+        ax.legend(fontsize=7)
+    for ax in axes[len(metrics) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return png(fig)
+
+
+def pr_plot(items: list[Summary]) -> bytes | None:
+    """Precision against recall per variant and strength (labelled with s)."""
+    pairs = [p for p in pr_pairs() if {p[0], p[1]} <= {s.metric for s in items}]
+    if not pairs:
+        return None
+    fig = Figure(figsize=(4.5 * len(pairs), 4))
+    for ax, (p_name, r_name) in zip(
+        fig.subplots(1, len(pairs), squeeze=False)[0], pairs, strict=True
+    ):
+        prec = {(s.variant, s.strength): s for s in items if s.metric == p_name}
+        rec = {(s.variant, s.strength): s for s in items if s.metric == r_name}
+        for variant in sorted({v for v, _ in prec}, key=lambda v: VARIANT_ORDER.get(v, 9)):
+            keys = sorted(k for k in prec if k[0] == variant and k in rec)
+            ax.errorbar(
+                [rec[k].mean for k in keys], [prec[k].mean for k in keys],
+                xerr=[rec[k].ci or 0.0 for k in keys], yerr=[prec[k].ci or 0.0 for k in keys],
+                marker="o", capsize=3, linestyle="none", color=COLORS.get(variant), label=variant,
+            )  # fmt: skip
+            for k in keys:
+                ax.annotate(
+                    f"{k[1]:g}", (rec[k].mean, prec[k].mean), fontsize=7, xytext=(3, 3),
+                    textcoords="offset points",
+                )  # fmt: skip
+        ax.set(xlabel=r_name, ylabel=p_name, title="precision vs recall (labels: s)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def _saved_setting(
+    group: Group, cells_dir: Path, cell_ids: list[str]
+) -> tuple[TrainConfig, Basis] | None:
+    """(config, basis) to rebuild a configuration's processes: a cell's saved ones when the
+    cell folders are there, else the defaults with the luminance channel direction (C = 3),
+    which gives the same per-direction curves as any fitted channel direction."""
+    for cell in cell_ids:
+        run = Run(cells_dir / cell / "run")
+        if run.basis_path.is_file() and run.exists():
+            return run.config(), run.basis()
+    return (TrainConfig(), ChannelBasis.luminance(3)) if group.basis == "channel" else None
+
+
+def log_snr_plot(
+    group: Group, strengths: list[float], cells_dir: Path, cell_ids: list[str]
+) -> bytes | None:
+    """Per-direction log-SNR over t for isotropic, SDM and HDM at each strength."""
+    setting = _saved_setting(group, cells_dir, cell_ids)
+    if setting is None:
+        return None
+    cfg, basis = setting
+
+    def process(**change: object) -> SqueezedDiffusion:
+        return SqueezedDiffusion.from_fields(basis, dataclasses.replace(cfg, **change).to_dict())
+
+    iso = process(variant="isotropic").log_snr_table()
+    strengths = [s for s in strengths if s != 0] or [0.0]
+    cols = min(4, len(strengths))
+    fig = Figure(figsize=(3.6 * cols, 3.0 * math.ceil(len(strengths) / cols)))
+    axes = fig.subplots(math.ceil(len(strengths) / cols), cols, squeeze=False).flatten()
+    names = basis.group_names()
+    for ax, strength in zip(axes, strengths, strict=False):
+        ax.plot(iso[:, 0].numpy(), color=COLORS["isotropic"], lw=2.5, alpha=0.5, label="isotropic")
+        for variant in ("sdm", "hdm"):
+            try:
+                table = (
+                    process(variant=variant, strength=strength, profile=group.profile)
+                    .log_snr_table()
+                    .numpy()
+                )
+            except ValueError:  # an invalid process (|s| too large for the profile): no curve
+                continue
+            for j in range(table.shape[1]):  # the squeezed groups solid, their complement dashed
+                style = "--" if j == table.shape[1] - 1 else "-"
+                ax.plot(
+                    table[:, j],
+                    style,
+                    color=COLORS[variant],
+                    lw=1,
+                    label=f"{variant.upper()}: {names[j]}",
+                )
+        ax.set(xlabel="t", ylabel="log SNR", title=f"s = {strength:g}")
+        ax.legend(fontsize=6)
+    for ax in axes[len(strengths) :]:
+        ax.set_visible(False)
+    fig.tight_layout()
+    return png(fig)

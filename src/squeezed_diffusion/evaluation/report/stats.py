@@ -1,0 +1,202 @@
+"""The numbers of a sweep report: means over seeds, Student-t intervals, paired differences.
+
+Per (configuration, variant, strength, metric): the mean over seeds and the half-width of
+its 95 % interval, ``t(0.975, n - 1) * sd / sqrt(n)`` (none for one seed), and the change
+of the mean relative to strength 0 (the isotropic cell of the same dataset and extra
+settings), in %. Because a seed fixes the initialisation, the data order and every noise
+draw, a cell and the isotropic cell of the same seed are a matched pair: the paired
+difference (mean over seeds of cell minus isotropic, with its own Student-t interval)
+separates the effect of the strength from seed-to-seed scatter.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..metrics.table import result_keys
+
+VARIANT_ORDER = {"isotropic": 0, "sdm": 1, "hdm": 2}
+NEEDED_COLUMNS = (
+    "cell",
+    "dataset",
+    "variant",
+    "strength",
+    "profile",
+    "basis",
+    "seed",
+    "metric",
+    "value",
+)
+
+
+class Group(NamedTuple):
+    """A configuration: everything but variant, strength and seed (one report section)."""
+
+    dataset: str
+    extra: str
+    profile: str
+    basis: str
+
+    def title(self) -> str:
+        parts = [self.dataset] + (
+            [f"profile {self.profile}", f"basis {self.basis}"] if self.profile else []
+        )
+        return ", ".join(parts + ([self.extra] if self.extra else []))
+
+
+@dataclass(frozen=True)
+class Summary:
+    """One (configuration, variant, strength, metric) over its seeds."""
+
+    group: Group
+    variant: str
+    strength: float
+    metric: str
+    n: int
+    mean: float
+    ci: float | None
+    change_pct: float | None
+    delta: float | None = None  # mean over seeds of (cell - isotropic cell of the same seed)
+    delta_ci: float | None = None
+    pairs: int = 0
+
+    @property
+    def resolved(self) -> bool:
+        """The paired 95 % interval excludes 0: a difference from isotropic this sweep resolves."""
+        return (
+            self.delta is not None and self.delta_ci is not None and abs(self.delta) > self.delta_ci
+        )
+
+
+def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
+    """The tidy rows and the folder holding the sweep's cells."""
+    path = Path(source)
+    path = path / "results.json" if path.is_dir() else path
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{path} does not exist; pass a sweep's --out folder or its results.json"
+        )
+    try:
+        rows = json.loads(path.read_text())
+    except json.JSONDecodeError:
+        raise ValueError(f"{path} is not valid JSON; rebuild it with sqdm sweep") from None
+    if (
+        not isinstance(rows, list)
+        or not rows
+        or not all(set(NEEDED_COLUMNS) <= set(r) for r in rows)
+    ):
+        raise ValueError(
+            f"{path} holds no sweep rows (need columns {', '.join(sorted(NEEDED_COLUMNS))})"
+        )
+    return rows, path.parent
+
+
+def interval95(values: list[float]) -> float | None:
+    """Half-width of the Student-t 95 % interval of the mean; None for a single value."""
+    if len(values) < 2:
+        return None
+    from scipy.stats import t
+
+    return float(t.ppf(0.975, len(values) - 1) * statistics.stdev(values) / math.sqrt(len(values)))
+
+
+def row_group(row: dict[str, Any]) -> Group:
+    return Group(row["dataset"], row.get("extra", ""), row["profile"], row["basis"])
+
+
+def metric_rank(metric: str) -> int:
+    keys = result_keys()
+    return keys.index(metric) if metric in keys else len(keys)
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
+    """Mean, interval and change vs. strength 0 per configuration, variant, strength, metric.
+
+    Isotropic cells (blank profile and basis) are the strength-0 row of every configuration
+    of their dataset and extra settings.
+    """
+    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)
+    for r in rows:
+        by_seed[(row_group(r), r["variant"], float(r["strength"]), r["metric"])][int(r["seed"])] = (
+            float(r["value"])
+        )
+    isotropic = {
+        (g.dataset, g.extra, m): v for (g, var, _, m), v in by_seed.items() if var == "isotropic"
+    }
+    groups = {g for g, var, _, _ in by_seed if var != "isotropic"} or {
+        Group(g.dataset, g.extra, "", "") for g, _, _, _ in by_seed
+    }
+    out = []
+    for (group, variant, strength, metric), seeds in by_seed.items():
+        vals = list(seeds.values())
+        base = (
+            isotropic.get((group.dataset, group.extra, metric), {})
+            if variant != "isotropic"
+            else {}
+        )
+        mean, paired = statistics.fmean(vals), _paired_differences(seeds, base)
+        iso_mean = statistics.fmean(base.values()) if base else None
+        change = 100 * (mean - iso_mean) / abs(iso_mean) if iso_mean else None
+        targets = [g for g in groups if g[:2] == group[:2]] if variant == "isotropic" else [group]
+        out += [
+            Summary(
+                g, variant, strength, metric, len(vals), mean, interval95(vals), change,
+                statistics.fmean(paired) if paired else None, interval95(paired), len(paired),
+            )
+            for g in targets
+        ]  # fmt: skip
+    return sorted(
+        out,
+        key=lambda s: (s.group, metric_rank(s.metric), VARIANT_ORDER.get(s.variant, 9), s.strength),
+    )
+
+
+def _paired_differences(cell: dict[int, float], isotropic: dict[int, float]) -> list[float]:
+    """cell - isotropic for every seed both have."""
+    return [cell[seed] - isotropic[seed] for seed in sorted(cell.keys() & isotropic.keys())]
+
+
+def sig(x: float, digits: int) -> str:
+    """``x`` to ``digits`` significant figures in plain notation (1e+02 reads badly in a table)."""
+    if x == 0 or not math.isfinite(x):
+        return f"{x:g}"
+    decimals = max(0, digits - 1 - math.floor(math.log10(abs(x))))
+    text = f"{round(x, decimals):.{decimals}f}"
+    return text.rstrip("0").rstrip(".") if "." in text else text
+
+
+def _cell_text(s: Summary) -> str:
+    text = sig(s.mean, 4) + (f" ± {sig(s.ci, 2)}" if s.ci is not None else "")
+    return text + (f" ({s.change_pct:+.1f} %)" if s.change_pct is not None else "")
+
+
+def _delta_text(s: Summary) -> str:
+    if s.delta is None:
+        return ""
+    sign = "+" if s.delta >= 0 else ""
+    return sign + sig(s.delta, 4) + (f" ± {sig(s.delta_ci, 2)}" if s.delta_ci is not None else "")
+
+
+def paper_table(items: list[Summary], paired: bool = False) -> tuple[list[str], list[list[str]]]:
+    """The paper's layout: one row per (variant, strength), one column per metric; with
+    ``paired`` the seed-matched differences from strength 0 instead of the means."""
+    metrics = sorted({s.metric for s in items}, key=metric_rank)
+    if paired:
+        items = [s for s in items if s.delta is not None]
+    fmt = _delta_text if paired else _cell_text
+    text = {(s.variant, s.strength, s.metric): fmt(s) for s in items}
+    seeds = {(s.variant, s.strength): s.pairs if paired else s.n for s in items}
+    rows = [
+        [variant, f"{strength:g}", str(n), *(text.get((variant, strength, m), "") for m in metrics)]
+        for (variant, strength), n in sorted(
+            seeds.items(), key=lambda kv: (VARIANT_ORDER.get(kv[0][0], 9), kv[0][1])
+        )
+    ]
+    return ["variant", "s", "pairs" if paired else "seeds", *metrics], rows

@@ -1,0 +1,100 @@
+"""The run folder that ``sqdm train`` writes, and loading what it holds, for every consumer.
+
+Layout of a run folder (0.1.0 runs have the same one and load unchanged)::
+
+    config.yaml            the resolved TrainConfig
+    basis.safetensors      the fitted basis
+    log.jsonl              one line per log step (loss, lr, images/s, evaluations)
+    checkpoints/step-N/    weights, EMA weights, optimiser and RNG state (training/checkpoint.py)
+    samples/               EMA sample grids and a denoising trajectory
+
+Sampling, evaluation, sweeps, reports, the demo and ``SqueezedDDPMPipeline.from_run`` all go
+through :class:`Run`, so a run is read one way everywhere.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from diffusers import UNet2DModel
+from safetensors.torch import load_file
+
+from .core import Basis, SqueezedDiffusion, load_basis
+from .core.fileio import atomic_write
+from .data import ImageDataset
+from .models import build_model
+from .training.checkpoint import CheckpointError, find_checkpoint, load_weights
+from .training.config import TrainConfig
+
+
+class Run:
+    """A run folder: paths of its parts and loaders for them."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+
+    config_path = property(lambda self: self.path / "config.yaml")
+    basis_path = property(lambda self: self.path / "basis.safetensors")
+    log_path = property(lambda self: self.path / "log.jsonl")
+    samples_dir = property(lambda self: self.path / "samples")
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    def exists(self) -> bool:
+        """Whether the folder holds a run (its config.yaml)."""
+        return self.config_path.is_file()
+
+    def config(self) -> TrainConfig:
+        """The resolved config the run was trained with."""
+        if not self.exists():
+            raise CheckpointError(
+                f"{self.path} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
+            )
+        return TrainConfig.load(self.config_path)
+
+    def basis(self) -> Basis:
+        return load_basis(self.basis_path)
+
+    def process(self, config: TrainConfig | None = None) -> SqueezedDiffusion:
+        """The run's squeezed process, rebuilt from its config and basis (no weights)."""
+        cfg = config or self.config()
+        return SqueezedDiffusion.from_fields(self.basis(), cfg.to_dict())
+
+    def unet(self, ema: bool = True, checkpoint: str = "latest") -> UNet2DModel:
+        """The UNet of a checkpoint (the newest that verifies by default), in eval mode."""
+        cfg = self.config()
+        shape = self.basis().metadata["image_shape"]
+        ckpt = find_checkpoint(self.path, checkpoint)
+        unet = build_model(cfg.model, shape[0], shape[-1])
+        weights = load_file(str(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
+        load_weights(unet, weights, ckpt)
+        return unet.eval()
+
+    def load(
+        self, ema: bool = True, checkpoint: str = "latest"
+    ) -> tuple[UNet2DModel, SqueezedDiffusion]:
+        """``(unet, process)``, EMA weights by default, ready for sampling."""
+        return self.unet(ema, checkpoint), self.process()
+
+    def reference(self) -> ImageDataset:
+        """The images the run trained on: its evaluation reference, whatever its seed."""
+        return self.config().load_data()
+
+    def log(self) -> list[dict[str, Any]]:
+        """The log records, oldest first."""
+        if not self.log_path.is_file():
+            return []
+        return [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln]
+
+    def append_log(self, record: dict[str, Any]) -> None:
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_log(self, step: int) -> None:
+        """Drop records past ``step`` (a resumed run's log reads as one uninterrupted run)."""
+        if self.log_path.is_file():
+            kept = [r for r in self.log() if r["step"] <= step]
+            atomic_write(self.log_path, "".join(json.dumps(r) + "\n" for r in kept))

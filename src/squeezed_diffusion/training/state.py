@@ -1,0 +1,110 @@
+"""What training updates and a checkpoint holds: the UNet, AdamW, the LR schedule, the EMA.
+
+:func:`build_state` makes it from a config; :meth:`TrainState.save` and
+:meth:`TrainState.restore` move it to and from a checkpoint folder, exactly (resuming from
+step N continues the uninterrupted run).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from diffusers.optimization import (
+    get_constant_schedule_with_warmup,
+    get_cosine_schedule_with_warmup,
+)
+from diffusers.training_utils import EMAModel
+
+from ..models import build_model
+from .checkpoint import load_checkpoint, load_weights, restore_rng, save_checkpoint
+from .config import TrainConfig
+
+Tensor = torch.Tensor
+
+
+@dataclass
+class TrainState:
+    accelerator: Accelerator
+    model: torch.nn.Module  # as prepared by accelerate (possibly wrapped for DDP)
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: torch.optim.lr_scheduler.LRScheduler
+    ema: EMAModel
+    preset: str
+    skipped_batches: int = 0
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def ema_state_dict(self) -> dict[str, Tensor]:
+        """A full state dict with the EMA weights in place of the parameters."""
+        state = dict(self.unwrapped.state_dict())
+        names = [n for n, _ in self.unwrapped.named_parameters()]
+        state.update(dict(zip(names, self.ema.shadow_params, strict=True)))
+        return state
+
+    def save(self, run_dir: Path, step: int, keep: int) -> Path | None:
+        """Checkpoint ``step`` (main process; the others wait for it)."""
+        self.accelerator.wait_for_everyone()
+        if not self.accelerator.is_main_process:
+            return None
+        return save_checkpoint(
+            run_dir, step, model=self.unwrapped, ema_params=self.ema_state_dict(),
+            optimizer_state={
+                "optimizer": self.optimizer.state_dict(), "lr_scheduler": self.lr_scheduler.state_dict(),
+            },
+            state={
+                "ema_optimization_step": self.ema.optimization_step, "model_preset": self.preset,
+                "skipped_batches": self.skipped_batches, "time": time.time(),
+            },
+            keep=keep,
+        )  # fmt: skip
+
+    def restore(self, ckpt: Path, channels: int, resolution: int) -> int:
+        """Load a verified checkpoint (weights, EMA, optimiser, schedule, RNG); its step."""
+        data = load_checkpoint(ckpt)
+        load_weights(self.unwrapped, data["model"], ckpt)
+        ema_model = build_model(self.preset, channels, resolution)
+        load_weights(ema_model, data["ema"], ckpt)
+        device = self.accelerator.device
+        self.ema.shadow_params = [p.detach().clone().to(device) for p in ema_model.parameters()]
+        self.optimizer.load_state_dict(data["optimizer"]["optimizer"])
+        self.lr_scheduler.load_state_dict(data["optimizer"]["lr_scheduler"])
+        self.ema.optimization_step = data["state"]["ema_optimization_step"]
+        self.skipped_batches = data["state"].get("skipped_batches", 0)
+        restore_rng(data["rng"])
+        return data["state"]["step"]
+
+
+def build_state(
+    cfg: TrainConfig, accelerator: Accelerator, channels: int, resolution: int, total_steps: int
+) -> TrainState:
+    """A fresh UNet (initialised from torch's global RNG), AdamW, LR schedule and EMA."""
+    model = build_model(cfg.model, channels, resolution)
+    if accelerator.device.type == "cuda":
+        # TF32 and autotuned algorithms for the convolutions (fixed shapes) and NHWC
+        # layout for tensor cores. Matmuls stay fp32: the PCA/DCT bases project with them.
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+        model = model.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        model.compile()  # in place: parameter names and state_dict keys stay the same
+    optimizer = torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
+        weight_decay=cfg.weight_decay, eps=cfg.adam_eps,
+    )  # fmt: skip
+    if cfg.lr_schedule == "cosine":
+        lr_scheduler = get_cosine_schedule_with_warmup(optimizer, cfg.warmup_steps, total_steps)
+    else:
+        lr_scheduler = get_constant_schedule_with_warmup(optimizer, cfg.warmup_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    ema = EMAModel(
+        accelerator.unwrap_model(model).parameters(), decay=cfg.ema_decay, use_ema_warmup=True,
+        inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power,
+    )  # fmt: skip
+    ema.to(accelerator.device)
+    return TrainState(accelerator, model, optimizer, lr_scheduler, ema, cfg.model)

@@ -1,0 +1,219 @@
+"""The training loop: a run folder, accelerate for devices and precision, exact resume.
+
+:class:`Trainer` wires the parts together (``config.py``: what to train; ``bases.py``: the
+basis; ``batches.py``: the seeded data stream; ``state.py``: model, optimiser and EMA;
+``step.py``: one optimiser step; ``checkpoint.py``: atomic checkpoints; ``monitor.py``: logs
+and samples) and :func:`train_loop` runs it: log, checkpoint, sample, and stop cleanly on
+SIGINT/SIGTERM.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm.auto import tqdm
+
+from ..core import Basis, SqueezedDiffusion, load_basis
+from ..models import count_parameters
+from ..run import Run
+from .bases import cached_basis, check_basis
+from .batches import Batches
+from .checkpoint import find_checkpoint, list_checkpoints, remove_partial_checkpoints
+from .config import TrainConfig
+from .monitor import ema_sample, sample_grid, window_record
+from .state import build_state
+from .step import train_step
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or inf; the message names the step and the last good checkpoint."""
+
+
+class Trainer:
+    """One run: built from a config (resumed from a checkpoint if asked); :meth:`run` trains
+    it to the end.
+
+    The parts live in their own modules and this class only connects them; it is longer than
+    the package's other units because the order of construction is part of exact resume
+    (seed, then data, basis and process, then the model's initialisation, then the restore).
+    """
+
+    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> None:
+        self.cfg, self.progress, self.run_dir = cfg, progress, Run(cfg.out)
+        self.out = self.run_dir.path
+        # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
+        self.accelerator = acc = Accelerator(
+            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available()
+        )
+        set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
+        if resume is None and list_checkpoints(self.out):
+            raise ValueError(
+                f"{self.out} already holds a run; pass --resume latest or choose another --out"
+            )
+        if cfg.batch_size % (acc.num_processes * cfg.grad_accum):
+            raise ValueError(
+                f"batch_size {cfg.batch_size} must be divisible by processes x grad_accum "
+                f"({acc.num_processes} x {cfg.grad_accum}); change --batch-size"
+            )
+        self.dataset = cfg.load_data()
+        self.basis = self._basis(resume)
+        self.process = SqueezedDiffusion.from_fields(self.basis, cfg.to_dict()).to(acc.device)
+        self.batches = Batches(
+            self.dataset, self.process, batch_size=cfg.batch_size, seed=cfg.seed, hflip=cfg.hflip,
+            device=acc.device, rank=acc.process_index, world=acc.num_processes,
+        )  # fmt: skip
+        self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.steps_per_epoch)
+        c, res = self.dataset.shape[0], self.dataset.shape[-1]
+        self.state = build_state(cfg, acc, c, res, self.total_steps)
+        self.step, self.stop_signal = 0, None
+        if resume is not None:
+            self.step = self.state.restore(find_checkpoint(self.out, resume), c, res)
+        if acc.is_main_process:
+            self._prepare_folder(resume)
+
+    def _basis(self, resume: str | None) -> Basis:
+        own = self.run_dir.basis_path
+        if resume is not None and own.is_file():
+            basis = load_basis(own)
+            check_basis(basis, self.dataset, own)
+            return basis
+        return cached_basis(self.dataset, self.cfg.basis, self.cfg.basis_options)
+
+    def _prepare_folder(self, resume: str | None) -> None:
+        if resume is None:
+            self.out.mkdir(parents=True, exist_ok=True)
+            self.cfg.save(self.run_dir.config_path)
+            self.basis.save(self.run_dir.basis_path)
+        else:
+            self.run_dir.truncate_log(self.step)
+        remove_partial_checkpoints(self.out)
+
+    @property
+    def unwrapped(self) -> torch.nn.Module:
+        return self.state.unwrapped
+
+    def train_step(self) -> torch.Tensor:
+        """One optimiser step over the current step's global batch; the mean loss (on device)."""
+        cfg = self.cfg
+        return train_step(
+            self.state, self.batches, self.step, grad_accum=cfg.grad_accum,
+            grad_clip=cfg.grad_clip, skip_nonfinite=cfg.skip_nonfinite,
+        )  # fmt: skip
+
+    def save(self) -> Path | None:
+        return self.state.save(self.out, self.step, self.cfg.keep_checkpoints)
+
+    def sample_grid(self, path: Path, trajectory: Path | None = None) -> torch.Tensor:
+        """EMA samples (the config's grid settings) as a PNG grid, and a trajectory strip."""
+        cfg = self.cfg
+
+        def sample(num: int, callback: Any) -> torch.Tensor:
+            shape = (num, *self.dataset.shape)
+            return ema_sample(
+                self.state,
+                self.process,
+                shape,
+                cfg.sample_steps,
+                cfg.sample_sampler,
+                cfg.seed,
+                callback,
+            )
+
+        return sample_grid(sample, cfg.sample_num, cfg.sample_steps, path, trajectory)
+
+    def run(self) -> Path:
+        """Train to ``total_steps``; checkpoint, log and sample along the way."""
+        handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        bar = _progress_bar(self)
+        try:
+            train_loop(self, bar)
+        finally:
+            bar.close()
+            for s, h in handlers.items():
+                signal.signal(s, h)
+        if self.step == self.total_steps and self.accelerator.is_main_process:
+            samples = self.run_dir.samples_dir
+            self.sample_grid(samples / "final.png", trajectory=samples / "trajectory.png")
+        self.accelerator.wait_for_everyone()
+        return self.out
+
+    def _on_signal(self, signum: int, _frame: Any) -> None:
+        self.stop_signal = signum
+
+
+def _progress_bar(trainer: Trainer) -> tqdm:
+    cfg, main = trainer.cfg, trainer.accelerator.is_main_process
+    bar = tqdm(
+        total=trainer.total_steps, initial=trainer.step, disable=not (trainer.progress and main),
+        desc=f"train {cfg.variant} s={cfg.strength:g}", unit="step",
+    )  # fmt: skip
+    if main and trainer.step == 0 and trainer.progress:
+        n_params = count_parameters(trainer.unwrapped)
+        bar.write(
+            f"{cfg.model} UNet, {n_params / 1e6:.2f}M parameters; {len(trainer.dataset)} images"
+        )
+    return bar
+
+
+def train_loop(trainer: Trainer, bar: tqdm) -> None:
+    """Steps until the end or a signal; the loss is read (a host sync) only at log steps."""
+    cfg, acc = trainer.cfg, trainer.accelerator
+    loss_sum = torch.zeros((), device=acc.device)
+    window_start, window_steps = time.perf_counter(), 0
+    while trainer.step < trainer.total_steps:
+        loss_sum += trainer.train_step()
+        trainer.step += 1
+        window_steps += 1
+        bar.update(1)
+        step, stop = trainer.step, trainer.stop_signal
+        boundary = step % cfg.checkpoint_every == 0 or step == trainer.total_steps
+        if step % cfg.log_every == 0 or boundary or stop:
+            mean_loss = float(loss_sum) / window_steps
+            if not math.isfinite(mean_loss) and not cfg.skip_nonfinite:
+                raise TrainingDiverged(_diverged_message(trainer))
+            rate = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
+            if acc.is_main_process:
+                trainer.run_dir.append_log(window_record(step, mean_loss, trainer.state, rate))
+            bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
+            loss_sum.zero_()
+            window_start, window_steps = time.perf_counter(), 0
+        if boundary or stop:
+            trainer.save()
+        if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
+            trainer.sample_grid(trainer.run_dir.samples_dir / f"step-{step:08d}.png")
+        if stop:
+            bar.write(f"signal {stop}: saved step {step}; resume with --resume latest")
+            break
+
+
+def _diverged_message(trainer: Trainer) -> str:
+    ckpts = list_checkpoints(trainer.out)
+    last = ckpts[-1] if ckpts else "none"
+    return (
+        f"loss became non-finite by step {trainer.step}; last good checkpoint: {last}. "
+        "Lower --lr, or pass --skip-nonfinite to skip such batches"
+    )
+
+
+def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
+    """Train ``cfg`` to its last step, resuming from the run's latest checkpoint when it has
+    one (a finished run is left as it is); returns the step training started from.
+
+    SIGINT/SIGTERM save a checkpoint and raise ``KeyboardInterrupt``, so a demo or a sweep
+    stops as a whole and its rerun resumes.
+    """
+    resume = "latest" if list_checkpoints(cfg.out) else None
+    trainer = Trainer(cfg, resume=resume, progress=progress)
+    start = trainer.step
+    if trainer.step < trainer.total_steps:
+        trainer.run()
+    if trainer.stop_signal is not None:
+        raise KeyboardInterrupt(f"signal {trainer.stop_signal}; rerun to resume")
+    return start
