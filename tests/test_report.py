@@ -64,7 +64,7 @@ def test_summary_uses_isotropic_as_strength_zero_of_every_variant() -> None:
     assert fd[("sdm", -0.4)].change_pct == pytest.approx(-20.0)
     assert fd[("sdm", -0.4)].ci == pytest.approx(stats.t.ppf(0.975, 2) / 3**0.5)
     assert fd[("isotropic", 0.0)].change_pct is None and fd[("isotropic", 0.0)].n == 3
-    assert {s.group for s in summary} == {("cifar10", "", "beta", "channel")}
+    assert {s.group for s in summary} == {("cifar10", "", "beta", "channel", "")}
 
 
 def test_paired_difference_matches_seeds_and_removes_their_common_scatter() -> None:

@@ -11,7 +11,13 @@ import pytest
 import yaml
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.evaluation.sweep import load_sweep, parse_shard, shard, sweep_names
+from squeezed_diffusion.evaluation.sweep import (
+    load_sweep,
+    parse_shard,
+    shard,
+    shard_from_environment,
+    sweep_names,
+)
 
 
 def write_sweep(path: Path, grid, base=None, eval_=None, **extra) -> Path:
@@ -88,7 +94,13 @@ def test_shards_partition_the_cells() -> None:
 
 def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
-    assert sweep_names() == ["local-cifar10", "paper-celeba64", "paper-cifar10", "paper-cifar100"]
+    assert sweep_names() == [
+        "local-cifar10", "local-cifar10-samplers", "paper-celeba64", "paper-cifar10", "paper-cifar100"
+    ]  # fmt: skip
+    study = load_sweep("local-cifar10-samplers")
+    assert len(study.cells) == 16 and [e.label for e in study.eval.evaluations] == [
+        "ddpm-50", "ddim-50", "ddpm-paper-50"
+    ]  # fmt: skip
     local = load_sweep("local-cifar10")
     assert len(local.cells) == 14 and local.eval.metrics == ("fd_effnet", "prc_effnet")
     assert {c.axes["variant"] for c in local.cells} == {"isotropic", "sdm", "hdm"}
@@ -101,7 +113,7 @@ def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
         assert paper.eval.sampler == "ddpm-paper" and "fid" in paper.eval.metrics
 
 
-def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
+def _tiny_sweep(tmp_path: Path, samplers) -> tuple[Path, list[str]]:
     rng = np.random.default_rng(0)
     data = tmp_path / "data.npy"
     lum = rng.normal(120, 40, (64, 8, 8, 1))
@@ -113,42 +125,140 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
     evaluation = {
         "num": 6,
         "steps": 2,
-        "sampler": "ddim",
+        "sampler": samplers,
         "metrics": ["fd_pixels8"],
         "num_reference": 32,
     }
     grid = {"variant": ["sdm", "hdm"], "strength": [0.0, -0.4]}
     sweep_file = write_sweep(tmp_path / "tiny.yaml", grid, base, evaluation)
-    out = tmp_path / "out"
-    argv = ["sweep", str(sweep_file), "--out", str(out), "--quiet"]
+    return sweep_file, ["sweep", str(sweep_file), "--out", str(tmp_path / "out"), "--quiet"]
 
+
+CELLS = [
+    "array_hdm_s-0.4_beta_channel_seed42",
+    "array_isotropic_seed42",
+    "array_sdm_s-0.4_beta_channel_seed42",
+]
+
+
+def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
+    _, argv = _tiny_sweep(tmp_path, "ddim")
+    out = tmp_path / "out"
     assert main([*argv, "--shard", "0/2"]) == 0
     first = json.loads((out / "results.json").read_text())
-    cells = ["array_hdm_s-0.4_beta_channel_seed42", "array_isotropic_seed42", "array_sdm_s-0.4_beta_channel_seed42"]  # fmt: skip
-    assert sorted({r["cell"] for r in first}) == cells[0::2]  # positions 0 and 2 of 3
+    assert sorted({r["cell"] for r in first}) == CELLS[0::2]  # positions 0 and 2 of 3
     assert main([*argv, "--shard", "1/2"]) == 0
     rows = json.loads((out / "results.json").read_text())
-    assert sorted({r["cell"] for r in rows}) == cells and len(rows) == 3
+    assert sorted({r["cell"] for r in rows}) == CELLS and len(rows) == 3
     row = next(r for r in rows if r["variant"] == "isotropic")
     assert row["metric"] == "fd_pixels8" and row["value"] > 0 and row["strength"] == 0.0
+    assert (row["sampler"], row["steps"], row["eta"]) == ("ddim", 2, 0.0)
     assert row["feature_extractor"].startswith("pixels") and row["num_reference"] == 32
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
-    for cell in cells:
-        assert (out / "cells" / cell / "samples.png").is_file()
-        assert np.load(out / "cells" / cell / "samples.npz")["images"].shape == (6, 8, 8, 3)
+    for cell in CELLS:
+        folder = out / "cells" / cell / "evals" / "ddim-2"
+        assert (folder / "samples.png").is_file()
+        assert np.load(folder / "samples.npz")["images"].shape == (6, 8, 8, 3)
 
-    finished = {c: (out / "cells" / c / "result.json").stat().st_mtime_ns for c in cells}
+    results = {c: out / "cells" / c / "evals" / "ddim-2" / "result.json" for c in CELLS}
+    finished = {c: p.stat().st_mtime_ns for c, p in results.items()}
     assert main(argv) == 0  # everything finished: nothing is redone
-    assert finished == {c: (out / "cells" / c / "result.json").stat().st_mtime_ns for c in cells}
+    assert finished == {c: p.stat().st_mtime_ns for c, p in results.items()}
 
-    redo = out / "cells" / cells[2]
-    (redo / "result.json").unlink()
-    (redo / "samples.npz").unlink()
+    redo = out / "cells" / CELLS[2]
+    (redo / "evals" / "ddim-2" / "result.json").unlink()
+    (redo / "evals" / "ddim-2" / "samples.npz").unlink()
     assert main(argv) == 0  # trained already: resumes at the last step, samples and scores
-    result = json.loads((redo / "result.json").read_text())
+    result = json.loads((redo / "evals" / "ddim-2" / "result.json").read_text())
     assert result["resumed_from_step"] == 2 and result["metrics"]["fd_pixels8"] > 0
     assert main([*argv, "--list"]) == 0
     assert main(["report", str(out)]) == 0  # the log-SNR panels come from the cells' saved bases
     report = (out / "report.md").read_text()
     assert "## Samples" in report and "figures/log-snr-0.png" in report
+
+
+def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
+    tmp_path, monkeypatch
+) -> None:
+    """Each evaluation is its own row set; adding a sampler to a finished sweep samples and
+    scores only that one, without retraining; changed sampling settings never reuse samples."""
+    import squeezed_diffusion.training.trainer as trainer
+
+    sweep_file, argv = _tiny_sweep(tmp_path, ["ddpm", "ddim"])
+    out = tmp_path / "out"
+    assert main(argv) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 3 * 2 and {r["sampler"] for r in rows} == {"ddpm", "ddim"}
+    ddpm = {r["cell"]: r["value"] for r in rows if r["sampler"] == "ddpm"}
+    ddim = {r["cell"]: r["value"] for r in rows if r["sampler"] == "ddim"}
+    assert ddpm != ddim  # different samplers, different samples
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished cell was trained again")
+
+    monkeypatch.setattr(trainer.Trainer, "run", no_training)
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["eval"]["sampler"] = [
+        "ddpm",
+        "ddim",
+        {"sampler": "ddim", "steps": 3, "eta": 1.0},
+        "ddpm-paper",
+    ]
+    sweep_file.write_text(yaml.safe_dump(spec))
+    before = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/evals/*/result.json")}
+    assert main(argv) == 0
+    assert before == {p: p.stat().st_mtime_ns for p in before}  # the finished ones untouched
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 3 * 4
+    assert {(r["sampler"], r["steps"], r["eta"]) for r in rows} == {
+        ("ddpm", 2, 0.0), ("ddim", 2, 0.0), ("ddim", 3, 1.0), ("ddpm-paper", 2, 0.0)
+    }  # fmt: skip
+    assert (out / "cells" / CELLS[0] / "evals" / "ddim-3-eta1" / "samples.npz").is_file()
+
+    # a different sampling seed: every evaluation is redone and no samples are reused
+    spec["eval"]["seed"] = 5
+    sweep_file.write_text(yaml.safe_dump(spec))
+    npz = out / "cells" / CELLS[1] / "evals" / "ddpm-2" / "samples.npz"
+    old = np.load(npz)["images"]
+    assert main(argv) == 0
+    assert not np.array_equal(np.load(npz)["images"], old)
+    result = json.loads(npz.with_name("result.json").read_text())
+    assert result["settings"]["seed"] == 5
+
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    for label in ("ddpm-2", "ddim-2", "ddim-3-eta1", "ddpm-paper-2"):
+        assert f"sampler {label}" in report  # the paper-form and paired tables per sampler
+    assert "the samplers side by side" in report and "paired-by-sampler" in report
+
+
+def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:
+    _, argv = _tiny_sweep(tmp_path, "ddim")
+    listing = {}
+    for env in ({"SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "3"}, {}):
+        for key in ("SLURM_ARRAY_TASK_ID", "SLURM_ARRAY_TASK_COUNT"):
+            monkeypatch.delenv(key, raising=False)
+        for key, value in env.items():
+            monkeypatch.setenv(key, value)
+        shard_arg = [] if env else ["--shard", "1/3"]
+        assert main([*argv, "--list", *shard_arg]) == 0
+        listing[bool(env)] = capsys.readouterr().out
+    assert listing[True] == listing[False] and "in shard 1/3" in listing[True]
+    assert shard_from_environment({"SLURM_ARRAY_TASK_ID": "7", "SLURM_ARRAY_TASK_MIN": "5",
+                                   "SLURM_ARRAY_TASK_MAX": "8"}) == (2, 4)  # fmt: skip
+    assert shard_from_environment({}) == (0, 1)
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_COUNT"):
+        shard_from_environment({"SLURM_ARRAY_TASK_ID": "2"})
+
+
+def test_collect_writes_the_table_of_the_finished_cells(tmp_path) -> None:
+    _, argv = _tiny_sweep(tmp_path, "ddim")
+    out = tmp_path / "out"
+    assert main([*argv, "--shard", "0/3"]) == 0  # one of three cells
+    (out / "results.json").unlink()
+    (out / "results.csv").unlink()
+    assert main([*argv, "--collect"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert [r["cell"] for r in rows] == CELLS[:1]
+    assert not (out / "cells" / CELLS[1]).exists()  # --collect trains nothing

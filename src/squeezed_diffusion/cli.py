@@ -164,20 +164,32 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train, sample and evaluate this shard's cells of a sweep; rebuild the results table."""
-    from .evaluation.sweep import is_finished, load_sweep, parse_shard, run_sweep, shard
+    from .evaluation.sweep import (
+        collect,
+        is_finished,
+        load_sweep,
+        parse_shard,
+        run_sweep,
+        shard,
+        shard_from_environment,
+    )  # fmt: skip
 
-    index, count = parse_shard(args.shard)
+    index, count = parse_shard(args.shard) if args.shard else shard_from_environment(os.environ)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
     sweep = load_sweep(args.sweep, out)
     mine = shard(sweep.cells, index, count)
     if args.list:
         for cell in mine:
-            print(f"{'done' if is_finished(cell) else 'todo'}  {cell.id}")
+            print(f"{'done' if is_finished(cell, sweep.eval) else 'todo'}  {cell.id}")
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
     _check_writable(out)
-    rows = run_sweep(sweep, out, index, count, progress=not args.quiet)
-    done = sum(is_finished(c) for c in sweep.cells)
+    rows = (
+        collect(out)
+        if args.collect
+        else run_sweep(sweep, out, index, count, progress=not args.quiet)
+    )
+    done = sum(is_finished(c, sweep.eval) for c in sweep.cells)
     print(f"{done} of {len(sweep.cells)} cells finished; {len(rows)} rows in {out / 'results.csv'}")
     return 0
 
@@ -373,7 +385,16 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
         "sweep", help="run a grid of trainings + evaluations (resumable, shardable)"
     )
     sw.add_argument("sweep", help="sweep YAML file, or a shipped sweep (e.g. local-cifar10)")
-    sw.add_argument("--shard", default="0/1", metavar="i/n", help="run every n-th cell from i")
+    sw.add_argument(
+        "--shard", metavar="i/n",
+        help="run every n-th cell from i (default: the job-array task of SLURM_ARRAY_TASK_ID and "
+        "SLURM_ARRAY_TASK_COUNT when set, else all cells)",
+    )  # fmt: skip
+    sw.add_argument(
+        "--collect",
+        action="store_true",
+        help="only rebuild results.csv/json from the finished evaluations",
+    )
     sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
     sw.add_argument("--list", action="store_true", help="list this shard's cells and stop")
     sw.add_argument("--quiet", action="store_true")

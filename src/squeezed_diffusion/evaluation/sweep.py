@@ -9,8 +9,8 @@ A sweep file is YAML::
       variant: [sdm, hdm]
       strength: [-0.8, -0.4, 0.0]
       seed: [0, 1]
-    eval: {num: 2000, steps: 50, sampler: ddim, metrics: [fd_effnet, prc_effnet],
-           num_reference: 10000}
+    eval: {num: 2000, steps: 50, sampler: [ddpm, ddim, ddpm-paper],
+           metrics: [fd_effnet, prc_effnet], num_reference: 10000}
 
 ``grid`` may also be a list of such mappings: the cells are the union of their products
 (e.g. one strength list for SDM, another for HDM). Relative ``data_dir`` paths resolve
@@ -20,11 +20,19 @@ Strength 0 is the isotropic process whatever the variant, and isotropic noise ig
 strength, profile and basis: all such cells collapse into one ``isotropic`` cell per
 remaining setting (reported with strength 0), the baseline of every variant.
 
-Layout under ``--out``: ``cells/<cell id>/run`` (the training run),
-``cells/<cell id>/samples.npz`` and ``samples.png`` (the evaluated samples) and
-``cells/<cell id>/result.json`` (written last: a cell with it is finished and skipped
-on rerun; one without it resumes from its latest checkpoint). ``results.csv`` and
-``results.json`` are rebuilt from every finished cell's ``result.json``.
+``eval.sampler`` is one sampler or a list; an entry may be a mapping with its own
+``steps`` and ``eta`` (``{sampler: ddim, steps: 20}``), otherwise ``eval.steps`` and
+``eval.eta`` apply. Every trained cell is evaluated with each of them (an *evaluation*).
+
+Layout under ``--out``: ``cells/<cell id>/run`` (the training run) and, per evaluation,
+``cells/<cell id>/evals/<sampler>-<steps>[-eta<e>]/`` with ``samples.npz`` (and
+``samples.json``, the sampling settings that made it), ``samples.png`` and ``result.json``
+(written last). An evaluation with a ``result.json`` made by the same settings is skipped on
+rerun, so adding a sampler to a finished sweep samples and scores only the new one, without
+retraining; samples are reused only when they were drawn with the same sampler, steps, eta,
+seed and number; a cell whose run is unfinished resumes from its latest checkpoint.
+``results.csv`` and ``results.json`` (one row per cell, evaluation and metric) are rebuilt
+from every ``result.json`` under ``cells/``.
 """
 
 from __future__ import annotations
@@ -35,11 +43,13 @@ import io
 import itertools
 import json
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from ..core import SAMPLERS
@@ -49,10 +59,12 @@ from ..training.config import TrainConfig, resolve_config
 from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
+EVAL_COLUMNS = ("sampler", "steps", "eta")
 TABLE_COLUMNS = (
     "cell",
     *AXES,
     "extra",
+    *EVAL_COLUMNS,
     "metric",
     "value",
     "feature_extractor",
@@ -67,12 +79,27 @@ _SWEEP_KEYS = ("description", "preset", "base", "grid", "eval")
 
 
 @dataclass(frozen=True)
+class Evaluation:
+    """One way of sampling a trained cell: a sampler, its steps and (DDIM) eta."""
+
+    sampler: str
+    steps: int
+    eta: float = 0.0
+
+    @property
+    def label(self) -> str:
+        """Its folder name and report label, e.g. ``ddim-50`` or ``ddim-50-eta0.5``."""
+        return f"{self.sampler}-{self.steps}" + (f"-eta{self.eta:g}" if self.eta else "")
+
+
+@dataclass(frozen=True)
 class EvalSpec:
     """How every cell is sampled and scored (the ``eval:`` mapping)."""
 
     num: int = 10_000
     steps: int = 50
-    sampler: str = "ddpm"
+    sampler: str | tuple[str | dict, ...] = "ddpm"
+    eta: float = 0.0
     seed: int = 0
     metrics: tuple[str, ...] = OFFLINE_METRICS
     num_reference: int | None = None
@@ -81,15 +108,44 @@ class EvalSpec:
     sample_batch_size: int = 256
     grid_images: int = 64
 
+    @property
+    def evaluations(self) -> list[Evaluation]:
+        """Every (sampler, steps, eta) this spec evaluates, in the order given."""
+        entries = [self.sampler] if isinstance(self.sampler, (str, dict)) else list(self.sampler)
+        out = []
+        for entry in entries:
+            entry = {"sampler": entry} if isinstance(entry, str) else dict(entry)
+            unknown = sorted(set(entry) - {"sampler", "steps", "eta"})
+            if unknown or "sampler" not in entry:
+                raise ValueError(
+                    f"eval.sampler entry {entry}: give a sampler name or a mapping of sampler, "
+                    f"steps and eta{f' (not {unknown})' if unknown else ''}"
+                )
+            name = SAMPLERS.canonical(entry["sampler"])
+            eta = float(entry.get("eta", self.eta if SAMPLERS.get(name).uses_eta else 0.0))
+            out.append(Evaluation(name, int(entry.get("steps", self.steps)), eta))
+        return list(dict.fromkeys(out))
+
     def validate(self) -> EvalSpec:
         check_metrics(self.metrics, self.prc_extractor)
-        SAMPLERS.canonical(self.sampler)
         for name in ("num", "steps", "batch_size", "sample_batch_size"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
         if self.num < 2:
             raise ValueError(f"eval.num must be >= 2 to compute statistics, got {self.num}")
+        for ev in self.evaluations:
+            if ev.steps < 1:
+                raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
+            if ev.eta and not SAMPLERS.get(ev.sampler).uses_eta:
+                raise ValueError(f"eval.sampler {ev.sampler} takes no eta (got {ev.eta})")
+            if not 0 <= ev.eta <= 1:
+                raise ValueError(f"eval eta must be in [0, 1], got {ev.eta}")
         return self
+
+    def scoring(self) -> dict[str, Any]:
+        """The settings a result was scored with: a result made otherwise is redone."""
+        keys = ("num", "seed", "metrics", "num_reference", "prc_extractor")
+        return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
 
 
 @dataclass
@@ -152,9 +208,12 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
         raise ValueError(
             f"{source}: unknown eval field(s) {', '.join(bad)}; allowed: {', '.join(sorted(eval_fields))}"
         )
-    if isinstance(eval_values.get("metrics"), (list, str)):
-        metrics = eval_values["metrics"]
-        eval_values["metrics"] = (metrics,) if isinstance(metrics, str) else tuple(metrics)
+    for key in ("metrics", "sampler"):
+        if isinstance(eval_values.get(key), list) or (
+            key == "metrics" and isinstance(eval_values.get(key), str)
+        ):
+            value = eval_values[key]
+            eval_values[key] = (value,) if isinstance(value, str) else tuple(value)
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
     cells = expand(spec.get("preset"), dict(spec.get("base") or {}), grids, Path(out) / "cells")
     return Sweep(name, cells, EvalSpec(**eval_values).validate())
@@ -225,6 +284,26 @@ def parse_shard(text: str) -> tuple[int, int]:
     return index, count
 
 
+def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
+    """The shard of a cluster job-array task when ``--shard`` is not given: SLURM's
+    ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (or ``_MIN``/``_MAX``), PBS/Torque's
+    ``PBS_ARRAY_INDEX``... are read as ``i/n``; outside a job array the whole sweep (0/1)."""
+    task = environ.get("SLURM_ARRAY_TASK_ID")
+    if task is None:
+        return 0, 1
+    low = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
+    if "SLURM_ARRAY_TASK_COUNT" in environ:
+        count = int(environ["SLURM_ARRAY_TASK_COUNT"])
+    elif "SLURM_ARRAY_TASK_MAX" in environ:
+        count = int(environ["SLURM_ARRAY_TASK_MAX"]) - low + 1
+    else:
+        raise ValueError(
+            "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX; "
+            "pass --shard i/n"
+        )
+    return parse_shard(f"{int(task) - low}/{count}")
+
+
 def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
     """This shard's cells: position in the id-sorted list modulo ``count`` equals ``index``."""
     ordered = sorted(cells, key=lambda c: c.id)
@@ -234,84 +313,117 @@ def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
 # ------------------------------------------------------------------------------ running
 
 
-def is_finished(cell: Cell) -> bool:
-    return (Path(cell.config.out).parent / "result.json").is_file()
+def eval_dir(cell: Cell, evaluation: Evaluation) -> Path:
+    return Path(cell.config.out).parent / "evals" / evaluation.label
 
 
-def run_cell(cell: Cell, spec: EvalSpec, progress: bool = True) -> dict[str, Any]:
-    """Train (resuming), sample and evaluate one cell; writes and returns its result."""
+def _matches(path: Path, wanted: dict[str, Any], key: str | None = None) -> bool:
+    """Whether the JSON file at ``path`` (or its ``key``) records exactly ``wanted``."""
+    if not path.is_file():
+        return False
+    recorded = json.loads(path.read_text())
+    return (recorded.get(key) if key else recorded) == wanted
+
+
+def _result_settings(evaluation: Evaluation, spec: EvalSpec) -> dict[str, Any]:
+    return {**dataclasses.asdict(evaluation), **spec.scoring()}
+
+
+def is_done(cell: Cell, evaluation: Evaluation, spec: EvalSpec) -> bool:
+    """The evaluation has a result made with the current settings."""
+    result = eval_dir(cell, evaluation) / "result.json"
+    return _matches(result, _result_settings(evaluation, spec), key="settings")
+
+
+def is_finished(cell: Cell, spec: EvalSpec) -> bool:
+    return all(is_done(cell, ev, spec) for ev in spec.evaluations)
+
+
+def _samples(cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool) -> torch.Tensor:
+    """The evaluation's samples: reused when drawn with these settings, else drawn and saved."""
     from torchvision.utils import save_image
 
-    from ..training.trainer import train_to_completion
     from .generate import generate, save_samples
 
-    run = Path(cell.config.out)
-    cell_dir = run.parent
+    folder = eval_dir(cell, ev)
+    drawn_with = {**dataclasses.asdict(ev), "num": spec.num, "seed": spec.seed, "ema": True}
+    if _matches(folder / "samples.json", drawn_with) and (folder / "samples.npz").is_file():
+        return load_samples(folder / "samples.npz")
+    _, images = generate(
+        cell.config.out, spec.num, ev.steps, ev.sampler, seed=spec.seed, eta=ev.eta,
+        batch_size=spec.sample_batch_size, progress=progress,
+    )  # fmt: skip
+    save_samples(images, folder / "samples.npz")
+    atomic_write(folder / "samples.json", json.dumps(drawn_with))
+    grid = images[: spec.grid_images].float() / 255
+    save_image(grid, folder / "samples.png", nrow=int(len(grid) ** 0.5) or 1)
+    return images
+
+
+def run_cell(
+    cell: Cell, spec: EvalSpec, progress: bool = True, references: dict | None = None
+) -> list[dict[str, Any]]:
+    """Train (resuming), then sample and score every evaluation not done yet; writes and
+    returns their results. ``references`` caches reference images across cells."""
+    from ..training.trainer import train_to_completion
+
     start = time.perf_counter()
     resumed_at = train_to_completion(cell.config, progress)
     train_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    samples_file = cell_dir / "samples.npz"
-    images = load_samples(samples_file) if samples_file.is_file() else None
-    if images is None or len(images) != spec.num:
-        _, images = generate(
-            run,
-            spec.num,
-            spec.steps,
-            spec.sampler,
-            seed=spec.seed,
-            batch_size=spec.sample_batch_size,
-            progress=progress,
-        )
-        save_samples(images, samples_file)
-        grid = images[: spec.grid_images].float() / 255
-        save_image(grid, cell_dir / "samples.png", nrow=int(len(grid) ** 0.5) or 1)
-    sample_s = time.perf_counter() - start
-
-    start = time.perf_counter()
-    scores = evaluate(
-        images,
-        Run(run).reference(),
-        spec.metrics,
-        num_reference=spec.num_reference,
-        prc_extractor=spec.prc_extractor,
-        batch_size=spec.batch_size,
-        seed=spec.seed,
-        verbose=progress,
+    references = {} if references is None else references
+    key = json.dumps(
+        [cell.config.dataset, cell.config.data_dir, cell.config.resolution, cell.config.subset]
     )
-    eval_s = time.perf_counter() - start
-    result = {
-        "cell": cell.id,
-        "axes": cell.axes,
-        "metrics": {k: scores[k] for k in result_keys() if k in scores},
-        "feature_extractor": scores["feature_extractor"],
-        "num_samples": scores["num_samples"],
-        "num_reference": scores["num_reference"],
-        "eval": {**dataclasses.asdict(spec), "metrics": list(spec.metrics)},
-        "resumed_from_step": resumed_at,
-        "train_s": train_s,
-        "sample_s": sample_s,
-        "eval_s": eval_s,
-        "wall_s": train_s + sample_s + eval_s,
-    }
-    atomic_write(cell_dir / "result.json", json.dumps(result, indent=1))
-    return result
+    results = []
+    for ev in spec.evaluations:
+        if is_done(cell, ev, spec):
+            continue
+        start = time.perf_counter()
+        images = _samples(cell, ev, spec, progress)
+        sample_s = time.perf_counter() - start
+        if key not in references:
+            references[key] = Run(cell.config.out).reference()
+        start = time.perf_counter()
+        scores = evaluate(
+            images, references[key], spec.metrics, num_reference=spec.num_reference,
+            prc_extractor=spec.prc_extractor, batch_size=spec.batch_size, seed=spec.seed,
+            verbose=progress,
+        )  # fmt: skip
+        eval_s = time.perf_counter() - start
+        result = {
+            "cell": cell.id, "axes": cell.axes, "evaluation": dataclasses.asdict(ev),
+            "settings": _result_settings(ev, spec),
+            "metrics": {k: scores[k] for k in result_keys() if k in scores},
+            "feature_extractor": scores["feature_extractor"], "num_samples": scores["num_samples"],
+            "num_reference": scores["num_reference"], "resumed_from_step": resumed_at,
+            "train_s": train_s, "sample_s": sample_s, "eval_s": eval_s,
+            "wall_s": train_s + sample_s + eval_s,
+        }  # fmt: skip
+        atomic_write(eval_dir(cell, ev) / "result.json", json.dumps(result, indent=1))
+        results.append(result)
+        train_s = 0.0  # counted once, with the cell's first evaluation
+    return results
 
 
 def run_sweep(
     sweep: Sweep, out: str | Path, index: int = 0, count: int = 1, progress: bool = True
 ) -> list[dict[str, Any]]:
-    """Run this shard's unfinished cells, then rebuild the tables; returns all rows."""
+    """Run this shard's unfinished cells one after another in this process (data and
+    reference images loaded once), then rebuild the tables; returns all rows.
+
+    Seed by seed: an interrupted sweep holds complete seed-paired sets of configurations.
+    """
     out = Path(out)
-    for cell in shard(sweep.cells, index, count):
-        if is_finished(cell):
+    references: dict[str, Any] = {}
+    for cell in sorted(shard(sweep.cells, index, count), key=lambda c: (c.config.seed, c.id)):
+        if is_finished(cell, sweep.eval):
             continue
-        result = run_cell(cell, sweep.eval, progress=progress)
+        for result in run_cell(cell, sweep.eval, progress=progress, references=references):
+            if progress:
+                scores = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
+                label = Evaluation(**result["evaluation"]).label
+                print(f"{cell.id} [{label}]: {scores} ({result['wall_s']:.0f} s)", flush=True)
         collect(out)
-        if progress:
-            scores = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
-            print(f"{cell.id}: {scores} ({result['wall_s']:.0f} s)", flush=True)
     return collect(out)
 
 
@@ -319,10 +431,11 @@ def run_sweep(
 
 
 def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
-    """A cell's result as tidy rows, one per metric."""
+    """An evaluation's result as tidy rows, one per metric."""
     shared = {
         "cell": result["cell"],
         **result["axes"],
+        **result["evaluation"],
         "num_samples": result["num_samples"],
         "num_reference": result["num_reference"],
         **{k: round(result[k], 3) for k in ("train_s", "sample_s", "eval_s", "wall_s")},
@@ -338,7 +451,7 @@ def collect(out: str | Path) -> list[dict[str, Any]]:
     out = Path(out)
     rows = [
         {col: row[col] for col in TABLE_COLUMNS}
-        for path in sorted(out.glob("cells/*/result.json"))
+        for path in sorted(out.glob("cells/*/evals/*/result.json"))
         for row in table_rows(json.loads(path.read_text()))
     ]
     out.mkdir(parents=True, exist_ok=True)

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics.table import METRICS, higher_is_better
-from .figures import log_snr_plot, metric_plot, pr_plot
+from .figures import log_snr_plot, metric_plot, paired_plot, pr_plot
 from .render import Block, Figure, Heading, Table, Text, write_document
 from .stats import Group, Summary, load_rows, paper_table, row_group, summarize
 
@@ -75,19 +75,38 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         ),
         Text("Feature extractors: " + "; ".join(extractors)),
     ]
-    for i, group in enumerate(sorted({s.group for s in summaries})):
-        items = [s for s in summaries if s.group == group]
-        cells = sorted({r["cell"] for r in rows if row_group(r) == group})
-        blocks += _group_blocks(i, group, items, cells, cells_dir)
-    grids = [(c, cells_dir / c / "samples.png") for c in cell_ids]
-    grids = [(c, p) for c, p in grids if p.is_file()]
+    i = 0
+    for base in sorted({s.group.base for s in summaries}):
+        groups = sorted({s.group for s in summaries if s.group.base == base})
+        for group in groups:
+            items = [s for s in summaries if s.group == group]
+            cells = sorted({r["cell"] for r in rows if row_group(r) == group})
+            blocks += _group_blocks(i, group, items, cells, cells_dir)
+            i += 1
+        together = [s for s in summaries if s.group.base == base]
+        if len(groups) > 1 and any(s.delta is not None for s in together):
+            caption = "paired difference from isotropic against strength, one line per sampler"
+            blocks += [
+                Heading(
+                    2, f"{groups[0].title().rsplit(', sampler', 1)[0]}: the samplers side by side"
+                ),
+                Figure(f"paired-by-sampler-{i}.png", paired_plot(together), caption),
+            ]
+    grids = [p for c in cell_ids for p in sorted((cells_dir / c).glob("**/samples.png"))]
     if grids:
         blocks.append(Heading(2, "Samples"))
-        blocks += [Figure(f"samples-{c}.png", p.read_bytes(), c) for c, p in grids]
-    timing = {r["cell"]: [f"{r[k]:.0f}" for k in TIMING] for r in rows if set(TIMING) <= set(r)}
+        for path in grids:
+            name = "-".join(path.relative_to(cells_dir).parent.parts).replace("-evals-", "-")
+            blocks.append(Figure(f"samples-{name}.png", path.read_bytes(), name))
+    timing = {
+        (r["cell"], row_group(r).evaluation): [f"{r[k]:.0f}" for k in TIMING]
+        for r in rows
+        if set(TIMING) <= set(r)
+    }
     if timing:
-        body = [[c, *t] for c, t in sorted(timing.items())]
-        blocks += [Heading(2, "Wall time per cell (s)"), Table(["cell", *TIMING], body)]
+        body = [[c, e, *t] for (c, e), t in sorted(timing.items())]
+        title = "Wall time per cell and sampler (s; training is counted with the first sampler)"
+        blocks += [Heading(2, title), Table(["cell", "sampler", *TIMING], body)]
     return blocks
 
 

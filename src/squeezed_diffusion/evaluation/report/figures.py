@@ -54,6 +54,43 @@ def metric_plot(items: list[Summary]) -> bytes:
     return png(fig)
 
 
+def paired_plot(items: list[Summary]) -> bytes:
+    """The paired difference from isotropic against strength, one line per sampler: one
+    panel per metric (rows) and variant (columns); error bars are the 95 % intervals, and a
+    sampler whose bar crosses 0 at some strength did not resolve a change there."""
+    items = [s for s in items if s.delta is not None]
+    metrics = sorted({s.metric for s in items}, key=metric_rank)
+    variants = sorted({s.variant for s in items}, key=lambda v: VARIANT_ORDER.get(v, 9))
+    fig = Figure(figsize=(4.2 * len(variants), 3.0 * len(metrics)))
+    axes = fig.subplots(len(metrics), len(variants), squeeze=False)
+    for row, metric in enumerate(metrics):
+        for col, variant in enumerate(variants):
+            ax = axes[row][col]
+            evaluations = sorted({s.group.evaluation for s in items})
+            for k, evaluation in enumerate(evaluations):
+                pts = sorted(
+                    (
+                        s
+                        for s in items
+                        if (s.metric, s.variant, s.group.evaluation)
+                        == (metric, variant, evaluation)
+                    ),
+                    key=lambda s: s.strength,
+                )
+                shift = 0.015 * (k - (len(evaluations) - 1) / 2)  # keep overlapping bars apart
+                ax.errorbar(
+                    [s.strength + shift for s in pts], [s.delta for s in pts],
+                    yerr=[s.delta_ci or 0.0 for s in pts], marker="o", capsize=3, label=evaluation,
+                )  # fmt: skip
+            ax.axhline(0, color="0.5", lw=0.8, zorder=0)
+            ax.set(
+                xlabel="strength s", ylabel=f"{metric} - isotropic", title=f"{variant}: {metric}"
+            )
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
 def pr_plot(items: list[Summary]) -> bytes | None:
     """Precision against recall per variant and strength (labelled with s)."""
     pairs = [p for p in pr_pairs() if {p[0], p[1]} <= {s.metric for s in items}]

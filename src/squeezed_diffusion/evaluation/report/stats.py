@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from ..metrics.table import result_keys
+from ..sweep import Evaluation
 
 VARIANT_ORDER = {"isotropic": 0, "sdm": 1, "hdm": 2}
 NEEDED_COLUMNS = (
@@ -37,18 +38,26 @@ NEEDED_COLUMNS = (
 
 
 class Group(NamedTuple):
-    """A configuration: everything but variant, strength and seed (one report section)."""
+    """A configuration and how it was sampled: everything but variant, strength and seed
+    (one report section). ``evaluation`` is the sampler label, e.g. ``ddpm-50`` (blank for
+    tables written before sweeps evaluated several samplers)."""
 
     dataset: str
     extra: str
     profile: str
     basis: str
+    evaluation: str = ""
+
+    @property
+    def base(self) -> tuple[str, str, str, str]:
+        """The configuration without the sampler."""
+        return self.dataset, self.extra, self.profile, self.basis
 
     def title(self) -> str:
-        parts = [self.dataset] + (
-            [f"profile {self.profile}", f"basis {self.basis}"] if self.profile else []
-        )
-        return ", ".join(parts + ([self.extra] if self.extra else []))
+        parts = [self.dataset]
+        parts += [f"profile {self.profile}", f"basis {self.basis}"] if self.profile else []
+        parts += [self.extra] if self.extra else []
+        return ", ".join(parts + ([f"sampler {self.evaluation}"] if self.evaluation else []))
 
 
 @dataclass(frozen=True)
@@ -108,7 +117,12 @@ def interval95(values: list[float]) -> float | None:
 
 
 def row_group(row: dict[str, Any]) -> Group:
-    return Group(row["dataset"], row.get("extra", ""), row["profile"], row["basis"])
+    label = (
+        Evaluation(row["sampler"], int(row["steps"]), float(row.get("eta", 0))).label
+        if row.get("sampler")
+        else ""
+    )
+    return Group(row["dataset"], row.get("extra", ""), row["profile"], row["basis"], label)
 
 
 def metric_rank(metric: str) -> int:
@@ -127,24 +141,30 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         by_seed[(row_group(r), r["variant"], float(r["strength"]), r["metric"])][int(r["seed"])] = (
             float(r["value"])
         )
+    # The isotropic cell of a dataset, extra settings and sampler is the strength-0 row of
+    # every configuration sampled that way.
     isotropic = {
-        (g.dataset, g.extra, m): v for (g, var, _, m), v in by_seed.items() if var == "isotropic"
+        (g.dataset, g.extra, g.evaluation, m): v
+        for (g, var, _, m), v in by_seed.items()
+        if var == "isotropic"
     }
     groups = {g for g, var, _, _ in by_seed if var != "isotropic"} or {
-        Group(g.dataset, g.extra, "", "") for g, _, _, _ in by_seed
+        Group(g.dataset, g.extra, "", "", g.evaluation) for g, _, _, _ in by_seed
     }
     out = []
     for (group, variant, strength, metric), seeds in by_seed.items():
         vals = list(seeds.values())
-        base = (
-            isotropic.get((group.dataset, group.extra, metric), {})
-            if variant != "isotropic"
-            else {}
-        )
+        key = (group.dataset, group.extra, group.evaluation, metric)
+        base = isotropic.get(key, {}) if variant != "isotropic" else {}
         mean, paired = statistics.fmean(vals), _paired_differences(seeds, base)
         iso_mean = statistics.fmean(base.values()) if base else None
         change = 100 * (mean - iso_mean) / abs(iso_mean) if iso_mean else None
-        targets = [g for g in groups if g[:2] == group[:2]] if variant == "isotropic" else [group]
+        same = (group.dataset, group.extra, group.evaluation)
+        targets = (
+            [g for g in groups if (g.dataset, g.extra, g.evaluation) == same]
+            if variant == "isotropic"
+            else [group]
+        )
         out += [
             Summary(
                 g, variant, strength, metric, len(vals), mean, interval95(vals), change,
