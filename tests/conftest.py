@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import pytest
 import torch
@@ -33,6 +35,39 @@ def top_direction(cov: np.ndarray) -> np.ndarray:
     _, evecs = np.linalg.eigh(cov)
     v = evecs[:, -1]
     return v * np.sign(v[np.argmax(np.abs(v))])
+
+
+def dense_projectors(basis, shape: tuple[int, int, int]) -> list[torch.Tensor]:
+    """The D x D orthogonal projector onto each group of ``basis``, built from each basis'
+    definition (not from its ``scale`` code): channel direction per pixel, PCA components,
+    DCT bands of a 2-D DCT-II."""
+    from squeezed_diffusion import ChannelBasis, PixelPCABasis
+    from squeezed_diffusion.core.basis import dct_matrix
+
+    c, h, w = shape
+    if isinstance(basis, ChannelBasis):
+        v = basis.direction.double()
+        return [torch.kron(torch.outer(v, v), torch.eye(h * w, dtype=torch.float64))]
+    if isinstance(basis, PixelPCABasis):
+        return [torch.outer(u, u) for u in basis.components.double()]
+    m = torch.kron(dct_matrix(h), dct_matrix(w))  # 2-D DCT on a flattened H x W plane
+    u, v = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    radius = torch.sqrt((u / h) ** 2 + (v / w) ** 2).flatten()
+    edges = (0.0, *basis.cutoffs)
+    planes = [
+        m.T @ torch.diag(((radius >= lo) & (radius < hi)).double()) @ m
+        for lo, hi in itertools.pairwise(edges)
+    ]
+    return [torch.kron(torch.eye(c, dtype=torch.float64), p) for p in planes]
+
+
+def dense_operator(basis, group, rest: float, shape: tuple[int, int, int]) -> torch.Tensor:
+    """``S = rest I + sum_k (group_k - rest) P_k`` as a dense D x D matrix."""
+    projectors = dense_projectors(basis, shape)
+    op = rest * torch.eye(projectors[0].shape[0], dtype=torch.float64)
+    for k, p in enumerate(projectors):
+        op = op + (float(group[k]) - rest) * p
+    return op
 
 
 @pytest.fixture(autouse=True)

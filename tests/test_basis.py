@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import itertools
 import math
 
 import numpy as np
 import pytest
 import torch
-from conftest import SIGMA0, top_direction
+from conftest import SIGMA0, dense_operator, top_direction
 
 from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, load_basis
 from squeezed_diffusion.core.basis import dct_matrix
@@ -128,33 +127,6 @@ def test_direction_validation() -> None:
         ChannelBasis([float("nan"), 1.0, 0.0])
 
 
-def _dense_operator(basis, group: torch.Tensor, rest: float) -> torch.Tensor:
-    """The D x D matrix of ``S = rest I + sum_k (group_k - rest) P_k``, built from each basis'
-    definition (not from its ``scale`` code): channel direction per pixel, PCA components,
-    DCT bands of a 2-D DCT-II."""
-    c, h, w = 3, 8, 8
-    eye = torch.eye(c * h * w, dtype=torch.float64)
-    if isinstance(basis, ChannelBasis):
-        v = basis.direction.double()
-        proj = [torch.kron(torch.outer(v, v), torch.eye(h * w, dtype=torch.float64))]
-    elif isinstance(basis, PixelPCABasis):
-        proj = [torch.outer(u, u) for u in basis.components.double()]
-    else:
-        m = torch.kron(dct_matrix(h), dct_matrix(w))  # 2-D DCT on a flattened H x W plane
-        u, v = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-        radius = torch.sqrt((u / h) ** 2 + (v / w) ** 2).flatten()
-        edges = (0.0, *basis.cutoffs)
-        proj = []
-        for lo, hi in itertools.pairwise(edges):
-            band = ((radius >= lo) & (radius < hi)).double()
-            plane = m.T @ torch.diag(band) @ m
-            proj.append(torch.kron(torch.eye(c, dtype=torch.float64), plane))
-    op = rest * eye
-    for k, p in enumerate(proj):
-        op = op + (float(group[k]) - rest) * p
-    return op
-
-
 @pytest.mark.parametrize("kind", ["channel", "pca", "dct"])
 def test_scale_sum_of_several_terms_equals_dense_operators(kind: str) -> None:
     """The samplers' three-term ``scale_sum`` (per-sample and broadcast scales) equals the
@@ -180,6 +152,6 @@ def test_scale_sum_of_several_terms_equals_dense_operators(kind: str) -> None:
         for x, group, rest in terms:
             g = group[b] if len(group) == batch else group[0]
             r = float(rest if isinstance(rest, float) else rest[b if len(rest) == batch else 0])
-            want += _dense_operator(basis, g, r) @ x[b].double().flatten()
+            want += dense_operator(basis, g, r, (3, 8, 8)) @ x[b].double().flatten()
         assert torch.allclose(out[b].double().flatten(), want, atol=1e-4), (kind, b)
     assert all(torch.equal(x, x0) for (x, _, _), x0 in zip(terms, before, strict=True))

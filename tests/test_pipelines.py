@@ -261,10 +261,10 @@ def test_defaults_are_diffusers_defaults(cls, stock_cls) -> None:
 def test_scheduler_from_process_rebuilds_the_process(kind: str, proc: SqueezedDiffusion) -> None:
     scheduler = scheduler_from_process(proc, kind, clip_sample=False)
     rebuilt = scheduler.process
-    assert (rebuilt.variant, rebuilt.profile, rebuilt.target) == (
+    assert (rebuilt.variant, rebuilt.profile, rebuilt.prediction_type) == (
         proc.variant,
         proc.profile,
-        proc.target,
+        proc.prediction_type,
     )
     assert torch.equal(rebuilt.strength, proc.strength)
     assert torch.equal(rebuilt.sigma_table(), proc.sigma_table())

@@ -152,7 +152,7 @@ def test_valid_strength_ranges_are_the_documented_ones() -> None:
         ({"strength": float("inf")}, "finite"),
         ({"variant": "sqdm"}, "unknown variant 'sqdm'; choose one of: isotropic, sdm, hdm"),
         ({"profile": "cosine"}, "unknown profile 'cosine'"),
-        ({"target": "v"}, "unknown target 'v'"),
+        ({"prediction_type": "v"}, "unknown prediction_type 'v'"),
         ({"strength": [0.1, 0.2]}, "strength has 2 values but the basis has 1 groups"),
     ],
 )

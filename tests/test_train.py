@@ -118,7 +118,7 @@ def test_fresh_train_refuses_to_overwrite_a_run(array_data, tmp_path, capsys) ->
 
 PAPER_CIFAR10 = {  # DESIGN.md part 1, field by field
     "dataset": "cifar10", "resolution": 32, "hflip": True, "model": "paper", "variant": "sdm",
-    "strength": -0.4, "profile": "beta", "basis": "channel", "target": "squeezed",
+    "strength": -0.4, "profile": "beta", "basis": "channel", "prediction_type": "epsilon",
     "num_train_timesteps": 1000, "beta_schedule": "linear", "epochs": 30, "steps": None,
     "batch_size": 128, "grad_accum": 1, "lr": 1e-4, "adam_betas": [0.95, 0.999],
     "weight_decay": 1e-6, "adam_eps": 1e-8, "lr_schedule": "cosine", "warmup_steps": 500,
@@ -187,3 +187,33 @@ def test_trained_run_loads_as_a_pipeline_in_one_call(array_data, tmp_path) -> No
     )
     assert torch.as_tensor(images).shape == (3, 3, 8, 8)
     assert (torch.as_tensor(images) - direct).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "unit_epsilon", "sample", "v_prediction"])
+def test_the_trainers_target_is_what_the_samplers_read(
+    array_data, tmp_path, prediction_type
+) -> None:
+    """The target a training step regresses on, read back by the samplers' ``predict`` as a
+    model output, gives the step's clean images and squeezed noise exactly."""
+    from squeezed_diffusion.core.samplers import predict
+    from squeezed_diffusion.training.trainer import Trainer
+
+    cfg = resolve_config(
+        None, dataset="array", data_dir=str(array_data), out=str(tmp_path / "r"), steps=1,
+        batch_size=8, variant="hdm", strength=-0.8, prediction_type=prediction_type, hflip=False,
+    )  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    idx = trainer.batches.indices(0)
+    x_t, t, target = trainer.batches.micro_batch(0, 0, idx)
+    clean = trainer.batches.load_images(idx, None)
+    proc = trainer.process
+    for i in range(len(idx)):
+        pred = predict(proc, target[i : i + 1], x_t[i : i + 1], int(t[i]))
+        assert torch.allclose(
+            pred.x0, clean[i : i + 1], atol=2e-3 / float(proc.alphas_cumprod[t[i]]) ** 0.5
+        )
+        shaped = proc.squeeze(pred.noise, int(t[i])) if pred.unit else pred.noise
+        implied = x_t[i : i + 1] - float(proc.alphas_cumprod[t[i]]) ** 0.5 * clean[i : i + 1]
+        assert torch.allclose(
+            shaped * float(1 - proc.alphas_cumprod[t[i]]) ** 0.5, implied, atol=1e-4
+        )

@@ -16,7 +16,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from . import __version__
-from .core import BASES, PROFILES, SAMPLERS, TARGETS, VARIANTS
+from .core import BASES, PROFILES, SAMPLERS, VARIANTS
+from .core.process import PREDICTION_TYPES
 
 
 def _dataset_from_arg(source: str, args: argparse.Namespace):
@@ -247,7 +248,11 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "strength": (float, "squeeze strength s (< 0 antisqueezes)"),
         "profile": (str, _choices(PROFILES) + " (beta: the paper's)"),
         "basis": (str, BASES.help()),
-        "target": (str, _choices(TARGETS) + " (squeezed: the paper's S_t eps)"),
+        "prediction_type": (
+            str,
+            "what the UNet predicts: "
+            + "; ".join(f"{k}: {v}" for k, v in PREDICTION_TYPES.items()),
+        ),
         "steps": (int, "training length in optimiser steps"),
         "epochs": (float, "training length in epochs"),
         "batch_size": (int, "global batch per optimiser step"),
@@ -300,6 +305,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     for name, (kind, text) in _train_flags().items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+    tr.add_argument(
+        "--target",
+        dest="prediction_type",
+        help="0.1.0's name of --prediction-type (squeezed = epsilon, unit = unit_epsilon)",
+    )
     _add_basis_options(tr, prefix="basis-")
     switches = {
         "--no-hflip": ("hflip", False, "no random flips"),

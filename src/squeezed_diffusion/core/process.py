@@ -11,6 +11,13 @@ operator ``S_t`` multiplies direction i by ``c_i(t)``:
 ``s_t = strength * u(t)`` with the time profile ``u`` (``beta``: beta_t / max
 beta, the paper; ``constant``; ``linear``). Positive strength squeezes (less
 noise along the basis groups), negative antisqueezes.
+
+What the network predicts (:data:`PREDICTION_TYPES`, diffusers' ``prediction_type``
+vocabulary): ``epsilon``, the noise actually added, ``S_t eps`` (the paper's target; at
+strength 0 diffusers' epsilon); ``unit_epsilon``, ``eps`` before squeezing; ``sample``,
+``x_0``; ``v_prediction``, ``v = a_t S_t eps - sigma_t x_0`` with ``sigma_t = sqrt(1 - abar_t)``,
+so that ``x_0 = a_t x_t - sigma_t v`` and ``S_t eps = sigma_t x_t + a_t v`` hold exactly
+(``a_t^2 + sigma_t^2 = 1``). Each is a linear function of ``x_t`` and of every other.
 """
 
 from __future__ import annotations
@@ -30,8 +37,20 @@ Tensor = torch.Tensor
 
 VARIANTS = ("isotropic", "sdm", "hdm")
 PROFILES = ("beta", "constant", "linear")
-TARGETS = ("squeezed", "unit")
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+PREDICTION_TYPES = {
+    "epsilon": "the noise added, S_t eps (the paper's target; diffusers' epsilon at s = 0)",
+    "unit_epsilon": "eps before squeezing",
+    "sample": "x_0",
+    "v_prediction": "a_t S_t eps - sigma_t x_0",
+}
+TARGETS = tuple(PREDICTION_TYPES)
+_LEGACY_TARGETS = {"squeezed": "epsilon", "unit": "unit_epsilon"}  # 0.1.0's names
+BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # DDPMScheduler's
+
+
+def canonical_prediction_type(name: str) -> str:
+    """The canonical prediction type for ``name`` (0.1.0's 'squeezed' and 'unit' included)."""
+    return _choice("prediction_type", _LEGACY_TARGETS.get(name, name), TARGETS)
 
 
 def _choice(name: str, value: str, options: Sequence[str]) -> str:
@@ -53,7 +72,7 @@ def time_profile(profile: str, betas: Tensor) -> Tensor:
 
 
 class SqueezedDiffusion:
-    """Diffusion with noise ``sqrt(1 - abar_t) S_t eps``; the network predicts ``target``.
+    """Diffusion with noise ``sqrt(1 - abar_t) S_t eps``; the network predicts ``prediction_type``.
 
     All tables are per training timestep t = 0..T-1 (diffusers' indexing: t = 0
     is the first noising step). Group scales ``c`` are ``[T, K]`` and the rest's
@@ -68,17 +87,30 @@ class SqueezedDiffusion:
         profile: str = "beta",
         num_train_timesteps: int = 1000,
         beta_schedule: str = "linear",
-        target: str = "squeezed",
+        prediction_type: str = "epsilon",
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
+        trained_betas: Sequence[float] | None = None,
+        rescale_betas_zero_snr: bool = False,
+        target: str | None = None,
     ) -> None:
+        """``target`` is 0.1.0's name of ``prediction_type`` ('squeezed', 'unit'); the beta
+        schedule's arguments are diffusers' (``trained_betas`` overrides the others)."""
+        kind = canonical_prediction_type(prediction_type)
+        if target is not None:
+            legacy = canonical_prediction_type(target)
+            if prediction_type != "epsilon" and legacy != kind:
+                raise ValueError(
+                    f"target={target!r} contradicts prediction_type={prediction_type!r}"
+                )
+            kind = legacy
+        self.prediction_type = kind
         self.variant = _choice("variant", variant, VARIANTS)
         self.profile = _choice("profile", profile, PROFILES)
-        self.target = _choice("target", target, TARGETS)
         self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
             raise ValueError(
-                f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}"
+                f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
             )
         self.num_train_timesteps = num_train_timesteps
         self.basis = basis if basis is not None else ChannelBasis.luminance(3)
@@ -86,11 +118,10 @@ class SqueezedDiffusion:
 
         # diffusers' own float32 schedule, so that s = 0 reproduces its schedulers exactly.
         ref = DDPMScheduler(
-            num_train_timesteps=num_train_timesteps,
-            beta_start=beta_start,
-            beta_end=beta_end,
-            beta_schedule=beta_schedule,
-        )
+            num_train_timesteps=num_train_timesteps, beta_start=beta_start, beta_end=beta_end,
+            beta_schedule=beta_schedule, trained_betas=trained_betas,
+            rescale_betas_zero_snr=rescale_betas_zero_snr,
+        )  # fmt: skip
         self.betas = ref.betas.double()
         self.alphas_cumprod = ref.alphas_cumprod.double()
 
@@ -245,7 +276,8 @@ class SqueezedDiffusion:
         return x if self.is_isotropic else self._scale(x, *self._rows(t, x)[2:], inverse=True)
 
     def add_noise(self, x0: Tensor, noise: Tensor, t: int | Tensor) -> tuple[Tensor, Tensor]:
-        """Noisy sample ``a_t x0 + sqrt(1 - abar_t) S_t noise`` and the training target.
+        """Noisy sample ``a_t x0 + sqrt(1 - abar_t) S_t noise`` and the training target
+        (what the model learns to predict: see the module docstring).
 
         Besides the squeeze, two passes over the batch (``a_t x0``, then the noise added in
         place) and one gather of the per-sample factors.
@@ -253,8 +285,16 @@ class SqueezedDiffusion:
         a, s, group, rest = self._rows(t, x0)
         shaped = noise if self.is_isotropic else self._scale(noise, group, rest, inverse=False)
         view = (-1,) + (1,) * (x0.ndim - 1)
-        x_t = (a.view(view) * x0).addcmul_(s.view(view), shaped)
-        return x_t, (shaped if self.target == "squeezed" else noise)
+        a, s = a.view(view), s.view(view)
+        x_t = (a * x0).addcmul_(s, shaped)
+        kind = self.prediction_type
+        if kind == "epsilon":
+            return x_t, shaped
+        if kind == "unit_epsilon":
+            return x_t, noise
+        if kind == "sample":
+            return x_t, x0
+        return x_t, (a * shaped).sub_(s * x0)  # v_prediction
 
     def prior(
         self,
@@ -291,6 +331,6 @@ class SqueezedDiffusion:
     def __repr__(self) -> str:
         return (
             f"SqueezedDiffusion(variant={self.variant!r}, strength={self._strength_repr()}, "
-            f"profile={self.profile!r}, target={self.target!r}, basis={self.basis!r}, "
+            f"profile={self.profile!r}, prediction_type={self.prediction_type!r}, basis={self.basis!r}, "
             f"T={self.num_train_timesteps})"
         )

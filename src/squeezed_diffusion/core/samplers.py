@@ -1,37 +1,48 @@
 """Samplers for the squeezed process: one step function per idea, one signature.
 
-Every step function is ``step(proc, model_output, x, t, t_prev, *, generator,
-eta, clip) -> StepOutput`` and moves a batch from training timestep ``t`` to
-``t_prev`` (``-1`` means the data); each is registered once, with its help text, in
+Every step function is ``step(proc, model_output, x, t, t_prev, *, generator, eta, clip,
+noise, variance, state) -> StepOutput`` and moves a batch from training timestep ``t`` to
+``t_prev`` (``-1`` means the data). Each is registered once, with its help text, its
+time-step schedule and the options it honours, in
 :data:`~squeezed_diffusion.core.registry.SAMPLERS`, which the process, the CLI, configs,
-sweeps and the diffusers schedulers read. Because the process is diagonal in the
-basis, the exact samplers apply the isotropic formulas direction by direction,
-with ``sigma_t,i = sqrt(1 - abar_t) c_i(t)`` (DESIGN.md part 2):
+sweeps and the diffusers schedulers read. A step refuses an option it does not honour
+rather than ignore it.
 
-- :func:`ddpm_step`: ancestral sampling from the exact posterior
-  ``q(x_prev | x_t, x_0)``;
-- :func:`ddim_step`: DDIM per direction, ``eta`` interpolating from
-  deterministic (0) to the exact posterior (1);
-- :func:`ddpm_paper_step`: the paper's reference heuristic (map with
-  ``S_t^-1``, ordinary DDPM step, map back with ``S_t``), exact only when
-  ``S_t`` does not depend on t.
+Because the process is diagonal in the basis, the exact samplers apply the isotropic
+formulas direction by direction, with ``sigma_t,i = sqrt(1 - abar_t) c_i(t)`` (DESIGN.md
+part 2):
 
-At strength 0 each reduces to diffusers' ``DDPMScheduler.step`` /
-``DDIMScheduler.step`` (same noise draws from the same generator).
+- :func:`ddpm_step`: ancestral sampling from the exact posterior ``q(x_prev | x_t, x_0)``
+  (``variance="fixed_large"``: the per-direction transition variance instead);
+- :func:`ddim_step`: DDIM per direction, ``eta`` from deterministic (0) to the exact
+  posterior (1);
+- :func:`ddpm_paper_step`: the paper's reference heuristic (map with ``S_t^-1``, ordinary
+  DDPM step, map back with ``S_t``), exact only when ``S_t`` does not depend on t;
+- :func:`dpmpp_2m_step`: DPM-Solver++(2M) on the probability-flow ODE, which decouples
+  per direction given the x_0 estimate: each direction has its own half-log-SNR
+  ``lambda_i = log(a_t / sigma_t,i)`` and step ``h_i`` (monotone because the process is
+  valid), so the multistep update is the isotropic one with per-direction coefficients;
+- :func:`heun_step`: EDM's second-order Heun method on the same per-direction ODE, written
+  in each direction's own noise level ``sigma_t,i / a_t``.
 
-Speed: a step's per-direction coefficients are computed once per process and
-``(t, t_prev)`` and kept on the batch's device (in the process' one cache), so a step does no host work or
-transfers after the first batch; its terms (x_t, x0hat, noise) go through one
-:meth:`~squeezed_diffusion.basis.Basis.scale_sum`, i.e. one projection onto the
-basis, and coefficients equal in every direction become plain scalar multiplies.
+At strength 0 each reduces to its diffusers scheduler's ``step`` (same noise draws from the
+same generator). Every step turns the model output into ``x0hat`` and a noise estimate by
+:func:`predict` (for the process' ``prediction_type``), applies the :class:`X0Rule`
+(clipping or dynamic thresholding, as diffusers' ``clip_sample``/``thresholding``) and
+combines its terms through one :meth:`~squeezed_diffusion.core.basis.Basis.scale_sum`.
+
+Speed: a step's per-direction coefficients are computed once per process and step and kept
+on the batch's device (in the process' one cache); coefficients equal in every direction
+become plain scalar multiplies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 from diffusers.utils.torch_utils import randn_tensor
 from tqdm.auto import tqdm
@@ -45,11 +56,52 @@ Callback = Callable[[int, int, Tensor, Tensor], None]
 # A per-direction coefficient: one number when it is the same in every direction, else a
 # [K + 1] tensor (groups, then the rest) on the batch's device and dtype.
 Coef = float | Tensor
+VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large")
 
 
 class StepOutput(NamedTuple):
     prev_sample: Tensor
     pred_original_sample: Tensor
+
+
+@dataclass(frozen=True)
+class X0Rule:
+    """What happens to the predicted x_0 before a step uses it: diffusers' options.
+
+    ``clip_range``: clip to ``[-r, r]`` (None: no clipping). ``threshold``: dynamic
+    thresholding (Imagen) at this quantile of ``|x_0|`` per sample, clamped to
+    ``[1, max_value]``; it replaces clipping, as in diffusers. ``reuse``: DDIM recomputes its
+    noise estimate from the processed x_0 (diffusers' ``use_clipped_model_output``).
+    ``True``/``False`` passed as ``clip`` mean ``X0Rule()`` and ``X0Rule(None)``.
+    """
+
+    clip_range: float | None = 1.0
+    threshold: float | None = None
+    max_value: float = 1.0
+    reuse: bool = False
+
+    def __call__(self, x0: Tensor) -> Tensor:
+        if self.threshold is not None:
+            return _dynamic_threshold(x0, self.threshold, self.max_value)
+        if self.clip_range is not None:
+            return x0.clamp(-self.clip_range, self.clip_range)
+        return x0
+
+
+def _dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
+    """diffusers' ``_threshold_sample``, operation for operation."""
+    dtype, (batch, *rest) = x0.dtype, x0.shape
+    flat = (
+        x0.float().reshape(batch, -1)
+        if dtype not in (torch.float32, torch.float64)
+        else x0.reshape(batch, -1)
+    )
+    s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
+    return (torch.clamp(flat, -s, s) / s).reshape(batch, *rest).to(dtype)
+
+
+def as_rule(clip: bool | X0Rule) -> X0Rule:
+    return clip if isinstance(clip, X0Rule) else X0Rule(1.0 if clip else None)
 
 
 class StepFunction(Protocol):
@@ -63,76 +115,48 @@ class StepFunction(Protocol):
         *,
         generator: torch.Generator | None = None,
         eta: float = 0.0,
-        clip: bool = True,
+        clip: bool | X0Rule = True,
+        noise: Tensor | None = None,
+        variance: str = "fixed_small",
+        state: dict[str, Any] | None = None,
     ) -> StepOutput: ...
 
 
-# -- shared pieces ------------------------------------------------------------------
-def _posterior(
-    abar_t: Tensor, abar_prev: Tensor, c_t: Tensor, c_prev: Tensor
-) -> tuple[Tensor, ...]:
-    """Per-direction ``(mean coef of x_t, mean coef of x0, variance)`` of q(x_prev | x_t, x0).
-
-    With ``sigma_i = sqrt(1 - abar) c_i`` and ``r = c_prev^2 / c_t^2`` (DESIGN.md part 2):
-    ``A = A_iso r``, ``B = B_iso + a_t A_iso (1 - r)``,
-    ``var = var_iso c_prev^2 (1 + alpha (1 - abar_prev)(1 - r) / beta)``.
-    Written so that at ``c = 1`` it performs diffusers' DDPM expressions operation for
-    operation, and free of the cancellation in ``sigma_t^2 - alpha sigma_prev^2``.
-    """
-    beta_prod_t, beta_prod_prev = 1 - abar_t, 1 - abar_prev
-    alpha = abar_t / abar_prev
-    beta = 1 - alpha
-    r = c_prev**2 / c_t**2
-    a_iso = alpha**0.5 * beta_prod_prev / beta_prod_t
-    mean_x = a_iso * r
-    mean_x0 = abar_prev**0.5 * beta / beta_prod_t + abar_t**0.5 * a_iso * (1 - r)
-    var = (
-        beta_prod_prev
-        / beta_prod_t
-        * beta
-        * (c_prev**2 * (1 + alpha * beta_prod_prev * (1 - r) / beta))
-    )
-    return mean_x, mean_x0, var
+def _refuse(sampler: str, **given: Any) -> None:
+    """A step refuses the options it does not honour rather than ignore them."""
+    defaults = {"eta": 0.0, "noise": None, "variance": "fixed_small", "reuse": False}
+    for name, value in given.items():
+        if not (value is None if defaults[name] is None else value == defaults[name]):
+            shown = "a noise tensor" if name == "noise" else repr(value)
+            raise ValueError(f"the {sampler} sampler takes no {name} (got {shown})")
 
 
-class _Levels(NamedTuple):
-    """One step's scalars: float32 ``abar`` as diffusers holds them, and per-direction scales."""
-
-    abar_t: Tensor  # 0-dim float32
-    abar_prev: Tensor  # 0-dim float32 (1 at t_prev = -1)
-    c_t: Tensor  # [K + 1] float64
-    c_prev: Tensor  # [K + 1] float64
-
-
-def _levels(proc: SqueezedDiffusion, t: int, t_prev: int) -> _Levels:
-    abar = proc.alphas_cumprod.float()
+# -- per-direction levels and coefficients -------------------------------------------------
+def _level(proc: SqueezedDiffusion, t: int) -> tuple[Tensor, Tensor]:
+    """(float32 abar, float64 per-direction scale) of timestep ``t``; the data at ``t < 0``."""
     scales = torch.cat([proc.c, proc.c_rest[:, None]], dim=1)
-    if t_prev >= 0:
-        return _Levels(abar[t], abar[t_prev], scales[t], scales[t_prev])
-    return _Levels(abar[t], torch.tensor(1.0), scales[t], torch.ones_like(scales[t]))
+    if t < 0:
+        return torch.tensor(1.0), torch.ones(scales.shape[1], dtype=torch.float64)
+    return proc.alphas_cumprod.float()[t], scales[t]
 
 
-def _calibrated(fn: Callable[..., tuple[Tensor, ...]], lv: _Levels) -> list[Tensor]:
-    """``fn`` per direction in float64, rescaled so that at c = 1 it equals diffusers' float32.
+def _calibrated(
+    fn: Callable[..., tuple[Tensor, ...]], *levels: tuple[Tensor, Tensor]
+) -> list[Tensor]:
+    """``fn(abar_1, c_1, abar_2, c_2, ...)`` per direction in float64, rescaled so that at
+    c = 1 it equals diffusers' float32 arithmetic.
 
     Each coefficient is ``iso32 * exact64 / iso64``: the isotropic value exactly as
     diffusers computes it, times the exact per-direction ratio (1.0 at s = 0).
     """
-    ones = torch.ones_like(lv.c_t)
-    exact = fn(lv.abar_t.double(), lv.abar_prev.double(), lv.c_t, lv.c_prev)
-    iso64 = fn(lv.abar_t.double(), lv.abar_prev.double(), ones, ones)
-    iso32 = fn(lv.abar_t, lv.abar_prev, ones.float(), ones.float())
+    ones = torch.ones_like(levels[0][1])
+    exact = fn(*(v for a, c in levels for v in (a.double(), c)))
+    iso64 = fn(*(v for a, _ in levels for v in (a.double(), ones)))
+    iso32 = fn(*(v for a, _ in levels for v in (a, ones.float())))
     return [
         torch.where(i64 != 0, i32.double() * (e / torch.where(i64 != 0, i64, 1.0)), e)
         for e, i64, i32 in zip(exact, iso64, iso32, strict=True)
     ]
-
-
-def _cached(
-    proc: SqueezedDiffusion, key: tuple, like: Tensor, make: Callable[[], Sequence[Tensor]]
-) -> tuple[Coef, ...]:
-    """``make()``'s coefficients for one step, computed once per process, step and device."""
-    return proc.cached(key, like, lambda: tuple(_coef(values, like) for values in make()))
 
 
 def _coef(values: Tensor, like: Tensor) -> Coef:
@@ -140,6 +164,13 @@ def _coef(values: Tensor, like: Tensor) -> Coef:
     if bool((values == values[-1]).all()):
         return float(values[-1])
     return values.to(device=like.device, dtype=like.dtype)
+
+
+def _cached(
+    proc: SqueezedDiffusion, key: tuple, like: Tensor, make: Callable[[], Sequence[Tensor]]
+) -> tuple[Coef, ...]:
+    """``make()``'s coefficients for one step, computed once per process, step and device."""
+    return proc.cached(key, like, lambda: tuple(_coef(values, like) for values in make()))
 
 
 def _combine(proc: SqueezedDiffusion, terms: Sequence[tuple[Tensor, Coef]]) -> Tensor:
@@ -161,34 +192,89 @@ def _combine(proc: SqueezedDiffusion, terms: Sequence[tuple[Tensor, Coef]]) -> T
     return out
 
 
-def _noise(x: Tensor, generator: torch.Generator | None) -> Tensor:
+def _noise(x: Tensor, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+    if noise is not None:
+        return noise
     return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
 
 
-def predict_x0(proc: SqueezedDiffusion, model_output: Tensor, x: Tensor, t: int) -> Tensor:
-    """``x0hat = (x_t - sqrt(1 - abar_t) S_t epshat) / a_t`` from the model's target."""
+# -- reading the model ----------------------------------------------------------------------
+class Prediction(NamedTuple):
+    x0: Tensor  # the predicted x_0, before any X0Rule
+    noise: Tensor  # the predicted noise: S_t eps, or eps when ``unit``
+    unit: bool
+
+
+def predict(proc: SqueezedDiffusion, model_output: Tensor, x: Tensor, t: int) -> Prediction:
+    """x0hat and the noise estimate from the model output, for the process' prediction type.
+
+    In diffusers' operations and float32 roundings (``DDIMScheduler.step``), so that at
+    strength 0 the samplers equal its schedulers.
+    """
+
+    sig, a = _noise_and_signal(proc, t, x)
+    kind = proc.prediction_type
+    if kind in ("epsilon", "unit_epsilon"):
+        shaped = model_output if kind == "epsilon" else proc.squeeze(model_output, t)
+        x0 = shaped * sig  # diffusers' operations and roundings, in one buffer
+        return Prediction(torch.sub(x, x0, out=x0).div_(a), model_output, kind == "unit_epsilon")
+    if kind == "sample":
+        return Prediction(model_output, (x - a * model_output) / sig, False)
+    return Prediction(a * x - sig * model_output, a * model_output + sig * x, False)
+
+
+def _noise_and_signal(proc: SqueezedDiffusion, t: int, like: Tensor) -> tuple[Coef, ...]:
+    """``(sqrt(1 - abar_t), sqrt(abar_t))`` from diffusers' float32 ``abar``."""
 
     def scalars() -> tuple[Tensor, Tensor]:
-        abar_t = proc.alphas_cumprod.float()[t]  # diffusers' float32 values
+        abar_t = proc.alphas_cumprod.float()[t]
         return (1 - abar_t) ** 0.5, abar_t**0.5
 
-    noise_level, signal = _cached(proc, ("x0", t), x, scalars)
-    shaped = model_output if proc.target == "squeezed" else proc.squeeze(model_output, t)
-    x0 = shaped * noise_level  # diffusers' operations and roundings, in one buffer
-    return torch.sub(x, x0, out=x0).div_(signal)
+    return _cached(proc, ("levels", t), like, scalars)
 
 
-def _clip_x0(x0: Tensor, clip: bool) -> Tensor:
-    return x0.clamp(-1.0, 1.0) if clip else x0
+def _shaped_noise(proc: SqueezedDiffusion, x: Tensor, x0: Tensor, t: int) -> Tensor:
+    """``S_t eps`` implied by ``x_t`` and an x_0 (diffusers' re-derived epsilon)."""
+    sig, a = _noise_and_signal(proc, t, x)
+    return (x - a * x0) / sig
 
 
-def _no_eta(name: str, eta: float) -> None:
-    """Samplers without an ``eta`` refuse one rather than ignore it."""
-    if eta:
-        raise ValueError(f"eta={eta} applies to the ddim sampler only, not to {name}; drop eta")
+# -- the samplers -----------------------------------------------------------------------------
+def _posterior(
+    abar_t: Tensor, c_t: Tensor, abar_prev: Tensor, c_prev: Tensor
+) -> tuple[Tensor, ...]:
+    """Per-direction ``(mean coef of x_t, mean coef of x0, posterior variance, transition
+    variance)`` of the step from t to t_prev.
+
+    With ``sigma_i = sqrt(1 - abar) c_i`` and ``r = c_prev^2 / c_t^2`` (DESIGN.md part 2):
+    ``A = A_iso r``, ``B = B_iso + a_t A_iso (1 - r)``,
+    ``var = var_iso c_prev^2 (1 + alpha (1 - abar_prev)(1 - r) / beta)`` and
+    ``q = beta c_t^2 + alpha (1 - abar_prev)(c_t^2 - c_prev^2)``. Written so that at ``c = 1``
+    it performs diffusers' DDPM expressions operation for operation, and free of the
+    cancellation in ``sigma_t^2 - alpha sigma_prev^2``.
+    """
+    beta_prod_t, beta_prod_prev = 1 - abar_t, 1 - abar_prev
+    alpha = abar_t / abar_prev
+    beta = 1 - alpha
+    r = c_prev**2 / c_t**2
+    a_iso = alpha**0.5 * beta_prod_prev / beta_prod_t
+    mean_x = a_iso * r
+    mean_x0 = abar_prev**0.5 * beta / beta_prod_t + abar_t**0.5 * a_iso * (1 - r)
+    extra = torch.where(beta > 0, alpha * beta_prod_prev * (1 - r) / beta, 0.0)  # t == t_prev: 0
+    var = beta_prod_prev / beta_prod_t * beta * (c_prev**2 * (1 + extra))
+    transition = beta * c_t**2 + alpha * beta_prod_prev * (c_t**2 - c_prev**2)
+    return mean_x, mean_x0, var, transition
 
 
-# -- the samplers -------------------------------------------------------------------
+def _ancestral_std(var: Tensor, transition: Tensor, variance: str) -> Tensor:
+    if variance not in VARIANCES:
+        raise ValueError(
+            f"unknown variance {variance!r}; choose one of: {', '.join(VARIANCES)} (the learned "
+            "variances need a model that predicts them, and fixed_large_log a log-variance step)"
+        )
+    return (transition if variance == "fixed_large" else var.clamp_min(1e-20)).sqrt()
+
+
 def ddpm_step(
     proc: SqueezedDiffusion,
     model_output: Tensor,
@@ -198,28 +284,31 @@ def ddpm_step(
     *,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
 ) -> StepOutput:
-    """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)."""
-    _no_eta("ddpm", eta)
+    """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)
+    (``variance="fixed_large"``: the per-direction transition variance q_t,i instead)."""
+    rule = as_rule(clip)
+    _refuse("ddpm", eta=eta, reuse=rule.reuse)
 
     def coefs() -> tuple[Tensor, ...]:
-        mean_x, mean_x0, var = _calibrated(_posterior, _levels(proc, t, t_prev))
-        return mean_x, mean_x0, var.clamp_min(1e-20).sqrt()
+        mean_x, mean_x0, var, q = _calibrated(_posterior, _level(proc, t), _level(proc, t_prev))
+        return mean_x, mean_x0, _ancestral_std(var, q, variance)
 
-    mean_x, mean_x0, std = _cached(proc, ("ddpm", t, t_prev), x, coefs)
-    x0 = _clip_x0(predict_x0(proc, model_output, x, t), clip)
+    mean_x, mean_x0, std = _cached(proc, ("ddpm", t, t_prev, variance), x, coefs)
+    x0 = rule(predict(proc, model_output, x, t).x0)
     terms = [(x0, mean_x0), (x, mean_x)]
     if t > 0:
-        terms.append((_noise(x, generator), std))
+        terms.append((_noise(x, generator, noise), std))
     return StepOutput(_combine(proc, terms), x0)
 
 
-def _ddim_coefs(
-    abar_t: Tensor, abar_prev: Tensor, c_t: Tensor, c_prev: Tensor, eta: float, unit: bool
-):
-    """``(std, coefficient of the model output)`` for DDIM; diffusers' expressions at c = 1."""
-    std = eta * _posterior(abar_t, abar_prev, c_t, c_prev)[2] ** 0.5
+def _ddim_coefs(abar_t, c_t, abar_prev, c_prev, eta: float, unit: bool) -> tuple[Tensor, Tensor]:
+    """``(std, coefficient of the noise estimate)`` for DDIM; diffusers' expressions at c = 1."""
+    std = eta * _posterior(abar_t, c_t, abar_prev, c_prev)[2] ** 0.5
     direction = ((1 - abar_prev) * c_prev**2 - std**2).clamp_min(0) ** 0.5
     return std, (direction if unit else direction / c_t)
 
@@ -233,27 +322,37 @@ def ddim_step(
     *,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
 ) -> StepOutput:
     """Exact DDIM per direction: ``a_prev x0hat + sqrt(sig_prev^2 - std^2) epshat + std z``.
 
-    ``epshat`` is the unit noise estimate (for the squeezed target, ``S_t^-1`` of
-    the output, folded into the coefficient); ``std = eta * (posterior std)``.
-    Like diffusers, a clipped x0hat leaves epshat alone, and noise is drawn at
-    every step when ``eta > 0``.
+    ``epshat`` is the unit noise estimate (``S_t^-1`` of the squeezed one, folded into the
+    coefficient); ``std = eta * (posterior std)``. Like diffusers, a processed x0hat leaves
+    epshat alone unless the rule says ``reuse``, and noise is drawn at every step when
+    ``eta > 0``.
     """
+    _refuse("ddim", variance=variance)
+    rule = as_rule(clip)
+    pred = predict(proc, model_output, x, t)
+    x0 = rule(pred.x0)
+    eps, unit = pred.noise, pred.unit
+    if rule.reuse:
+        eps, unit = _shaped_noise(proc, x, x0, t), False
 
     def coefs() -> tuple[Tensor, ...]:
-        lv = _levels(proc, t, t_prev)
-        unit = proc.target == "unit"
-        std, out_coef = _calibrated(lambda *a: _ddim_coefs(*a, eta=eta, unit=unit), lv)
-        return lv.abar_prev**0.5, out_coef, std
+        lv = _level(proc, t), _level(proc, t_prev)
+        std, out_coef = _calibrated(lambda *a: _ddim_coefs(*a, eta=eta, unit=unit), *lv)
+        return lv[1][0] ** 0.5, out_coef, std
 
-    signal, out_coef, std = _cached(proc, ("ddim", t, t_prev, eta), x, coefs)
-    x0 = _clip_x0(predict_x0(proc, model_output, x, t), clip)
-    terms = [(x0, signal), (model_output, out_coef)]
+    signal, eps_coef, std = _cached(proc, ("ddim", t, t_prev, eta, unit), x, coefs)
+    terms = [(x0, signal), (eps, eps_coef)]
     if eta > 0:
-        terms.append((_noise(x, generator), std))
+        terms.append((_noise(x, generator, noise), std))
+    elif noise is not None:
+        raise ValueError("a noise tensor is used only with eta > 0")
     return StepOutput(_combine(proc, terms), x0)
 
 
@@ -266,41 +365,218 @@ def ddpm_paper_step(
     *,
     generator: torch.Generator | None = None,
     eta: float = 0.0,
-    clip: bool = True,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
 ) -> StepOutput:
     """The reference heuristic: ``x_prev = S_t DDPM(S_t^-1 x_t, S_t^-1 out)``.
 
-    The inner step is diffusers' DDPM with its defaults (fixed_small variance,
-    x_0 clipped in the unsqueezed coordinates). Written in x coordinates it is
-    ``A x_t + B S_t clip(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
+    The inner step is diffusers' DDPM (x_0 clipped or thresholded in the unsqueezed
+    coordinates, where the inner step sees it). Written in x coordinates it is
+    ``A x_t + B S_t rule(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
     """
-    _no_eta("ddpm-paper", eta)
+    rule = as_rule(clip)
+    _refuse("ddpm-paper", eta=eta, reuse=rule.reuse)
 
     def coefs() -> tuple[Tensor, ...]:
-        lv = _levels(proc, t, t_prev)
+        (abar_t, c_t), (abar_prev, _) = _level(proc, t), _level(proc, t_prev)
         ones = torch.ones(1)
-        mean_x, mean_x0, var = _posterior(lv.abar_t, lv.abar_prev, ones, ones)
-        return mean_x, mean_x0, var.double().clamp_min(1e-20).sqrt() * lv.c_t  # std * S_t
+        mean_x, mean_x0, var, q = _posterior(abar_t, ones, abar_prev, ones)
+        std = _ancestral_std(var.double(), q.double(), variance)
+        return mean_x, mean_x0, std * c_t  # std * S_t
 
-    mean_x, mean_x0, noise_coef = _cached(proc, ("ddpm-paper", t, t_prev), x, coefs)
-    x0 = predict_x0(proc, model_output, x, t)
-    if clip:
-        x0 = proc.squeeze(proc.unsqueeze(x0, t).clamp(-1.0, 1.0), t)
+    mean_x, mean_x0, noise_coef = _cached(proc, ("ddpm-paper", t, t_prev, variance), x, coefs)
+    x0 = predict(proc, model_output, x, t).x0
+    if rule != X0Rule(None):
+        x0 = proc.squeeze(rule(proc.unsqueeze(x0, t)), t)
     terms = [(x0, mean_x0), (x, mean_x)]
     if t > 0:
-        terms.append((_noise(x, generator), noise_coef))
+        terms.append((_noise(x, generator, noise), noise_coef))
     return StepOutput(_combine(proc, terms), x0)
 
 
-def timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
-    """Pairs ``(t, t_prev)`` with diffusers' "leading" spacing (its DDPM/DDIM default)."""
+# -- the ODE solvers --------------------------------------------------------------------------
+def _ode_level(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a, sigma_i)`` of a level as DPMSolverMultistepScheduler derives them (through the
+    VE sigma ``sqrt((1 - abar) / abar)``); the data (abar = 1) has sigma 0."""
+    sigma = ((1 - abar) / abar) ** 0.5
+    alpha = 1 / ((sigma**2 + 1) ** 0.5)
+    return alpha, sigma * alpha * c
+
+
+def _dpm_coefs(abar_t, c_t, abar_s0, c_s0, abar_s1=None, c_s1=None, solver: str = "midpoint"):
+    """``(coef of x, coef of m0, coef of m1)`` of DPM-Solver++ (data prediction), per
+    direction: first order without ``s1``, else the 2M update with ``r0 = h_0 / h``."""
+    (alpha_t, sigma_t), (alpha_s0, sigma_s0) = _ode_level(abar_t, c_t), _ode_level(abar_s0, c_s0)
+    lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
+    lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
+    h = lambda_t - lambda_s0
+    ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
+    if abar_s1 is None:
+        return ratio, d0, torch.zeros_like(d0)
+    alpha_s1, sigma_s1 = _ode_level(abar_s1, c_s1)
+    r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
+    # D1 = (m0 - m1) / r0 enters with -alpha_t (e^-h - 1) / 2 (midpoint) or with
+    # alpha_t ((e^-h - 1) / h + 1) (heun)
+    heun_d1 = alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+    d1 = (0.5 * d0 if solver == "midpoint" else heun_d1) / r0
+    return ratio, d0 + d1, -d1
+
+
+def dpmpp_2m_step(
+    proc: SqueezedDiffusion,
+    model_output: Tensor,
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
+) -> StepOutput:
+    """DPM-Solver++(2M) per direction: ``x_t = (sigma_t,i / sigma_s,i) x_s + ...`` with each
+    direction's own ``h_i``. ``state`` carries the previous x0hat and timestep between
+    steps (pass the same dict along a run); ``state["first_order"] = True`` forces the
+    first-order update (diffusers' lower-order final steps), ``state["solver_type"]`` is
+    'midpoint' (default) or 'heun'. The step to the data (``t_prev < 0``) is first order, as
+    diffusers' with ``final_sigmas_type="zero"``: it returns x0hat."""
+    rule = as_rule(clip)
+    _refuse("dpmpp-2m", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
+    state = {} if state is None else state
+    x0 = rule(predict(proc, model_output, x, t).x0)
+    prev = state.get("previous")
+    second = prev is not None and t_prev >= 0 and not state.pop("first_order", False)
+    solver = state.get("solver_type", "midpoint")
+    levels = [_level(proc, t_prev), _level(proc, t)] + ([_level(proc, prev[0])] if second else [])
+
+    def coefs() -> list[Tensor]:
+        return _calibrated(lambda *a: _dpm_coefs(*a, solver=solver), *levels)
+
+    key = ("dpmpp-2m", t, t_prev, prev[0] if second else None, solver)
+    ratio, c0, c1 = _cached(proc, key, x, coefs)
+    terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
+    state["previous"] = (t, x0)
+    return StepOutput(_combine(proc, terms), x0)
+
+
+def _heun_levels(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
+    """``(a, sigma~_i)``: the signal and each direction's noise level of ``x / a``."""
+    return abar**0.5, ((1 - abar) / abar) ** 0.5 * c
+
+
+def _heun_euler(abar_t, c_t, abar_n, c_n):
+    """Predictor ``x' = a_n (r x / a + (1 - r) x0)`` with ``r = sigma~_n / sigma~``."""
+    (a, sig), (a_n, sig_n) = _heun_levels(abar_t, c_t), _heun_levels(abar_n, c_n)
+    r = sig_n / sig
+    return a_n * r / a, a_n * (1 - r)
+
+
+def _heun_correct(abar_t, c_t, abar_n, c_n):
+    """Corrector ``x_n = a_n (x / a + d/2 ((x / a - x0) / sig + (x' / a_n - x0') / sig_n))``
+    with ``d = sig_n - sig``: coefficients of x, x0, x' and x0'."""
+    (a, sig), (a_n, sig_n) = _heun_levels(abar_t, c_t), _heun_levels(abar_n, c_n)
+    half = (sig_n - sig) / 2
+    return a_n / a * (1 + half / sig), -a_n * half / sig, half / sig_n, -a_n * half / sig_n
+
+
+def heun_step(
+    proc: SqueezedDiffusion,
+    model_output: Tensor,
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
+) -> StepOutput:
+    """EDM's Heun step per direction, in two calls: ``(t, t_prev)`` makes the Euler
+    prediction at ``t_prev`` (and remembers where it started in ``state``), then
+    ``(t_prev, t_prev)`` with the model evaluated there corrects it. Each direction moves
+    along its own noise level ``sigma_t,i / a_t``; the step to the data is Euler alone."""
+    rule = as_rule(clip)
+    _refuse("heun", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
+    if state is None:
+        raise ValueError("the heun sampler needs a state dict carried from step to step")
+    x0 = rule(predict(proc, model_output, x, t).x0)
+    if t_prev == t:  # the correction of the pending prediction
+        t0, x_start, x0_start = state.pop("pending")
+        key = ("heun-correct", t0, t)
+        cx, cx0, cxp, cx0p = _cached(
+            proc, key, x, lambda: _calibrated(_heun_correct, _level(proc, t0), _level(proc, t))
+        )
+        return StepOutput(
+            _combine(proc, [(x_start, cx), (x0_start, cx0), (x, cxp), (x0, cx0p)]), x0
+        )
+    if t_prev < 0:
+        return StepOutput(x0.clone(), x0)
+    state["pending"] = (t, x, x0)
+    cx, cx0 = _cached(
+        proc,
+        ("heun-euler", t, t_prev),
+        x,
+        lambda: _calibrated(_heun_euler, _level(proc, t), _level(proc, t_prev)),
+    )
+    return StepOutput(_combine(proc, [(x, cx), (x0, cx0)]), x0)
+
+
+# -- schedules and the sampling loop --------------------------------------------------------
+SPACINGS = ("leading", "linspace", "trailing")
+
+
+def spaced_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str = "leading", offset: int = 0
+) -> list[int]:
+    """``num_steps`` descending training timesteps with diffusers' DDPM/DDIM spacings."""
     if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
         raise ValueError(
             f"num_steps must be an integer in [1, {num_train_timesteps}], got {num_steps!r}"
         )
+    big_t = num_train_timesteps
+    if spacing == "leading":
+        ratio = big_t // num_steps
+        return [i * ratio + offset for i in reversed(range(num_steps))]
+    if spacing == "linspace":
+        return np.linspace(0, big_t - 1, num_steps).round()[::-1].astype(np.int64).tolist()
+    if spacing == "trailing":
+        return (np.round(np.arange(big_t, 0, -big_t / num_steps)).astype(np.int64) - 1).tolist()
+    raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+
+def timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
+    """Pairs ``(t, t_prev)`` with diffusers' "leading" spacing (its DDPM/DDIM default)."""
+    ts = spaced_timesteps(num_train_timesteps, num_steps)
     ratio = num_train_timesteps // num_steps
-    ts = [i * ratio for i in reversed(range(num_steps))]
     return [(t, t - ratio) for t in ts]
+
+
+def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
+    """``num_steps`` steps down to the data, at DPMSolverMultistepScheduler's default
+    "linspace" timesteps (``linspace(0, T - 1, n + 1)``, rounded, without 0) and a final
+    step to noise level 0."""
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
+        raise ValueError(
+            f"num_steps must be an integer in [1, {num_train_timesteps}], got {num_steps!r}"
+        )
+    ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
+    ts = ts.tolist()
+    return list(zip(ts, [*ts[1:], -1], strict=True))
+
+
+def heun_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
+    """The ODE time points, each step but the last followed by its correction ``(t, t)``:
+    ``2 num_steps - 1`` model evaluations."""
+    out = []
+    for t, t_prev in ode_timesteps(num_train_timesteps, num_steps):
+        out += [(t, t_prev)] + ([(t_prev, t_prev)] if t_prev >= 0 else [])
+    return out
 
 
 def sample(
@@ -313,32 +589,36 @@ def sample(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     progress: bool = True,
-    clip: bool = True,
+    clip: bool | X0Rule = True,
     device: torch.device | str | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
-    """Run a registered sampler from the squeezed prior down to t = 0.
+    """Run a registered sampler from the squeezed prior down to the data.
 
     Noise is drawn in diffusers' order (prior first, then one draw per step
     that adds noise), so a seeded generator gives the same images as the
     diffusers pipeline would. ``callback(i, t, x_prev, pred_x0)`` sees every
-    step (for trajectory strips). ``clip`` clips the predicted x_0 to the data range
-    [-1, 1] (on, as in diffusers: an undertrained network's x_0 at large t is amplified
+    model evaluation (for trajectory strips). ``clip`` clips the predicted x_0 to the data
+    range [-1, 1] (on, as in diffusers: an undertrained network's x_0 at large t is amplified
     by 1 / sqrt(abar_t), and unclipped it saturates most pixels); the Gaussian oracle,
-    whose data are unbounded, turns it off.
+    whose data are unbounded, turns it off. ``num_steps`` counts time steps; a sampler's
+    model evaluations are ``SAMPLERS[name].nfe(num_steps)``.
     """
     entry = SAMPLERS.get(sampler)
     if not entry.uses_eta:
-        _no_eta(sampler, eta)  # before any work
-    step = entry.step
-    schedule = timesteps(proc.num_train_timesteps, num_steps)
+        _refuse(sampler, eta=eta)  # before any work
+    schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
+    state: dict[str, Any] = {}
     for i, (t, t_prev) in enumerate(
         tqdm(schedule, desc=f"sampling ({sampler})", disable=not progress)
     ):
         with torch.no_grad():
             out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
-        x, x0 = step(proc, out, x, t, t_prev, generator=generator, eta=eta, clip=clip)
+        step_eta = {"eta": eta} if entry.uses_eta else {}
+        x, x0 = entry.step(
+            proc, out, x, t, t_prev, generator=generator, clip=clip, state=state, **step_eta
+        )
         if callback is not None:
             callback(i, t, x, x0)
     return x
@@ -346,14 +626,19 @@ def sample(
 
 @dataclass(frozen=True)
 class Sampler:
-    """A registered sampler: its step function, one line of help, whether it takes ``eta``,
-    and the diffusers scheduler that runs it (``pipelines/``: 'ddpm' or 'ddim')."""
+    """A registered sampler: its step function, one line of help, its time-step schedule,
+    whether it takes ``eta``, and the diffusers scheduler that runs it (``pipelines/``)."""
 
     name: str
     step: StepFunction
     summary: str
     uses_eta: bool = False
     scheduler: str = "ddpm"
+    schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
+
+    def nfe(self, num_steps: int) -> int:
+        """Model evaluations of ``num_steps`` steps (the length of the schedule)."""
+        return len(self.schedule(max(1000, num_steps), num_steps))
 
     def sample(self, proc: SqueezedDiffusion, *args, **kwargs) -> Tensor:
         """:func:`sample` with this sampler (what ``SqueezedDiffusion.sample`` calls)."""
@@ -364,5 +649,13 @@ for _sampler in (
     Sampler("ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior"),
     Sampler("ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim"),
     Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
-):
+    Sampler(
+        "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
+        scheduler="dpmsolver", schedule=ode_timesteps,
+    ),
+    Sampler(
+        "heun", heun_step, "EDM's 2nd-order Heun per direction (2 steps - 1 evaluations)",
+        scheduler="", schedule=heun_timesteps,
+    ),
+):  # fmt: skip
     SAMPLERS.register(_sampler.name, _sampler)

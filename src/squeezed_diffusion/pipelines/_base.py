@@ -168,7 +168,9 @@ class SqueezedSchedulerMixin:
     def training_target(self, noise: Tensor, timesteps: Tensor) -> Tensor:
         """What the model learns to predict: ``S_t noise`` (target 'squeezed') or ``noise`` ('unit')."""
         proc = self._on(noise.device)
-        return proc.squeeze(noise, timesteps) if proc.target == "squeezed" else noise
+        if proc.prediction_type not in ("epsilon", "unit_epsilon"):
+            raise ValueError("training_target needs the clean samples for sample and v_prediction")
+        return proc.squeeze(noise, timesteps) if proc.prediction_type == "epsilon" else noise
 
     def draw_prior(
         self,

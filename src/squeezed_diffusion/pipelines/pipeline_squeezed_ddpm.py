@@ -46,7 +46,7 @@ def scheduler_from_process(
         "variant": process.variant,
         "strength": strength[0] if len(set(strength)) == 1 else strength,
         "profile": process.profile,
-        "target": process.target,
+        "target": process.prediction_type,
         **overrides,
     }
     scheduler = SCHEDULER_KINDS[kind](**config)

@@ -33,7 +33,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         variant: str = "sdm",
         strength: float | list[float] = 0.0,
         profile: str = "beta",
-        target: str = "squeezed",
+        target: str = "epsilon",
         basis: str = "channel",
         basis_config: dict | None = None,
         direction: list[float] | None = None,

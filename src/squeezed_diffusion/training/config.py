@@ -15,9 +15,10 @@ from typing import Any
 
 import yaml
 
-from ..core import BASES, PROFILES, SAMPLERS, TARGETS, VARIANTS
+from ..core import BASES, PROFILES, SAMPLERS, VARIANTS
 from ..core.basis import basis_options
 from ..core.fileio import atomic_write
+from ..core.process import canonical_prediction_type
 from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
@@ -47,7 +48,7 @@ class TrainConfig:
     profile: str = "beta"
     basis: str = "channel"
     basis_options: dict[str, Any] = field(default_factory=dict)  # the basis' fit options
-    target: str = "squeezed"
+    prediction_type: str = "epsilon"  # what the UNet predicts (core/process.py PREDICTION_TYPES)
     num_train_timesteps: int = 1000
     beta_schedule: str = "linear"
     # optimisation
@@ -85,7 +86,6 @@ class TrainConfig:
             "model": tuple(MODEL_PRESETS),
             "variant": VARIANTS,
             "profile": PROFILES,
-            "target": TARGETS,
             "mixed_precision": PRECISIONS,
             "lr_schedule": LR_SCHEDULES,
         }
@@ -94,6 +94,7 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}"
                 )
+        self.prediction_type = canonical_prediction_type(self.prediction_type)
         self.basis = BASES.canonical(self.basis)
         self.basis_options = basis_options(self.basis, self.basis_options)
         SAMPLERS.canonical(self.sample_sampler)
@@ -147,8 +148,11 @@ class TrainConfig:
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     """0.1.0 field layouts in today's: the options of the run's own basis move into
-    ``basis_options`` (the other basis' option, which 0.1.0 always wrote, is dropped)."""
+    ``basis_options`` (the other basis' option, which 0.1.0 always wrote, is dropped), and
+    ``target`` ('squeezed', 'unit') is ``prediction_type``."""
     values = dict(values)
+    if "target" in values:
+        values["prediction_type"] = canonical_prediction_type(values.pop("target"))
     basis = values.get("basis", "channel")
     for old, (owner, option) in _LEGACY_BASIS_FIELDS.items():
         if old in values:
