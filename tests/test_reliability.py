@@ -248,7 +248,7 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             "HDM needs directions outside",
         ),
         ([*t, "--dataset", "cifar10", "--data-dir", str(empty)], "--download"),
-        ([*t, *arr, "--batch-size", "0"], "batch_size must be >= 1"),
+        ([*t, *arr, "--batch-size", "0"], "batch_size must be an integer >= 1"),
         (
             ["sample", str(run), "--num", "0", "--out", str(tmp_path / "s.npz")],
             "--num must be at least 1",
@@ -261,6 +261,25 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         (["sample", str(run), "--out", str(data / "x.npz")], "not a writable folder"),
         ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
         (["fit-basis", str(empty)], "no images"),
+        *[
+            ([*t, *arr, flag, *value.split()], f"{flag[2:].replace('-', '_')} must be {allowed}")
+            for flag, value, allowed in (
+                ("--ema-decay", "1.0", "in [0, 1)"),
+                ("--checkpoint-every", "0", "an integer >= 1"),
+                ("--lr", "-0.0001", "a finite number > 0"),
+                ("--warmup-steps", "-1", "an integer >= 0"),
+                ("--sample-every", "-1", "an integer >= 0"),
+                ("--weight-decay", "-0.1", "a finite number >= 0"),
+                ("--adam-betas", "0.9 1.0", "two numbers in [0, 1)"),
+                ("--sample-num", "0", "an integer >= 1"),
+                ("--ema-inv-gamma", "0", "a finite number > 0"),
+                ("--grad-clip", "nan", "a finite number >= 0"),
+            )
+        ],
+        (
+            ["train", "--out", str(run), "--resume", "latest", "--strength", "-0.8"],
+            "--strength -0.8 differs from the run's saved 0.0; a resumed run keeps its config",
+        ),
         (["train", "--out", str(tmp_path / "nothing"), "--resume", "latest"], "cannot resume"),
     ]
 

@@ -144,7 +144,7 @@ def test_paper_preset_resolves_to_the_documented_configuration() -> None:
         ({"variant": "sqdm"}, "unknown variant 'sqdm'"),
         ({"model": "huge"}, "unknown model 'huge'"),
         ({"strength": float("nan")}, "strength must be a finite number"),
-        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
         ({"epochs": 1.0}, "exactly one of --steps or --epochs"),
     ],
 )
@@ -217,3 +217,36 @@ def test_the_trainers_target_is_what_the_samplers_read(
         assert torch.allclose(
             shaped * float(1 - proc.alphas_cumprod[t[i]]) ** 0.5, implied, atol=1e-4
         )
+
+
+def test_v_prediction_trains_resumes_and_samples_with_every_sampler(array_data, tmp_path) -> None:
+    """Issue 12: the command line trains a v-prediction run, resumes it (a bookkeeping flag
+    such as --log-every is honoured on resume, a training flag is refused) and samples it."""
+    run = tmp_path / "run"
+    args = train_args(array_data, run, "--steps", "2", "--prediction-type", "v_prediction")
+    assert main([*args, "--variant", "hdm", "--strength", "-0.4"]) == 0
+    assert yaml.safe_load((run / "config.yaml").read_text())["prediction_type"] == "v_prediction"
+    resume = ["train", "--out", str(run), "--resume", "latest", "--quiet"]
+    assert main([*resume, "--steps", "6", "--log-every", "3"]) == 0
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 6]  # every step, then every third (4: a checkpoint boundary)
+    assert main([*resume, "--steps", "8", "--prediction-type", "epsilon"]) == 2
+    from squeezed_diffusion.core import SAMPLERS
+
+    for sampler in SAMPLERS:
+        out = tmp_path / f"{sampler}.npz"
+        argv = [
+            "sample",
+            str(run),
+            "--num",
+            "2",
+            "--steps",
+            "3",
+            "--sampler",
+            sampler,
+            "--out",
+            str(out),
+        ]
+        assert main([*argv, "--quiet"]) == 0, sampler
+        images = np.load(out)["images"]
+        assert images.shape == (2, 8, 8, 3) and images.std() > 0, sampler

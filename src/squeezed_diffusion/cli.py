@@ -76,7 +76,15 @@ def cmd_train(args: argparse.Namespace) -> int:
     from .training.config import resolve_config, resume_config
     from .training.trainer import Trainer, TrainingDiverged
 
-    flags = (*_TRAIN_FLAGS, "hflip", "download", "skip_bad_images", "skip_nonfinite", "compile")
+    flags = (
+        *_TRAIN_FLAGS,
+        "adam_betas",
+        "hflip",
+        "download",
+        "skip_bad_images",
+        "skip_nonfinite",
+        "compile",
+    )
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     if _basis_options(args):
         overrides["basis_options"] = _basis_options(args)
@@ -257,15 +265,24 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "epochs": (float, "training length in epochs"),
         "batch_size": (int, "global batch per optimiser step"),
         "grad_accum": (int, "gradient accumulation micro-batches"),
+        "num_train_timesteps": (int, "diffusion steps T (1000)"),
+        "beta_schedule": (str, "diffusers' beta schedule: linear (default), scaled_linear, ..."),
         "lr": (float, "AdamW learning rate"),
+        "weight_decay": (float, "AdamW weight decay"),
+        "adam_eps": (float, "AdamW epsilon"),
+        "lr_schedule": (str, "cosine or constant (after the warm-up)"),
         "warmup_steps": (int, "LR warm-up steps"),
+        "grad_clip": (float, "gradient-norm clipping (0: none)"),
         "mixed_precision": (str, "no, fp16 or bf16"),
-        "ema_decay": (float, "EMA decay"),
+        "ema_decay": (float, "EMA decay, in [0, 1)"),
+        "ema_inv_gamma": (float, "EMA warm-up inv_gamma (> 0)"),
+        "ema_power": (float, "EMA warm-up power (> 0)"),
         "seed": (int, "random seed"),
         "checkpoint_every": (int, "steps between checkpoints"),
         "keep_checkpoints": (int, "keep the newest N checkpoints"),
         "log_every": (int, "steps between log lines"),
         "sample_every": (int, "steps between sample grids (0: only at the end)"),
+        "sample_num": (int, "images in each sample grid"),
         "sample_steps": (int, "sampling steps for the grids"),
         "sample_sampler": (str, "sampler for the grids: " + _choices(SAMPLERS)),
     }
@@ -305,6 +322,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     for name, (kind, text) in _train_flags().items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+    tr.add_argument(
+        "--adam-betas", dest="adam_betas", type=float, nargs=2, help="AdamW betas, each in [0, 1)"
+    )
     tr.add_argument(
         "--target",
         dest="prediction_type",

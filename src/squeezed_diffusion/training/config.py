@@ -23,6 +23,47 @@ from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
 PRECISIONS = ("no", "fp16", "bf16")
+
+
+def _finite(v: float) -> bool:
+    return math.isfinite(v)
+
+
+# field -> (test, what is allowed): every numeric field, so a bad value is a one-line error
+# before any work (optimisers and schedulers would otherwise fail late, or not at all).
+_RANGES = {
+    "strength": (_finite, "a finite number"),
+    "num_train_timesteps": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
+    "batch_size": (lambda v: v >= 1, "an integer >= 1"),
+    "grad_accum": (lambda v: v >= 1, "an integer >= 1"),
+    "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "adam_betas": (lambda v: 0 <= v < 1, "two numbers in [0, 1)"),
+    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
+    "adam_eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
+    "grad_clip": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "ema_inv_gamma": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "ema_power": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "log_every": (lambda v: v >= 1, "an integer >= 1"),
+    "checkpoint_every": (lambda v: v >= 1, "an integer >= 1"),
+    "keep_checkpoints": (lambda v: v >= 1, "an integer >= 1"),
+    "sample_every": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
+    "sample_num": (lambda v: v >= 1, "an integer >= 1"),
+    "sample_steps": (lambda v: v >= 1, "an integer >= 1"),
+}
+# Fields a resumed run may change: bookkeeping that does not alter what it trains.
+RESUMABLE = {
+    "steps",
+    "epochs",
+    "log_every",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "sample_every",
+    "sample_num",
+    "sample_steps",
+    "sample_sampler",
+}
 LR_SCHEDULES = ("cosine", "constant")
 # 0.1.0 configs held the PCA and DCT options as fields of their own.
 _LEGACY_BASIS_FIELDS = {"basis_k": ("pca", "k"), "basis_cutoffs": ("dct", "cutoffs")}
@@ -98,13 +139,15 @@ class TrainConfig:
         self.basis = BASES.canonical(self.basis)
         self.basis_options = basis_options(self.basis, self.basis_options)
         SAMPLERS.canonical(self.sample_sampler)
-        for name in ("strength", "lr", "weight_decay", "grad_clip", "ema_decay"):
-            if not math.isfinite(float(getattr(self, name))):
-                raise ValueError(f"{name} must be a finite number, got {getattr(self, name)}")
-        positive = ("batch_size", "grad_accum", "log_every", "sample_steps", "keep_checkpoints")
-        for name in positive:
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name, (ok, allowed) in _RANGES.items():
+            value = getattr(self, name)
+            values = value if isinstance(value, list) else [value]
+            if not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values
+            ):
+                raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        if len(self.adam_betas) != 2:
+            raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas!r}")
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of --steps or --epochs")
         if (self.steps is not None and self.steps < 1) or (
@@ -200,10 +243,22 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
 
 
 def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
-    """The saved config of a run being resumed, with a new ``steps`` or ``epochs``."""
+    """The saved config of a run being resumed, with the bookkeeping ``overrides`` honoured
+    (a longer ``steps``/``epochs``, other log, checkpoint and sample intervals).
+
+    Anything else that differs from the saved value would change what the run trains
+    halfway through: a one-line error, never silently ignored.
+    """
     cfg = dataclasses.replace(saved)
-    for key in ("steps", "epochs"):
-        if overrides.get(key) is not None:
-            setattr(cfg, key, overrides[key])
+    for key, value in overrides.items():
+        if key == "out" or value is None or getattr(saved, key) == value:
+            continue
+        if key not in RESUMABLE:
+            raise ValueError(
+                f"--{key.replace('_', '-')} {value} differs from the run's saved {getattr(saved, key)!r}; "
+                "a resumed run keeps its config (drop the flag, or train a new --out)"
+            )
+        setattr(cfg, key, value)
+        if key in ("steps", "epochs"):
             setattr(cfg, "epochs" if key == "steps" else "steps", None)
     return cfg.validate()
