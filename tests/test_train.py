@@ -250,3 +250,21 @@ def test_v_prediction_trains_resumes_and_samples_with_every_sampler(array_data, 
         assert main([*argv, "--quiet"]) == 0, sampler
         images = np.load(out)["images"]
         assert images.shape == (2, 8, 8, 3) and images.std() > 0, sampler
+
+
+def test_an_extended_run_follows_the_new_schedule_from_the_resumed_step(
+    array_data, tmp_path
+) -> None:
+    """Resuming with a longer --steps rebuilds the cosine for the new length; the first
+    resumed update already uses it (the saved optimizer holds the old horizon's rate)."""
+    from squeezed_diffusion.training.trainer import Trainer
+
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "4")) == 0
+    cfg = TrainConfig.load(run / "config.yaml")
+    cfg.steps = 12
+    trainer = Trainer(cfg, resume="latest", progress=False)
+    sched = trainer.state.lr_scheduler
+    want = sched.base_lrs[0] * sched.lr_lambdas[0](4)
+    assert trainer.state.optimizer.param_groups[0]["lr"] == pytest.approx(want)
+    assert want > 0.5 * sched.base_lrs[0]  # the old 4-step cosine had decayed to 0 here

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -84,6 +85,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         "skip_bad_images",
         "skip_nonfinite",
         "compile",
+        "compile_mode",
+        "channels_last",
     )
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     if _basis_options(args):
@@ -115,12 +118,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable(out)
+    start = time.perf_counter()
     images = generate_all(
         args.run, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
         batch_size=args.batch_size, ema=not args.no_ema, eta=args.eta, progress=not args.quiet,
     )  # fmt: skip
     if images is not None:  # the main process writes
-        print(f"wrote {len(images)} samples to {save_samples(images, out)}")
+        rate = len(images) / (time.perf_counter() - start)
+        print(f"wrote {len(images)} samples to {save_samples(images, out)} ({rate:.1f} images/s)")
     return 0
 
 
@@ -336,10 +341,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--download": ("download", True, "download torchvision datasets"),
         "--skip-bad-images": ("skip_bad_images", True, "skip unreadable images"),
         "--skip-nonfinite": ("skip_nonfinite", True, "skip NaN/inf batches"),
-        "--compile": ("compile", True, "torch.compile the UNet (GPUs)"),
     }
     for flag, (dest, const, text) in switches.items():
         tr.add_argument(flag, dest=dest, action="store_const", const=const, help=text)
+    tr.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None,
+        help="torch.compile the UNet (default: on with CUDA, off on CPUs)",
+    )  # fmt: skip
+    tr.add_argument(
+        "--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, ..."
+    )
+    tr.add_argument("--channels-last", action="store_const", const=True, help="NHWC layout on CUDA")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
 

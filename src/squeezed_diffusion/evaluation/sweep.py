@@ -339,8 +339,11 @@ def is_finished(cell: Cell, spec: EvalSpec) -> bool:
     return all(is_done(cell, ev, spec) for ev in spec.evaluations)
 
 
-def _samples(cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool) -> torch.Tensor:
-    """The evaluation's samples: reused when drawn with these settings, else drawn and saved."""
+def _samples(
+    cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool
+) -> tuple[torch.Tensor, bool]:
+    """The evaluation's samples, and whether they were drawn now: reused when drawn with
+    these settings before, else drawn and saved."""
     from torchvision.utils import save_image
 
     from .generate import generate, save_samples
@@ -348,7 +351,7 @@ def _samples(cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool) -> torc
     folder = eval_dir(cell, ev)
     drawn_with = {**dataclasses.asdict(ev), "num": spec.num, "seed": spec.seed, "ema": True}
     if _matches(folder / "samples.json", drawn_with) and (folder / "samples.npz").is_file():
-        return load_samples(folder / "samples.npz")
+        return load_samples(folder / "samples.npz"), False
     _, images = generate(
         cell.config.out, spec.num, ev.steps, ev.sampler, seed=spec.seed, eta=ev.eta,
         batch_size=spec.sample_batch_size, progress=progress,
@@ -357,7 +360,7 @@ def _samples(cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool) -> torc
     atomic_write(folder / "samples.json", json.dumps(drawn_with))
     grid = images[: spec.grid_images].float() / 255
     save_image(grid, folder / "samples.png", nrow=int(len(grid) ** 0.5) or 1)
-    return images
+    return images, True
 
 
 def run_cell(
@@ -379,7 +382,7 @@ def run_cell(
         if is_done(cell, ev, spec):
             continue
         start = time.perf_counter()
-        images = _samples(cell, ev, spec, progress)
+        images, drawn = _samples(cell, ev, spec, progress)
         sample_s = time.perf_counter() - start
         if key not in references:
             references[key] = Run(cell.config.out).reference()
@@ -397,6 +400,7 @@ def run_cell(
             "feature_extractor": scores["feature_extractor"], "num_samples": scores["num_samples"],
             "num_reference": scores["num_reference"], "resumed_from_step": resumed_at,
             "train_s": train_s, "sample_s": sample_s, "eval_s": eval_s,
+            "sample_images_per_s": spec.num / sample_s if drawn else None,
             "wall_s": train_s + sample_s + eval_s,
         }  # fmt: skip
         atomic_write(eval_dir(cell, ev) / "result.json", json.dumps(result, indent=1))

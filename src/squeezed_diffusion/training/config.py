@@ -23,6 +23,7 @@ from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
 PRECISIONS = ("no", "fp16", "bf16")
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 def _finite(v: float) -> bool:
@@ -105,7 +106,9 @@ class TrainConfig:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     mixed_precision: str = "no"
-    compile: bool = False  # torch.compile the UNet (worth it on GPUs; slow to start)
+    compile: bool | None = None  # torch.compile the UNet; None: on CUDA only (state.py says why)
+    compile_mode: str = "default"  # torch.compile mode (benchmarks/gpu_check.sh measures them)
+    channels_last: bool = False  # NHWC activations on CUDA (measured there, see state.py)
     ema_decay: float = 0.9999
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
@@ -129,6 +132,7 @@ class TrainConfig:
             "profile": PROFILES,
             "mixed_precision": PRECISIONS,
             "lr_schedule": LR_SCHEDULES,
+            "compile_mode": COMPILE_MODES,
         }
         for name, allowed in choices.items():
             if getattr(self, name) not in allowed:
