@@ -63,12 +63,19 @@ def trained(data, tmp_path) -> Path:
 
 
 # -- crash safety -----------------------------------------------------------------------
-def test_sigkill_at_random_moments_never_leaves_a_bad_checkpoint(data, tmp_path) -> None:
-    """Kill -9 repeatedly (often mid-write, since every step checkpoints); resume must always work."""
+@pytest.mark.slow
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+def test_sigkill_at_random_moments_never_leaves_a_bad_checkpoint(data, tmp_path, compiled) -> None:
+    """Kill -9 repeatedly (often mid-write, since every step checkpoints); resume must always
+    work. Slow: the deterministic kill tests below cover the same code paths."""
     run = tmp_path / "run"
     rng = random.Random(0)
     kills, mid_write, resumed_steps = 0, 0, []
-    args = [*SQDM, *base_args(data, run, "--steps", "400", "--checkpoint-every", "1")]
+    compile_flag = ["--compile"] if compiled else []
+    args = [
+        *SQDM,
+        *base_args(data, run, "--steps", "400", "--checkpoint-every", "1", *compile_flag),
+    ]
     while kills < 6 or mid_write == 0:
         assert kills < 14, "never caught a checkpoint mid-write"
         resume = ["--resume", "latest"] if list_checkpoints(run) else []
@@ -128,6 +135,39 @@ def test_a_kill_while_pruning_old_checkpoints_leaves_only_complete_ones(
         verify(path)
     ckpt.remove_partial_checkpoints(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000002"]
+
+
+@pytest.mark.parametrize("where", ["weights", "manifest", "rename"])
+def test_a_kill_while_writing_a_checkpoint_leaves_only_complete_ones(
+    tmp_path, monkeypatch, where
+) -> None:
+    """Deterministic twin of the random SIGKILL test: the writer dies after the weights, after
+    the manifest, or just before the rename; the old checkpoint stays the newest complete one
+    and the next start removes the partial folder."""
+    import squeezed_diffusion.training.checkpoint as ckpt
+
+    model = torch.nn.Linear(2, 2)
+    save = {"model": model, "ema_params": dict(model.named_parameters()), "state": {}}
+    save["optimizer_state"] = torch.optim.SGD(model.parameters(), lr=0.1).state_dict()
+    ckpt.save_checkpoint(tmp_path, 1, keep=3, **save)
+
+    def die(*args, **kwargs):
+        raise SystemExit("killed")
+
+    target = {
+        "weights": (ckpt, "save_file"),
+        "manifest": (ckpt, "sha256"),
+        "rename": (Path, "rename"),
+    }
+    monkeypatch.setattr(*target[where], die)
+    with pytest.raises(SystemExit):
+        ckpt.save_checkpoint(tmp_path, 2, keep=3, **save)
+    monkeypatch.undo()
+    assert [p.name for p in list_checkpoints(tmp_path)] == ["step-00000001"]
+    assert find_checkpoint(tmp_path, "latest").name == "step-00000001"
+    assert list((tmp_path / "checkpoints").glob("step-00000002.tmp-*"))  # the partial write
+    ckpt.remove_partial_checkpoints(tmp_path)
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
@@ -356,7 +396,9 @@ torch.save({n: p.detach().cpu() for n, p in trainer.unwrapped.named_parameters()
 """
 
 
+@pytest.mark.slow
 def test_two_processes_train_what_one_process_would(data, tmp_path) -> None:
+    """Slow (two processes start torch and gloo); the fast twin below checks the batch split."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -378,6 +420,27 @@ def test_two_processes_train_what_one_process_would(data, tmp_path) -> None:
     for n in single:
         assert torch.equal(rank0[n], rank1[n]), n
         assert torch.allclose(rank0[n], single[n], atol=1e-5), n
+
+
+def test_processes_split_each_global_batch_into_disjoint_shares(data) -> None:
+    """Fast twin of the 2-process test: the shares of N ranks, in rank order, are exactly the
+    one-process batch (same images, timesteps, noise and targets)."""
+    from squeezed_diffusion import SqueezedDiffusion
+    from squeezed_diffusion.data import load_dataset
+    from squeezed_diffusion.training.batches import Batches
+
+    dataset, proc = load_dataset("array", data), SqueezedDiffusion(strength=-0.4)
+    kw = {"batch_size": 16, "seed": 3, "hflip": True, "device": torch.device("cpu")}
+    one = Batches(dataset, proc, **kw)
+    idx = one.indices(5)
+    whole = one.micro_batch(5, 0, idx)
+    for world in (2, 4):
+        shares = [
+            Batches(dataset, proc, rank=r, world=world, **kw).micro_batch(5, 0, idx)
+            for r in range(world)
+        ]
+        for k in range(3):
+            assert torch.equal(torch.cat([share[k] for share in shares]), whole[k]), (world, k)
 
 
 def test_distributed_sampling_covers_every_index_once(trained) -> None:
