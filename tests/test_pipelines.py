@@ -1,25 +1,53 @@
-"""diffusers integration: schedulers and pipeline against the core and against stock diffusers."""
+"""diffusers integration: schedulers and pipeline against the core and against stock diffusers.
+
+(a) every option at strength 0 equals the stock scheduler over full loops; (b) stock configs
+saved with ``save_pretrained`` load with every option honoured or refused by name; (c) at
+strength -0.4 each option does what docs/diffusers.md says (closed forms where they exist);
+(d) the valid-strength check runs for every beta schedule.
+"""
 
 from __future__ import annotations
 
+import json
+
+import numpy as np
 import pytest
 import torch
-from diffusers import DDIMPipeline, DDIMScheduler, DDPMPipeline, DDPMScheduler, UNet2DModel
+from diffusers import (
+    DDIMPipeline,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    EulerDiscreteScheduler,
+    UNet2DModel,
+)
 
 from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
+from squeezed_diffusion.core.process import BETA_SCHEDULES, TARGETS
 from squeezed_diffusion.pipelines import (
     SqueezedDDIMScheduler,
     SqueezedDDPMPipeline,
     SqueezedDDPMScheduler,
+    SqueezedDPMSolverMultistepScheduler,
     scheduler_from_process,
 )
+from squeezed_diffusion.pipelines._base import config_defaults
 
 DIRECTION = [0.62, 0.55, 0.56]
 SHAPE = (2, 3, 8, 8)
+DDPM, DDIM, DPM = SqueezedDDPMScheduler, SqueezedDDIMScheduler, SqueezedDPMSolverMultistepScheduler
+STOCK = {DDPM: DDPMScheduler, DDIM: DDIMScheduler, DPM: DPMSolverMultistepScheduler}
+TRAINED_BETAS = np.geomspace(2e-4, 0.03, 1000).tolist()
+# Laplace betas are stock DDPM's; the squeezed DDPM has them once the core accepts them.
+LAPLACE_OK = "laplace" in BETA_SCHEDULES
 
 
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
+
+
+MIX = torch.eye(3) + 0.2 * torch.randn(3, 3, generator=_gen(7))
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -45,6 +73,52 @@ def unet() -> UNet2DModel:
         up_block_types=("UpBlock2D", "UpBlock2D"),
     )
     return model.eval()
+
+
+# -- helpers ------------------------------------------------------------------------------
+def _oracle(scheduler, x: torch.Tensor, t) -> torch.Tensor:
+    """A fixed linear model: the optimal prediction for N(0, 0.25 I) data, seen through a
+    fixed channel mixing, in the scheduler's prediction type. Samples stay O(1) in every loop,
+    so that an absolute tolerance means the same at every option."""
+    abar = scheduler.alphas_cumprod[int(t)]
+    k = 1 / (0.25 * abar + 1 - abar)
+    mixed = torch.einsum("ij,bjhw->bihw", MIX, x)
+    x0, eps = abar.sqrt() * 0.25 * k * mixed, (1 - abar).sqrt() * k * mixed
+    kind = scheduler.config.prediction_type
+    if kind == "sample":
+        return x0
+    if kind == "v_prediction":
+        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    return eps
+
+
+def _loop(scheduler, num_steps=None, *, timesteps=None, noise_arg=False, **step_kwargs):
+    """A full sampling loop from fixed noise with :func:`_oracle`; the last sample.
+
+    Noise comes from a seeded generator, or pre-drawn and passed as ``variance_noise``.
+    """
+    if timesteps is None:
+        scheduler.set_timesteps(num_steps)
+    else:
+        scheduler.set_timesteps(timesteps=timesteps)
+    gen = _gen(0)
+    x = torch.randn(SHAPE, generator=_gen(1))
+    for t in scheduler.timesteps:
+        draw = {"variance_noise": torch.randn(SHAPE, generator=gen)} if noise_arg else {}
+        draw = draw or {"generator": gen}
+        x = scheduler.step(_oracle(scheduler, x, t), t, x, **draw, **step_kwargs).prev_sample
+    return x
+
+
+def _assert_loops_equal(ours, stock, num_steps=None, **kwargs) -> None:
+    a, b = _loop(ours, num_steps, **kwargs), _loop(stock, num_steps, **kwargs)
+    assert torch.isfinite(b).all() and b.abs().max() < 10  # the comparison means something
+    assert (a - b).abs().max() < 1e-5
+
+
+def _assert_loops_differ(a_scheduler, b_scheduler, num_steps=10, **kwargs) -> None:
+    a, b = _loop(a_scheduler, num_steps, **kwargs), _loop(b_scheduler, num_steps, **kwargs)
+    assert torch.isfinite(a).all() and (a - b).abs().max() > 1e-3
 
 
 def _step_pairs(ours, theirs, num_steps: int, **step_kwargs):
@@ -76,25 +150,689 @@ def _public(config) -> dict:
     return {k: v for k, v in config.items() if not k.startswith("_")}
 
 
-# -- (1) save_pretrained / from_pretrained -----------------------------------------------
+def _exact(scheduler, t: int):
+    """Clean samples, unit noise, ``x_t`` and the exact model output for them at ``t``."""
+    x0 = torch.rand(SHAPE, generator=_gen(10)) * 2 - 1
+    eps = torch.randn(SHAPE, generator=_gen(11))
+    x_t, target = scheduler.process.add_noise(x0, eps, t)
+    return x0, eps, x_t, target
+
+
+def _per_direction(proc: SqueezedDiffusion, x: torch.Tensor, coef: torch.Tensor) -> torch.Tensor:
+    """``x`` with basis direction group i multiplied by ``coef[i]`` (float64, groups then rest)."""
+    coef = coef.float()
+    return proc.basis.scale(x, coef[None, :-1], coef[-1:])
+
+
+def _posterior_var(proc: SqueezedDiffusion, t: int, t_prev: int, large: bool = False):
+    """Per-direction posterior variance (or transition variance ``q``) from the sigma table."""
+    sig = proc.sigma_table()
+    abar = proc.alphas_cumprod
+    sig_prev = sig[t_prev] if t_prev >= 0 else torch.zeros_like(sig[t])
+    q = sig[t] ** 2 - abar[t] / (abar[t_prev] if t_prev >= 0 else 1.0) * sig_prev**2
+    return q if large else q * sig_prev**2 / sig[t] ** 2
+
+
+# == (a) strength 0 equals stock, option by option, over full loops =========================
+# (config for both, extra squeezed-only config, step kwargs)
+COMMON_OPTIONS = [
+    {"prediction_type": "sample"},
+    {"prediction_type": "v_prediction"},
+    {"thresholding": True},
+    {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+    {"timestep_spacing": "linspace"},
+    {"timestep_spacing": "trailing"},
+    {"timestep_spacing": "leading"},
+    {"timestep_spacing": "leading", "steps_offset": 1},
+    {"rescale_betas_zero_snr": True, "prediction_type": "v_prediction"},
+    {"trained_betas": TRAINED_BETAS},
+    {"beta_schedule": "scaled_linear"},
+    {"beta_schedule": "squaredcos_cap_v2"},
+    {"num_train_timesteps": 100},
+    {"beta_start": 1e-3, "beta_end": 0.03},
+]
+DDPM_OPTIONS = [
+    ({}, {}),
+    ({"clip_sample": False}, {}),
+    ({"clip_sample_range": 0.5}, {}),
+    ({"variance_type": "fixed_small_log"}, {}),
+    ({"variance_type": "fixed_large"}, {}),
+    ({"variance_type": None}, {}),
+    ({"beta_schedule": "sigmoid"}, {}),
+    ({}, {"sampler": "ddpm-paper"}),
+    ({"thresholding": True}, {"sampler": "ddpm-paper"}),
+    ({"variance_type": "fixed_large", "clip_sample": False}, {"sampler": "ddpm-paper"}),
+    *(({**c}, {}) for c in COMMON_OPTIONS),
+]
+DDIM_OPTIONS = [
+    ({}, {}),
+    ({"clip_sample": False}, {}),
+    ({"clip_sample_range": 0.5}, {}),
+    ({"set_alpha_to_one": False}, {}),
+    ({"set_alpha_to_one": False, "timestep_spacing": "trailing"}, {}),
+    *(({**c}, {}) for c in COMMON_OPTIONS),
+]
+DPM_OPTIONS = [
+    ({}, {}),
+    ({"solver_order": 1}, {}),
+    ({"solver_type": "heun"}, {}),
+    ({"final_sigmas_type": "sigma_min"}, {}),
+    ({"final_sigmas_type": "sigma_min", "lower_order_final": False}, {}),
+    ({"final_sigmas_type": "sigma_min", "euler_at_final": True}, {}),
+    ({"lambda_min_clipped": -3.0}, {}),
+    ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, {}),
+    ({"rescale_betas_zero_snr": True}, {}),
+    # cosine betas without lambda_min_clipped blow up in stock DPM-Solver too (abar_T ~ 2e-9)
+    *(({**c}, {}) for c in COMMON_OPTIONS if c != {"beta_schedule": "squaredcos_cap_v2"}),
+]
+
+
+def _ids(options) -> list[str]:
+    return [
+        "-".join(f"{k}={v}" if k != "trained_betas" else "trained" for k, v in {**a, **b}.items())
+        or "defaults"
+        for a, b in options
+    ]
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize(("config", "extra"), DDPM_OPTIONS, ids=_ids(DDPM_OPTIONS))
+def test_ddpm_option_at_zero_strength_equals_stock(config, extra, num_steps) -> None:
+    ours = DDPM(direction=DIRECTION, **config, **extra)
+    _assert_loops_equal(ours, DDPMScheduler(**config), num_steps)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+@pytest.mark.parametrize(("config", "extra"), DDIM_OPTIONS, ids=_ids(DDIM_OPTIONS))
+def test_ddim_option_at_zero_strength_equals_stock(config, extra, eta, num_steps) -> None:
+    ours = DDIM(direction=DIRECTION, **config, **extra)
+    _assert_loops_equal(ours, DDIMScheduler(**config), num_steps, eta=eta)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize(
+    "step_kwargs",
+    [
+        {"eta": 0.5, "use_clipped_model_output": True},
+        {"eta": 0.0, "use_clipped_model_output": True},
+        {"eta": 1.0, "noise_arg": True},
+    ],
+    ids=["clipped-output-eta0.5", "clipped-output-eta0", "variance_noise"],
+)
+def test_ddim_step_arguments_at_zero_strength_equal_stock(step_kwargs, num_steps) -> None:
+    _assert_loops_equal(DDIM(direction=DIRECTION), DDIMScheduler(), num_steps, **step_kwargs)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize(("config", "extra"), DPM_OPTIONS, ids=_ids(DPM_OPTIONS))
+def test_dpmsolver_option_at_zero_strength_equals_stock(config, extra, num_steps) -> None:
+    ours = DPM(direction=DIRECTION, **config, **extra)
+    _assert_loops_equal(ours, DPMSolverMultistepScheduler(**config), num_steps)
+
+
+def test_dpmsolver_clip_sample_is_stock_thresholding_at_its_default_maximum() -> None:
+    """Dynamic thresholding clamped to [1, sample_max_value=1] is clipping to [-1, 1]."""
+    stock = DPMSolverMultistepScheduler(thresholding=True)
+    _assert_loops_equal(DPM(clip_sample=True), stock, 10)
+
+
+@pytest.mark.parametrize("num_steps", [10, 50])
+@pytest.mark.parametrize("cls", [DDPM, DPM])
+def test_custom_timesteps_at_zero_strength_equal_stock(cls, num_steps) -> None:
+    timesteps = np.unique(np.geomspace(1, 999, num_steps).round().astype(int))[::-1].tolist()
+    _assert_loops_equal(cls(), STOCK[cls](), timesteps=timesteps)
+
+
+def test_ddim_steps_from_any_timestep_as_stock() -> None:
+    """Stock DDIM lands on t - T // n even from a timestep off the schedule."""
+    ours, stock = DDIM(clip_sample=False), DDIMScheduler(clip_sample=False)
+    x = torch.randn(SHAPE, generator=_gen(0))
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(10)
+    a = ours.step(_oracle(ours, x, 955), 955, x).prev_sample
+    b = stock.step(_oracle(stock, x, 955), 955, x).prev_sample
+    assert (a - b).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_one_training_timestep_equals_stock(cls) -> None:
+    _assert_loops_equal(cls(num_train_timesteps=1), STOCK[cls](num_train_timesteps=1), 1)
+
+
+@pytest.mark.skipif(not LAPLACE_OK, reason="the core does not accept beta_schedule='laplace'")
+def test_ddpm_laplace_betas_equal_stock() -> None:
+    _assert_loops_equal(DDPM(beta_schedule="laplace"), DDPMScheduler(beta_schedule="laplace"), 10)
+
+
+# Per-step comparisons along the whole 1000-step chain (rounding relative to x0's scale). Slow:
+# the schedulers call the core steps, which tests/test_samplers.py compares with diffusers over
+# the 1000-step chain, and the 10- and 50-step loops above cover the scheduler glue.
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("clip", "sampler"), [(False, "ddpm"), (True, "ddpm"), (True, "ddpm-paper")]
+)
+def test_ddpm_scheduler_steps_equal_diffusers_over_1000_steps(clip, sampler) -> None:
+    ours = DDPM(direction=DIRECTION, clip_sample=clip, sampler=sampler)
+    _assert_steps_close(ours, DDPMScheduler(clip_sample=clip), 1000)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("clip", "eta"), [(False, 0.0), (True, 1.0)])
+def test_ddim_scheduler_steps_equal_diffusers_over_1000_steps(clip, eta) -> None:
+    ours = DDIM(direction=DIRECTION, clip_sample=clip)
+    _assert_steps_close(ours, DDIMScheduler(clip_sample=clip), 1000, eta=eta)
+
+
+def test_add_noise_and_target_at_zero_strength_equal_diffusers() -> None:
+    ours, theirs = DDPM(direction=DIRECTION), DDPMScheduler()
+    x0, noise = torch.rand(6, 3, 8, 8) * 2 - 1, torch.randn(6, 3, 8, 8)
+    t = torch.tensor([0, 1, 100, 500, 998, 999])
+    assert (ours.add_noise(x0, noise, t) - theirs.add_noise(x0, noise, t)).abs().max() < 1e-6
+    assert torch.equal(ours.training_target(noise, t), noise)
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM])
+def test_pipeline_at_zero_strength_equals_stock_pipeline(unet, cls) -> None:
+    stock_cls, stock_scheduler = (
+        (DDPMPipeline, DDPMScheduler()) if cls is DDPM else (DDIMPipeline, DDIMScheduler())
+    )
+    stock = stock_cls(unet=unet, scheduler=stock_scheduler)
+    ours = SqueezedDDPMPipeline(unet=unet, scheduler=cls(direction=DIRECTION))
+    eta = {} if cls is DDPM else {"eta": 1.0}
+    images = []
+    for pipe in (stock, ours):
+        pipe.set_progress_bar_config(disable=True)
+        images.append(
+            pipe(
+                batch_size=2, generator=_gen(9), num_inference_steps=20, output_type="np", **eta
+            ).images
+        )
+    assert abs(images[0] - images[1]).max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_every_stock_key_is_a_key_with_the_stock_default(cls) -> None:
+    ours, stock = config_defaults(cls), config_defaults(STOCK[cls])
+    assert {k: ours.get(k, "missing") for k in stock} == stock
+    scheduler = cls(strength=0.0)
+    assert torch.equal(scheduler.alphas_cumprod, STOCK[cls]().alphas_cumprod)
+    assert torch.equal(scheduler.timesteps, STOCK[cls]().timesteps.long())
+    assert len(scheduler) == 1000 and scheduler.init_noise_sigma == 1.0
+    assert scheduler.process.is_isotropic
+    assert torch.allclose(scheduler.process.basis.direction, torch.full((3,), 3**-0.5))
+    assert {STOCK[c] for c in STOCK} | {DDPM, DDIM, DPM} <= set(scheduler.compatibles)
+
+
+# == (b) stock configs saved with save_pretrained ==========================================
+# Per stock class: (non-default config, the key refused or None when honoured).
+SAVED = {
+    DDPMScheduler: [
+        ({"num_train_timesteps": 100}, None),
+        ({"beta_start": 1e-3}, None),
+        ({"beta_end": 0.03}, None),
+        ({"beta_schedule": "scaled_linear"}, None),
+        ({"beta_schedule": "squaredcos_cap_v2"}, None),
+        ({"beta_schedule": "sigmoid"}, None),
+        ({"beta_schedule": "laplace"}, None if LAPLACE_OK else "beta_schedule"),
+        ({"trained_betas": TRAINED_BETAS}, None),
+        ({"variance_type": "fixed_small_log"}, None),
+        ({"variance_type": "fixed_large"}, None),
+        ({"variance_type": "fixed_large_log"}, "variance_type"),
+        ({"variance_type": "learned"}, "variance_type"),
+        ({"variance_type": "learned_range"}, "variance_type"),
+        ({"clip_sample": False}, None),
+        ({"prediction_type": "sample"}, None),
+        ({"prediction_type": "v_prediction"}, None),
+        ({"thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"clip_sample_range": 0.5}, None),
+        ({"sample_max_value": 1.5, "thresholding": True}, None),
+        ({"timestep_spacing": "linspace"}, None),
+        ({"timestep_spacing": "trailing"}, None),
+        ({"steps_offset": 1}, None),
+        ({"rescale_betas_zero_snr": True}, None),
+    ],
+    DDIMScheduler: [
+        ({"num_train_timesteps": 100}, None),
+        ({"beta_start": 1e-3}, None),
+        ({"beta_end": 0.03}, None),
+        ({"beta_schedule": "scaled_linear"}, None),
+        ({"beta_schedule": "squaredcos_cap_v2"}, None),
+        ({"trained_betas": TRAINED_BETAS}, None),
+        ({"clip_sample": False}, None),
+        ({"set_alpha_to_one": False}, None),
+        ({"steps_offset": 1}, None),
+        ({"prediction_type": "sample"}, None),
+        ({"prediction_type": "v_prediction"}, None),
+        ({"thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"clip_sample_range": 0.5}, None),
+        ({"sample_max_value": 1.5, "thresholding": True}, None),
+        ({"timestep_spacing": "linspace"}, None),
+        ({"timestep_spacing": "trailing"}, None),
+        ({"rescale_betas_zero_snr": True}, None),
+    ],
+    DPMSolverMultistepScheduler: [
+        ({"num_train_timesteps": 100}, None),
+        ({"beta_start": 1e-3}, None),
+        ({"beta_end": 0.03}, None),
+        ({"beta_schedule": "scaled_linear"}, None),
+        ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, None),
+        ({"trained_betas": TRAINED_BETAS}, None),
+        ({"solver_order": 1}, None),
+        ({"solver_order": 3}, "solver_order"),
+        ({"prediction_type": "sample"}, None),
+        ({"prediction_type": "v_prediction"}, None),
+        ({"prediction_type": "flow_prediction"}, "prediction_type"),
+        ({"thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"sample_max_value": 1.5, "thresholding": True}, None),
+        ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "algorithm_type"),
+        ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+        ({"solver_type": "heun"}, None),
+        ({"lower_order_final": False, "final_sigmas_type": "sigma_min"}, None),
+        ({"euler_at_final": True, "final_sigmas_type": "sigma_min"}, None),
+        ({"use_karras_sigmas": True}, "use_karras_sigmas"),
+        ({"use_exponential_sigmas": True}, "use_exponential_sigmas"),
+        ({"use_beta_sigmas": True}, "use_beta_sigmas"),
+        ({"use_lu_lambdas": True}, "use_lu_lambdas"),
+        ({"use_flow_sigmas": True}, "use_flow_sigmas"),
+        ({"flow_shift": 3.0}, "flow_shift"),
+        ({"final_sigmas_type": "sigma_min"}, None),
+        ({"lambda_min_clipped": -3.0}, None),
+        ({"variance_type": "learned_range"}, "variance_type"),
+        ({"timestep_spacing": "leading"}, None),
+        ({"timestep_spacing": "trailing"}, None),
+        ({"steps_offset": 1, "timestep_spacing": "leading"}, None),
+        ({"rescale_betas_zero_snr": True}, None),
+        ({"use_dynamic_shifting": True}, "use_dynamic_shifting"),
+        ({"time_shift_type": "linear"}, "time_shift_type"),
+    ],
+}
+SAVED_CASES = [
+    (stock, config, refused) for stock, rows in SAVED.items() for config, refused in rows
+]
+SQUEEZED_OF = {stock: cls for cls, stock in STOCK.items()}
+
+
+@pytest.mark.parametrize("stock_cls", list(SAVED))
+def test_saved_cases_cover_every_stock_key(stock_cls) -> None:
+    covered = {key for config, _ in SAVED[stock_cls] for key in config}
+    assert covered == set(config_defaults(stock_cls))
+
+
+@pytest.mark.parametrize(
+    ("stock_cls", "config", "refused"),
+    SAVED_CASES,
+    ids=[f"{s.__name__[:4]}-{_ids([(c, {})])[0]}" for s, c, _ in SAVED_CASES],
+)
+def test_saved_stock_scheduler_loads_honoured_or_refused(tmp_path, stock_cls, config, refused):
+    stock = stock_cls(**config)
+    stock.save_pretrained(tmp_path)
+    cls = SQUEEZED_OF[stock_cls]
+    if refused is not None:
+        with pytest.raises(ValueError, match=refused):
+            cls.from_pretrained(tmp_path)
+        return
+    loaded = cls.from_pretrained(tmp_path)
+    for key, value in config.items():
+        assert loaded.config[key] == value
+    _assert_loops_equal(loaded, stock, 10)
+
+
+def test_other_algorithms_keys_drop_at_their_default_and_raise_otherwise(tmp_path) -> None:
+    DDPMScheduler().save_pretrained(tmp_path / "ddpm")
+    ddim = DDIM.from_pretrained(tmp_path / "ddpm")  # variance_type='fixed_small' dropped
+    assert "variance_type" not in config_defaults(DDIM) and ddim.config.clip_sample
+    dpm = DPM.from_pretrained(tmp_path / "ddpm")  # DDPM's spacing and clipping carry over
+    assert (dpm.config.timestep_spacing, dpm.config.clip_sample) == ("leading", True)
+    DDPMScheduler(variance_type="fixed_large").save_pretrained(tmp_path / "large")
+    with pytest.raises(ValueError, match="variance_type='fixed_large' is a setting of"):
+        DDIM.from_pretrained(tmp_path / "large")
+    DDIMScheduler(set_alpha_to_one=False).save_pretrained(tmp_path / "ddim")
+    for cls in (DDPM, DPM):
+        with pytest.raises(ValueError, match="set_alpha_to_one=False"):
+            cls.from_pretrained(tmp_path / "ddim")
+    DPMSolverMultistepScheduler().save_pretrained(tmp_path / "dpm")
+    assert DDPM.from_pretrained(tmp_path / "dpm").config.timestep_spacing == "linspace"
+    DPMSolverMultistepScheduler(solver_order=1).save_pretrained(tmp_path / "dpm1")
+    with pytest.raises(ValueError, match="solver_order=1 is a setting of"):
+        DDIM.from_pretrained(tmp_path / "dpm1")
+    EulerDiscreteScheduler().save_pretrained(tmp_path / "euler")
+    with pytest.raises(ValueError, match="unknown config key 'interpolation_type'"):
+        DDPM.from_pretrained(tmp_path / "euler")
+    # in memory: keys left at their default are not carried; overrides are checked too
+    paper = DDPM(strength=-0.4, sampler="ddpm-paper")
+    with pytest.raises(ValueError, match="sampler='ddpm-paper' is a setting of"):
+        DDIM.from_config(paper.config)
+    assert DDIM.from_config(DDPM(strength=-0.4).config).config.strength == -0.4
+    with pytest.raises(ValueError, match="unknown config key 'clip_sampel'"):
+        DDIM.from_config(ddim.config, clip_sampel=False)
+    assert not DDIM.from_config(ddim.config, clip_sample=False).config.clip_sample
+
+
+# == (c) at strength -0.4 each option does what it says ====================================
+def _squeezed(cls, **config):
+    return cls(direction=DIRECTION, strength=-0.4, **config)
+
+
+@pytest.mark.parametrize("prediction_type", TARGETS)
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_each_prediction_type_reads_its_exact_target(cls, prediction_type) -> None:
+    """The exact target of a known x0 and noise gives back x0, and a deterministic step
+    (DDIM eta 0, first-order DPM-Solver++) lands on the forward marginal, per direction."""
+    scheduler = _squeezed(cls, prediction_type=prediction_type, clip_sample=False)
+    scheduler.set_timesteps(10)
+    t = int(scheduler.timesteps[5])
+    x0, eps, x_t, target = _exact(scheduler, t)
+    out = scheduler.step(target, t, x_t)
+    if cls is DDPM:
+        assert (out.pred_original_sample - x0).abs().max() < 1e-5
+        return
+    landing = scheduler.process.add_noise(x0, eps, int(scheduler.timesteps[6]))[0]
+    assert (out.prev_sample - landing).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("prediction_type", TARGETS)
+def test_training_target_is_the_process_target(prediction_type) -> None:
+    scheduler = _squeezed(DDPM, prediction_type=prediction_type)
+    x0, noise = torch.rand(SHAPE) * 2 - 1, torch.randn(SHAPE)
+    t = torch.tensor([10, 800])
+    target = scheduler.process.add_noise(x0, noise, t)[1]
+    assert torch.equal(scheduler.training_target(noise, t, x0), target)
+    if prediction_type in ("sample", "v_prediction"):
+        with pytest.raises(ValueError, match="needs the clean samples"):
+            scheduler.training_target(noise, t)
+    else:
+        assert torch.equal(scheduler.training_target(noise, t), target)
+
+
+@pytest.mark.parametrize("variance_type", ["fixed_small", "fixed_small_log", "fixed_large"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddpm-paper"])
+def test_variance_type_sets_the_per_direction_noise(sampler, variance_type) -> None:
+    """Two noise draws differ by ``std_i (z1 - z2)`` per direction: the posterior variance
+    (fixed_small*) or the transition variance q_t,i (fixed_large); for ddpm-paper the
+    isotropic ones times c_t,i."""
+    scheduler = _squeezed(DDPM, variance_type=variance_type, sampler=sampler, clip_sample=False)
+    scheduler.set_timesteps(10)
+    t = int(scheduler.timesteps[2])
+    t_prev, proc = scheduler.previous_timestep(t), scheduler.process
+    x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
+    a, b = (scheduler.step(out, t, x, generator=_gen(s)).prev_sample for s in (2, 3))
+    z = torch.randn(SHAPE, generator=_gen(2)) - torch.randn(SHAPE, generator=_gen(3))
+    large = variance_type == "fixed_large"
+    if sampler == "ddpm":
+        std = _posterior_var(proc, t, t_prev, large).sqrt()
+    else:
+        iso = SqueezedDiffusion(strength=0.0)
+        scales = torch.cat([proc.c, proc.c_rest[:, None]], dim=1)[t]
+        std = _posterior_var(iso, t, t_prev, large).sqrt() * scales
+    assert (a - b - _per_direction(proc, z, std)).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+@pytest.mark.parametrize(
+    ("spacing", "offset"), [("leading", 0), ("leading", 1), ("linspace", 0), ("trailing", 0)]
+)
+def test_timestep_spacing_and_offset_give_stocks_schedule(cls, spacing, offset) -> None:
+    config = {"timestep_spacing": spacing, "steps_offset": offset}
+    ours, stock = _squeezed(cls, **config), STOCK[cls](**config)
+    ours.set_timesteps(10)
+    stock.set_timesteps(10)
+    assert torch.equal(ours.timesteps, stock.timesteps)
+    ts = ours.timesteps.tolist()
+    # stock DDIM: t - T // n, whatever the spacing; the others: the next timestep listed
+    landing = [t - 100 if t >= 100 else -1 for t in ts] if cls is DDIM else [*ts[1:], -1]
+    assert [ours.previous_timestep(t) for t in ts] == landing
+    if (spacing, offset) != (config_defaults(cls)["timestep_spacing"], 0):
+        _assert_loops_differ(ours, _squeezed(cls))
+
+
+def test_set_alpha_to_one_false_lands_on_timestep_zeros_noise_level() -> None:
+    results = []
+    for alpha_to_one in (True, False):
+        scheduler = _squeezed(
+            DDIM, set_alpha_to_one=alpha_to_one, timestep_spacing="trailing", clip_sample=False
+        )
+        scheduler.set_timesteps(10)
+        x0, eps, x_t, target = _exact(scheduler, 99)  # the last trailing timestep
+        results.append(scheduler.step(target, 99, x_t).prev_sample)
+    assert (results[0] - x0).abs().max() < 1e-5
+    expected = scheduler.process.add_noise(x0, eps, 0)[0]  # sigma_0,i per direction
+    assert (results[1] - expected).abs().max() < 1e-5
+    assert (results[0] - results[1]).abs().max() > 1e-3
+
+
+def _x0_after_rule(scheduler, out: torch.Tensor, x: torch.Tensor, t: int) -> torch.Tensor:
+    """The x_0 a step from ``t`` used: DDPM/DDIM report it; a one-step DPM-Solver++ run to
+    the data returns it."""
+    if isinstance(scheduler, DPM):
+        scheduler.set_timesteps(timesteps=[t])
+        return scheduler.step(out, t, x).prev_sample
+    if isinstance(scheduler, DDPM):
+        scheduler.set_timesteps(timesteps=[t])
+    else:
+        scheduler.set_timesteps(10)
+    return scheduler.step(out, t, x, generator=_gen(0)).pred_original_sample
+
+
+@pytest.mark.parametrize(
+    "rule",
+    [
+        {"clip_sample": True, "clip_sample_range": 0.5},
+        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+    ],
+    ids=["clip_sample_range", "thresholding"],
+)
+@pytest.mark.parametrize(
+    ("cls", "extra"),
+    [(DDPM, {}), (DDPM, {"sampler": "ddpm-paper"}), (DDIM, {}), (DPM, {})],
+    ids=["ddpm", "ddpm-paper", "ddim", "dpmsolver"],
+)
+def test_x0_rule_acts_in_data_or_unsqueezed_coordinates(cls, extra, rule) -> None:
+    """Exact samplers clip/threshold x_0 itself; ddpm-paper does it to ``S_t^-1 x_0`` (where
+    its inner, ordinary DDPM step sees x_0). Stock's own operation is the reference."""
+    t = 300
+    x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
+    plain = _squeezed(cls, clip_sample=False, **extra)
+    raw = _x0_after_rule(plain, out, x, t)
+    got = _x0_after_rule(_squeezed(cls, **rule, **extra), out, x, t)
+    stock = DDPMScheduler(**rule)
+    apply = stock._threshold_sample if "thresholding" in rule else lambda v: v.clamp(-0.5, 0.5)
+    proc = plain.process
+    expected = apply(raw)
+    if extra:
+        expected, in_data = proc.squeeze(apply(proc.unsqueeze(raw, t)), t), expected
+        assert (expected - in_data).abs().max() > 1e-3  # the coordinates matter
+    assert (got - expected).abs().max() < 1e-5
+    assert (got - raw).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_rescale_betas_zero_snr_rescales_the_squeezed_process(cls) -> None:
+    ours = _squeezed(cls, rescale_betas_zero_snr=True, prediction_type="v_prediction")
+    stock = STOCK[cls](rescale_betas_zero_snr=True)
+    assert torch.equal(ours.alphas_cumprod, stock.alphas_cumprod)
+    # zero terminal SNR (DPM-Solver: stock's 2**-24): x_T is the squeezed noise alone
+    sigma_end = ours.process.sigma(999)
+    c_end = torch.cat([ours.process.c[999], ours.process.c_rest[999:]])
+    abar_end = 2.0**-24 if cls is DPM else 0.0
+    assert ours.process.alphas_cumprod[-1] == abar_end
+    assert torch.allclose(sigma_end, (1 - abar_end) ** 0.5 * c_end)
+    _assert_loops_differ(ours, _squeezed(cls, prediction_type="v_prediction"))
+
+
+@pytest.mark.parametrize(
+    ("cls", "beta_config"),
+    [(DDPM, {"beta_schedule": s}) for s in ("scaled_linear", "squaredcos_cap_v2", "sigmoid")]
+    + [(c, {"beta_schedule": "squaredcos_cap_v2"}) for c in (DDIM, DPM)]
+    + [(c, {"trained_betas": TRAINED_BETAS}) for c in (DDPM, DDIM, DPM)]
+    + [(DDPM, {"beta_start": 1e-3, "beta_end": 0.03})],
+    ids=lambda v: v.__name__[8:12] if isinstance(v, type) else next(iter(v)) + str(len(v)),
+)
+def test_betas_set_the_squeezed_process(cls, beta_config) -> None:
+    """The process runs on stock's betas, and the beta profile follows them."""
+    ours = _squeezed(cls, **beta_config)
+    betas = STOCK[cls](**beta_config).betas.double()
+    assert torch.equal(ours.process.betas, betas)
+    assert torch.allclose(ours.process.c[:, 0], (0.4 * betas / betas.max()).exp())
+    _assert_loops_differ(ours, _squeezed(cls))
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_num_train_timesteps_sets_the_squeezed_process(cls) -> None:
+    for big_t in (1, 100):
+        ours = _squeezed(cls, num_train_timesteps=big_t)
+        assert ours.process.sigma_table().shape[0] == big_t == len(ours)
+        x = _loop(ours, 1)
+        assert torch.isfinite(x).all()
+    _assert_loops_differ(ours, _squeezed(cls))
+
+
+def test_ddpm_custom_timesteps_step_to_the_next_listed() -> None:
+    scheduler = _squeezed(DDPM)
+    custom = [999, 700, 420, 100, 7]
+    scheduler.set_timesteps(timesteps=custom)
+    assert [scheduler.previous_timestep(t) for t in custom] == [700, 420, 100, 7, -1]
+    spaced = _loop(_squeezed(DDPM), len(custom))
+    assert (_loop(scheduler, timesteps=custom) - spaced).abs().max() > 1e-3
+    with pytest.raises(ValueError, match="strictly descending"):
+        scheduler.set_timesteps(timesteps=[5, 9])
+    with pytest.raises(ValueError, match=r"leave the training range \[0, 999\]"):
+        scheduler.set_timesteps(timesteps=[1000, 5])
+    with pytest.raises(ValueError, match="exactly one of"):
+        scheduler.set_timesteps(10, timesteps=custom)
+    with pytest.raises(ValueError, match="timestep 5 is not in the schedule"):
+        scheduler.step(torch.zeros(SHAPE), 5, torch.zeros(SHAPE))
+
+
+def test_ddim_steps_from_any_timestep_to_t_minus_stride() -> None:
+    scheduler = _squeezed(DDIM, clip_sample=False)
+    scheduler.set_timesteps(10)
+    x0, eps, x_t, target = _exact(scheduler, 955)  # not a scheduled timestep
+    landing = scheduler.process.add_noise(x0, eps, 855)[0]
+    assert (scheduler.step(target, 955, x_t).prev_sample - landing).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("eta", [0.5, 1.0])
+def test_ddim_eta_adds_eta_times_the_posterior_std_per_direction(eta) -> None:
+    scheduler = _squeezed(DDIM, clip_sample=False)
+    scheduler.set_timesteps(10)
+    t, proc = 500, scheduler.process
+    x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
+    z = torch.randn(SHAPE, generator=_gen(2))
+    a = scheduler.step(out, t, x, eta=eta, variance_noise=z).prev_sample
+    b = scheduler.step(out, t, x, eta=eta, variance_noise=torch.zeros(SHAPE)).prev_sample
+    std = eta * _posterior_var(proc, t, 400).sqrt()
+    assert (a - b - _per_direction(proc, z, std)).abs().max() < 1e-5
+    # variance_noise is the noise the generator would have drawn
+    c = scheduler.step(out, t, x, eta=eta, generator=_gen(2)).prev_sample
+    assert (a - c).abs().max() < 1e-6
+    with pytest.raises(ValueError, match="not both"):
+        scheduler.step(out, t, x, eta=eta, generator=_gen(2), variance_noise=z)
+
+
+def test_ddim_use_clipped_model_output_rederives_the_noise_from_clipped_x0() -> None:
+    scheduler = _squeezed(DDIM)
+    scheduler.set_timesteps(10)
+    t, proc = 300, scheduler.process
+    x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
+    step = scheduler.step(out, t, x, use_clipped_model_output=True)
+    x0c = step.pred_original_sample
+    sig = proc.sigma_table()
+    a_t, a_prev = proc.alphas_cumprod[t].sqrt(), proc.alphas_cumprod[200].sqrt()
+    expected = a_prev.float() * x0c + _per_direction(proc, x - a_t.float() * x0c, sig[200] / sig[t])
+    assert (step.prev_sample - expected).abs().max() < 1e-5
+    plain = scheduler.step(out, t, x).prev_sample
+    assert (plain - step.prev_sample).abs().max() > 1e-3
+
+
+def test_dpmsolver_first_order_is_squeezed_ddim_on_the_same_timesteps() -> None:
+    """DPM-Solver++ of order 1 is DDIM (eta 0): two core samplers, one closed form."""
+    ddim = _squeezed(DDIM, clip_sample=False)
+    dpm = _squeezed(DPM, solver_order=1)
+    ddim.set_timesteps(10)
+    a = _loop(ddim, 10)
+    b = _loop(dpm, timesteps=ddim.timesteps.tolist())
+    assert (a - b).abs().max() < 1e-5
+    _assert_loops_differ(dpm, _squeezed(DPM), timesteps=ddim.timesteps.tolist())
+
+
+@pytest.mark.parametrize(
+    ("config", "num_steps"),
+    [
+        ({"solver_type": "heun"}, 10),
+        ({"final_sigmas_type": "sigma_min", "lower_order_final": False}, 10),
+        ({"final_sigmas_type": "sigma_min", "euler_at_final": True}, 50),
+    ],
+)
+def test_dpmsolver_options_change_the_squeezed_loop(config, num_steps) -> None:
+    reference = {"final_sigmas_type": "sigma_min"} if "solver_type" not in config else {}
+    _assert_loops_differ(_squeezed(DPM, **config), _squeezed(DPM, **reference), num_steps)
+
+
+@pytest.mark.parametrize("final", ["zero", "sigma_min"])
+def test_dpmsolver_final_sigmas_type_is_where_the_last_step_lands(final) -> None:
+    scheduler = _squeezed(DPM, final_sigmas_type=final)
+    x0, eps, x_t, target = _exact(scheduler, 300)
+    scheduler.set_timesteps(timesteps=[300])
+    landing = x0 if final == "zero" else scheduler.process.add_noise(x0, eps, 0)[0]
+    assert (scheduler.step(target, 300, x_t).prev_sample - landing).abs().max() < 1e-5
+
+
+def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:
+    clip = -3.0
+    ours = _squeezed(DPM, lambda_min_clipped=clip)
+    lam = 0.5 * ours.process.log_snr_table()  # per direction
+    last = int((lam.amin(dim=1) >= clip).sum())
+    ours.set_timesteps(10)
+    assert int(ours.timesteps[0]) == last - 1
+    isotropic = DPM(lambda_min_clipped=clip)
+    isotropic.set_timesteps(10)
+    assert int(ours.timesteps[0]) < int(isotropic.timesteps[0])  # antisqueezing: less SNR
+    _assert_loops_differ(ours, _squeezed(DPM))
+
+
+# == (d) the valid-strength check runs for every beta schedule =============================
+@pytest.mark.parametrize("rescale", [False, True])
+@pytest.mark.parametrize(
+    ("cls", "schedule"),
+    [(DDPM, s) for s in BETA_SCHEDULES] + [(c, "squaredcos_cap_v2") for c in (DDIM, DPM)],
+)
+def test_invalid_strength_raises_for_every_beta_schedule(cls, schedule, rescale) -> None:
+    config = {"beta_schedule": schedule, "rescale_betas_zero_snr": rescale, "profile": "linear"}
+    assert cls(strength=-0.4, **config).process.strength[0] == -0.4
+    with pytest.raises(ValueError, match="invalid SDM process"):
+        cls(strength=50.0, **config)
+    with pytest.raises(ValueError, match="invalid HDM process"):
+        cls(strength=-50.0, variant="hdm", **config)
+
+
+# == save_pretrained / from_pretrained of the squeezed schedulers ===========================
 @pytest.mark.parametrize(
     ("cls", "config", "step_kwargs"),
     [
-        (SqueezedDDPMScheduler, {"direction": DIRECTION, "strength": -0.6}, {}),
+        (DDPM, {"direction": DIRECTION, "strength": -0.6}, {}),
         (
-            SqueezedDDPMScheduler,
+            DDPM,
             {"direction": DIRECTION, "strength": 0.5, "sampler": "ddpm-paper", "variant": "hdm"},
             {},
         ),
         (
-            SqueezedDDIMScheduler,
+            DDIM,
             {"direction": DIRECTION, "strength": -0.6, "clip_sample": False, "target": "unit"},
             {"eta": 0.5},
         ),
         (
-            SqueezedDDIMScheduler,
+            DDIM,
             {"basis": "dct", "image_shape": [3, 8, 8], "cutoffs": [0.3], "strength": -0.5},
             {"eta": 1.0},
+        ),
+        (
+            DPM,
+            {"direction": DIRECTION, "strength": -0.6, "prediction_type": "v_prediction"},
+            {},
         ),
     ],
 )
@@ -105,12 +843,28 @@ def test_save_and_load_reproduce_config_and_steps(tmp_path, cls, config, step_kw
     assert _public(loaded.config) == _public(scheduler.config)
     for key, value in config.items():
         assert loaded.config[key] == value
-    for a, b, _ in _step_pairs(scheduler, loaded, 10, **step_kwargs):
-        assert torch.equal(a.prev_sample, b.prev_sample)
-        assert torch.equal(a.pred_original_sample, b.pred_original_sample)
+    assert torch.equal(_loop(scheduler, 10, **step_kwargs), _loop(loaded, 10, **step_kwargs))
 
 
-# -- (2) the pipeline is SqueezedDiffusion.sample ----------------------------------------
+@pytest.mark.parametrize(("cls", "target"), [(DDPM, "squeezed"), (DDIM, "unit")])
+def test_a_0_1_0_scheduler_config_loads(tmp_path, cls, target) -> None:
+    """0.1.0 wrote ``target`` (no prediction_type) and its own key set."""
+    config = {
+        "_class_name": cls.__name__,
+        "_diffusers_version": "0.31.0",
+        **{"num_train_timesteps": 1000, "beta_start": 1e-4, "beta_end": 0.02},
+        **{"beta_schedule": "linear", "variant": "sdm", "strength": -0.4, "profile": "beta"},
+        **{"target": target, "basis": "channel", "direction": DIRECTION, "num_channels": 3},
+        **{"image_shape": None, "cutoffs": None, "clip_sample": True},
+    }
+    (tmp_path / "scheduler_config.json").write_text(json.dumps(config))
+    loaded = cls.from_pretrained(tmp_path)
+    expected = {"squeezed": "epsilon", "unit": "unit_epsilon"}[target]
+    assert loaded.process.prediction_type == expected
+    assert float(loaded.process.strength[0]) == -0.4
+
+
+# == the pipeline ===========================================================================
 @pytest.mark.parametrize(
     ("sampler", "eta", "clip"),
     [
@@ -119,16 +873,17 @@ def test_save_and_load_reproduce_config_and_steps(tmp_path, cls, config, step_kw
         ("ddpm-paper", 0.0, True),
         ("ddim", 0.0, False),
         ("ddim", 1.0, True),
+        ("dpmpp-2m", 0.0, False),
+        ("dpmpp-2m", 0.0, True),
     ],
 )
 def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: bool) -> None:
+    from squeezed_diffusion import SAMPLERS
+
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
-    if sampler == "ddim":
-        scheduler = SqueezedDDIMScheduler(direction=DIRECTION, strength=-0.8, clip_sample=clip)
-    else:
-        scheduler = SqueezedDDPMScheduler(
-            direction=DIRECTION, strength=-0.8, clip_sample=clip, sampler=sampler
-        )
+    kind = SAMPLERS[sampler].scheduler
+    extra = {"sampler": sampler} if kind == "ddpm" else {}
+    scheduler = scheduler_from_process(proc, kind, clip_sample=clip, **extra)
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     ours = pipe(
@@ -140,16 +895,40 @@ def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: boo
         10,
         sampler,
         generator=_gen(3),
-        eta=eta,
-        clip=clip,
         progress=False,
+        clip=clip,
+        **({"eta": eta} if sampler == "ddim" else {}),
     )
     assert ours.shape == SHAPE
     assert (ours - core).abs().max() < 1e-5
 
 
+def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> None:
+    proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
+
+    class FakeRun:  # a run folder's UNet and process, without training one
+        def __init__(self, path) -> None:
+            pass
+
+        def load(self, ema: bool = True):
+            return unet, proc
+
+    monkeypatch.setattr("squeezed_diffusion.run.Run", FakeRun)
+    for sampler, cls in [("ddpm", DDPM), ("ddpm-paper", DDPM), ("ddim", DDIM), ("dpmpp-2m", DPM)]:
+        pipe = SqueezedDDPMPipeline.from_run("run", sampler=sampler)
+        assert type(pipe.scheduler) is cls
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=2, generator=_gen(4), num_inference_steps=6, output_type="latent")
+    core = proc.sample(
+        lambda x, t: unet(x, t).sample, SHAPE, 6, "dpmpp-2m", generator=_gen(4), progress=False
+    )
+    assert (images.images - core).abs().max() < 1e-5
+    with pytest.raises(ValueError, match="'heun' has no diffusers scheduler"):
+        SqueezedDDPMPipeline.from_run("run", sampler="heun")
+
+
 def test_pipeline_output_types(unet) -> None:
-    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=SqueezedDDPMScheduler(strength=-0.4))
+    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DDPM(strength=-0.4))
     pipe.set_progress_bar_config(disable=True)
     run = {"batch_size": 2, "num_inference_steps": 3}
     raw = pipe(generator=_gen(0), output_type="latent", **run).images
@@ -166,97 +945,33 @@ def test_pipeline_output_types(unet) -> None:
         pipe(eta=1.0, **run)
 
 
-def test_pipeline_save_and_load(tmp_path, unet) -> None:
-    scheduler = SqueezedDDIMScheduler(direction=DIRECTION, strength=-0.4)
+@pytest.mark.parametrize("cls", [DDIM, DPM])
+def test_pipeline_save_and_load(tmp_path, unet, cls) -> None:
+    scheduler = cls(direction=DIRECTION, strength=-0.4)
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.save_pretrained(tmp_path)
     loaded = SqueezedDDPMPipeline.from_pretrained(tmp_path)
-    assert isinstance(loaded.scheduler, SqueezedDDIMScheduler)
+    assert isinstance(loaded.scheduler, cls)
     assert _public(loaded.scheduler.config) == _public(scheduler.config)
     for p in (pipe, loaded):
         p.set_progress_bar_config(disable=True)
-    run = {"batch_size": 2, "num_inference_steps": 4, "output_type": "latent", "eta": 1.0}
+    run = {"batch_size": 2, "num_inference_steps": 4, "output_type": "latent"}
+    run |= {"eta": 1.0} if cls is DDIM else {}
     assert torch.equal(
         pipe(generator=_gen(5), **run).images, loaded(generator=_gen(5), **run).images
     )
 
 
-# -- (3) strength 0 is stock diffusers ---------------------------------------------------
-@pytest.mark.parametrize(
-    ("num_steps", "clip", "sampler"),
-    [(n, c, "ddpm") for n in (1000, 50) for c in (False, True)]
-    + [(50, False, "ddpm-paper"), (50, True, "ddpm-paper")],
-)
-def test_ddpm_scheduler_at_zero_strength_equals_diffusers(num_steps, clip, sampler) -> None:
-    ours = SqueezedDDPMScheduler(direction=DIRECTION, clip_sample=clip, sampler=sampler)
-    _assert_steps_close(ours, DDPMScheduler(clip_sample=clip), num_steps)
-
-
-@pytest.mark.parametrize(
-    ("num_steps", "clip", "eta"),
-    [(1000, False, 0.0), (1000, True, 1.0)]
-    + [(50, c, e) for c in (False, True) for e in (0.0, 1.0)],
-)
-def test_ddim_scheduler_at_zero_strength_equals_diffusers(num_steps, clip, eta) -> None:
-    ours = SqueezedDDIMScheduler(direction=DIRECTION, clip_sample=clip)
-    _assert_steps_close(ours, DDIMScheduler(clip_sample=clip), num_steps, eta=eta)
-
-
-def test_add_noise_and_target_at_zero_strength_equal_diffusers() -> None:
-    ours, theirs = SqueezedDDPMScheduler(direction=DIRECTION), DDPMScheduler()
-    x0, noise = torch.rand(6, 3, 8, 8) * 2 - 1, torch.randn(6, 3, 8, 8)
-    t = torch.tensor([0, 1, 100, 500, 998, 999])
-    assert (ours.add_noise(x0, noise, t) - theirs.add_noise(x0, noise, t)).abs().max() < 1e-6
-    assert torch.equal(ours.training_target(noise, t), noise)
-
-
-@pytest.mark.parametrize("cls", [SqueezedDDPMScheduler, SqueezedDDIMScheduler])
-def test_pipeline_at_zero_strength_equals_stock_pipeline(unet, cls) -> None:
-    stock_cls, stock_scheduler = (
-        (DDPMPipeline, DDPMScheduler())
-        if cls is SqueezedDDPMScheduler
-        else (DDIMPipeline, DDIMScheduler())
-    )
-    stock = stock_cls(unet=unet, scheduler=stock_scheduler)
-    ours = SqueezedDDPMPipeline(unet=unet, scheduler=cls(direction=DIRECTION))
-    eta = {} if cls is SqueezedDDPMScheduler else {"eta": 1.0}
-    images = []
-    for pipe in (stock, ours):
-        pipe.set_progress_bar_config(disable=True)
-        images.append(
-            pipe(
-                batch_size=2, generator=_gen(9), num_inference_steps=20, output_type="np", **eta
-            ).images
-        )
-    assert abs(images[0] - images[1]).max() < 1e-5
-
-
-# -- (4) defaults -----------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("cls", "stock_cls"),
-    [(SqueezedDDPMScheduler, DDPMScheduler), (SqueezedDDIMScheduler, DDIMScheduler)],
-)
-def test_defaults_are_diffusers_defaults(cls, stock_cls) -> None:
-    ours, stock = cls(strength=0.0), stock_cls()
-    for key in ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "clip_sample"):
-        assert ours.config[key] == stock.config[key], key
-    assert torch.equal(ours.alphas_cumprod, stock.alphas_cumprod)
-    assert torch.equal(ours.betas, stock.betas)
-    assert torch.equal(ours.timesteps, stock.timesteps)
-    assert len(ours) == 1000 and ours.init_noise_sigma == 1.0
-    assert ours.process.is_isotropic
-    assert torch.allclose(ours.process.basis.direction, torch.full((3,), 3**-0.5))
-
-
-# -- building schedulers from bases and processes ---------------------------------------
-@pytest.mark.parametrize("kind", ["ddpm", "ddim"])
+# == building schedulers from bases and processes; errors ===================================
+@pytest.mark.parametrize("kind", ["ddpm", "ddim", "dpmsolver"])
 @pytest.mark.parametrize(
     "proc",
     [
         SqueezedDiffusion(ChannelBasis(DIRECTION), "hdm", -0.7, "linear", target="unit"),
         SqueezedDiffusion(DCTBasis((3, 8, 8), (0.2, 0.5)), "sdm", [-0.5, 0.3], "constant"),
+        SqueezedDiffusion(strength=-0.4, prediction_type="v_prediction"),
     ],
-    ids=["channel", "dct"],
+    ids=["channel", "dct", "v"],
 )
 def test_scheduler_from_process_rebuilds_the_process(kind: str, proc: SqueezedDiffusion) -> None:
     scheduler = scheduler_from_process(proc, kind, clip_sample=False)
@@ -273,7 +988,7 @@ def test_scheduler_from_process_rebuilds_the_process(kind: str, proc: SqueezedDi
     x0 = torch.rand(SHAPE) * 2 - 1
     x_t, target = proc.add_noise(x0, noise, t)
     assert (scheduler.add_noise(x0, noise, t) - x_t).abs().max() < 1e-6
-    assert (scheduler.training_target(noise, t) - target).abs().max() < 1e-6
+    assert (scheduler.training_target(noise, t, x0) - target).abs().max() < 1e-6
 
 
 def test_scheduler_from_process_errors() -> None:
@@ -287,6 +1002,9 @@ def test_scheduler_from_process_errors() -> None:
     with pytest.raises(ValueError, match=r"beta_start=\.\.\., beta_end="):
         scheduler_from_process(other_betas)
     assert scheduler_from_process(other_betas, beta_end=0.03).config.beta_end == 0.03
+    zero_snr = SqueezedDiffusion(strength=-0.4, rescale_betas_zero_snr=True)
+    dpm = scheduler_from_process(zero_snr, "dpmsolver", rescale_betas_zero_snr=True)
+    assert dpm.process.alphas_cumprod[-1] == 2.0**-24  # stock DPM-Solver's terminal fix
     with pytest.raises(ValueError, match="unknown scheduler kind 'euler'"):
         scheduler_from_process(other_betas, "euler")
 
@@ -294,35 +1012,59 @@ def test_scheduler_from_process_errors() -> None:
 def test_from_basis_file(tmp_path) -> None:
     basis = ChannelBasis([0.3, 0.8, 0.5])
     path = basis.save(tmp_path / "basis.safetensors")
-    scheduler = SqueezedDDPMScheduler.from_basis(path, strength=-0.4)
+    scheduler = DDPM.from_basis(path, strength=-0.4)
     assert scheduler.config.basis_config == {"direction": basis.direction.tolist()}
     assert torch.allclose(scheduler.process.basis.direction, basis.direction)
-    dct = SqueezedDDIMScheduler.from_basis(DCTBasis((1, 8, 8), (0.3,)), strength=0.2)
+    dct = DDIM.from_basis(DCTBasis((1, 8, 8), (0.3,)), strength=0.2)
     assert (dct.config.basis, dct.config.basis_config) == (
         "dct",
         {"image_shape": [1, 8, 8], "cutoffs": [0.3]},
     )
 
 
-def test_config_errors() -> None:
-    with pytest.raises(ValueError, match="unknown DDPM sampler 'ddim'"):
-        SqueezedDDPMScheduler(sampler="ddim")
-    with pytest.raises(ValueError, match="num_channels is 3"):
-        SqueezedDDPMScheduler(direction=[1.0, 0.0])
-    with pytest.raises(ValueError, match=r"bad pca basis config"):
-        SqueezedDDIMScheduler(basis="pixel_pca")
-    with pytest.raises(ValueError, match=r"bad dct basis config .*image_shape"):
-        SqueezedDDIMScheduler(basis="dct")
-    with pytest.raises(ValueError, match="invalid SDM process"):
-        SqueezedDDPMScheduler(strength=50.0, profile="linear")
-    scheduler = SqueezedDDIMScheduler()
-    scheduler.set_timesteps(10)
-    with pytest.raises(ValueError, match="timestep 5 is not in the schedule of 10 steps"):
-        scheduler.step(torch.zeros(SHAPE), 5, torch.zeros(SHAPE))
+@pytest.mark.parametrize(
+    ("cls", "config", "pattern"),
+    [
+        (DDPM, {"sampler": "ddim"}, "unknown DDPM sampler 'ddim'"),
+        (DDPM, {"direction": [1.0, 0.0]}, "num_channels is 3"),
+        (DDIM, {"basis": "pixel_pca"}, "bad pca basis config"),
+        (DDIM, {"basis": "dct"}, "bad dct basis config .*image_shape"),
+        (DDPM, {"strength": 50.0, "profile": "linear"}, "invalid SDM process"),
+        (DDPM, {"variance_type": "fixed_large_log"}, "fixed_large_log.*NaN"),
+        (DDPM, {"timestep_spacing": "even"}, "timestep_spacing='even' is not supported"),
+        (DDIM, {"steps_offset": -1}, "steps_offset must be an integer >= 0"),
+        (DDIM, {"beta_schedule": "sigmoid"}, "stock DDIMScheduler refuses it"),
+        (DPM, {"beta_schedule": "sigmoid"}, "stock DPMSolverMultistepScheduler refuses"),
+        (DDIM, {"prediction_type": "sample", "target": "unit"}, "contradicts"),
+        (DPM, {"algorithm_type": "deis"}, "maps 'deis'"),
+        (DPM, {"solver_type": "bh2"}, "solver_type='bh2'"),
+        (DPM, {"variance_type": "fixed_large"}, "variance_type='fixed_large'"),
+    ],
+)
+def test_config_errors(cls, config, pattern) -> None:
+    with pytest.raises(ValueError, match=pattern):
+        cls(**config)
+
+
+def test_step_errors() -> None:
+    ddim = DDIM()
+    with pytest.raises(ValueError, match="call set_timesteps"):
+        ddim.step(torch.zeros(SHAPE), 5, torch.zeros(SHAPE))
+    ddim.set_timesteps(10)
+    with pytest.raises(ValueError, match="noise tensor is used only with eta > 0"):
+        ddim.step(torch.zeros(SHAPE), 500, torch.zeros(SHAPE), variance_noise=torch.zeros(SHAPE))
+    dpm = DPM()
+    dpm.set_timesteps(10)
+    with pytest.raises(ValueError, match="variance_noise: DPM-Solver"):
+        dpm.step(torch.zeros(SHAPE), 999, torch.zeros(SHAPE), variance_noise=torch.zeros(SHAPE))
+    with pytest.raises(ValueError, match="dynamic shifting"):
+        dpm.set_timesteps(10, mu=0.5)
+    with pytest.raises(ValueError, match=r"steps_offset=5\)"):
+        DDPM(steps_offset=5).set_timesteps(1000)
 
 
 def test_prior_is_squeezed() -> None:
-    scheduler = SqueezedDDPMScheduler(direction=DIRECTION, strength=-0.8, profile="constant")
+    scheduler = DDPM(direction=DIRECTION, strength=-0.8, profile="constant")
     x = scheduler.draw_prior((64, 3, 16, 16), generator=_gen(0))
     along = (x * scheduler.process.basis.direction.view(1, 3, 1, 1)).sum(1)
     assert float(along.std()) == pytest.approx(torch.tensor(0.8).exp().item(), rel=0.02)

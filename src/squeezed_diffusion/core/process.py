@@ -45,7 +45,13 @@ PREDICTION_TYPES = {
 }
 TARGETS = tuple(PREDICTION_TYPES)
 _LEGACY_TARGETS = {"squeezed": "epsilon", "unit": "unit_epsilon"}  # 0.1.0's names
-BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid")  # DDPMScheduler's
+BETA_SCHEDULES = (
+    "linear",
+    "scaled_linear",
+    "squaredcos_cap_v2",
+    "sigmoid",
+    "laplace",
+)  # DDPMScheduler's
 
 
 def canonical_prediction_type(name: str) -> str:

@@ -397,9 +397,16 @@ def ddpm_paper_step(
 
 
 # -- the ODE solvers --------------------------------------------------------------------------
+def _nonzero(abar: Tensor) -> Tensor:
+    """A zero terminal SNR (abar_T = 0) as diffusers' DPM-Solver treats it: 2^-24, so that
+    the ODE's noise level stays finite; other values are untouched."""
+    return torch.where(abar == 0, torch.full_like(abar, 2.0**-24), abar)
+
+
 def _ode_level(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """``(a, sigma_i)`` of a level as DPMSolverMultistepScheduler derives them (through the
     VE sigma ``sqrt((1 - abar) / abar)``); the data (abar = 1) has sigma 0."""
+    abar = _nonzero(abar)
     sigma = ((1 - abar) / abar) ** 0.5
     alpha = 1 / ((sigma**2 + 1) ** 0.5)
     return alpha, sigma * alpha * c
@@ -465,6 +472,7 @@ def dpmpp_2m_step(
 
 def _heun_levels(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     """``(a, sigma~_i)``: the signal and each direction's noise level of ``x / a``."""
+    abar = _nonzero(abar)
     return abar**0.5, ((1 - abar) / abar) ** 0.5 * c
 
 

@@ -1,26 +1,36 @@
-"""What the squeezed DDPM and DDIM schedulers share: config -> process, timesteps, noising.
+"""What the squeezed schedulers share: config -> process, strict config loading, timesteps,
+the x_0 rule, noising and the prior.
 
-A scheduler is a thin, serialisable face on :class:`SqueezedDiffusion`: its
-config rebuilds the process through the same factory as a run
-(``SqueezedDiffusion.from_fields``), and every formula (noising, prior, the steps)
-is the core's. Any registered basis whose definition fits in a JSON config
-(``Basis.to_config``) can be described here.
+A scheduler is a thin, serialisable face on :class:`SqueezedDiffusion`: its config rebuilds
+the process through the same factory as a run (``SqueezedDiffusion.from_fields``), and every
+formula (noising, prior, the steps) is the core's. Any registered basis whose definition fits
+in a JSON config (``Basis.to_config``) can be described here.
+
+Config loading is strict (:meth:`SqueezedSchedulerMixin.extract_init_dict`): diffusers only
+logs keys a class does not know and drops them, which would silently change what a saved
+scheduler does. Here a key is either honoured or refused with a ``ValueError`` naming it.
 """
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
+import diffusers
+import numpy as np
 import torch
 from diffusers.utils import BaseOutput
 
 from ..core import BASES, Basis, ChannelBasis, SqueezedDiffusion, load_basis
-from ..core.samplers import StepFunction
-from ..core.samplers import timesteps as leading_timesteps
+from ..core.samplers import SPACINGS, StepFunction, X0Rule, spaced_timesteps
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
+
+# Every squeezed scheduler class, in definition order (filled by ``__init_subclass__``): their
+# configs load into one another, like the stock schedulers named in ``_compatibles``.
+SQUEEZED_SCHEDULERS: list[type[SqueezedSchedulerMixin]] = []
 
 
 def basis_fields(basis: Basis) -> dict[str, Any]:
@@ -64,9 +74,24 @@ def build_basis(
     return cls.from_config(basis_config)
 
 
+def config_defaults(cls: type) -> dict[str, Any]:
+    """A scheduler class' config keys and their defaults: its ``__init__`` signature, which
+    is what diffusers' ``register_to_config`` records."""
+    params = inspect.signature(cls.__init__).parameters
+    return {name: p.default for name, p in params.items() if name != "self"}
+
+
+def require(key: str, value: Any, allowed: tuple[Any, ...], why: str = "") -> None:
+    """Refuse a config value the scheduler cannot honour, naming the key and the reason."""
+    if value not in allowed:
+        shown = ", ".join(repr(a) for a in allowed)
+        reason = f": {why}" if why else ""
+        raise ValueError(f"{key}={value!r} is not supported{reason} (supported: {shown})")
+
+
 def _plain(value: Any) -> Any:
-    """Tensors and tuples as lists, so that the config survives a JSON round trip unchanged."""
-    if isinstance(value, Tensor):
+    """Tensors, arrays and tuples as lists, so that the config survives a JSON round trip."""
+    if isinstance(value, Tensor | np.ndarray):
         return value.tolist()
     if isinstance(value, tuple):
         return list(value)
@@ -74,48 +99,122 @@ def _plain(value: Any) -> Any:
 
 
 class SqueezedSchedulerMixin:
-    """Config -> :class:`SqueezedDiffusion`, leading timesteps, noising and the prior.
+    """Config -> :class:`SqueezedDiffusion`, strict loading, timesteps, noising and the prior.
 
-    Config fields shared by both schedulers (defaults are diffusers' DDPM ones,
-    so ``strength=0`` is the stock scheduler):
+    Config fields shared by all squeezed schedulers (defaults are diffusers', so
+    ``strength=0`` is the stock scheduler):
 
-    - ``num_train_timesteps``, ``beta_start``, ``beta_end``, ``beta_schedule``:
-      the beta schedule, as in diffusers;
-    - ``variant`` ('sdm', 'hdm', 'isotropic'), ``strength`` (a number, or one
-      per basis group), ``profile`` ('beta', 'constant', 'linear'), ``target``
-      ('squeezed': the model predicts ``S_t eps``; 'unit': ``eps``): the process;
+    - the stock beta schedule, ``prediction_type``, ``timestep_spacing``, ``steps_offset``,
+      ``rescale_betas_zero_snr``, and the x_0 rule (``clip_sample``, ``clip_sample_range``,
+      ``thresholding``, ``dynamic_thresholding_ratio``, ``sample_max_value``);
+    - ``variant`` ('sdm', 'hdm', 'isotropic'), ``strength`` (a number, or one per basis
+      group) and ``profile`` ('beta', 'constant', 'linear'): the process;
+      ``prediction_type`` adds 'unit_epsilon' (the model predicts ``eps`` before squeezing);
+      0.1.0's ``target`` ('squeezed', 'unit') still loads and wins over
+      ``prediction_type='epsilon'`` (the default); any other ``prediction_type`` that
+      contradicts it raises;
     - ``basis`` (a registered basis name) and ``basis_config`` (its JSON description,
       ``Basis.to_config()``; ``from_basis`` fills both). 0.1.0's shorthands still work:
       ``direction`` (None: the luminance direction of ``num_channels`` channels) for
-      'channel', ``image_shape`` [C, H, W] and ``cutoffs`` for 'dct';
-    - ``clip_sample``: clip the predicted x_0 to [-1, 1] (on, as in diffusers;
-      ``SqueezedDiffusion.sample`` leaves it off for the exact samplers).
+      'channel', ``image_shape`` [C, H, W] and ``cutoffs`` for 'dct'.
 
-    Subclasses also derive from diffusers' ``SchedulerMixin, ConfigMixin`` (in their
-    own module, where diffusers' pipeline loader looks for them), declare the config
-    in a ``@register_to_config`` ``__init__``, call :meth:`_setup`, and wrap
-    :meth:`_step` in diffusers' ``step`` signature.
-    Until :meth:`set_timesteps` is called the schedule is all training timesteps,
-    as in diffusers. Only "leading" spacing and the "fixed_small" posterior
-    variance exist, which are diffusers' defaults.
+    Subclasses also derive from diffusers' ``SchedulerMixin, ConfigMixin`` (in their own
+    module, where diffusers' pipeline loader looks for them), declare the config in a
+    ``@register_to_config`` ``__init__`` that calls :meth:`_setup`, and implement
+    ``set_timesteps``, ``step`` and ``previous_timestep``. Until ``set_timesteps`` is called
+    the schedule is all training timesteps, as in diffusers.
     """
 
     order = 1
     init_noise_sigma = 1.0
-    _SEQUENCE_FIELDS = ("strength", "direction", "image_shape", "cutoffs")
+    # The stock schedulers whose configs load into a squeezed one (diffusers' ``compatibles``).
+    _compatibles: ClassVar[list[str]] = [
+        "DDPMScheduler",
+        "DDIMScheduler",
+        "DPMSolverMultistepScheduler",
+    ]
+    _SEQUENCE_FIELDS = ("strength", "direction", "image_shape", "cutoffs", "trained_betas")
     _LEGACY_BASIS_FIELDS = ("direction", "num_channels", "image_shape", "cutoffs")
+    # Beta schedules the stock counterpart accepts (None: every one the core accepts).
+    _BETA_SCHEDULES: ClassVar[tuple[str, ...] | None] = None
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        SQUEEZED_SCHEDULERS.append(cls)
+
+    # -- config loading ---------------------------------------------------------------
+    @classmethod
+    def _get_compatibles(cls) -> list[type]:
+        """The stock classes of ``_compatibles`` and every squeezed scheduler."""
+        return [getattr(diffusers, name) for name in cls._compatibles] + SQUEEZED_SCHEDULERS
+
+    @classmethod
+    def extract_init_dict(
+        cls, config_dict: dict[str, Any], **kwargs: Any
+    ) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+        """diffusers' config -> ``__init__`` arguments, without silently dropping anything.
+
+        As in diffusers, keys a config left at their default (``_use_default_values``) are
+        skipped and ``kwargs`` override the config. Then: this class' own keys are passed on
+        (``__init__`` refuses the values it cannot honour); a key of another compatible
+        scheduler (another algorithm's setting, such as DDPM's ``variance_type`` in a DDIM
+        config) is dropped at that scheduler's default, where it asks for nothing, and kept
+        aside for a round trip back, as diffusers does; at any other value it raises; a key
+        no compatible scheduler has raises.
+        """
+        defaults = set(config_dict.get("_use_default_values", []))
+        original = {
+            k: v for k, v in config_dict.items() if k not in defaults and k != "_use_default_values"
+        }
+        given = {k: v for k, v in original.items() if not k.startswith("_")} | kwargs
+        own = config_defaults(cls)
+        others = {c.__name__: config_defaults(c) for c in cls._get_compatibles() if c is not cls}
+        for key, value in given.items():
+            if key in own:
+                continue
+            owners = {name: keys[key] for name, keys in others.items() if key in keys}
+            if not owners:
+                raise ValueError(
+                    f"unknown config key {key!r} for {cls.__name__} (a config of a scheduler "
+                    f"that is not one of {', '.join(others)}?); remove it"
+                )
+            if value not in owners.values():
+                raise ValueError(
+                    f"{key}={value!r} is a setting of {' / '.join(owners)} that {cls.__name__} "
+                    f"cannot honour; remove it from the config (at its default, "
+                    f"{next(iter(owners.values()))!r}, it is dropped)"
+                )
+        init = {k: v for k, v in given.items() if k in own}
+        hidden = {k: v for k, v in original.items() if k not in init}
+        return init, {}, hidden
+
+    # -- construction -----------------------------------------------------------------
     def _setup(self) -> None:
+        """Normalise the config, build the basis and the process, reset the schedule."""
         self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
         cfg = self.config
+        if self._BETA_SCHEDULES is not None:
+            require(
+                "beta_schedule",
+                cfg.beta_schedule,
+                self._BETA_SCHEDULES,
+                f"the stock {type(self).__name__.replace('Squeezed', '')} refuses it",
+            )
+        require("timestep_spacing", cfg.timestep_spacing, SPACINGS)
+        if not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0, got {cfg.steps_offset!r}")
         legacy = {k: cfg[k] for k in self._LEGACY_BASIS_FIELDS}
         basis = build_basis(cfg.basis, cfg.basis_config, legacy)
         self.register_to_config(basis=basis.name)  # the canonical name ('pixel_pca' -> 'pca')
-        self._process = SqueezedDiffusion.from_fields(basis, cfg)
+        self._process = self._make_process(basis)
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         self.betas = self._process.betas.float()
         self.alphas_cumprod = self._process.alphas_cumprod.float()
-        self.set_timesteps(cfg.num_train_timesteps)
+        self.num_inference_steps: int | None = None
+        self._use_timesteps(list(range(cfg.num_train_timesteps - 1, -1, -1)))
+
+    def _make_process(self, basis: Basis) -> SqueezedDiffusion:
+        return SqueezedDiffusion.from_fields(basis, self.config)
 
     @classmethod
     def from_basis(cls: type[_S], basis: Basis | str | Path, **config: Any) -> _S:
@@ -136,40 +235,60 @@ class SqueezedSchedulerMixin:
     def __len__(self) -> int:
         return self.config.num_train_timesteps
 
-    def set_timesteps(
-        self, num_inference_steps: int, device: str | torch.device | None = None
+    # -- timesteps --------------------------------------------------------------------
+    def _spaced_timesteps(self, num_inference_steps: int) -> list[int]:
+        """DDPM's and DDIM's schedule: ``timestep_spacing``, with ``steps_offset`` added to
+        "leading" timesteps only (stock ignores it for the other spacings, and so does this)."""
+        cfg = self.config
+        return spaced_timesteps(
+            cfg.num_train_timesteps, num_inference_steps, cfg.timestep_spacing, cfg.steps_offset
+        )
+
+    def _use_timesteps(
+        self, timesteps: list[int], device: str | torch.device | None = None
     ) -> None:
-        """Use ``num_inference_steps`` steps with diffusers' "leading" spacing."""
-        pairs = leading_timesteps(self.config.num_train_timesteps, num_inference_steps)
-        self.num_inference_steps = num_inference_steps
-        self._previous = dict(pairs)
-        self.timesteps = torch.tensor([t for t, _ in pairs], dtype=torch.long, device=device)
+        """Make ``timesteps`` the schedule, after checking each is a training timestep."""
+        big_t = self.config.num_train_timesteps
+        if any(not 0 <= t < big_t for t in timesteps):
+            raise ValueError(
+                f"timesteps {timesteps} leave the training range [0, {big_t - 1}]"
+                + (
+                    f" (steps_offset={self.config.steps_offset})"
+                    if self.config.steps_offset
+                    else ""
+                )
+            )
+        self.timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
         if device is not None:
             self._on(device)
 
     def previous_timestep(self, timestep: int | Tensor) -> int:
-        """The timestep a step from ``timestep`` lands on (negative: the data)."""
-        t = int(timestep)
-        if t not in self._previous:
-            raise ValueError(
-                f"timestep {t} is not in the schedule of {self.num_inference_steps} steps; "
-                "step with the values of scheduler.timesteps after set_timesteps()"
-            )
-        return self._previous[t]
+        """The timestep a step from ``timestep`` lands on (-1: the data)."""
+        raise NotImplementedError
 
-    def scale_model_input(self, sample: Tensor, timestep: int | Tensor | None = None) -> Tensor:
+    def scale_model_input(self, sample: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         """Identity: the model sees x_t unscaled (here for diffusers' interface)."""
         return sample
 
+    # -- noising and the prior ------------------------------------------------------------
     def add_noise(self, original_samples: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
         """``x_t = a_t x_0 + sqrt(1 - abar_t) S_t noise`` (the noisy sample only, like diffusers)."""
         return self._on(original_samples.device).add_noise(original_samples, noise, timesteps)[0]
 
-    def training_target(self, noise: Tensor, timesteps: Tensor) -> Tensor:
-        """What the model learns to predict: ``S_t noise`` (target 'squeezed') or ``noise`` ('unit')."""
+    def training_target(
+        self, noise: Tensor, timesteps: Tensor, clean: Tensor | None = None
+    ) -> Tensor:
+        """What the model learns to predict for ``prediction_type``: exactly the target
+        ``SqueezedDiffusion.add_noise`` returns (``S_t noise`` for 'epsilon', ``noise`` for
+        'unit_epsilon'; 'sample' and 'v_prediction' need the ``clean`` samples)."""
         proc = self._on(noise.device)
+        if clean is not None:
+            return proc.add_noise(clean, noise, timesteps)[1]
         if proc.prediction_type not in ("epsilon", "unit_epsilon"):
-            raise ValueError("training_target needs the clean samples for sample and v_prediction")
+            raise ValueError(
+                f"training_target needs the clean samples for prediction_type="
+                f"{proc.prediction_type!r}: pass clean=..."
+            )
         return proc.squeeze(noise, timesteps) if proc.prediction_type == "epsilon" else noise
 
     def draw_prior(
@@ -183,6 +302,17 @@ class SqueezedSchedulerMixin:
         device = torch.device(device or "cpu")
         return self._on(device).prior(shape, generator=generator, device=device, dtype=dtype)
 
+    # -- stepping ---------------------------------------------------------------------
+    def _x0_rule(self, reuse: bool = False) -> X0Rule:
+        """The config's x_0 rule: dynamic thresholding replaces clipping, as in diffusers."""
+        cfg = self.config
+        return X0Rule(
+            clip_range=cfg.clip_sample_range if cfg.clip_sample else None,
+            threshold=cfg.dynamic_thresholding_ratio if cfg.thresholding else None,
+            max_value=cfg.sample_max_value,
+            reuse=reuse,
+        )
+
     def _step(
         self,
         step_fn: StepFunction,
@@ -190,20 +320,20 @@ class SqueezedSchedulerMixin:
         model_output: Tensor,
         timestep: int | Tensor,
         sample: Tensor,
-        *,
-        generator: torch.Generator | list[torch.Generator] | None,
-        eta: float,
         return_dict: bool,
+        *,
+        reuse: bool = False,
+        **options: Any,
     ) -> BaseOutput | tuple[Tensor, Tensor]:
-        """One core step from ``timestep`` to its predecessor, in diffusers' output format."""
+        """One core step from ``timestep`` to :meth:`previous_timestep`, in diffusers' format."""
+        t = int(timestep)
         out = step_fn(
             self._on(sample.device),
             model_output,
             sample,
-            int(timestep),
-            self.previous_timestep(timestep),
-            generator=generator,
-            eta=eta,
-            clip=self.config.clip_sample,
+            t,
+            self.previous_timestep(t),
+            clip=self._x0_rule(reuse),
+            **options,
         )
         return output_cls(**out._asdict()) if return_dict else tuple(out)

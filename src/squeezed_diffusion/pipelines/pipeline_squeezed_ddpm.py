@@ -19,25 +19,35 @@ from ..core import SAMPLERS, SqueezedDiffusion
 from ._base import basis_fields
 from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
 from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
+from .scheduling_squeezed_dpmsolver_multistep import SqueezedDPMSolverMultistepScheduler
 
 OUTPUT_TYPES = ("pil", "np", "pt", "latent")
-SCHEDULER_KINDS: dict[str, type[SqueezedDDPMScheduler | SqueezedDDIMScheduler]] = {
+SqueezedScheduler = (
+    SqueezedDDPMScheduler | SqueezedDDIMScheduler | SqueezedDPMSolverMultistepScheduler
+)
+# By the names samplers give in ``Sampler.scheduler`` (core/samplers.py).
+SCHEDULER_KINDS: dict[str, type[SqueezedScheduler]] = {
     "ddpm": SqueezedDDPMScheduler,
     "ddim": SqueezedDDIMScheduler,
+    "dpmsolver": SqueezedDPMSolverMultistepScheduler,
 }
 
 
 def scheduler_from_process(
     process: SqueezedDiffusion, kind: str = "ddpm", **overrides: Any
-) -> SqueezedDDPMScheduler | SqueezedDDIMScheduler:
-    """A scheduler whose config rebuilds ``process`` (channel or DCT basis only).
+) -> SqueezedScheduler:
+    """A scheduler of ``kind`` ('ddpm', 'ddim', 'dpmsolver') whose config rebuilds ``process``
+    (a basis that fits in a JSON config).
 
     ``overrides`` are further config fields (``sampler``, ``clip_sample``, ...).
-    The process does not record ``beta_start``/``beta_end``, so the rebuilt beta
-    schedule is checked against the process' and a mismatch asks for them.
+    The process does not record ``beta_start``/``beta_end`` (nor ``trained_betas``,
+    ``rescale_betas_zero_snr``), so the rebuilt betas are checked against the process' and
+    a mismatch asks for them.
     """
     if kind not in SCHEDULER_KINDS:
-        raise ValueError(f"unknown scheduler kind {kind!r}; choose one of: ddpm, ddim")
+        raise ValueError(
+            f"unknown scheduler kind {kind!r}; choose one of: {', '.join(SCHEDULER_KINDS)}"
+        )
     strength = process.strength.tolist()
     config = {
         **basis_fields(process.basis),
@@ -46,15 +56,16 @@ def scheduler_from_process(
         "variant": process.variant,
         "strength": strength[0] if len(set(strength)) == 1 else strength,
         "profile": process.profile,
-        "target": process.prediction_type,
+        "prediction_type": process.prediction_type,
         **overrides,
     }
     scheduler = SCHEDULER_KINDS[kind](**config)
-    if not torch.equal(scheduler.process.alphas_cumprod, process.alphas_cumprod):
+    if not torch.equal(scheduler.process.betas, process.betas):
         raise ValueError(
             "the process' beta schedule differs from the scheduler's "
             f"(beta_start={scheduler.config.beta_start}, beta_end={scheduler.config.beta_end}); "
-            "pass the process' beta_start=..., beta_end=... as overrides"
+            "pass the process' beta_start=..., beta_end=... (or trained_betas=..., "
+            "rescale_betas_zero_snr=...) as overrides"
         )
     return scheduler
 
@@ -62,14 +73,13 @@ def scheduler_from_process(
 class SqueezedDDPMPipeline(DiffusionPipeline):
     """Unconditional image generation: squeezed prior, then ``unet`` -> ``scheduler.step``.
 
-    ``scheduler`` is a :class:`SqueezedDDPMScheduler` or a :class:`SqueezedDDIMScheduler`.
+    ``scheduler`` is a :class:`SqueezedDDPMScheduler`, :class:`SqueezedDDIMScheduler` or
+    :class:`SqueezedDPMSolverMultistepScheduler`.
     """
 
     model_cpu_offload_seq = "unet"
 
-    def __init__(
-        self, unet: UNet2DModel, scheduler: SqueezedDDPMScheduler | SqueezedDDIMScheduler
-    ) -> None:
+    def __init__(self, unet: UNet2DModel, scheduler: SqueezedScheduler) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
 
@@ -83,13 +93,21 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
     ) -> SqueezedDDPMPipeline:
         """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
 
-        ``sampler`` is 'ddpm', 'ddpm-paper' or 'ddim'. With the same ``clip_sample``
-        (on by default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
+        ``sampler`` is a registered sampler; its ``scheduler`` names the class ('ddpm',
+        'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m':
+        :class:`SqueezedDPMSolverMultistepScheduler`). With the same ``clip_sample`` (on by
+        default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..run import Run
 
         kind = SAMPLERS.get(sampler).scheduler  # an unknown name fails before loading anything
+        if not kind:
+            raise ValueError(
+                f"sampler {sampler!r} has no diffusers scheduler; sample the run with "
+                f"SqueezedDiffusion.sample(..., sampler={sampler!r}) (Run(run_dir).load() "
+                "gives the UNet and the process)"
+            )
         unet, process = Run(run_dir).load(ema=ema)
         extra = {"sampler": sampler} if kind == "ddpm" else {}
         scheduler = scheduler_from_process(process, kind, clip_sample=clip_sample, **extra)

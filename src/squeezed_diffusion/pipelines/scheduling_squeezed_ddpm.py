@@ -2,15 +2,28 @@
 
 from __future__ import annotations
 
+from itertools import pairwise
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddpm import DDPMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core import SAMPLERS
-from ._base import SqueezedSchedulerMixin
+from ..core.samplers import VARIANCES
+from ._base import SqueezedSchedulerMixin, require
 
 Tensor = torch.Tensor
+
+# Why the stock variance types outside the core's VARIANCES are refused.
+_REFUSED_VARIANCES = {
+    "fixed_large_log": "stock DDPMScheduler takes the square root of log(beta_t) < 0 there, so "
+    "every sample it draws is NaN (diffusers 0.42.1); nothing to reproduce",
+    "learned": "the model would predict one variance per pixel, but the squeezed posterior "
+    "has one per basis direction, and the core has no per-direction learned variance",
+    "learned_range": "the model would interpolate between the isotropic bounds per pixel, but "
+    "the squeezed bounds differ per basis direction, and the core has no such step",
+}
 
 
 def ddpm_samplers() -> list[str]:
@@ -24,8 +37,10 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     ``sampler`` picks the step: 'ddpm' samples the exact per-direction posterior;
     'ddpm-paper' is the paper's heuristic (unsqueeze with ``S_t``, ordinary DDPM
     step, squeeze back with the same ``S_t``), exact only for a constant profile.
-    The other fields are described on :class:`SqueezedSchedulerMixin`; at
-    ``strength=0`` both samplers equal diffusers' ``DDPMScheduler``.
+    Every key of the stock ``DDPMScheduler`` is honoured (``variance_type`` per direction:
+    'fixed_small' and 'fixed_small_log' the posterior variance, 'fixed_large' the
+    transition variance ``q_t,i``) or refused; the shared fields are described on
+    :class:`SqueezedSchedulerMixin`. At ``strength=0`` both samplers are ``DDPMScheduler``.
     """
 
     @register_to_config
@@ -35,17 +50,27 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         beta_start: float = 1e-4,
         beta_end: float = 0.02,
         beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        variance_type: str | None = "fixed_small",
+        clip_sample: bool = True,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        clip_sample_range: float = 1.0,
+        sample_max_value: float = 1.0,
+        timestep_spacing: str = "leading",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
         variant: str = "sdm",
         strength: float | list[float] = 0.0,
         profile: str = "beta",
-        target: str = "epsilon",
+        target: str | None = None,
         basis: str = "channel",
         basis_config: dict | None = None,
         direction: list[float] | None = None,
         num_channels: int = 3,
         image_shape: list[int] | None = None,
         cutoffs: list[float] | None = None,
-        clip_sample: bool = True,
         sampler: str = "ddpm",
     ) -> None:
         if sampler not in ddpm_samplers():
@@ -53,7 +78,50 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
                 f"unknown DDPM sampler {sampler!r}; choose one of: {', '.join(ddpm_samplers())} "
                 "(for DDIM use SqueezedDDIMScheduler)"
             )
+        # None is what a DPMSolverMultistepScheduler config holds; stock DDPM reads it as
+        # fixed_small, and so does this.
+        require(
+            "variance_type",
+            variance_type,
+            (None, *VARIANCES),
+            _REFUSED_VARIANCES.get(variance_type, ""),
+        )
         self._setup()
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """``num_inference_steps`` with ``timestep_spacing``, or custom descending
+        ``timesteps``; each step lands on the next timestep listed (the last on the data)."""
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        if timesteps is None:
+            steps = self._spaced_timesteps(num_inference_steps)
+        else:
+            steps = [int(t) for t in timesteps]
+            if any(a <= b for a, b in pairwise(steps)):
+                raise ValueError(f"custom timesteps must be strictly descending, got {steps}")
+        self._use_timesteps(steps, device)
+        self.num_inference_steps = len(steps)
+
+    def _use_timesteps(
+        self, timesteps: list[int], device: str | torch.device | None = None
+    ) -> None:
+        super()._use_timesteps(timesteps, device)
+        self._previous = dict(zip(timesteps, [*timesteps[1:], -1], strict=True))
+
+    def previous_timestep(self, timestep: int | Tensor) -> int:
+        """The next timestep of the schedule (-1 after the last), as stock DDPM."""
+        t = int(timestep)
+        if t not in self._previous:
+            raise ValueError(
+                f"timestep {t} is not in the schedule of {self.num_inference_steps} steps; "
+                "step with the values of scheduler.timesteps after set_timesteps()"
+            )
+        return self._previous[t]
 
     def step(
         self,
@@ -70,7 +138,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
             model_output,
             timestep,
             sample,
+            return_dict,
             generator=generator,
-            eta=0.0,
-            return_dict=return_dict,
+            variance=self.config.variance_type or "fixed_small",
         )

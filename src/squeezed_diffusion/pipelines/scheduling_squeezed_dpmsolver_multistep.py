@@ -1,0 +1,259 @@
+"""``SqueezedDPMSolverMultistepScheduler``: diffusers' DPM-Solver++ multistep scheduler for the
+squeezed process (the core's ``dpmpp-2m`` sampler)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from diffusers.configuration_utils import ConfigMixin, register_to_config
+from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
+
+from ..core import Basis, SqueezedDiffusion
+from ..core.samplers import dpmpp_2m_step
+from ._base import SqueezedSchedulerMixin, require
+
+Tensor = torch.Tensor
+
+# What the core's DPM-Solver++(2M) is not, and why each stock option outside it is refused.
+_NOT_IN_CORE = "the core has DPM-Solver++ (data prediction, deterministic) of order 1 and 2 only"
+_OFF_GRID = (
+    "it puts the steps at noise levels between training timesteps, where the squeezed "
+    "process (tabulated per training timestep) has no per-direction scales"
+)
+_REFUSED_FLAGS = {
+    "use_karras_sigmas": _OFF_GRID,
+    "use_exponential_sigmas": _OFF_GRID,
+    "use_beta_sigmas": _OFF_GRID,
+    "use_lu_lambdas": _OFF_GRID,
+    "use_flow_sigmas": "flow matching is another process",
+    "use_dynamic_shifting": "dynamic shifting belongs to flow sigmas, another process",
+}
+
+
+def solver_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str, offset: int, last: int
+) -> list[int]:
+    """DPMSolverMultistepScheduler's own timesteps: ``num_steps + 1`` points up to ``last``
+    (the training timesteps left by ``lambda_min_clipped``) without the last one, or, for
+    "trailing", a ``T / num_steps`` stride down from ``last``. The core's ``ode_timesteps``
+    is the "linspace" case with nothing clipped."""
+    if not isinstance(num_steps, int) or num_steps < 1:
+        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_steps!r}")
+    if spacing == "linspace":
+        ts = np.linspace(0, last - 1, num_steps + 1).round()[::-1][:-1]
+    elif spacing == "leading":
+        ts = (np.arange(0, num_steps + 1) * (last // (num_steps + 1)))[::-1][:-1] + offset
+    else:
+        ts = np.arange(last, 0, -num_train_timesteps / num_steps).round() - 1
+    return ts.astype(np.int64).tolist()
+
+
+class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin):
+    """DPM-Solver++ (multistep, order 1 or 2) per basis direction, behind diffusers'
+    ``DPMSolverMultistepScheduler`` interface.
+
+    Each direction moves along its own half-log-SNR ``lambda_i = log(a_t / sigma_t,i)`` (the
+    core's ``dpmpp_2m_step``). Honoured stock keys: the beta schedule, ``solver_order``
+    (1, 2), ``solver_type``, ``lower_order_final``, ``euler_at_final``,
+    ``final_sigmas_type`` ('zero': the last step lands on the data; 'sigma_min': on timestep
+    0's per-direction noise level), ``lambda_min_clipped`` (drops the timesteps where any
+    direction's lambda is below it), ``timestep_spacing``, ``steps_offset``, the prediction
+    types, thresholding and ``rescale_betas_zero_snr``. ``clip_sample`` and
+    ``clip_sample_range`` (off by default: stock DPM-Solver has no clipping) are the core's
+    x_0 clipping, so that a clipping DDPM config keeps clipping here. Everything else of the
+    stock class is refused. At ``strength=0`` this is stock ``DPMSolverMultistepScheduler``.
+    """
+
+    _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+    @register_to_config
+    def __init__(
+        self,
+        num_train_timesteps: int = 1000,
+        beta_start: float = 1e-4,
+        beta_end: float = 0.02,
+        beta_schedule: str = "linear",
+        trained_betas: list[float] | None = None,
+        solver_order: int = 2,
+        prediction_type: str = "epsilon",
+        thresholding: bool = False,
+        dynamic_thresholding_ratio: float = 0.995,
+        sample_max_value: float = 1.0,
+        algorithm_type: str = "dpmsolver++",
+        solver_type: str = "midpoint",
+        lower_order_final: bool = True,
+        euler_at_final: bool = False,
+        use_karras_sigmas: bool = False,
+        use_exponential_sigmas: bool = False,
+        use_beta_sigmas: bool = False,
+        use_lu_lambdas: bool = False,
+        use_flow_sigmas: bool = False,
+        flow_shift: float = 1.0,
+        final_sigmas_type: str = "zero",
+        lambda_min_clipped: float = -math.inf,
+        variance_type: str | None = None,
+        timestep_spacing: str = "linspace",
+        steps_offset: int = 0,
+        rescale_betas_zero_snr: bool = False,
+        use_dynamic_shifting: bool = False,
+        time_shift_type: str = "exponential",
+        clip_sample: bool = False,
+        clip_sample_range: float = 1.0,
+        variant: str = "sdm",
+        strength: float | list[float] = 0.0,
+        profile: str = "beta",
+        target: str | None = None,
+        basis: str = "channel",
+        basis_config: dict | None = None,
+        direction: list[float] | None = None,
+        num_channels: int = 3,
+        image_shape: list[int] | None = None,
+        cutoffs: list[float] | None = None,
+    ) -> None:
+        require(
+            "algorithm_type",
+            algorithm_type,
+            ("dpmsolver++",),
+            f"{_NOT_IN_CORE} (stock also maps 'deis' to 'dpmsolver++' silently)",
+        )
+        require("solver_order", solver_order, (1, 2), _NOT_IN_CORE)
+        require(
+            "solver_type",
+            solver_type,
+            ("midpoint", "heun"),
+            "stock maps 'logrho', 'bh1' and 'bh2' to 'midpoint' silently",
+        )
+        require("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
+        # DDPM's default stands for "no learned variance", which is what this assumes.
+        require(
+            "variance_type",
+            variance_type,
+            (None, "fixed_small"),
+            "a learned variance needs a model that predicts it, and DDPM's other variance "
+            "types are ancestral noise, which DPM-Solver++ does not add",
+        )
+        for flag, why in _REFUSED_FLAGS.items():
+            require(flag, self.config[flag], (False,), why)
+        require("flow_shift", flow_shift, (1.0,), "it shifts flow sigmas, which are refused")
+        require("time_shift_type", time_shift_type, ("exponential",))
+        self._setup()
+        self._restart()
+
+    def _make_process(self, basis: Basis) -> SqueezedDiffusion:
+        """The process, with stock DPM-Solver's terminal fix: a zero-terminal-SNR schedule's
+        ``abar_T = 0`` becomes 2**-24, so that lambda stays finite (sampling and noising)."""
+        proc = super()._make_process(basis)
+        if self.config.rescale_betas_zero_snr:
+            proc.alphas_cumprod[-1] = 2.0**-24
+        return proc
+
+    # -- timesteps --------------------------------------------------------------------
+    def _last_timestep(self) -> int:
+        """Training timesteps kept by ``lambda_min_clipped``: those where every direction's
+        half-log-SNR is at least the threshold (the isotropic one at strength 0, as stock)."""
+        lam = (0.5 * self._process.log_snr_table()).amin(dim=1)
+        return self.config.num_train_timesteps - int((lam < self.config.lambda_min_clipped).sum())
+
+    def set_timesteps(
+        self,
+        num_inference_steps: int | None = None,
+        device: str | torch.device | None = None,
+        mu: float | None = None,
+        timesteps: list[int] | None = None,
+    ) -> None:
+        """``num_inference_steps`` with ``timestep_spacing``, or custom ``timesteps``; resets
+        the solver's history."""
+        if mu is not None:
+            raise ValueError(f"mu={mu} is dynamic shifting, which this scheduler refuses")
+        if (num_inference_steps is None) == (timesteps is None):
+            raise ValueError("pass exactly one of num_inference_steps and timesteps")
+        if timesteps is None:
+            cfg = self.config
+            timesteps = solver_timesteps(
+                cfg.num_train_timesteps,
+                num_inference_steps,
+                cfg.timestep_spacing,
+                cfg.steps_offset,
+                self._last_timestep(),
+            )
+        self._use_timesteps([int(t) for t in timesteps], device)
+        self.num_inference_steps = len(self.timesteps)
+        self._restart()
+
+    def _restart(self) -> None:
+        """Forget the solver's history and position, as stock does on set_timesteps."""
+        self._state: dict = {"solver_type": self.config.solver_type}
+        self._step_index: int | None = None
+        self._begin_index: int | None = None
+
+    @property
+    def step_index(self) -> int | None:
+        """Index of the next step in ``timesteps`` (None before the first step)."""
+        return self._step_index
+
+    @property
+    def begin_index(self) -> int | None:
+        """Where the first step starts (set by a pipeline with :meth:`set_begin_index`)."""
+        return self._begin_index
+
+    def set_begin_index(self, begin_index: int | None = 0) -> None:
+        self._begin_index = begin_index
+
+    def index_for_timestep(self, timestep: int | Tensor) -> int:
+        """Stock's rule: the second match if ``timestep`` appears twice, the last step if
+        it is not scheduled."""
+        found = (self.timesteps == torch.as_tensor(timestep).to(self.timesteps.device)).nonzero()
+        if len(found) == 0:
+            return len(self.timesteps) - 1
+        return int(found[1 if len(found) > 1 else 0])
+
+    def previous_timestep(self, timestep: int | Tensor) -> int:
+        """Where the step at ``timestep`` lands (see :meth:`_landing`)."""
+        return self._landing(self.index_for_timestep(timestep))
+
+    def _landing(self, index: int) -> int:
+        """The next scheduled timestep; after the last, the data
+        (``final_sigmas_type='zero'``) or timestep 0's noise level ('sigma_min')."""
+        if index + 1 < len(self.timesteps):
+            return int(self.timesteps[index + 1])
+        return -1 if self.config.final_sigmas_type == "zero" else 0
+
+    # -- stepping ---------------------------------------------------------------------
+    def step(
+        self,
+        model_output: Tensor,
+        timestep: int | Tensor,
+        sample: Tensor,
+        generator: torch.Generator | None = None,
+        variance_noise: Tensor | None = None,
+        return_dict: bool = True,
+    ) -> SchedulerOutput | tuple[Tensor]:
+        """One multistep update, as stock: the first call finds ``timestep`` in the schedule
+        (or starts at ``begin_index``), later calls follow the schedule. ``generator`` is
+        accepted and unused: DPM-Solver++ draws no noise; ``variance_noise`` is refused."""
+        if self.num_inference_steps is None:
+            raise ValueError("call set_timesteps() before step(), as with stock DPM-Solver")
+        if variance_noise is not None:
+            raise ValueError("variance_noise: DPM-Solver++ is deterministic and adds no noise")
+        if self._step_index is None:
+            self._step_index = (
+                self.index_for_timestep(timestep)
+                if self._begin_index is None
+                else self._begin_index
+            )
+        cfg, index, n = self.config, self._step_index, len(self.timesteps)
+        final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
+        self._state["first_order"] = cfg.solver_order == 1 or final
+        out = dpmpp_2m_step(
+            self._on(sample.device),
+            model_output,
+            sample,
+            int(self.timesteps[index]),
+            self._landing(index),
+            clip=self._x0_rule(),
+            state=self._state,
+        )
+        self._step_index += 1
+        return SchedulerOutput(prev_sample=out.prev_sample) if return_dict else (out.prev_sample,)
