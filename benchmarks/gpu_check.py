@@ -66,7 +66,9 @@ def bench_train(
     preset: str, batch: int, compiled: bool, repeats: int, root: Path
 ) -> dict[str, Any]:
     """One preset's step, eager or compiled; SDM vs isotropic interleaved on the same trainer."""
-    trainer = make_trainer(preset, batch, root / f"{preset}-{compiled}", compiled)
+    folder = root / f"{preset}-{'compiled' if compiled else 'eager'}"
+    folder.mkdir(parents=True, exist_ok=True)
+    trainer = make_trainer(preset, batch, folder, compiled)
     start = time.perf_counter()
     for _ in range(3):  # compilation (forward and backward) happens in the first steps
         trainer.train_step()
