@@ -268,3 +268,55 @@ def test_an_extended_run_follows_the_new_schedule_from_the_resumed_step(
     want = sched.base_lrs[0] * sched.lr_lambdas[0](4)
     assert trainer.state.optimizer.param_groups[0]["lr"] == pytest.approx(want)
     assert want > 0.5 * sched.base_lrs[0]  # the old 4-step cosine had decayed to 0 here
+
+
+def test_tensorboard_holds_loss_lr_images_and_evaluations(array_data, tmp_path) -> None:
+    """Issue 16: a 3-step run with --log-with tensorboard and --eval-every writes event files
+    that read back with the loss, the learning rate, sample images and the evaluation."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = tmp_path / "run"
+    extra = ["--steps", "3", "--log-with", "tensorboard", "--eval-every", "3", "--eval-num", "8",
+             "--eval-steps", "2", "--eval-metrics", "fd_pixels8", "--sample-every", "2"]  # fmt: skip
+    assert main(train_args(array_data, run, *extra)) == 0
+    events = list((run / "trackers").rglob("events.out.tfevents.*"))
+    assert events
+    acc = EventAccumulator(str(events[0].parent), size_guidance={"images": 0, "scalars": 0})
+    acc.Reload()
+    tags = acc.Tags()
+    assert {"loss", "lr", "images_per_s", "eval/fd_pixels8"} <= set(tags["scalars"]), tags
+    assert [e.step for e in acc.Scalars("loss")] == [1, 2, 3]
+    assert {"samples", "samples/final"} <= set(tags["images"]), tags
+    evals = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines() if "eval" in ln]
+    assert len(evals) == 1 and evals[0]["step"] == 3 and evals[0]["eval"]["fd_pixels8"] > 0
+
+
+def test_wandb_logs_offline(array_data, tmp_path, monkeypatch) -> None:
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "2", "--log-with", "wandb")) == 0
+    assert list((run / "trackers").rglob("offline-run-*/run-*.wandb"))
+
+
+def test_evaluation_during_training_keeps_resume_exact(array_data, tmp_path) -> None:
+    """Evaluating every 2 steps (it samples, and torch-fidelity seeds RNGs) changes nothing
+    the run trains: 2 + resume + 2 equals 4 in one go, and both logs hold the evaluations."""
+    extra = ["--eval-every", "2", "--eval-num", "6", "--eval-steps", "2", "--eval-metrics",
+             "fd_pixels8", "--lr-schedule", "constant"]  # fmt: skip
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(train_args(array_data, straight, "--steps", "4", *extra)) == 0
+    assert main(train_args(array_data, split, "--steps", "2", *extra)) == 0
+    assert (
+        main(["train", "--out", str(split), "--resume", "latest", "--steps", "4", "--quiet"]) == 0
+    )
+    one, two = (load_checkpoint(list_checkpoints(r)[-1]) for r in (straight, split))
+    for name, tensor in one["model"].items():
+        assert torch.allclose(tensor, two["model"][name], atol=1e-6), name
+    logs = [
+        [json.loads(ln) for ln in (r / "log.jsonl").read_text().splitlines()]
+        for r in (straight, split)
+    ]
+    assert [r["step"] for r in logs[0] if "eval" in r] == [2, 4]
+    assert [r.get("eval") for r in logs[0]] == [r.get("eval") for r in logs[1]]

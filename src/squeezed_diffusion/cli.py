@@ -80,6 +80,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     flags = (
         *_TRAIN_FLAGS,
         "adam_betas",
+        "eval_metrics",
         "hflip",
         "download",
         "skip_bad_images",
@@ -134,8 +135,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     _check_writable(Path(args.out))
-    report = run_demo(args.out, num_samples=args.num_samples, progress=not args.quiet)
-    print(f"report: {report}")
+    report = run_demo(args.out, full=args.full, progress=not args.quiet)
+    print(f"report: {report.resolve()}")
     return 0
 
 
@@ -290,6 +291,15 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "sample_num": (int, "images in each sample grid"),
         "sample_steps": (int, "sampling steps for the grids"),
         "sample_sampler": (str, "sampler for the grids: " + _choices(SAMPLERS)),
+        "log_with": (
+            str,
+            "trackers through accelerate: tensorboard, wandb or all (WANDB_MODE=offline works)",
+        ),
+        "eval_every": (int, "steps between evaluations of the EMA weights, logged (0: none)"),
+        "eval_num": (int, "samples per evaluation (default 500)"),
+        "eval_steps": (int, "sampling steps per evaluation (default 50)"),
+        "eval_sampler": (str, "sampler of the evaluations (default ddpm)"),
+        "eval_num_reference": (int, "training images the evaluations compare with (default 5000)"),
     }
 
 
@@ -327,6 +337,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     for name, (kind, text) in _train_flags().items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)
+    tr.add_argument(
+        "--eval-metrics", type=lambda text: [m.strip() for m in text.split(",") if m.strip()],
+        help="comma list of metrics for --eval-every (default fd_effnet; any of sqdm evaluate's)",
+    )  # fmt: skip
     tr.add_argument(
         "--adam-betas", dest="adam_betas", type=float, nargs=2, help="AdamW betas, each in [0, 1)"
     )
@@ -414,10 +428,15 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     dm = sub.add_parser(
-        "demo", help="offline demo: isotropic vs SDM vs HDM on built-in photos, with a report"
+        "demo",
+        help="offline demo in 3 minutes: what squeezing does, why exact samplers matter, a short training run",
     )
     dm.add_argument("--out", default="runs/demo")
-    dm.add_argument("--num-samples", type=int, default=500)
+    dm.add_argument(
+        "--full",
+        action="store_true",
+        help="longer training, more strengths (about 15 min on 2 cores)",
+    )
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)
 

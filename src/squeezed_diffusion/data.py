@@ -35,6 +35,7 @@ DATASETS: tuple[str, ...] = (
     "imagefolder",
     "fashion-mnist",
     "photos",
+    "shapes",
     "array",
 )
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
@@ -496,6 +497,40 @@ def _load_photos(req: _Request) -> np.ndarray:
     return out
 
 
+SHAPES = ("disc", "square", "triangle", "ring")
+
+
+def _load_shapes(req: _Request) -> np.ndarray:
+    """Offline synthetic images that a small model learns in a minute: one coloured disc,
+    square, triangle or ring (random colour, size and place) on a plain background of another
+    colour. Drawn at 4x resolution and average-pooled, so edges are antialiased. Colours are
+    drawn as a shared brightness plus a smaller tint per channel, so, as in photographs, the
+    channels are correlated and the top colour direction is close to luminance."""
+    size, count = req.resolution or 16, req.subset or PHOTOS_DEFAULT_N
+    rng = np.random.default_rng(req.seed)
+    fine = 4 * size
+    yy, xx = (np.mgrid[0:fine, 0:fine] + 0.5) / fine
+    out = np.empty((count, size, size, 3), np.uint8)
+    for i in range(count):
+        kind = SHAPES[rng.integers(len(SHAPES))]
+        cx, cy = rng.uniform(0.45, 0.55, 2)
+        r = rng.uniform(0.26, 0.34)
+        dx, dy = xx - cx, yy - cy
+        mask = {
+            "disc": dx**2 + dy**2 < r**2,
+            "square": (abs(dx) < 0.85 * r) & (abs(dy) < 0.85 * r),
+            "triangle": (dy < 0.8 * r) & (dy > -r + 2 * abs(dx)),
+            "ring": (dx**2 + dy**2 < r**2) & (dx**2 + dy**2 > (0.55 * r) ** 2),
+        }[kind]
+        colours = rng.uniform(0.15, 0.85, (2, 1)) + rng.uniform(-0.15, 0.15, (2, 3))
+        if abs(colours[0].mean() - colours[1].mean()) < 0.25:  # keep the shape visible
+            colours[1] = 1.0 - colours[1]
+        image = np.where(mask[..., None], colours[1], colours[0])
+        pooled = image.reshape(size, 4, size, 4, 3).mean((1, 3))
+        out[i] = np.clip(np.rint(pooled * 255), 0, 255).astype(np.uint8)
+    return out
+
+
 def _load_array(req: _Request) -> np.ndarray:
     """A .npy or .npz file; see ``_images_from_array`` for the accepted layouts and ranges."""
     path = _existing(req)
@@ -549,5 +584,6 @@ _LOADERS: dict[str, Callable[[_Request], np.ndarray]] = {
     "imagefolder": _load_imagefolder,
     "fashion-mnist": _load_fashion_mnist,
     "photos": _load_photos,
+    "shapes": _load_shapes,
     "array": _load_array,
 }

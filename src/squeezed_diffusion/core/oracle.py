@@ -39,26 +39,34 @@ class GaussianOracle:
         self.proc, self.mean, self.cov = proc, mean.double(), cov.double()
         v = proc.basis.direction.double().cpu()
         self._p = torch.outer(v, v)
+        self._gains: dict[int, tuple[Tensor, Tensor]] = {}  # per t, reused across samplers
 
     def squeeze(self, t: int) -> Tensor:
         """``S_t`` as a C x C matrix."""
         group, rest = float(self.proc.c[t, 0]), float(self.proc.c_rest[t])
         return rest * torch.eye(len(self._p), dtype=torch.float64) + (group - rest) * self._p
 
+    def _gain(self, t: int) -> tuple[Tensor, Tensor]:
+        """(gain of the squeezed noise, S_t^-1) at t."""
+        if t not in self._gains:
+            abar = float(self.proc.alphas_cumprod[t])
+            a, sig = abar**0.5, (1 - abar) ** 0.5
+            s = self.squeeze(t)
+            gain = sig * s @ s @ torch.linalg.inv(a**2 * self.cov + sig**2 * s @ s)
+            self._gains[t] = gain, torch.linalg.inv(s)
+        return self._gains[t]
+
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
         ti = int(t.reshape(-1)[0])
         abar = float(self.proc.alphas_cumprod[ti])
         a, sig = abar**0.5, (1 - abar) ** 0.5
-        s2 = self.squeeze(ti) @ self.squeeze(ti)
-        gain = sig * s2 @ torch.linalg.inv(a**2 * self.cov + sig**2 * s2)
+        gain, s_inv = self._gain(ti)
         centred = x.double() - a * self.mean.view(1, -1, 1, 1).to(x.device)
         noise = torch.einsum("ij,bjhw->bihw", gain.to(x.device), centred)  # E[S eps | x_t]
         x0 = (x.double() - sig * noise) / a
         out = {
             "epsilon": lambda: noise,
-            "unit_epsilon": lambda: torch.einsum(
-                "ij,bjhw->bihw", torch.linalg.inv(self.squeeze(ti)).to(x.device), noise
-            ),
+            "unit_epsilon": lambda: torch.einsum("ij,bjhw->bihw", s_inv.to(x.device), noise),
             "sample": lambda: x0,
             "v_prediction": lambda: a * noise - sig * x0,
         }[self.proc.prediction_type]()
@@ -74,14 +82,16 @@ def oracle_errors(
     cov: Tensor = CIFAR_LIKE_COV,
     pixels: int = 16384,
     seed: int = 1,
+    oracle: GaussianOracle | None = None,
     **options,
 ) -> tuple[float, float]:
     """(relative Frobenius error of the sampled covariance, largest error of the mean) over
-    ``pixels`` sampled pixel vectors; x_0 is not clipped (Gaussian data are unbounded)."""
+    ``pixels`` sampled pixel vectors; x_0 is not clipped (Gaussian data are unbounded).
+    Pass the same ``oracle`` to grade several samplers of one process (it caches per t)."""
     side = 32
     shape = (max(1, pixels // side**2), len(mean), side, side)
     x = proc.sample(
-        GaussianOracle(proc, mean, cov), shape, steps, sampler, clip=False, progress=False,
+        oracle or GaussianOracle(proc, mean, cov), shape, steps, sampler, clip=False, progress=False,
         generator=torch.Generator().manual_seed(seed), **options,
     )  # fmt: skip
     vecs = x.permute(0, 2, 3, 1).reshape(-1, len(mean)).double()

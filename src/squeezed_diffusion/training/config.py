@@ -23,6 +23,7 @@ from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
 PRECISIONS = ("no", "fp16", "bf16")
+TRACKERS = (None, "tensorboard", "wandb", "all")
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
@@ -52,6 +53,9 @@ _RANGES = {
     "sample_every": (lambda v: v >= 0, "an integer >= 0 (0: only at the end)"),
     "sample_num": (lambda v: v >= 1, "an integer >= 1"),
     "sample_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: no evaluation during training)"),
+    "eval_num": (lambda v: v >= 2, "an integer >= 2"),
+    "eval_steps": (lambda v: v >= 1, "an integer >= 1"),
 }
 # Fields a resumed run may change: bookkeeping that does not alter what it trains.
 RESUMABLE = {
@@ -122,6 +126,14 @@ class TrainConfig:
     sample_num: int = 16
     sample_steps: int = 50
     sample_sampler: str = "ddpm"
+    # trackers and evaluation during training (training/monitor.py)
+    log_with: str | None = None  # tensorboard, wandb or all, through accelerate's trackers
+    eval_every: int = 0  # steps between evaluations of the EMA weights (0: none)
+    eval_metrics: list[str] = field(default_factory=lambda: ["fd_effnet"])
+    eval_num: int = 500
+    eval_steps: int = 50
+    eval_sampler: str = "ddpm"
+    eval_num_reference: int | None = 5000
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the bad value and what is allowed."""
@@ -143,6 +155,18 @@ class TrainConfig:
         self.basis = BASES.canonical(self.basis)
         self.basis_options = basis_options(self.basis, self.basis_options)
         SAMPLERS.canonical(self.sample_sampler)
+        SAMPLERS.canonical(self.eval_sampler)
+        if self.log_with not in TRACKERS:
+            raise ValueError(
+                f"unknown log_with {self.log_with!r}; choose one of: tensorboard, wandb, all"
+            )
+        from ..evaluation.metrics.table import check_metrics
+
+        check_metrics(self.eval_metrics)
+        if self.eval_num_reference is not None and self.eval_num_reference < 2:
+            raise ValueError(
+                f"eval_num_reference must be >= 2 or empty (all), got {self.eval_num_reference}"
+            )
         for name, (ok, allowed) in _RANGES.items():
             value = getattr(self, name)
             values = value if isinstance(value, list) else [value]

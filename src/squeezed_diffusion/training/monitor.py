@@ -1,20 +1,25 @@
-"""What a run shows while it trains: log records and EMA sample grids.
+"""What a run shows while it trains: log records, EMA sample grids, evaluations, trackers.
 
 Everything here leaves the training state as it found it (weights, mode, RNG), so watching
-a run never changes what it trains, and resume stays exact.
+a run never changes what it trains, and resume stays exact. Trackers are accelerate's
+(TensorBoard, Weights & Biases; ``--log-with``); ``log.jsonl`` is written whatever the tracker.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import torch
+from accelerate import Accelerator
 from torchvision.utils import save_image
 
 from ..core import SqueezedDiffusion
+from ..data import ImageDataset
+from .config import TrainConfig
 from .state import TrainState
 
 Tensor = torch.Tensor
@@ -77,3 +82,75 @@ def window_record(step: int, loss: float, state: TrainState, images_per_s: float
         "images_per_s": images_per_s,
         "skipped_batches": state.skipped_batches,
     }
+
+
+# -- trackers ---------------------------------------------------------------------------------
+def tracker_names(log_with: str | None) -> list[str]:
+    return {None: [], "all": ["tensorboard", "wandb"]}.get(log_with, [log_with])
+
+
+def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
+    """Open the run's trackers (files under ``OUT/trackers``; wandb honours ``WANDB_MODE``,
+    e.g. ``offline``) with the config as hyperparameters."""
+    if not cfg.log_with:
+        return
+    hparams = {
+        k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()
+    }
+    wandb_dir = {"wandb": {"dir": str(Path(cfg.out) / "trackers"), "name": Path(cfg.out).name}}
+    accelerator.init_trackers(Path(cfg.out).name, config=hparams, init_kwargs=wandb_dir)
+
+
+def track(accelerator: Accelerator, record: dict[str, Any]) -> None:
+    """The record's numbers (nested ``eval`` metrics flattened as ``eval/NAME``) to the trackers."""
+    if not accelerator.trackers:
+        return
+    flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
+    flat.update({f"eval/{k}": v for k, v in record.get("eval", {}).items()})
+    accelerator.log(flat, step=record["step"])
+
+
+def track_images(accelerator: Accelerator, name: str, images: torch.Tensor, step: int) -> None:
+    """Images in [-1, 1], ``[N, C, H, W]``, to every tracker in the layout it takes."""
+    nhwc = ((images.float().clamp(-1, 1) + 1) / 2).permute(0, 2, 3, 1).cpu().numpy()
+    for tracker in accelerator.trackers:
+        if tracker.name == "tensorboard":
+            tracker.log_images({name: nhwc}, step=step, dataformats="NHWC")
+        else:
+            tracker.log_images({name: list(nhwc)}, step=step)
+
+
+# -- evaluation during training ---------------------------------------------------------------
+def evaluate_ema(
+    state: TrainState,
+    process: SqueezedDiffusion,
+    dataset: ImageDataset,
+    cfg: TrainConfig,
+    step: int,
+) -> dict[str, Any]:
+    """Score ``cfg.eval_num`` EMA samples (``cfg.eval_sampler``, the run's seed, so every
+    evaluation sees the same noise) against a seeded subset of the training images.
+
+    torch's global RNG is forked, so evaluating changes nothing the run draws afterwards.
+    """
+    from ..evaluation.generate import to_uint8
+    from ..evaluation.metrics import evaluate
+
+    start = time.perf_counter()
+    devices = [state.accelerator.device] if state.accelerator.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        samples = ema_sample(
+            state,
+            process,
+            (cfg.eval_num, *dataset.shape),
+            cfg.eval_steps,
+            cfg.eval_sampler,
+            cfg.seed,
+        )
+        num_reference = min(cfg.eval_num_reference or len(dataset), len(dataset))
+        scores = evaluate(to_uint8(samples), dataset, cfg.eval_metrics, num_reference=num_reference)
+    metrics = {k: scores[k] for k in scores["feature_extractor"]}
+    return {
+        "step": step, "eval": metrics, "eval_sampler": cfg.eval_sampler, "eval_steps": cfg.eval_steps,
+        "eval_num": cfg.eval_num, "eval_num_reference": num_reference, "eval_s": time.perf_counter() - start,
+    }  # fmt: skip

@@ -27,7 +27,16 @@ from .bases import cached_basis, check_basis
 from .batches import Batches
 from .checkpoint import find_checkpoint, list_checkpoints, remove_partial_checkpoints
 from .config import TrainConfig
-from .monitor import ema_sample, sample_grid, window_record
+from .monitor import (
+    ema_sample,
+    evaluate_ema,
+    sample_grid,
+    start_trackers,
+    track,
+    track_images,
+    tracker_names,
+    window_record,
+)
 from .state import build_state
 from .step import train_step
 
@@ -50,8 +59,9 @@ class Trainer:
         self.out = self.run_dir.path
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
-            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available()
-        )
+            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+            log_with=tracker_names(cfg.log_with) or None, project_dir=str(self.out / "trackers"),
+        )  # fmt: skip
         set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
         if resume is None and list_checkpoints(self.out):
             raise ValueError(
@@ -77,6 +87,7 @@ class Trainer:
             self.step = self.state.restore(find_checkpoint(self.out, resume), c, res)
         if acc.is_main_process:
             self._prepare_folder(resume)
+        start_trackers(acc, cfg)
 
     def _basis(self, resume: str | None) -> Basis:
         own = self.run_dir.basis_path
@@ -140,9 +151,15 @@ class Trainer:
                 signal.signal(s, h)
         if self.step == self.total_steps and self.accelerator.is_main_process:
             samples = self.run_dir.samples_dir
-            self.sample_grid(samples / "final.png", trajectory=samples / "trajectory.png")
+            x = self.sample_grid(samples / "final.png", trajectory=samples / "trajectory.png")
+            track_images(self.accelerator, "samples/final", x, self.step)
         self.accelerator.wait_for_everyone()
+        self.accelerator.end_training()
         return self.out
+
+    def evaluate(self) -> dict[str, Any]:
+        """Score the EMA weights now (``--eval-every``); logged and tracked by the caller."""
+        return evaluate_ema(self.state, self.process, self.dataset, self.cfg, self.step)
 
     def _on_signal(self, signum: int, _frame: Any) -> None:
         self.stop_signal = signum
@@ -179,18 +196,35 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
             if not math.isfinite(mean_loss) and not cfg.skip_nonfinite:
                 raise TrainingDiverged(_diverged_message(trainer))
             rate = window_steps * cfg.batch_size / (time.perf_counter() - window_start)
+            record = window_record(step, mean_loss, trainer.state, rate)
             if acc.is_main_process:
-                trainer.run_dir.append_log(window_record(step, mean_loss, trainer.state, rate))
+                trainer.run_dir.append_log(record)
+            track(acc, record)
             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
         if boundary or stop:
             trainer.save()
         if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
-            trainer.sample_grid(trainer.run_dir.samples_dir / f"step-{step:08d}.png")
+            x = trainer.sample_grid(trainer.run_dir.samples_dir / f"step-{step:08d}.png")
+            track_images(acc, "samples", x, step)
+        if cfg.eval_every and step % cfg.eval_every == 0:
+            _evaluate(trainer, bar)
         if stop:
             bar.write(f"signal {stop}: saved step {step}; resume with --resume latest")
             break
+
+
+def _evaluate(trainer: Trainer, bar: tqdm) -> None:
+    """An evaluation on the main process, into log.jsonl and the trackers; the others wait."""
+    acc = trainer.accelerator
+    if acc.is_main_process:
+        record = trainer.evaluate()
+        trainer.run_dir.append_log(record)
+        track(acc, record)
+        scores = ", ".join(f"{k} {v:.4g}" for k, v in record["eval"].items())
+        bar.write(f"step {record['step']}: {scores} ({record['eval_s']:.0f} s)")
+    acc.wait_for_everyone()
 
 
 def _diverged_message(trainer: Trainer) -> str:
