@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -70,8 +71,25 @@ def dense_operator(basis, group, rest: float, shape: tuple[int, int, int]) -> to
     return op
 
 
+CIFAR_TAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg-train.tar.gz"
+
+
+@pytest.fixture
+def cifar_tar() -> Path:
+    """The shared CIFAR-10 JPEG tar (decoded once per session into the shared cache)."""
+    if not CIFAR_TAR.is_file():
+        pytest.skip(f"{CIFAR_TAR} not present (the shared CIFAR-10 JPEG tar)")
+    return CIFAR_TAR
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory) -> Path:
+    """The session's dataset/basis cache: tests that decode the same data share it."""
+    return tmp_path_factory.getbasetemp() / "sqdm-cache"
+
+
 @pytest.fixture(autouse=True)
-def _seed_and_cache(tmp_path_factory, monkeypatch) -> None:
+def _seed_and_cache(shared_cache, monkeypatch) -> None:
     """Seed torch and keep dataset/basis caches out of the user's home."""
     torch.manual_seed(0)
-    monkeypatch.setenv("SQDM_CACHE", str(tmp_path_factory.getbasetemp() / "sqdm-cache"))
+    monkeypatch.setenv("SQDM_CACHE", str(shared_cache))

@@ -66,11 +66,28 @@ def test_pixel_pca_recovers_planted_components() -> None:
     assert torch.allclose(basis.eigenvalues.sqrt(), scales, rtol=0.1)
 
 
-def test_dct_matrix_is_orthonormal_and_bands_partition() -> None:
+def test_dct_matrix_is_orthonormal_and_bands_follow_the_radius() -> None:
     m = dct_matrix(16)
     assert torch.allclose(m @ m.T, torch.eye(16, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(
+        m[1], torch.tensor([np.sqrt(2 / 16) * np.cos(np.pi * (2 * i + 1) / 32) for i in range(16)])
+    )
     basis = DCTBasis((3, 16, 16), cutoffs=(0.125, 0.5))
-    assert sum(basis.group_dims) + basis.rest_dim == 3 * 256
+    # band sizes counted by hand from the radius sqrt((u/16)^2 + (v/16)^2) of each frequency
+    radius = [np.hypot(u / 16, v / 16) for u in range(16) for v in range(16)]
+    counts = [sum(r < 0.125 for r in radius), sum(0.125 <= r < 0.5 for r in radius)]
+    assert list(basis.group_dims) == [3 * c for c in counts] and counts == [4, 52]
+    # a single-frequency image lies in its band: scaling that band alone scales it whole
+    for (u, v), band in (((1, 1), 0), ((3, 5), 1), ((12, 9), None)):
+        wave = torch.outer(m[u], m[v]).float().expand(1, 3, 16, 16)
+        group = torch.ones(1, 2)
+        if band is not None:
+            group[0, band] = 2.0
+        assert torch.allclose(
+            basis.scale(wave, group, torch.full((1,), 3.0)),
+            wave * (2.0 if band is not None else 3.0),
+            atol=1e-5,
+        )
     x = torch.randn(2, 3, 16, 16)
     same = basis.scale(x, torch.ones(1, 2), torch.ones(1))
     assert torch.allclose(same, x, atol=1e-5)

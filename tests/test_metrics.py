@@ -175,12 +175,50 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
     assert features.shape == (2, 1280)
 
 
-def test_run_reference_is_the_training_data_whatever_the_seed(tmp_path) -> None:
-    """Trainer loads its data without the run's seed; the reference must be those images,
-    also for `photos`, whose crops depend on the data seed."""
+def test_run_reference_is_what_the_trainer_trained_on(tmp_path) -> None:
+    """The evaluation reference of a run is the Trainer's own dataset, also for `photos`,
+    whose crops depend on the data seed (not on the run's seed)."""
     from squeezed_diffusion.run import Run
-    from squeezed_diffusion.training.config import TrainConfig
+    from squeezed_diffusion.training.config import resolve_config
+    from squeezed_diffusion.training.trainer import Trainer
 
-    TrainConfig(dataset="photos", resolution=16, subset=8, seed=7).save(tmp_path / "config.yaml")
-    trained_on = load_dataset("photos", resolution=16, subset=8)  # as Trainer.__init__ loads it
-    assert torch.equal(Run(tmp_path).reference().images, trained_on.images)
+    cfg = resolve_config(None, dataset="photos", resolution=16, subset=32, seed=7, steps=1,
+                         batch_size=8, out=str(tmp_path / "run"))  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    assert torch.equal(Run(tmp_path / "run").reference().images, trainer.dataset.images)
+    other_seed = load_dataset("photos", resolution=16, subset=32, seed=7).images
+    assert not torch.equal(other_seed, trainer.dataset.images)  # the run's seed is not the data's
+
+
+def test_precision_and_recall_are_not_swapped() -> None:
+    """torch-fidelity >= 0.4 takes the generated set as input1: a mode-collapsed generated set
+    (jittered copies of one real image) has high precision and low recall, not the reverse."""
+    real = load_dataset("photos", resolution=16, subset=48, seed=3).images
+    g = torch.Generator().manual_seed(0)
+    jitter = torch.randint(-3, 4, (48, 3, 16, 16), generator=g)
+    collapsed = (real[:1].int() + jitter).clamp(0, 255).to(torch.uint8)
+    result = evaluate(collapsed, real, ("prc_effnet",))
+    assert result["precision_effnet"] > 0.8 and result["recall_effnet"] < 0.2, result
+
+
+def test_effnet_input_scaling_and_imagenet_classes() -> None:
+    """uint8 0 and 255 become the weights' input range (x - 127) / 128, and with that scaling
+    the ImageNet head recognises scikit-image's cat and coffee confidently (a wrong scaling
+    or a wrong resize would not)."""
+    from skimage import data
+
+    extractor = EffNetLite0Features("effnet-lite0", ["1280"])
+    zeros = extractor.normalise(torch.zeros(1, 3, 16, 16, dtype=torch.uint8))
+    full = extractor.normalise(torch.full((1, 3, 16, 16), 255, dtype=torch.uint8))
+    assert zeros.shape == (1, 3, 224, 224)
+    assert torch.allclose(zeros, torch.tensor(-127 / 128)) and torch.allclose(
+        full, torch.tensor(1.0)
+    )
+    for photo, classes, least in (
+        (data.chelsea(), range(281, 286), 0.8),
+        (data.coffee(), [967], 0.6),
+    ):
+        x = torch.from_numpy(np.array(photo)).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            probs = torch.softmax(extractor.net._fc(extractor(x)[0]), -1)[0]
+        assert float(probs[list(classes)].sum()) > least, probs.topk(3)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 import yaml
 
 from squeezed_diffusion.cli import main
@@ -156,6 +157,15 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
     assert row["feature_extractor"].startswith("pixels") and row["num_reference"] == 32
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
+    from squeezed_diffusion import SqueezedDiffusion
+    from squeezed_diffusion.run import Run
+
+    for row in rows:  # each cell's run trained what its row says (variant, sign, noise levels)
+        run = Run(out / "cells" / row["cell"] / "run")
+        want = SqueezedDiffusion(
+            run.basis(), row["variant"], row["strength"], row["profile"] or "beta"
+        )
+        assert torch.equal(run.process().sigma_table(), want.sigma_table()), row["cell"]
     for cell in CELLS:
         folder = out / "cells" / cell / "evals" / "ddim-2"
         assert (folder / "samples.png").is_file()

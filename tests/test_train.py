@@ -162,30 +162,39 @@ def test_config_round_trips_through_yaml(tmp_path) -> None:
         TrainConfig.load(tmp_path / "bad.yaml")
 
 
-def test_trained_run_loads_as_a_pipeline_in_one_call(array_data, tmp_path) -> None:
-    """`SqueezedDDPMPipeline.from_run` gives the same images as sampling the run directly."""
+@pytest.mark.parametrize(("variant", "strength"), [("sdm", -0.8), ("hdm", 0.6)])
+def test_a_trained_run_keeps_its_variant_strength_and_noise_levels(
+    array_data, tmp_path, variant, strength
+):
+    """Issue 17: after training, the process every consumer loads (Run, the pipeline) has the
+    variant, the strength's sign and the per-direction sigma table of the command line, built
+    here independently from those arguments and the saved basis; and the pipeline draws what
+    sampling the run draws."""
+    from squeezed_diffusion import SqueezedDiffusion, load_basis
     from squeezed_diffusion.pipelines import SqueezedDDPMPipeline
     from squeezed_diffusion.run import Run
 
     run = tmp_path / "run"
-    assert main(train_args(array_data, run, "--steps", "2", "--strength", "-0.8")) == 0
-    pipe = SqueezedDDPMPipeline.from_run(run)
-    images = pipe(
-        batch_size=3,
-        num_inference_steps=5,
-        output_type="latent",
-        generator=torch.Generator().manual_seed(0),
-    ).images
-    unet, proc = Run(run).load()
-    direct = proc.sample(
-        lambda x, t: unet(x, t).sample,
-        (3, 3, 8, 8),
-        5,
-        "ddpm",
-        generator=torch.Generator().manual_seed(0),
-        progress=False,
+    assert (
+        main(
+            train_args(
+                array_data, run, "--steps", "2", "--variant", variant, "--strength", str(strength)
+            )
+        )
+        == 0
     )
-    assert torch.as_tensor(images).shape == (3, 3, 8, 8)
+    want = SqueezedDiffusion(load_basis(run / "basis.safetensors"), variant, strength, "beta")
+    unet, proc = Run(run).load()
+    pipe = SqueezedDDPMPipeline.from_run(run)
+    for loaded in (proc, pipe.scheduler.process):
+        assert (loaded.variant, float(loaded.strength[0])) == (variant, strength)
+        assert torch.allclose(loaded.sigma_table(), want.sigma_table(), rtol=1e-6)
+    isotropic = float((1 - proc.alphas_cumprod[-1]) ** 0.5)
+    assert (float(proc.sigma_table()[-1, 0]) > isotropic) == (strength < 0)  # s < 0: more noise
+    run_kw = {"generator": torch.Generator().manual_seed(0)}
+    images = pipe(batch_size=3, num_inference_steps=5, output_type="latent", **run_kw).images
+    direct = proc.sample(lambda x, t: unet(x, t).sample, (3, 3, 8, 8), 5, "ddpm", progress=False,
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
     assert (torch.as_tensor(images) - direct).abs().max() < 1e-5
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import sys
 import time
@@ -66,7 +67,10 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
     print(f"fitted {basis.name} basis on {len(ds)} images of shape {tuple(ds.shape)} ({ds.name})")
     print(f"eigenvalues: [{evals}]")
     if isinstance(basis, ChannelBasis):
-        print(f"direction: [{', '.join(f'{v:.6f}' for v in basis.direction.tolist())}]")
+        v = basis.direction.double()
+        angle = math.degrees(math.acos(min(1.0, float(v.sum().abs()) / math.sqrt(len(v)))))
+        print(f"direction: [{', '.join(f'{x:.6f}' for x in v.tolist())}]")
+        print(f"angle to luminance (1, ..., 1)/sqrt(C): {angle:.2f} degrees")
     print(f"wrote {out}")
     return 0
 
