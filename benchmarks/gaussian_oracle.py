@@ -24,7 +24,7 @@ from squeezed_diffusion import SAMPLERS, ChannelBasis, SqueezedDiffusion
 from squeezed_diffusion.core.oracle import CIFAR_LIKE_COV, oracle_errors, top_direction
 
 ROWS = [("isotropic", 0.0), ("sdm", -0.8), ("hdm", -0.4), ("sdm", 0.4), ("sdm", -2.0)]
-NFE_ROWS = [(v, s) for v in ("sdm", "hdm") for s in (0.0, -0.4, -0.8)]
+NFE_ROWS = [("isotropic", 0.0)] + [(v, s) for v in ("sdm", "hdm") for s in (-0.4, -0.8)]
 NFE_STEPS = {"ddim": (10, 20, 50), "dpmpp-2m": (10, 20, 50), "heun": (5, 6, 10, 11, 25)}
 
 
@@ -70,7 +70,7 @@ def format_exact(rows: list[dict]) -> str:
             else f"{r['variant'].upper()} {r['strength']:+.1f}"
         )
         errs = " | ".join(
-            f"{e:.2g}" if e >= 0.01 else f"{e:.4f}" for e in r["cov_rel_error"].values()
+            f"{e:.3f}" if e >= 0.01 else f"{e:.4f}" for e in r["cov_rel_error"].values()
         )
         lines.append(f"| {label} | {errs} |")
     return "\n".join(lines)
@@ -79,7 +79,8 @@ def format_exact(rows: list[dict]) -> str:
 def format_nfe(rows: list[dict]) -> str:
     """Rows: sampler and NFE; columns: (variant, strength)."""
     configs = list(dict.fromkeys((r["variant"], r["strength"]) for r in rows))
-    head = "| sampler | NFE | " + " | ".join(f"{v.upper()} {s:+g}" for v, s in configs) + " |"
+    names = ["isotropic" if v == "isotropic" else f"{v.upper()} {s:+g}" for v, s in configs]
+    head = "| sampler | NFE | " + " | ".join(names) + " |"
     lines = [head, "|---|---|" + "---|" * len(configs)]
     keys = list(dict.fromkeys((r["sampler"], r["nfe"]) for r in rows))
     table = {

@@ -1,11 +1,19 @@
-"""The README's Python quick-start runs as written."""
+"""The README's code runs as written, and every number in it is what its command prints."""
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 from pathlib import Path
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+import pytest
+
+from squeezed_diffusion.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+README = ROOT / "README.md"
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def test_readme_quick_start_runs(capsys) -> None:
@@ -15,19 +23,52 @@ def test_readme_quick_start_runs(capsys) -> None:
     assert "torch.Size([4, 3, 16, 16])" in capsys.readouterr().out
 
 
-def test_readme_reproduction_tables_are_the_committed_results() -> None:
-    """The README's and docs/results' tables are recomputed from the committed results.json."""
-    import json
+def test_readme_oracle_tables_are_what_the_benchmark_prints() -> None:
+    """`python benchmarks/gaussian_oracle.py` and `--nfe`, recomputed (about 15 s)."""
+    import gaussian_oracle as bench
 
+    text = README.read_text()
+    assert bench.format_exact(bench.exact_vs_paper()) in text
+    nfe = bench.format_nfe(bench.quality_vs_nfe())
+    assert nfe in text
+    assert nfe in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+    committed = json.loads((ROOT / "docs/results/few-step-samplers/oracle-nfe.json").read_text())
+    assert bench.format_nfe(committed["rows"]) == nfe
+
+
+def test_readme_parameter_counts_are_the_presets() -> None:
+    from squeezed_diffusion.models import PRESETS, build_model, count_parameters
+
+    text = README.read_text()
+    for name in PRESETS:
+        millions = count_parameters(build_model(name)) / 1e6
+        assert re.search(rf"`{name}` \([^)]*?{millions:.2f}M", text), (name, millions)
+
+
+def test_readme_cifar10_basis_is_what_fit_basis_prints(cifar_tar, tmp_path, capsys) -> None:
+    assert main(["fit-basis", str(cifar_tar), "--out", str(tmp_path / "b.safetensors")]) == 0
+    printed = capsys.readouterr().out.splitlines()
+    lines = [
+        ln for ln in printed if ln.startswith(("eigenvalues:", "direction:", "angle to luminance"))
+    ]
+    assert len(lines) == 3
+    text = README.read_text()
+    for line in lines:
+        assert f"  {line}\n" in text, line
+
+
+@pytest.mark.parametrize(("folder", "cells", "paired_rows"), [("local-cifar10", 7, 6)])
+def test_readme_reproduction_tables_are_the_committed_results(folder, cells, paired_rows) -> None:
+    """The README's and docs/results' tables are recomputed from the committed results.json."""
     from squeezed_diffusion.evaluation.report import paper_table, summarize
 
-    results = README.parent / "docs" / "results" / "local-cifar10"
+    results = ROOT / "docs" / "results" / folder
     items = summarize(json.loads((results / "results.json").read_text()))
     assert len({s.group for s in items}) == 1
-    for doc in (README, results / "README.md", results / "report.md"):
+    for doc in (results / "README.md", results / "report.md"):
         text = doc.read_text()
         for paired in (False, True):
             header, body = paper_table(items, paired=paired)
-            assert len(body) == 7 - paired and len(header) == 6
+            assert len(body) == (paired_rows if paired else cells) and len(header) == 6
             for row in body:
                 assert "| " + " | ".join(row) + " |" in text, (doc.name, row)

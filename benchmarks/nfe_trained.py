@@ -1,0 +1,93 @@
+"""Few-step samplers on trained models: fd_effnet against model evaluations (issue 15).
+
+    python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic] [--json PATH]
+
+Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
+contains ``--cells``, and evaluates each with dpmpp-2m at 10, 20 and 50 steps and heun at 11
+steps (21 evaluations), exactly as the sweep evaluated its samplers (the same number of
+samples, sampling seed, reference subset and metrics, read from the sweep's own results).
+Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
+the seed-paired difference from exact DDPM with 50 steps (the sweep's ``ddpm-50``), and
+writes every number to JSON. Evaluations already made are read back from the cells' own
+``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+from squeezed_diffusion import SAMPLERS
+from squeezed_diffusion.evaluation.report.stats import interval95, sig
+from squeezed_diffusion.evaluation.sweep import Cell, EvalSpec, Evaluation, run_cell
+from squeezed_diffusion.run import Run
+
+FEW_STEP = [("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11)]
+BASELINES = [("ddpm", 50), ("ddim", 50)]
+
+
+def sweep_spec(cells: list[Path]) -> EvalSpec:
+    """The evaluation settings the sweep used (from a finished evaluation's result.json)."""
+    first = json.loads(next(cells[0].glob("evals/ddpm-50/result.json")).read_text())["settings"]
+    return EvalSpec(
+        num=first["num"], seed=first["seed"], metrics=tuple(first["metrics"]),
+        num_reference=first["num_reference"], prc_extractor=first["prc_extractor"],
+        sampler=tuple({"sampler": s, "steps": n} for s, n in FEW_STEP),
+    ).validate()  # fmt: skip
+
+
+def scores(cell: Path, label: str, metric: str) -> float:
+    return json.loads((cell / "evals" / label / "result.json").read_text())["metrics"][metric]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweep", type=Path)
+    parser.add_argument("--cells", default="isotropic", help="cells whose id contains this")
+    parser.add_argument("--metric", default="fd_effnet")
+    parser.add_argument("--json", type=Path)
+    args = parser.parse_args()
+    cells = sorted(p for p in (args.sweep / "cells").iterdir() if args.cells in p.name)
+    if len(cells) < 2:
+        raise SystemExit(f"need at least 2 trained cells matching {args.cells!r} in {args.sweep}")
+    spec, start = sweep_spec(cells), time.perf_counter()
+    for folder in cells:  # train_to_completion finds each run finished and only evaluates
+        config = Run(folder / "run").config()
+        run_cell(Cell(folder.name, config, {}), spec, progress=False)
+    labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
+    per = {label: [scores(c, label, args.metric) for c in cells] for label in labels}
+    rows = []
+    for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
+        diffs = [a - b for a, b in zip(per[label], per["ddpm-50"], strict=True)]
+        rows.append({
+            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps), "models": len(cells),
+            "values": per[label], "mean": statistics.fmean(per[label]), "ci": interval95(per[label]),
+            "paired_vs_ddpm50": statistics.fmean(diffs), "paired_ci": interval95(diffs),
+        })  # fmt: skip
+    print(
+        f"| sampler | NFE | {args.metric} (mean ± 95 %, {len(cells)} models) | paired vs ddpm-50 |"
+    )
+    print("|---|---|---|---|")
+    for r in rows:
+        paired = (
+            ""
+            if r["sampler"] == "ddpm" and r["steps"] == 50
+            else f"{r['paired_vs_ddpm50']:+.3g} ± {sig(r['paired_ci'], 2)}"
+        )
+        print(
+            f"| `{r['sampler']}` | {r['nfe']} | {sig(r['mean'], 4)} ± {sig(r['ci'], 2)} | {paired} |"
+        )
+    wall = time.perf_counter() - start
+    print(f"({wall:.0f} s; cells: {', '.join(c.name for c in cells)})", file=sys.stderr)
+    if args.json:
+        args.json.write_text(json.dumps({"metric": args.metric, "cells": [c.name for c in cells],
+                                         "rows": rows, "wall_s": wall}, indent=1) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
