@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import stats
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.evaluation.report import interval95, summarize
+from squeezed_diffusion.evaluation.report import interval95, summarize, verdict, verdict_table
 
 STRENGTHS = {"isotropic": [0.0], "sdm": [-0.8, -0.4, 0.4], "hdm": [-0.4]}
 
@@ -85,6 +85,31 @@ def test_paired_difference_matches_seeds_and_removes_their_common_scatter() -> N
     sdm = {(s.variant, s.strength): s for s in summarize(rows) if s.metric == "fd_effnet"}
     assert sdm[("sdm", -0.4)].delta == pytest.approx(-3.0)
     assert sdm[("sdm", -0.4)].delta_ci == pytest.approx(stats.t.ppf(0.975, 1) * 2**0.5 / 2**0.5)
+
+
+def test_verdict_claims_a_direction_only_where_the_paired_interval_excludes_zero() -> None:
+    rows = [dict(r) for r in fixture_rows()]
+    for r in rows:  # SDM -0.4's fd_effnet differences from isotropic become -1, -7, -4: sd 3
+        if r["variant"] == "sdm" and r["strength"] == -0.4 and r["metric"] == "fd_effnet":
+            r["value"] += {0: 3.0, 1: -3.0, 2: 0.0}[r["seed"]]
+    items = summarize(rows)
+    by = {(s.variant, s.strength, s.metric): s for s in items}
+    noisy = by[("sdm", -0.4, "fd_effnet")]
+    assert noisy.delta == pytest.approx(-4.0)
+    assert noisy.delta_ci == pytest.approx(stats.t.ppf(0.975, 2) * 3 / 3**0.5)
+    assert verdict(noisy).endswith("not resolved")
+    assert verdict(by[("sdm", 0.4, "fd_effnet")]) == "+4 ± 0 higher (worse)"
+    assert verdict(by[("sdm", -0.8, "fd_effnet")]) == "-8 ± 0 lower (better)"
+    assert verdict(by[("sdm", -0.8, "precision_effnet")]).endswith("lower (worse)")
+    assert verdict(by[("sdm", -0.8, "recall_effnet")]).endswith("higher (better)")
+    assert verdict(by[("isotropic", 0.0, "fd_effnet")]) == ""
+    header, body = verdict_table(items)
+    assert header == ["sampler", "variant", "s", "pairs", "fd_effnet", "precision_effnet",
+                      "recall_effnet"]  # fmt: skip
+    assert [row[1:4] for row in body] == [
+        ["sdm", "-0.8", "3"], ["sdm", "-0.4", "3"], ["sdm", "0.4", "3"], ["hdm", "-0.4", "3"]
+    ]  # fmt: skip
+    assert body[1][4] == verdict(noisy)
 
 
 def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> None:

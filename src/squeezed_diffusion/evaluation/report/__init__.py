@@ -2,6 +2,15 @@
 as markdown and HTML (``render.py``), and the sweep report built from them (``build.py``)."""
 
 from .build import build_blocks, write_report
-from .stats import Summary, interval95, paper_table, summarize
+from .stats import Summary, interval95, paper_table, summarize, verdict, verdict_table
 
-__all__ = ["Summary", "build_blocks", "interval95", "paper_table", "summarize", "write_report"]
+__all__ = [
+    "Summary",
+    "build_blocks",
+    "interval95",
+    "paper_table",
+    "summarize",
+    "verdict",
+    "verdict_table",
+    "write_report",
+]

@@ -9,13 +9,26 @@ from typing import Any
 from ..metrics.table import METRICS, higher_is_better
 from .figures import log_snr_plot, metric_plot, paired_plot, pr_plot
 from .render import Block, Figure, Heading, Table, Text, write_document
-from .stats import Group, Summary, load_rows, paper_table, row_group, summarize
+from .stats import (
+    Group,
+    Summary,
+    load_rows,
+    paper_table,
+    row_group,
+    summarize,
+    verdict_table,
+)
 
 TIMING = ("train_s", "sample_s", "eval_s", "wall_s")
 PAIRED = (
     "Paired difference from strength 0: mean over seeds of (cell - isotropic cell of the same "
     "seed; a seed fixes initialisation, data order and noise draws) ± half-width of its 95 % "
     "interval (Student t). An interval that excludes 0 is a difference this sweep resolves."
+)
+VERDICT = (
+    "Each configuration against the isotropic cells of the same seeds, per sampler: the "
+    "paired difference ± its 95 % interval, and which way it goes where the interval excludes "
+    "0; 'not resolved' where it does not (the sweep cannot tell that difference from 0)."
 )
 
 
@@ -78,6 +91,11 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     i = 0
     for base in sorted({s.group.base for s in summaries}):
         groups = sorted({s.group for s in summaries if s.group.base == base})
+        header, body = verdict_table([s for s in summaries if s.group.base == base])
+        if body:
+            title = groups[0].title().rsplit(", sampler", 1)[0]
+            blocks += [Heading(2, f"{title}: what this sweep resolves"), Text(VERDICT)]
+            blocks.append(Table(header, body))
         for group in groups:
             items = [s for s in summaries if s.group == group]
             cells = sorted({r["cell"] for r in rows if row_group(r) == group})

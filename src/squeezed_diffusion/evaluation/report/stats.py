@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..metrics.table import result_keys
+from ..metrics.table import higher_is_better, result_keys
 from ..sweep import Evaluation
 
 VARIANT_ORDER = {"isotropic": 0, "sdm": 1, "hdm": 2}
@@ -220,3 +220,32 @@ def paper_table(items: list[Summary], paired: bool = False) -> tuple[list[str], 
         )
     ]
     return ["variant", "s", "pairs" if paired else "seeds", *metrics], rows
+
+
+def verdict(s: Summary) -> str:
+    """The paired difference in words: its direction (and whether that is better) when the
+    95 % interval excludes 0, else "not resolved"; what the README may claim and no more."""
+    if s.delta is None:
+        return ""
+    if not s.resolved:
+        return f"{_delta_text(s)} not resolved"
+    better = higher_is_better(s.metric)
+    judged = "" if better is None else (" (better)" if (s.delta > 0) == better else " (worse)")
+    return f"{_delta_text(s)} {'higher' if s.delta > 0 else 'lower'}{judged}"
+
+
+def verdict_table(items: list[Summary]) -> tuple[list[str], list[list[str]]]:
+    """Every configuration against isotropic, one row per (sampler, variant, strength) and one
+    column per metric, each entry the paired difference with its verdict."""
+    metrics = sorted({s.metric for s in items}, key=metric_rank)
+    paired = [s for s in items if s.delta is not None]
+    text = {(s.group.evaluation, s.variant, s.strength, s.metric): verdict(s) for s in paired}
+    pairs = {(s.group.evaluation, s.variant, s.strength): s.pairs for s in paired}
+    rows = [
+        [label or "-", variant, f"{strength:g}", str(n),
+         *(text.get((label, variant, strength, m), "") for m in metrics)]
+        for (label, variant, strength), n in sorted(
+            pairs.items(), key=lambda kv: (kv[0][0], VARIANT_ORDER.get(kv[0][1], 9), kv[0][2])
+        )
+    ]  # fmt: skip
+    return ["sampler", "variant", "s", "pairs", *metrics], rows
