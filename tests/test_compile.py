@@ -7,9 +7,6 @@ same wiring without compiling.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,43 +79,3 @@ def test_compiled_run_resumes_exactly(data, tmp_path) -> None:
     logs = [[json.loads(ln)["loss"] for ln in (r / "log.jsonl").read_text().splitlines()]
             for r in (straight, split)]  # fmt: skip
     assert np.allclose(logs[0], logs[1], rtol=1e-5)
-
-
-WORKER = """
-import sys, torch
-from squeezed_diffusion.training.config import resolve_config
-from squeezed_diffusion.training.trainer import Trainer
-data, out, dump = sys.argv[1:4]
-cfg = resolve_config(None, dataset="array", data_dir=data, model="tiny", out=out, steps=3,
-                     batch_size=16, lr=1e-2, adam_eps=1.0, warmup_steps=1, log_every=1,
-                     sample_steps=2, compile=True)
-trainer = Trainer(cfg, progress=False)
-trainer.run()
-rank = trainer.accelerator.process_index
-torch.save({n: p.detach().cpu() for n, p in trainer.unwrapped.named_parameters()}, f"{dump}.{rank}")
-"""
-
-
-@pytest.mark.slow
-def test_two_compiled_processes_train_what_one_would(data, tmp_path) -> None:
-    script = tmp_path / "worker.py"
-    script.write_text(WORKER)
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
-    for procs, name in ((2, "two"), (1, "one")):
-        cmd = [
-            *launch,
-            str(procs),
-            str(script),
-            str(data),
-            str(tmp_path / name),
-            str(tmp_path / name),
-        ]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
-        assert result.returncode == 0, result.stderr[-3000:]
-    rank0, rank1, single = (
-        torch.load(tmp_path / f, weights_only=True) for f in ("two.0", "two.1", "one.0")
-    )
-    for n in single:
-        assert torch.equal(rank0[n], rank1[n]), n
-        assert torch.allclose(rank0[n], single[n], atol=1e-5), n

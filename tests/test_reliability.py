@@ -385,10 +385,10 @@ WORKER = """
 import sys, torch
 from squeezed_diffusion.training.config import resolve_config
 from squeezed_diffusion.training.trainer import Trainer
-data, out, dump = sys.argv[1:4]
+data, out, dump, mode = sys.argv[1:5]
 cfg = resolve_config(None, dataset="array", data_dir=data, model="tiny", out=out, steps=3,
                      batch_size=16, lr=1e-2, adam_eps=1.0, warmup_steps=1, log_every=1,
-                     sample_steps=2)  # a large eps keeps Adam from amplifying float noise
+                     sample_steps=2, compile=mode == "compiled")  # large eps: no float noise blow-up
 trainer = Trainer(cfg, progress=False)
 trainer.run()
 rank = trainer.accelerator.process_index
@@ -397,8 +397,10 @@ torch.save({n: p.detach().cpu() for n, p in trainer.unwrapped.named_parameters()
 
 
 @pytest.mark.slow
-def test_two_processes_train_what_one_process_would(data, tmp_path) -> None:
-    """Slow (two processes start torch and gloo); the fast twin below checks the batch split."""
+@pytest.mark.parametrize("mode", ["eager", "compiled"])
+def test_two_processes_train_what_one_process_would(data, tmp_path, mode) -> None:
+    """Slow (two processes start torch and gloo, and compile); the fast twin below checks the
+    batch split, test_compile the compiled step."""
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -411,8 +413,9 @@ def test_two_processes_train_what_one_process_would(data, tmp_path) -> None:
             str(data),
             str(tmp_path / name),
             str(tmp_path / name),
+            mode,
         ]
-        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+        result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=900)
         assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1, single = (
         torch.load(tmp_path / f, weights_only=True) for f in ("two.0", "two.1", "one.0")
