@@ -264,6 +264,15 @@ def fit_basis(
     return BASES.get(name).fit(batches, max_images=max_images, **basis_options(name, options))
 
 
+def _check_image_shape(basis: str, image_shape: tuple[int, ...], shape: tuple[int, ...]) -> None:
+    """The bases defined per pixel fit one image shape only."""
+    if len(shape) != 4 or tuple(shape[1:]) != image_shape:
+        raise ValueError(
+            f"{basis} images of shape {image_shape}, got a batch of shape {tuple(shape)}; "
+            "make one for this resolution"
+        )
+
+
 class _CovarianceAccumulator:
     """Streaming mean and covariance of D-dimensional vectors, in float64.
 
@@ -503,11 +512,7 @@ class PixelPCABasis(Basis):
         return self.components.shape[1]
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
-        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"pixel PCA basis was fitted on images of shape {self.image_shape}, got a batch "
-                f"of shape {tuple(shape)}; fit a basis for this resolution"
-            )
+        _check_image_shape("pixel PCA basis was fitted on", self.image_shape, shape)
 
     def scale_sum(self, terms: Sequence[Term]) -> Tensor:
         """Rest part plus ``U^T`` of the summed, weighted component coefficients: J + 1 matmuls."""
@@ -629,11 +634,7 @@ class DCTBasis(Basis):
         return [*bands, f"frequencies >= {self.cutoffs[-1]:g}"]
 
     def check_shape(self, shape: tuple[int, ...]) -> None:
-        if len(shape) != 4 or tuple(shape[1:]) != self.image_shape:
-            raise ValueError(
-                f"DCT basis was built for images of shape {self.image_shape}, got a batch of "
-                f"shape {tuple(shape)}; build one for this resolution"
-            )
+        _check_image_shape("DCT basis was built for", self.image_shape, shape)
 
     def scale_sum(self, terms: Sequence[Term]) -> Tensor:
         """One inverse transform of the summed, band-weighted coefficients: J + 1 transforms."""
