@@ -172,3 +172,13 @@ def test_scale_sum_of_several_terms_equals_dense_operators(kind: str) -> None:
             want += dense_operator(basis, g, r, (3, 8, 8)) @ x[b].double().flatten()
         assert torch.allclose(out[b].double().flatten(), want, atol=1e-4), (kind, b)
     assert all(torch.equal(x, x0) for (x, _, _), x0 in zip(terms, before, strict=True))
+
+
+@pytest.mark.parametrize("kind", ["pca", "dct"])
+def test_per_pixel_bases_refuse_another_resolution(kind) -> None:
+    images = torch.rand(32, 3, 8, 8) * 2 - 1
+    basis = PixelPCABasis.fit([images], k=2) if kind == "pca" else DCTBasis((3, 8, 8))
+    basis.check_shape((4, 3, 8, 8))
+    for shape in ((4, 3, 16, 16), (4, 1, 8, 8), (3, 8, 8)):
+        with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8\).*this resolution"):
+            basis.check_shape(shape)
