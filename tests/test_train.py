@@ -329,3 +329,37 @@ def test_evaluation_during_training_keeps_resume_exact(array_data, tmp_path) -> 
     ]
     assert [r["step"] for r in logs[0] if "eval" in r] == [2, 4]
     assert [r.get("eval") for r in logs[0]] == [r.get("eval") for r in logs[1]]
+
+
+def test_resume_honours_bookkeeping_flags_in_canonical_form_and_keeps_them(
+    array_data, tmp_path
+) -> None:
+    """--no-compile, evaluation and a longer --steps are bookkeeping; --target squeezed is the
+    saved epsilon; the resumed config is saved, so a plain --resume later keeps the new length."""
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "2")) == 0
+    resume = ["train", "--out", str(run), "--resume", "latest", "--quiet"]
+    flags = ["--steps", "4", "--no-compile", "--target", "squeezed", "--eval-every", "0"]
+    assert main([*resume, *flags]) == 0
+    cfg = TrainConfig.load(run / "config.yaml")
+    assert (cfg.steps, cfg.compile, cfg.prediction_type) == (4, False, "epsilon")
+    assert main([*resume, "--target", "unit"]) == 2  # unit noise is another target
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_train_to_completion_resumes_only_the_same_run(array_data, tmp_path) -> None:
+    """A sweep cell or the demo finds its folder: a longer run resumes, another run is refused
+    (a changed sweep base must not continue the old cells under a new config)."""
+    import dataclasses
+
+    from squeezed_diffusion.training.trainer import train_to_completion
+
+    cfg = resolve_config(None, dataset="array", data_dir=str(array_data), model="tiny",
+                         out=str(tmp_path / "cell"), steps=2, batch_size=16, sample_steps=2,
+                         warmup_steps=1, checkpoint_every=2)  # fmt: skip
+    assert train_to_completion(cfg, progress=False) == 0
+    with pytest.raises(ValueError, match=r"--lr 0\.5 differs from the run's saved"):
+        train_to_completion(dataclasses.replace(cfg, lr=0.5), progress=False)
+    assert train_to_completion(dataclasses.replace(cfg, steps=3), progress=False) == 2
+    assert TrainConfig.load(tmp_path / "cell" / "config.yaml").steps == 3

@@ -98,6 +98,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         overrides["basis_options"] = _basis_options(args)
     overrides["out"] = args.out
     if args.resume:
+        if args.preset:
+            raise ValueError(
+                "--preset does not apply to --resume: a resumed run keeps its saved config"
+            )
         run = Run(args.out)
         if not run.exists():
             raise FileNotFoundError(f"cannot resume: {run.config_path} does not exist; check --out")
@@ -135,11 +139,13 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Isotropic vs SDM vs HDM on the built-in photos, with a report."""
+    """What squeezing does, why the exact samplers matter, and a short isotropic-vs-SDM
+    training run, as one HTML page."""
     from .demo import run_demo
 
-    _check_writable(Path(args.out))
-    report = run_demo(args.out, full=args.full, progress=not args.quiet)
+    out = Path(args.out or ("runs/demo-full" if args.full else "runs/demo"))
+    _check_writable(out)
+    report = run_demo(out, full=args.full, progress=not args.quiet)
     print(f"report: {report.resolve()}")
     return 0
 
@@ -435,7 +441,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="offline demo in 3 minutes: what squeezing does, why exact samplers matter, a short training run",
     )
-    dm.add_argument("--out", default="runs/demo")
+    dm.add_argument("--out", help="output folder (default runs/demo, runs/demo-full with --full)")
     dm.add_argument(
         "--full",
         action="store_true",

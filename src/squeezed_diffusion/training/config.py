@@ -57,7 +57,8 @@ _RANGES = {
     "eval_num": (lambda v: v >= 2, "an integer >= 2"),
     "eval_steps": (lambda v: v >= 1, "an integer >= 1"),
 }
-# Fields a resumed run may change: bookkeeping that does not alter what it trains.
+# Fields a resumed run may change: its length, and bookkeeping that does not alter what it
+# trains (evaluation during training forks the RNG; compiling changes float rounding only).
 RESUMABLE = {
     "steps",
     "epochs",
@@ -68,6 +69,16 @@ RESUMABLE = {
     "sample_num",
     "sample_steps",
     "sample_sampler",
+    "compile",
+    "compile_mode",
+    "channels_last",
+    "log_with",
+    "eval_every",
+    "eval_metrics",
+    "eval_num",
+    "eval_steps",
+    "eval_sampler",
+    "eval_num_reference",
 }
 LR_SCHEDULES = ("cosine", "constant")
 # 0.1.0 configs held the PCA and DCT options as fields of their own.
@@ -272,21 +283,22 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
 
 def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """The saved config of a run being resumed, with the bookkeeping ``overrides`` honoured
-    (a longer ``steps``/``epochs``, other log, checkpoint and sample intervals).
+    (a longer ``steps``/``epochs``, other log, checkpoint, sample and evaluation settings).
 
-    Anything else that differs from the saved value would change what the run trains
-    halfway through: a one-line error, never silently ignored.
+    Overrides are compared in canonical form (``--target squeezed`` is the saved
+    ``epsilon``); anything else that differs from the saved value would change what the run
+    trains halfway through: a one-line error, never silently ignored.
     """
-    cfg = dataclasses.replace(saved)
-    for key, value in overrides.items():
-        if key == "out" or value is None or getattr(saved, key) == value:
-            continue
-        if key not in RESUMABLE:
+    given = {k: v for k, v in _upgrade(overrides).items() if k != "out" and v is not None}
+    values = saved.to_dict()
+    if given.keys() & {"steps", "epochs"}:
+        values.update(steps=None, epochs=None)
+    wanted = TrainConfig.from_dict({**values, **given}).validate()
+    for key in given:
+        if key not in RESUMABLE and getattr(wanted, key) != getattr(saved, key):
             raise ValueError(
-                f"--{key.replace('_', '-')} {value} differs from the run's saved {getattr(saved, key)!r}; "
-                "a resumed run keeps its config (drop the flag, or train a new --out)"
+                f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
+                f"{getattr(saved, key)!r}; a resumed run keeps its config (drop the flag, or "
+                "train a new --out)"
             )
-        setattr(cfg, key, value)
-        if key in ("steps", "epochs"):
-            setattr(cfg, "epochs" if key == "steps" else "steps", None)
-    return cfg.validate()
+    return wanted

@@ -26,7 +26,7 @@ from ..run import Run
 from .bases import cached_basis, check_basis
 from .batches import Batches
 from .checkpoint import find_checkpoint, list_checkpoints, remove_partial_checkpoints
-from .config import TrainConfig
+from .config import TrainConfig, resume_config
 from .monitor import (
     ema_sample,
     evaluate_ema,
@@ -98,9 +98,11 @@ class Trainer:
         return cached_basis(self.dataset, self.cfg.basis, self.cfg.basis_options)
 
     def _prepare_folder(self, resume: str | None) -> None:
+        """A new run writes its config and basis; a resumed one rewrites its config (a longer
+        run or other bookkeeping stays in force when it is resumed again) and cuts its log."""
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.cfg.save(self.run_dir.config_path)
         if resume is None:
-            self.out.mkdir(parents=True, exist_ok=True)
-            self.cfg.save(self.run_dir.config_path)
             self.basis.save(self.run_dir.basis_path)
         else:
             self.run_dir.truncate_log(self.step)
@@ -244,6 +246,8 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     stops as a whole and its rerun resumes.
     """
     resume = "latest" if list_checkpoints(cfg.out) else None
+    if resume is not None:  # the folder's run must be this config (its length may grow)
+        cfg = resume_config(Run(cfg.out).config(), cfg.to_dict())
     trainer = Trainer(cfg, resume=resume, progress=progress)
     start = trainer.step
     if trainer.step < trainer.total_steps:
