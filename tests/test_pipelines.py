@@ -945,6 +945,21 @@ def test_pipeline_output_types(unet) -> None:
         pipe(eta=1.0, **run)
 
 
+@pytest.mark.parametrize("cls", [DDPM, DPM])
+def test_pipeline_default_steps_are_the_full_schedule(unet, cls) -> None:
+    """Every training timestep, as stock DDPMPipeline; T - 1 for DPM-Solver, whose T steps
+    would repeat a timestep (a zero step: NaN in stock)."""
+    scheduler = cls(direction=DIRECTION, strength=-0.4, num_train_timesteps=6)
+    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    images = pipe(batch_size=1, generator=_gen(0), output_type="latent").images
+    assert torch.isfinite(images).all()
+    assert len(scheduler.timesteps) == (5 if cls is DPM else 6)
+    if cls is DPM:
+        with pytest.raises(ValueError, match="num_inference_steps=6 repeats a timestep"):
+            scheduler.set_timesteps(6)
+
+
 @pytest.mark.parametrize("cls", [DDIM, DPM])
 def test_pipeline_save_and_load(tmp_path, unet, cls) -> None:
     scheduler = cls(direction=DIRECTION, strength=-0.4)

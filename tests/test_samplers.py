@@ -411,3 +411,15 @@ def test_gaussian_oracle_on_pca_and_dct_bases(kind, sampler, profile, prediction
     err = float(torch.linalg.norm(cov - sigma0) / torch.linalg.norm(sigma0))
     assert err < 0.06, err
     assert float(x.double().mean(0).abs().max()) < 0.1
+
+
+def test_ode_solvers_take_at_most_t_minus_one_distinct_steps() -> None:
+    from squeezed_diffusion.core.samplers import heun_timesteps, ode_timesteps
+
+    steps = ode_timesteps(1000, 999)
+    assert len({t for t, _ in steps}) == 999 and steps[-1] == (1, -1)
+    assert len(heun_timesteps(1000, 999)) == 2 * 999 - 1
+    for n in (1000, 1500):
+        with pytest.raises(ValueError, match=r"\[1, 999\] for the ODE solvers"):
+            ode_timesteps(1000, n)
+    assert ode_timesteps(1, 1) == [(0, -1)]

@@ -568,10 +568,13 @@ def timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]
 def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
     """``num_steps`` steps down to the data, at DPMSolverMultistepScheduler's default
     "linspace" timesteps (``linspace(0, T - 1, n + 1)``, rounded, without 0) and a final
-    step to noise level 0."""
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
+    step to noise level 0. At most ``T - 1`` steps: more would repeat a time point (a zero
+    step, where DPM-Solver++ divides by zero)."""
+    most = max(1, num_train_timesteps - 1)
+    if not isinstance(num_steps, int) or not 1 <= num_steps <= most:
         raise ValueError(
-            f"num_steps must be an integer in [1, {num_train_timesteps}], got {num_steps!r}"
+            f"num_steps must be an integer in [1, {most}] for the ODE solvers (T - 1: more "
+            f"would repeat a time point), got {num_steps!r}"
         )
     ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
     ts = ts.tolist()

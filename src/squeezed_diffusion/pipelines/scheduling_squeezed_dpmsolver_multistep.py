@@ -47,6 +47,11 @@ def solver_timesteps(
         ts = (np.arange(0, num_steps + 1) * (last // (num_steps + 1)))[::-1][:-1] + offset
     else:
         ts = np.arange(last, 0, -num_train_timesteps / num_steps).round() - 1
+    if len(np.unique(ts)) < len(ts):  # stock steps h = 0 there and returns NaN
+        raise ValueError(
+            f"num_inference_steps={num_steps} repeats a timestep ({spacing} spacing over "
+            f"{last} training timesteps); use fewer steps"
+        )
     return ts.astype(np.int64).tolist()
 
 
