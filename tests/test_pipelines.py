@@ -39,8 +39,6 @@ SHAPE = (2, 3, 8, 8)
 DDPM, DDIM, DPM = SqueezedDDPMScheduler, SqueezedDDIMScheduler, SqueezedDPMSolverMultistepScheduler
 STOCK = {DDPM: DDPMScheduler, DDIM: DDIMScheduler, DPM: DPMSolverMultistepScheduler}
 TRAINED_BETAS = np.geomspace(2e-4, 0.03, 1000).tolist()
-# Laplace betas are stock DDPM's; the squeezed DDPM has them once the core accepts them.
-LAPLACE_OK = "laplace" in BETA_SCHEDULES
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -300,7 +298,6 @@ def test_one_training_timestep_equals_stock(cls) -> None:
     _assert_loops_equal(cls(num_train_timesteps=1), STOCK[cls](num_train_timesteps=1), 1)
 
 
-@pytest.mark.skipif(not LAPLACE_OK, reason="the core does not accept beta_schedule='laplace'")
 def test_ddpm_laplace_betas_equal_stock() -> None:
     _assert_loops_equal(DDPM(beta_schedule="laplace"), DDPMScheduler(beta_schedule="laplace"), 10)
 
@@ -374,7 +371,7 @@ SAVED = {
         ({"beta_schedule": "scaled_linear"}, None),
         ({"beta_schedule": "squaredcos_cap_v2"}, None),
         ({"beta_schedule": "sigmoid"}, None),
-        ({"beta_schedule": "laplace"}, None if LAPLACE_OK else "beta_schedule"),
+        ({"beta_schedule": "laplace"}, None),
         ({"trained_betas": TRAINED_BETAS}, None),
         ({"variance_type": "fixed_small_log"}, None),
         ({"variance_type": "fixed_large"}, None),

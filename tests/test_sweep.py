@@ -70,6 +70,14 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
         ({"grid": {"variant": ["sdm"]}, "eval": {"metric": ["fid"]}}, "unknown eval field"),
         ({"grid": {"variant": ["sdm"]}, "eval": {"metrics": ["fidd"]}}, "unknown metric"),
         ({"grid": {"variant": ["sdm"]}, "eval": {"sampler": "euler"}}, "unknown sampler"),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": ["ddpm", "heun"], "eta": 0.5}},
+            "eval.eta 0.5 applies to samplers that take eta",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": {"sampler": "ddpm", "eta": 1}}},
+            "takes no eta",
+        ),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:

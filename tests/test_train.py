@@ -363,3 +363,17 @@ def test_train_to_completion_resumes_only_the_same_run(array_data, tmp_path) -> 
         train_to_completion(dataclasses.replace(cfg, lr=0.5), progress=False)
     assert train_to_completion(dataclasses.replace(cfg, steps=3), progress=False) == 2
     assert TrainConfig.load(tmp_path / "cell" / "config.yaml").steps == 3
+
+
+@pytest.mark.parametrize(("sampler", "steps", "frames"), [("ddpm", 9, 9), ("heun", 9, 9)])
+def test_trajectory_strip_has_nine_moments_whatever_the_sampler(
+    array_data, tmp_path, sampler, steps, frames
+) -> None:
+    """heun calls the model 2 n - 1 times for n steps: the strip follows the calls."""
+    from PIL import Image
+
+    run = tmp_path / "run"
+    extra = ["--steps", "1", "--sample-sampler", sampler, "--sample-steps", str(steps)]
+    assert main(train_args(array_data, run, *extra)) == 0
+    width = Image.open(run / "samples" / "trajectory.png").size[0]
+    assert width == frames * (8 + 2) + 2  # 8 px images, torchvision's 2 px padding

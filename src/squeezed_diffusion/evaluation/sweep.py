@@ -140,6 +140,11 @@ class EvalSpec:
                 raise ValueError(f"eval.sampler {ev.sampler} takes no eta (got {ev.eta})")
             if not 0 <= ev.eta <= 1:
                 raise ValueError(f"eval eta must be in [0, 1], got {ev.eta}")
+        if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in self.evaluations):
+            raise ValueError(
+                f"eval.eta {self.eta} applies to samplers that take eta (ddim); none of "
+                "eval.sampler does: drop it or add such a sampler"
+            )
         return self
 
     def scoring(self) -> dict[str, Any]:
@@ -286,8 +291,8 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
     """The shard of a cluster job-array task when ``--shard`` is not given: SLURM's
-    ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (or ``_MIN``/``_MAX``), PBS/Torque's
-    ``PBS_ARRAY_INDEX``... are read as ``i/n``; outside a job array the whole sweep (0/1)."""
+    ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (or ``_MIN``/``_MAX``) are read as
+    ``i/n``; outside a job array the whole sweep (0/1). Other schedulers pass ``--shard``."""
     task = environ.get("SLURM_ARRAY_TASK_ID")
     if task is None:
         return 0, 1

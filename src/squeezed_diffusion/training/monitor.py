@@ -53,15 +53,15 @@ def ema_sample(
 
 
 def sample_grid(
-    sample: Callable[..., Tensor], num: int, steps: int, path: Path, trajectory: Path | None = None
+    sample: Callable[..., Tensor], num: int, calls: int, path: Path, trajectory: Path | None = None
 ) -> Tensor:
     """``sample(num, callback)`` as a PNG grid, and optionally a denoising-trajectory strip
-    (four samples' predicted x_0 at nine moments); returns the samples."""
+    (four samples' predicted x_0 at nine of the ``calls`` callbacks); returns the samples."""
     frames: list[Tensor] = []
-    every = max(1, steps // 8)
+    every = max(1, calls // 8)
 
     def keep(i: int, t: int, x: Tensor, x0: Tensor) -> None:
-        if trajectory is not None and (i % every == 0 or i == steps - 1):
+        if trajectory is not None and (i % every == 0 or i == calls - 1):
             frames.append(x0[:4].clamp(-1, 1).cpu())
 
     x = sample(num, keep)

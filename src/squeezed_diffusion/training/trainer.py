@@ -20,7 +20,7 @@ from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 
-from ..core import Basis, SqueezedDiffusion, load_basis
+from ..core import SAMPLERS, Basis, SqueezedDiffusion, load_basis
 from ..models import count_parameters
 from ..run import Run
 from .bases import cached_basis, check_basis
@@ -139,7 +139,8 @@ class Trainer:
                 callback,
             )
 
-        return sample_grid(sample, cfg.sample_num, cfg.sample_steps, path, trajectory)
+        calls = SAMPLERS.get(cfg.sample_sampler).nfe(cfg.sample_steps)  # heun: 2 n - 1
+        return sample_grid(sample, cfg.sample_num, calls, path, trajectory)
 
     def run(self) -> Path:
         """Train to ``total_steps``; checkpoint, log and sample along the way."""

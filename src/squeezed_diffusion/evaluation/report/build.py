@@ -91,9 +91,9 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     i = 0
     for base in sorted({s.group.base for s in summaries}):
         groups = sorted({s.group for s in summaries if s.group.base == base})
+        title = groups[0].title().rsplit(", sampler", 1)[0]  # the configuration, any sampler
         header, body = verdict_table([s for s in summaries if s.group.base == base])
         if body:
-            title = groups[0].title().rsplit(", sampler", 1)[0]
             blocks += [Heading(2, f"{title}: what this sweep resolves"), Text(VERDICT)]
             blocks.append(Table(header, body))
         for group in groups:
@@ -105,9 +105,7 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         if len(groups) > 1 and any(s.delta is not None for s in together):
             caption = "paired difference from isotropic against strength, one line per sampler"
             blocks += [
-                Heading(
-                    2, f"{groups[0].title().rsplit(', sampler', 1)[0]}: the samplers side by side"
-                ),
+                Heading(2, f"{title}: the samplers side by side"),
                 Figure(f"paired-by-sampler-{i}.png", paired_plot(together), caption),
             ]
     grids = [p for c in cell_ids for p in sorted((cells_dir / c).glob("**/samples.png"))]
