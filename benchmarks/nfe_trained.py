@@ -1,9 +1,9 @@
 """Few-step samplers on trained models: fd_effnet against model evaluations (issue 15).
 
-    python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic [seed0 ...]] [--json PATH]
+    python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic_seed0 ...] [--json PATH]
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
-contains every ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps and heun at 11
+contains any ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps and heun at 11
 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same number of
 samples, sampling seed, reference subset and metrics, read from the sweep's own results).
 Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
@@ -48,13 +48,13 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
     parser.add_argument(
-        "--cells", nargs="+", default=["isotropic"], help="cells whose id contains all of these"
+        "--cells", nargs="+", default=["isotropic"], help="cells whose id contains any of these"
     )
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     cells = sorted(
-        p for p in (args.sweep / "cells").iterdir() if all(s in p.name for s in args.cells)
+        p for p in (args.sweep / "cells").iterdir() if any(s in p.name for s in args.cells)
     )
     if not cells:
         raise SystemExit(
