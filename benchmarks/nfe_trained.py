@@ -3,8 +3,8 @@
     python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic_seed0 ...] [--json PATH]
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
-contains any ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps and heun at 11
-steps (21 evaluations), exactly as the sweep evaluated its samplers (the same number of
+contains any ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps
+and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same number of
 samples, sampling seed, reference subset and metrics, read from the sweep's own results).
 Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
 the seed-paired difference from exact DDPM with 50 steps (the sweep's ``ddpm-50``), and
