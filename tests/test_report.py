@@ -136,9 +136,13 @@ def test_report_of_a_sweep_folder_includes_sample_grids(results_dir) -> None:
     grid = results_dir / "cells" / "cifar10_sdm_s-0.4_seed0" / "samples.png"
     grid.parent.mkdir(parents=True)
     Image.new("RGB", (32, 32), (200, 60, 20)).save(grid)
+    unscored = grid.parent / "evals" / "heun-11" / "samples.png"  # sampled, not in the table
+    unscored.parent.mkdir(parents=True)
+    Image.new("RGB", (32, 32), (20, 60, 200)).save(unscored)
     assert main(["report", str(results_dir)]) == 0
     md = (results_dir / "report.md").read_text()
     assert "## Samples" in md and "figures/samples-cifar10_sdm_s-0.4_seed0.png" in md
+    assert "heun-11" not in md
     assert (results_dir / "report.html").read_text().count("data:image/png") == 4
 
 

@@ -108,7 +108,13 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
                 Heading(2, f"{title}: the samplers side by side"),
                 Figure(f"paired-by-sampler-{i}.png", paired_plot(together), caption),
             ]
-    grids = [p for c in cell_ids for p in sorted((cells_dir / c).glob("**/samples.png"))]
+    scored = {(r["cell"], row_group(r).evaluation) for r in rows}
+    grids = [  # the grids of the evaluations in the table (evals/LABEL/, or 0.1.0's cell root)
+        p
+        for c in cell_ids
+        for p in sorted((cells_dir / c).glob("**/samples.png"))
+        if (c, p.parent.name if p.parent.parent.name == "evals" else "") in scored
+    ]
     if grids:
         blocks.append(Heading(2, "Samples"))
         for path in grids:
