@@ -57,18 +57,46 @@ def test_readme_cifar10_basis_is_what_fit_basis_prints(cifar_tar, tmp_path, caps
         assert f"  {line}\n" in text, line
 
 
-@pytest.mark.parametrize(("folder", "cells", "paired_rows"), [("local-cifar10", 7, 6)])
-def test_readme_reproduction_tables_are_the_committed_results(folder, cells, paired_rows) -> None:
-    """The README's and docs/results' tables are recomputed from the committed results.json."""
+@pytest.mark.parametrize(
+    ("folder", "samplers", "cells", "paired_rows", "metrics"),
+    [("local-cifar10", 1, 7, 6, 3), ("local-cifar10-samplers", 3, 4, 3, 4)],
+)
+def test_reproduction_tables_are_the_committed_results(
+    folder, samplers, cells, paired_rows, metrics
+) -> None:
+    """docs/results' tables (one pair per sampler) are recomputed from the committed results."""
     from squeezed_diffusion.evaluation.report import paper_table, summarize
 
     results = ROOT / "docs" / "results" / folder
     items = summarize(json.loads((results / "results.json").read_text()))
-    assert len({s.group for s in items}) == 1
+    groups = sorted({s.group for s in items})
+    assert len(groups) == samplers
     for doc in (results / "README.md", results / "report.md"):
         text = doc.read_text()
-        for paired in (False, True):
-            header, body = paper_table(items, paired=paired)
-            assert len(body) == (paired_rows if paired else cells) and len(header) == 6
-            for row in body:
-                assert "| " + " | ".join(row) + " |" in text, (doc.name, row)
+        for group in groups:
+            for paired in (False, True):
+                header, body = paper_table([s for s in items if s.group == group], paired=paired)
+                assert len(body) == (paired_rows if paired else cells)
+                assert len(header) == 3 + metrics
+                for row in body:
+                    assert "| " + " | ".join(row) + " |" in text, (doc.name, group, row)
+
+
+def test_readme_sampler_study_is_the_committed_results() -> None:
+    """16 cells x 3 samplers x 4 metrics committed; the README's verdicts recomputed from them."""
+    from squeezed_diffusion.evaluation.report import summarize, verdict_table
+
+    results = ROOT / "docs" / "results" / "local-cifar10-samplers"
+    rows = json.loads((results / "results.json").read_text())
+    assert len({r["cell"] for r in rows}) == 16
+    assert {r["sampler"] for r in rows} == {"ddpm", "ddim", "ddpm-paper"}
+    assert {r["metric"] for r in rows} == {
+        "fd_effnet", "precision_effnet", "recall_effnet", "fd_pixels8"
+    }  # fmt: skip
+    assert len(rows) == 16 * 3 * 4 and {r["num_samples"] for r in rows} == {2000}
+    header, body = verdict_table(summarize(rows))
+    assert len(body) == 3 * 3 and {row[3] for row in body} == {"4"}
+    for doc in (README, results / "README.md", results / "report.md"):
+        text = doc.read_text()
+        for row in [header, *body]:
+            assert "| " + " | ".join(row) + " |" in text, (doc.name, row)
