@@ -44,6 +44,36 @@ def scores(cell: Path, label: str, metric: str) -> float:
     return json.loads((cell / "evals" / label / "result.json").read_text())["metrics"][metric]
 
 
+def summary_rows(cells: list[Path], metric: str) -> list[dict]:
+    """Per sampler and NFE: ``metric`` over the models (mean, 95 % interval) and its
+    seed-paired difference from ddpm-50, read from the cells' ``evals/LABEL/result.json``."""
+    labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
+    per = {label: [scores(c, label, metric) for c in cells] for label in labels}
+    rows = []
+    for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
+        diffs = [a - b for a, b in zip(per[label], per["ddpm-50"], strict=True)]
+        rows.append({
+            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps), "models": len(cells),
+            "values": per[label], "mean": statistics.fmean(per[label]), "ci": interval95(per[label]),
+            "paired_vs_ddpm50": statistics.fmean(diffs), "paired_ci": interval95(diffs),
+        })  # fmt: skip
+    return rows
+
+
+def format_table(rows: list[dict], metric: str) -> str:
+    """The markdown table the README shows."""
+    lines = [
+        f"| sampler | NFE | {metric} (mean ± 95 %, {rows[0]['models']} models) | paired vs ddpm-50 |",
+        "|---|---|---|---|",
+    ]
+    for r in rows:
+        baseline = r["sampler"] == "ddpm" and r["steps"] == 50
+        paired = "" if baseline else f"{r['paired_vs_ddpm50']:+.3g} ± {sig(r['paired_ci'], 2)}"
+        mean = f"{sig(r['mean'], 4)} ± {sig(r['ci'], 2)}"
+        lines.append(f"| `{r['sampler']}` | {r['nfe']} | {mean} | {paired} |")
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
@@ -57,9 +87,7 @@ def main() -> int:
         p for p in (args.sweep / "cells").iterdir() if any(s in p.name for s in args.cells)
     )
     if not cells:
-        raise SystemExit(
-            f"no trained cell of {args.sweep} has {' and '.join(args.cells)} in its id"
-        )
+        raise SystemExit(f"no trained cell of {args.sweep} has {' or '.join(args.cells)} in its id")
     spec, start = sweep_spec(cells), time.perf_counter()
     for folder in cells:  # train_to_completion finds each run finished and only evaluates
         config = Run(folder / "run").config()
@@ -67,29 +95,8 @@ def main() -> int:
     if len(cells) < 2:  # one model evaluated (e.g. one per core); the intervals need two
         print(f"evaluated {cells[0].name}; the table needs at least 2 models", file=sys.stderr)
         return 0
-    labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
-    per = {label: [scores(c, label, args.metric) for c in cells] for label in labels}
-    rows = []
-    for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
-        diffs = [a - b for a, b in zip(per[label], per["ddpm-50"], strict=True)]
-        rows.append({
-            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps), "models": len(cells),
-            "values": per[label], "mean": statistics.fmean(per[label]), "ci": interval95(per[label]),
-            "paired_vs_ddpm50": statistics.fmean(diffs), "paired_ci": interval95(diffs),
-        })  # fmt: skip
-    print(
-        f"| sampler | NFE | {args.metric} (mean ± 95 %, {len(cells)} models) | paired vs ddpm-50 |"
-    )
-    print("|---|---|---|---|")
-    for r in rows:
-        paired = (
-            ""
-            if r["sampler"] == "ddpm" and r["steps"] == 50
-            else f"{r['paired_vs_ddpm50']:+.3g} ± {sig(r['paired_ci'], 2)}"
-        )
-        print(
-            f"| `{r['sampler']}` | {r['nfe']} | {sig(r['mean'], 4)} ± {sig(r['ci'], 2)} | {paired} |"
-        )
+    rows = summary_rows(cells, args.metric)
+    print(format_table(rows, args.metric))
     wall = time.perf_counter() - start
     print(f"({wall:.0f} s; cells: {', '.join(c.name for c in cells)})", file=sys.stderr)
     if args.json:

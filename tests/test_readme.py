@@ -100,3 +100,20 @@ def test_readme_sampler_study_is_the_committed_results() -> None:
         text = doc.read_text()
         for row in [header, *body]:
             assert "| " + " | ".join(row) + " |" in text, (doc.name, row)
+
+
+def test_readme_few_step_table_is_the_committed_evaluations() -> None:
+    """The trained-model NFE table, recomputed from the committed result.json of each
+    evaluation, is the README's, the few-step folder's and trained.json's."""
+    import nfe_trained
+
+    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
+    committed = json.loads((ROOT / "docs/results/few-step-samplers/trained.json").read_text())
+    cells = [study / name for name in committed["cells"]]
+    assert len(cells) >= 2
+    rows = nfe_trained.summary_rows(cells, committed["metric"])
+    table = nfe_trained.format_table(rows, committed["metric"])
+    assert table == nfe_trained.format_table(committed["rows"], committed["metric"])
+    assert {(r["sampler"], r["nfe"]) for r in rows} >= {("dpmpp-2m", 20), ("ddpm", 50)}
+    assert table in README.read_text()
+    assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
