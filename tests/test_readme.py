@@ -117,3 +117,18 @@ def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     assert {(r["sampler"], r["nfe"]) for r in rows} >= {("dpmpp-2m", 20), ("ddpm", 50)}
     assert table in README.read_text()
     assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+
+
+def test_benchmark_comparison_is_the_committed_runs() -> None:
+    """docs/benchmarks.md's no-regression table is what benchmarks/compare.py prints for the
+    two committed --quick runs."""
+    import subprocess
+
+    runs = sorted((ROOT / "benchmarks" / "results").glob("cpu-quick-*.json"))
+    before = ROOT / "benchmarks" / "results" / "cpu-quick-fb80759.json"
+    (after,) = [p for p in runs if p != before]
+    script = ROOT / "benchmarks" / "compare.py"
+    out = subprocess.run([sys.executable, str(script), str(before), str(after)],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    assert out.count("\n") > 10 and "| no |" not in out
+    assert out.strip() in (ROOT / "docs" / "benchmarks.md").read_text()
