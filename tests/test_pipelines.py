@@ -955,6 +955,14 @@ def test_pipeline_default_steps_are_the_full_schedule(unet, cls) -> None:
     if cls is DPM:
         with pytest.raises(ValueError, match="num_inference_steps=6 repeats a timestep"):
             scheduler.set_timesteps(6)
+        # lambda_min_clipped drops the noisiest timestep: the full schedule is one step shorter
+        lam = (0.5 * scheduler.process.log_snr_table()).amin(dim=1)
+        clipped = cls(direction=DIRECTION, strength=-0.4, num_train_timesteps=6,
+                      lambda_min_clipped=float(lam[-2:].mean()))  # fmt: skip
+        pipe = SqueezedDDPMPipeline(unet=unet, scheduler=clipped)
+        pipe.set_progress_bar_config(disable=True)
+        assert torch.isfinite(pipe(generator=_gen(0), output_type="latent").images).all()
+        assert len(clipped.timesteps) == 4
 
 
 @pytest.mark.parametrize("cls", [DDIM, DPM])

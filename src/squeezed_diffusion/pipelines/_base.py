@@ -236,6 +236,11 @@ class SqueezedSchedulerMixin:
         return self.config.num_train_timesteps
 
     # -- timesteps --------------------------------------------------------------------
+    def default_inference_steps(self) -> int:
+        """Steps a pipeline takes when given none: every training timestep (stock
+        DDPMPipeline's 1000)."""
+        return self.config.num_train_timesteps
+
     def _spaced_timesteps(self, num_inference_steps: int) -> list[int]:
         """DDPM's and DDIM's schedule: ``timestep_spacing``, with ``steps_offset`` added to
         "leading" timesteps only (stock ignores it for the other spacings, and so does this)."""

@@ -128,8 +128,8 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         ``output_type``: 'pil', 'np' (NHWC in [0, 1]), 'pt' (NCHW in [0, 1]) or
         'latent' (the raw final sample in [-1, 1], unclamped: what
         ``SqueezedDiffusion.sample`` returns). ``eta`` is DDIM's and needs the DDIM scheduler.
-        ``num_inference_steps`` defaults to every training timestep T (stock DDPMPipeline's
-        1000), T - 1 with DPM-Solver (more would repeat a timestep).
+        ``num_inference_steps`` defaults to the scheduler's full schedule (every training
+        timestep, as stock DDPMPipeline; one fewer with DPM-Solver, which would repeat one).
         """
         if output_type not in OUTPUT_TYPES:
             raise ValueError(
@@ -150,9 +150,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
             shape, generator=generator, device=device, dtype=self.unet.dtype
         )
         if num_inference_steps is None:
-            full = self.scheduler.config.num_train_timesteps
-            ode = isinstance(self.scheduler, SqueezedDPMSolverMultistepScheduler)
-            num_inference_steps = max(1, full - 1) if ode else full
+            num_inference_steps = self.scheduler.default_inference_steps()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
         step_kwargs = {"eta": eta} if takes_eta else {}
         for t in self.progress_bar(self.scheduler.timesteps):

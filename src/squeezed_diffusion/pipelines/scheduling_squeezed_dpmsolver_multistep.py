@@ -157,6 +157,10 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         return proc
 
     # -- timesteps --------------------------------------------------------------------
+    def default_inference_steps(self) -> int:
+        """The most steps that repeat no timestep: one fewer than the timesteps kept."""
+        return max(1, self._last_timestep() - 1)
+
     def _last_timestep(self) -> int:
         """Training timesteps kept by ``lambda_min_clipped``: those where every direction's
         half-log-SNR is at least the threshold (the isotropic one at strength 0, as stock)."""
