@@ -4,8 +4,9 @@
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
 contains any ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps
-and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same number of
-samples, sampling seed, reference subset and metrics, read from the sweep's own results).
+and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same
+number of samples, sampling seed, reference subset and metrics, read from the sweep's own
+results).
 Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
 the seed-paired difference from exact DDPM with 50 steps (the sweep's ``ddpm-50``), and
 writes every number to JSON. Evaluations already made are read back from the cells' own
@@ -23,7 +24,13 @@ from pathlib import Path
 
 from squeezed_diffusion import SAMPLERS
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
-from squeezed_diffusion.evaluation.sweep import Cell, EvalSpec, Evaluation, run_cell
+from squeezed_diffusion.evaluation.sweep import (
+    Cell,
+    EvalSpec,
+    Evaluation,
+    evaluation_folder,
+    run_cell,
+)
 from squeezed_diffusion.run import Run
 
 FEW_STEP = [("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11)]
@@ -32,7 +39,8 @@ BASELINES = [("ddpm", 50), ("ddim", 50)]
 
 def sweep_spec(cells: list[Path]) -> EvalSpec:
     """The evaluation settings the sweep used (from a finished evaluation's result.json)."""
-    first = json.loads(next(cells[0].glob("evals/ddpm-50/result.json")).read_text())["settings"]
+    baseline = evaluation_folder(cells[0], Evaluation(*BASELINES[0]).label) / "result.json"
+    first = json.loads(baseline.read_text())["settings"]
     return EvalSpec(
         num=first["num"], seed=first["seed"], metrics=tuple(first["metrics"]),
         num_reference=first["num_reference"], prc_extractor=first["prc_extractor"],
@@ -41,7 +49,8 @@ def sweep_spec(cells: list[Path]) -> EvalSpec:
 
 
 def scores(cell: Path, label: str, metric: str) -> float:
-    return json.loads((cell / "evals" / label / "result.json").read_text())["metrics"][metric]
+    result = evaluation_folder(cell, label) / "result.json"
+    return json.loads(result.read_text())["metrics"][metric]
 
 
 def summary_rows(cells: list[Path], metric: str) -> list[dict]:

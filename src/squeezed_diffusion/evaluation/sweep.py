@@ -133,14 +133,15 @@ class EvalSpec:
                 raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
         if self.num < 2:
             raise ValueError(f"eval.num must be >= 2 to compute statistics, got {self.num}")
-        for ev in self.evaluations:
+        evaluations = self.evaluations
+        for ev in evaluations:
             if ev.steps < 1:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
             if ev.eta and not SAMPLERS.get(ev.sampler).uses_eta:
                 raise ValueError(f"eval.sampler {ev.sampler} takes no eta (got {ev.eta})")
             if not 0 <= ev.eta <= 1:
                 raise ValueError(f"eval eta must be in [0, 1], got {ev.eta}")
-        if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in self.evaluations):
+        if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in evaluations):
             raise ValueError(
                 f"eval.eta {self.eta} applies to samplers that take eta (ddim); none of "
                 "eval.sampler does: drop it or add such a sampler"
@@ -318,8 +319,13 @@ def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:
 # ------------------------------------------------------------------------------ running
 
 
+def evaluation_folder(cell_folder: Path, label: str) -> Path:
+    """Where a cell keeps one evaluation (``label``: ``Evaluation.label``)."""
+    return cell_folder / "evals" / label
+
+
 def eval_dir(cell: Cell, evaluation: Evaluation) -> Path:
-    return Path(cell.config.out).parent / "evals" / evaluation.label
+    return evaluation_folder(Path(cell.config.out).parent, evaluation.label)
 
 
 def _matches(path: Path, wanted: dict[str, Any], key: str | None = None) -> bool:

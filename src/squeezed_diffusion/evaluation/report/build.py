@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from ..metrics.table import METRICS, higher_is_better
+from ..sweep import evaluation_folder
 from .figures import log_snr_plot, metric_plot, paired_plot, pr_plot
 from .render import Block, Figure, Heading, Table, Text, write_document
 from .stats import (
@@ -108,13 +109,11 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
                 Heading(2, f"{title}: the samplers side by side"),
                 Figure(f"paired-by-sampler-{i}.png", paired_plot(together), caption),
             ]
-    scored = {(r["cell"], row_group(r).evaluation) for r in rows}
-    grids = [  # the grids of the evaluations in the table (evals/LABEL/, or 0.1.0's cell root)
-        p
-        for c in cell_ids
-        for p in sorted((cells_dir / c).glob("**/samples.png"))
-        if (c, p.parent.name if p.parent.parent.name == "evals" else "") in scored
+    scored = sorted({(r["cell"], row_group(r).evaluation) for r in rows})
+    folders = [  # 0.1.0's single evaluation kept its grid in the cell folder itself
+        evaluation_folder(cells_dir / c, label) if label else cells_dir / c for c, label in scored
     ]
+    grids = [f / "samples.png" for f in folders if (f / "samples.png").is_file()]
     if grids:
         blocks.append(Heading(2, "Samples"))
         for path in grids:
