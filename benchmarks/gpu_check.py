@@ -7,7 +7,10 @@ UNet preset, the training step (SDM s = -0.4, bf16 autocast) eager and compiled 
 median step time, images/s, model FLOPs utilisation, the compile time (the first compiled
 steps, apart), kernel launches per step and the share of GPU time spent in copy kernels
 (torch.profiler over a few steps), and the SDM / isotropic step ratio; then 50-step sampling
-in images/s, eager and compiled. Prints a table and writes JSON; asserts nothing.
+in images/s, eager and compiled. Then, while ``--budget-s`` lasts, the compiled settings that
+issue 11 asks to choose by measurement (``VARIANTS``: channels-last activations, CUDA graphs
+through ``reduce-overhead``) for the tiny and paper UNets; a variant that would not finish in
+time is recorded as skipped. Prints a table and writes JSON; asserts nothing.
 
 Without CUDA it runs the same code on the CPU at toy sizes (eager only unless --compile), to
 test the script; its numbers say nothing about GPUs.
@@ -40,6 +43,14 @@ from run import (
 )
 
 PROFILED_STEPS = 3
+# Compiled settings compared with the default one (compile_mode "default", contiguous NCHW),
+# to choose the defaults by measurement. max-autotune is left out: its compilation alone
+# takes minutes per UNet.
+VARIANTS = {
+    "compiled+channels_last": {"compile": True, "channels_last": True},
+    "reduce-overhead": {"compile": True, "compile_mode": "reduce-overhead"},
+}
+VARIANT_PRESETS = ("tiny", "paper")
 
 
 def profile_step(step: Any) -> dict[str, Any]:
@@ -63,17 +74,19 @@ def profile_step(step: Any) -> dict[str, Any]:
 
 
 def bench_train(
-    preset: str, batch: int, compiled: bool, repeats: int, root: Path
+    preset: str, batch: int, mode: str, settings: dict[str, Any], repeats: int, root: Path
 ) -> dict[str, Any]:
-    """One preset's step, eager or compiled; SDM vs isotropic interleaved on the same trainer."""
-    folder = root / f"{preset}-{'compiled' if compiled else 'eager'}"
+    """One preset's step in one mode (``settings``: TrainConfig's compile fields); SDM vs
+    isotropic interleaved on the same trainer."""
+    folder = root / f"{preset}-{mode}"
     folder.mkdir(parents=True, exist_ok=True)
-    trainer = make_trainer(preset, batch, folder, compiled)
     start = time.perf_counter()
+    trainer = make_trainer(preset, batch, folder, **settings)
+    started = time.perf_counter()
     for _ in range(3):  # compilation (forward and backward) happens in the first steps
         trainer.train_step()
     _sync()
-    first_s = time.perf_counter() - start
+    first_s = time.perf_counter() - started
     sdm = trainer.batches.process
     iso = type(sdm).from_fields(trainer.basis, {**trainer.cfg.to_dict(), "variant": "isotropic"})
     iso.to(trainer.accelerator.device)
@@ -95,6 +108,8 @@ def bench_train(
         "mfu": None if peak is None else flops * batch / median / peak,
         "ratio_sdm_isotropic": ratio(times, "sdm", "isotropic"),
         **profile_step(step(sdm)),
+        "settings": settings,
+        "wall_s": time.perf_counter() - start,
     }
 
 
@@ -131,6 +146,9 @@ def table(results: dict[str, Any]) -> str:
     rows = []
     for preset, modes in results["train"].items():
         for mode, r in modes.items():
+            if "skipped" in r:
+                rows.append(f"train {preset:<6} {mode:<22} skipped: {r['skipped']}")
+                continue
             mfu = "" if r["mfu"] is None else f"  MFU {100 * r['mfu']:.1f}%"
             prof = (
                 ""
@@ -138,16 +156,37 @@ def table(results: dict[str, Any]) -> str:
                 else f"  {r['kernels_per_step']:.0f} kernels/step, copies {100 * r['copy_share']:.1f}%"
             )
             rows.append(
-                f"train {preset:<6} {mode:<8} {r['median_ms']:9.2f} ms  {r['images_per_s']:9.0f} img/s{mfu}"
+                f"train {preset:<6} {mode:<22} {r['median_ms']:9.2f} ms  {r['images_per_s']:9.0f} img/s{mfu}"
                 f"{prof}  sdm/iso {r['ratio_sdm_isotropic']['median']:.3f}  first 3 steps {r['first_3_steps_s']:.1f} s"
             )
     for preset, modes in results["sampling"].items():
         for mode, r in modes.items():
             rows.append(
-                f"sample {preset:<5} {mode:<8} {r['steps']} steps, batch {r['batch']}: "
+                f"sample {preset:<5} {mode:<22} {r['steps']} steps, batch {r['batch']}: "
                 f"{r['images_per_s']:9.1f} img/s  (first run {r['first_run_s']:.1f} s)"
             )
     return "\n".join(rows)
+
+
+def bench_variants(
+    results: dict[str, Any], presets: list[str], batch: int, repeats: int, root: Path,
+    deadline: float,
+) -> None:  # fmt: skip
+    """``VARIANTS`` for the presets in ``VARIANT_PRESETS``, each only if it should end before
+    ``deadline`` (``time.perf_counter()``), judged by the slowest row of its preset so far.
+    A variant that fails is recorded with its error: the main rows must not be lost to it."""
+    for preset in (p for p in presets if p in VARIANT_PRESETS):
+        rows = results["train"][preset]
+        for mode, settings in VARIANTS.items():
+            needed = max(r["wall_s"] for r in rows.values() if "wall_s" in r)
+            left = deadline - time.perf_counter()
+            if needed > left:
+                rows[mode] = {"skipped": f"needs about {needed:.0f} s, {max(left, 0):.0f} s left"}
+                continue
+            try:
+                rows[mode] = bench_train(preset, batch, mode, settings, repeats, root)
+            except Exception as error:  # reported in the table and the JSON
+                rows[mode] = {"skipped": f"failed: {type(error).__name__}: {error}"[:300]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,16 +196,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--sample-batch", type=int, default=512)
     parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                        help="also the compiled step (default: with CUDA)")  # fmt: skip
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="also the compiled step (default: with CUDA)",
+    )
+    parser.add_argument(
+        "--variants",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="then the compiled VARIANTS (default: with CUDA)",
+    )
+    parser.add_argument(
+        "--budget-s",
+        type=float,
+        default=330,
+        help="start no variant that would end later than this (seconds from the start)",
+    )
     args = parser.parse_args(argv)
     cuda = torch.cuda.is_available()
     presets = args.presets.split(",") if cuda else ["tiny"]
     batch, sample_batch, repeats = (
         (args.batch, args.sample_batch, args.repeats) if cuda else (8, 4, 3)
     )
-    modes = {"eager": False} | (
-        {"compiled": True} if (cuda if args.compile is None else args.compile) else {}
+    modes = {"eager": {"compile": False}} | (
+        {"compiled": {"compile": True}} if (cuda if args.compile is None else args.compile) else {}
     )
     if cuda:
         torch.backends.cuda.matmul.allow_tf32 = False  # as training: the bases project in fp32
@@ -179,8 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="sqdm-gpu-") as tmp:
         for preset in presets:
             results["train"][preset] = {
-                mode: bench_train(preset, batch, compiled, repeats, Path(tmp))
-                for mode, compiled in modes.items()
+                mode: bench_train(preset, batch, mode, settings, repeats, Path(tmp))
+                for mode, settings in modes.items()
             }
             print(
                 f"{preset} trained ({time.perf_counter() - start:.0f} s)",
@@ -189,9 +244,12 @@ def main(argv: list[str] | None = None) -> int:
             )
         for preset in (p for p in presets if p in ("tiny", "paper")):
             results["sampling"][preset] = {
-                mode: bench_sampling(preset, sample_batch, compiled, 50 if cuda else 2)
-                for mode, compiled in modes.items()
+                mode: bench_sampling(preset, sample_batch, settings["compile"], 50 if cuda else 2)
+                for mode, settings in modes.items()
             }
+        if cuda if args.variants is None else args.variants:
+            deadline = start + args.budget_s
+            bench_variants(results, presets, batch, repeats, Path(tmp), deadline)
     results["meta"]["wall_s"] = time.perf_counter() - start
     print(table(results))
     args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -123,8 +123,9 @@ def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 
 # -- 1, 5, 6: training step, loader, memory ------------------------------------------------------
-def make_trainer(preset: str, batch: int, root: Path, compile: bool) -> Trainer:
-    """A Trainer on random uint8 images (speed does not depend on content), SDM s = -0.4."""
+def make_trainer(preset: str, batch: int, root: Path, compile: bool, **settings: Any) -> Trainer:
+    """A Trainer on random uint8 images (speed does not depend on content), SDM s = -0.4;
+    ``settings`` are further TrainConfig fields (``compile_mode``, ``channels_last``)."""
     data = root / f"images-{preset}-{batch}.npy"
     rng = np.random.default_rng(0)
     np.save(data, rng.integers(0, 256, (max(2 * batch, 256), 32, 32, 3), dtype=np.uint8))
@@ -139,6 +140,7 @@ def make_trainer(preset: str, batch: int, root: Path, compile: bool) -> Trainer:
         batch_size=batch,
         mixed_precision=_gpu_precision() if torch.cuda.is_available() else "no",
         compile=compile,
+        **settings,
     ).validate()
     return Trainer(cfg, progress=False)
 

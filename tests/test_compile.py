@@ -79,3 +79,40 @@ def test_compiled_run_resumes_exactly(data, tmp_path) -> None:
     logs = [[json.loads(ln)["loss"] for ln in (r / "log.jsonl").read_text().splitlines()]
             for r in (straight, split)]  # fmt: skip
     assert np.allclose(logs[0], logs[1], rtol=1e-5)
+
+
+def test_cuda_graph_modes_start_a_graph_iteration_every_step(data, tmp_path, monkeypatch) -> None:
+    """reduce-overhead / max-autotune replay CUDA graphs, whose outputs the next replay
+    overwrites: each training step must begin a new graph iteration (CUDA only)."""
+    trainer = Trainer(_cfg(data, tmp_path / "a", compile_mode="reduce-overhead"), progress=False)
+    assert not trainer.state.cuda_graphs  # CPU, eager: no graphs
+    marks = []
+    monkeypatch.setattr(torch.compiler, "cudagraph_mark_step_begin", lambda: marks.append(1))
+    trainer.train_step()
+    assert marks == []
+    trainer.state.cuda_graphs = True
+    trainer.train_step()
+    trainer.train_step()
+    assert marks == [1, 1]
+
+
+def test_gpu_check_runs_on_cpu_and_records_every_variant(tmp_path, monkeypatch) -> None:
+    """benchmarks/gpu_check.py at CPU toy sizes: the main rows, a variant row, a failing
+    variant recorded with its error, and variants skipped when the budget is spent."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    import gpu_check
+
+    monkeypatch.setattr(gpu_check, "VARIANTS", {
+        "eager-again": {"compile": False}, "broken": {"compile": False, "compile_mode": "nope"},
+    })  # fmt: skip
+    gpu_check.main(["--json", str(tmp_path / "a.json"), "--variants"])
+    result = json.loads((tmp_path / "a.json").read_text())
+    rows = result["train"]["tiny"]
+    assert rows["eager"]["images_per_s"] > 0 and rows["eager-again"]["images_per_s"] > 0
+    assert rows["eager-again"]["settings"] == {"compile": False}
+    assert "unknown compile_mode 'nope'" in rows["broken"]["skipped"]
+    assert result["sampling"]["tiny"]["eager"]["images_per_s"] > 0
+    gpu_check.main(["--json", str(tmp_path / "b.json"), "--variants", "--budget-s", "0"])
+    rows = json.loads((tmp_path / "b.json").read_text())["train"]["tiny"]
+    assert rows["eager"]["images_per_s"] > 0
+    assert all(rows[m]["skipped"].startswith("needs about") for m in ("eager-again", "broken"))

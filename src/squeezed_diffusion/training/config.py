@@ -123,7 +123,7 @@ class TrainConfig:
     mixed_precision: str = "no"
     compile: bool | None = None  # torch.compile the UNet; None: on CUDA only (state.py says why)
     compile_mode: str = "default"  # torch.compile mode (benchmarks/gpu_check.sh measures them)
-    channels_last: bool = False  # NHWC activations on CUDA (measured there, see state.py)
+    channels_last: bool = False  # NHWC activations on CUDA (gpu_check.py measures both)
     ema_decay: float = 0.9999
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75

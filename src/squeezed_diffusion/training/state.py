@@ -24,6 +24,7 @@ from .checkpoint import load_checkpoint, load_weights, restore_rng, save_checkpo
 from .config import TrainConfig
 
 Tensor = torch.Tensor
+CUDA_GRAPH_MODES = ("reduce-overhead", "max-autotune")  # torch.compile modes that use CUDA graphs
 
 
 @dataclass
@@ -35,6 +36,7 @@ class TrainState:
     ema: EMAModel
     preset: str
     skipped_batches: int = 0
+    cuda_graphs: bool = False  # the compiled UNet replays CUDA graphs (see train_step)
 
     @property
     def unwrapped(self) -> torch.nn.Module:
@@ -134,4 +136,7 @@ def build_state(
         inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, foreach=cuda,
     )  # fmt: skip
     ema.to(accelerator.device)
-    return TrainState(accelerator, model, optimizer, lr_scheduler, ema, cfg.model)
+    graphs = cuda and use_compile(cfg, accelerator.device) and cfg.compile_mode in CUDA_GRAPH_MODES
+    return TrainState(
+        accelerator, model, optimizer, lr_scheduler, ema, cfg.model, cuda_graphs=graphs
+    )

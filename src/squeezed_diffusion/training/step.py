@@ -26,6 +26,8 @@ def train_step(
     ``state.skipped_batches``) and returns 0, so the logged mean stays finite.
     """
     acc = state.accelerator
+    if state.cuda_graphs:  # a new iteration: the graphs may now overwrite the last step's outputs
+        torch.compiler.cudagraph_mark_step_begin()
     total = torch.zeros((), device=acc.device)
     for micro, part in enumerate(batches.indices(step).chunk(grad_accum)):
         last = micro == grad_accum - 1
