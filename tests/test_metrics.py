@@ -132,12 +132,22 @@ def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path
     assert "does not hold InceptionV3 weights" in capsys.readouterr().err
 
 
-def test_feature_weights_specs() -> None:
+def test_feature_weights_specs(tmp_path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    for name in ("w.pth", "a=b.pth", "c.pth"):
+        Path(name).write_bytes(b"weights")
     assert parse_feature_weights(["w.pth"], ["inception"]) == {"inception": Path("w.pth")}
     both = parse_feature_weights(["vgg16=a=b.pth", "inception=c.pth"], ["inception", "vgg16"])
     assert both == {"vgg16": Path("a=b.pth"), "inception": Path("c.pth")}
     with pytest.raises(ValueError, match="NAME=PATH"):
         parse_feature_weights(["w.pth"], ["inception", "vgg16"])
+    # never ignored: weights no metric uses, a name given twice, a missing file
+    with pytest.raises(ValueError, match="no requested metric uses vgg16"):
+        parse_feature_weights(["vgg16=w.pth"], ["inception"])
+    with pytest.raises(ValueError, match="gives inception twice"):
+        parse_feature_weights(["inception=w.pth", "inception=c.pth"], ["inception", "vgg16"])
+    with pytest.raises(FileNotFoundError, match=r"missing\.pth is not a file"):
+        parse_feature_weights(["missing.pth"], ["inception"])
 
 
 # -------------------------------------------------------------- the offline EfficientNet space

@@ -7,6 +7,7 @@ import json
 import os
 import pickle
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -22,6 +23,7 @@ from squeezed_diffusion import ChannelBasis
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.core.fileio import sha256
 from squeezed_diffusion.evaluation.generate import generate
+from squeezed_diffusion.run import Run
 from squeezed_diffusion.training.batches import Batches
 from squeezed_diffusion.training.checkpoint import (
     CheckpointError,
@@ -291,7 +293,7 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ([*t, *arr, "--batch-size", "0"], "batch_size must be an integer >= 1"),
         (
             ["sample", str(run), "--num", "0", "--out", str(tmp_path / "s.npz")],
-            "--num must be at least 1",
+            "argument --num: must be an integer >= 1, got 0",
         ),
         (
             ["sample", str(run), "--sampler", "euler", "--out", str(tmp_path / "s.npz")],
@@ -325,7 +327,53 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             ["train", "--out", str(run), "--resume", "latest", "--preset", "paper-cifar10"],
             "--preset does not apply to --resume",
         ),
+        *_ignored_flag_cases(tmp_path, data, run, t, arr),
     ]
+
+
+def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: list) -> list:
+    """Flags that would be accepted and have no effect: each must be refused instead."""
+    other = tmp_path / "other" / "checkpoints" / "step-00000001"
+    other.mkdir(parents=True)
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not samples")
+    t0 = [a for a in t if a not in ("--steps", "1")]
+    out = ["--out", str(tmp_path / "s.npz")]
+    samples = ["evaluate", str(data), "--reference", str(data)]
+    cuda_only = [] if torch.cuda.is_available() else [
+        ([*t, *arr, "--mixed-precision", "fp16"], "fp16 needs CUDA (on cpu it would train in fp32)"),
+        ([*t, *arr, "--channels-last"], "channels_last applies on CUDA only"),
+    ]  # fmt: skip
+    return [
+        *cuda_only,
+        ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "no effect with variant isotropic"),
+        ([*t0, *arr, "--epochs", "inf"], "training length must be positive and finite"),
+        ([*t0, *arr, "--epochs", "nan"], "training length must be positive and finite"),
+        ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "disagree"),
+        ([*t, *arr, "--eval-num", "7"], "--eval-num set without --eval-every"),
+        ([*t, *arr, "--no-compile", "--compile-mode", "reduce-overhead"], "only when compiling"),
+        ([*t, "--dataset", "shapes", "--data-dir", str(tmp_path)], "--data-dir does not apply to the shapes"),
+        ([*t, *arr, "--download"], "--download does not apply to the array dataset"),
+        ([*t, *arr, "--num-train-timesteps", "10"], "--sample-steps 50 with --sample-sampler ddpm"),
+        ([*t, *arr, "--seed", "-1"], "seed must be an integer in [0, 2**32)"),
+        (["train", "--out", str(run), "--resume", "latest", "--steps", "1"], "past the 1 steps asked for"),
+        (["train", "--out", str(run), "--resume", str(tmp_path / "nowhere")], "not found"),
+        (["train", "--out", str(run), "--resume", str(other)], "is not one of"),
+        (["sample", str(run), "--sampler", "ddim", "--eta", "nan", *out], "takes eta in [0, 1]"),
+        (["sample", str(run), "--sampler", "ddim", "--eta", "1.5", *out], "takes eta in [0, 1]"),
+        (["sample", str(run), "--seed", "-5", *out], "argument --seed: must be an integer >= 0"),
+        (["sample", str(run), "--out", str(notes)], "is a file; --out takes a folder"),
+        ([*samples, "--steps", "3"], "--steps apply to sampling a run"),
+        ([*samples, "--prc-extractor", "inception"], "applies to the prc metric only"),
+        ([*samples, "--feature-weights", "inception=/nowhere.pt"], "no requested metric uses inception"),
+        ([*samples, "--data-dir", str(tmp_path)], "--data-dir applies to a dataset name"),
+        ([*samples, "--num-reference", "1"], "argument --num-reference: must be an integer >= 2"),
+        (["evaluate", str(tmp_path / "nothing")], "does not exist"),
+        (["evaluate", str(run), "--data-dir", str(tmp_path)], "describe --reference"),
+        (["fit-basis", str(data), "--batch-size", "0"], "argument --batch-size: must be an integer >= 1"),
+        (["sweep", "local-cifar10", "--out", str(tmp_path / "sw"), "--collect", "--list"], "--collect"),
+        (["sweep", "local-cifar10", "--out", str(tmp_path / "sw"), "--collect", "--shard", "1/2"], "--collect"),
+    ]  # fmt: skip
 
 
 def test_bad_input_gives_one_line_and_exit_2(data, trained, tmp_path, capsys) -> None:
@@ -339,6 +387,38 @@ def test_bad_input_gives_one_line_and_exit_2(data, trained, tmp_path, capsys) ->
         assert "\n" not in err and "Traceback" not in err, err
         after = sorted(p for p in tmp_path.rglob("*") if "sqdm-cache" not in str(p))
         assert after == before, (argv, set(after) - set(before))  # nothing left behind
+
+
+def test_a_copied_run_resumes_in_its_own_folder_from_anywhere(data, tmp_path, monkeypatch) -> None:
+    """``--out`` names the run being resumed even when its saved config names another folder
+    (a copy), the original is left untouched, and a relative --data-dir is saved absolute so
+    that the resume works from another working directory."""
+    monkeypatch.chdir(tmp_path)
+    run = tmp_path / "run"
+    assert main(base_args(Path(data.name), run, "--steps", "2", "--checkpoint-every", "1")) == 0
+    assert Run(run).config().data_dir == str(data)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    original = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["train", "--out", str(copy), "--resume", "latest", "--steps", "3", "--quiet"]) == 0
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == original
+    assert Run(copy).config().out == str(copy) and Run(copy).config().steps == 3
+    assert list_checkpoints(copy)[-1].name.endswith("3")
+
+
+def test_wandb_without_a_login_is_one_line(data, tmp_path) -> None:
+    """In a subprocess: wandb keeps its settings per process, and would keep these."""
+    pytest.importorskip("wandb")
+    env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY")}
+    env.update(WANDB_CONFIG_DIR=str(tmp_path / "wandb-config"), NETRC=str(tmp_path / "no-netrc"))
+    args = base_args(data, tmp_path / "run", "--steps", "1", "--log-with", "wandb")
+    done = subprocess.run([*SQDM, *args], env=env, capture_output=True, text=True, timeout=300)
+    err = done.stderr.strip()
+    assert done.returncode == 2, err
+    assert err.startswith("sqdm: error: wandb did not start") and "WANDB_MODE=offline" in err, err
+    assert "\n" not in err
 
 
 def test_skip_bad_images_counts_them(tmp_path, capsys) -> None:

@@ -16,17 +16,46 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from . import __version__
 from .core import BASES, PROFILES, SAMPLERS, VARIANTS
-from .core.process import PREDICTION_TYPES
+from .core.process import PREDICTION_TYPES, canonical_prediction_type
+
+
+def _at_least(low: int) -> Callable[[str], int]:
+    """An argparse type: an integer >= ``low`` (a one-line usage error, exit 2, otherwise)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {value}")
+        return value
+
+    return parse
+
+
+def _seed(text: str) -> int:
+    """An argparse type: a seed in [0, 2**32), what numpy and every generator here accept."""
+    value = _at_least(0)(text)
+    if value >= 2**32:
+        raise argparse.ArgumentTypeError(f"must be below 2**32, got {value}")
+    return value
 
 
 def _dataset_from_arg(source: str, args: argparse.Namespace):
-    """A path (folder, .tar[.gz], .npy/.npz) or a registered dataset name."""
+    """A path (folder, .tar[.gz], .npy/.npz) or a registered dataset name (``--data-dir``
+    says where a named one lives, and applies to nothing else)."""
     from .data import DATASETS, load_dataset
 
     path = Path(source)
+    if source not in DATASETS and args.data_dir is not None:
+        raise ValueError(
+            f"--data-dir applies to a dataset name, not to the path {source}; drop --data-dir"
+        )
     if path.suffix in (".npy", ".npz"):
         name, data_dir = "array", path
     elif path.exists():
@@ -93,6 +122,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         "compile_mode",
         "channels_last",
     )
+    if args.target is not None:  # 0.1.0's spelling of --prediction-type
+        if args.prediction_type not in (None, args.target) and canonical_prediction_type(
+            args.prediction_type
+        ) != canonical_prediction_type(args.target):
+            raise ValueError(
+                f"--target {args.target} and --prediction-type {args.prediction_type} disagree; "
+                "give only --prediction-type"
+            )
+        args.prediction_type = args.prediction_type or args.target
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     if _basis_options(args):
         overrides["basis_options"] = _basis_options(args)
@@ -127,10 +165,14 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     _check_writable(out)
+    if out.is_file() and out.suffix not in (".npz", ".npy"):
+        raise FileExistsError(f"{out} is a file; --out takes a folder (PNGs) or a .npz/.npy file")
+    _fill_sampling_defaults(args)
     start = time.perf_counter()
     images = generate_all(
         args.run, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
-        batch_size=args.batch_size, ema=not args.no_ema, eta=args.eta, progress=not args.quiet,
+        batch_size=args.sample_batch_size, ema=not args.no_ema, eta=args.eta,
+        progress=not args.quiet,
     )  # fmt: skip
     if images is not None:  # the main process writes
         rate = len(images) / (time.perf_counter() - start)
@@ -157,18 +199,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .run import Run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    weights = parse_feature_weights(
-        args.feature_weights, extractors_for(metrics, args.prc_extractor)
-    )
+    prc_extractor = args.prc_extractor or "vgg16"
+    weights = parse_feature_weights(args.feature_weights, extractors_for(metrics, prc_extractor))
     if args.out:
         _check_writable(Path(args.out))
+    if not Path(args.source).exists():
+        raise FileNotFoundError(
+            f"{args.source} does not exist; pass a run folder or a folder/.npz of samples"
+        )
     is_run = Run(args.source).exists()
     if not is_run and args.reference is None:
         raise ValueError(f"{args.source} is not a run folder: pass --reference DATASET_OR_PATH")
+    if args.reference is None and (args.data_dir or args.resolution):
+        raise ValueError(
+            "--data-dir and --resolution describe --reference (a run's default reference is "
+            "the images it trained on); add --reference or drop them"
+        )
+    if args.prc_extractor is not None and "prc" not in metrics:
+        raise ValueError("--prc-extractor applies to the prc metric only; add prc or drop it")
+    given = [f"--{k.replace('_', '-')}" for k in SAMPLING_DEFAULTS if getattr(args, k) is not None]
+    if not is_run and given:
+        raise ValueError(
+            f"{', '.join(given)} apply to sampling a run; {args.source} holds samples: drop them"
+        )
+    _fill_sampling_defaults(args)
     reference = _dataset_from_arg(args.reference, args) if args.reference else None
     options = {
         "metrics": metrics, "num_reference": args.num_reference, "feature_weights": weights,
-        "prc_extractor": args.prc_extractor, "batch_size": args.batch_size,
+        "prc_extractor": prc_extractor, "batch_size": args.batch_size,
     }  # fmt: skip
     if is_run:
         result = evaluate_run(
@@ -199,6 +257,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         shard_from_environment,
     )  # fmt: skip
 
+    if args.collect and (args.list or args.shard):
+        raise ValueError(
+            "--collect rebuilds the table of every finished cell: it takes neither --list nor "
+            "--shard"
+        )
     index, count = parse_shard(args.shard) if args.shard else shard_from_environment(os.environ)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
     sweep = load_sweep(args.sweep, out)
@@ -324,9 +387,9 @@ def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
     fit.add_argument("--basis", choices=BASES.names(), default="channel", help=BASES.help())
     _add_basis_options(fit, prefix="")
     fit.add_argument("--data-dir", help="where a named dataset lives")
-    fit.add_argument("--resolution", type=int, help="resize images to R x R first")
-    fit.add_argument("--max-images", type=int, help="use at most N images (paper: 50,000)")
-    fit.add_argument("--batch-size", type=int, default=1000)
+    fit.add_argument("--resolution", type=_at_least(1), help="resize images to R x R first")
+    fit.add_argument("--max-images", type=_at_least(2), help="use at most N images (paper: 50,000)")
+    fit.add_argument("--batch-size", type=_at_least(1), default=1000)
     fit.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable files (counted)"
     )
@@ -356,7 +419,6 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     )
     tr.add_argument(
         "--target",
-        dest="prediction_type",
         help="0.1.0's name of --prediction-type (squeezed = epsilon, unit = unit_epsilon)",
     )
     _add_basis_options(tr, prefix="basis-")
@@ -380,22 +442,43 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.set_defaults(func=cmd_train)
 
 
-def _add_sampling_options(parser: argparse.ArgumentParser) -> None:
-    """The options shared by every command that samples a run."""
-    parser.add_argument("--steps", type=int, default=50, help="sampling steps (default 50)")
-    parser.add_argument("--sampler", default="ddpm", help=SAMPLERS.help())
-    parser.add_argument("--eta", type=float, default=0.0, help="DDIM eta (ddim only)")
-    parser.add_argument("--seed", type=int, default=0)
+# The options shared by every command that samples a run, and their defaults: the flags
+# default to None so that `evaluate` can refuse them for samples it does not draw.
+SAMPLING_DEFAULTS = {
+    "num": None, "steps": 50, "sampler": "ddpm", "eta": 0.0, "seed": 0, "sample_batch_size": 256,
+}  # fmt: skip
+
+
+def _add_sampling_options(
+    parser: argparse.ArgumentParser, num: int, least: int, batch_flags: tuple[str, ...]
+) -> None:
+    """``num``: the default sample count, ``least`` the fewest allowed (the metrics need 2);
+    ``batch_flags``: the sampling batch's option strings."""
+    parser.add_argument("--num", type=_at_least(least), help=f"samples to draw (default {num:,})")
+    parser.add_argument("--steps", type=_at_least(1), help="sampling steps (default 50)")
+    parser.add_argument("--sampler", help=SAMPLERS.help() + " (default ddpm)")
+    parser.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (ddim only; default 0)")
+    parser.add_argument("--seed", type=_seed, help="sampling seed (default 0)")
+    parser.add_argument(
+        *batch_flags, dest="sample_batch_size", type=_at_least(1),
+        help="images per sampling batch (default 256)",
+    )  # fmt: skip
+    parser.set_defaults(default_num=num)
+
+
+def _fill_sampling_defaults(args: argparse.Namespace) -> None:
+    """The defaults of the sampling options that were not given."""
+    for name, default in {**SAMPLING_DEFAULTS, "num": args.default_num}.items():
+        if getattr(args, name) is None:
+            setattr(args, name, default)
 
 
 def _add_sample(sub: argparse._SubParsersAction) -> None:
     sm = sub.add_parser("sample", help="draw samples from a trained run (EMA weights)")
     sm.add_argument("run", help="run folder written by sqdm train")
-    sm.add_argument("--num", type=int, default=64)
-    _add_sampling_options(sm)
-    sm.add_argument("--batch-size", type=int, default=256)
+    _add_sampling_options(sm, num=64, least=1, batch_flags=("--batch-size", "--sample-batch-size"))
     sm.add_argument("--no-ema", action="store_true", help="use the raw weights")
-    sm.add_argument("--out", required=True, help="folder for PNGs, or a .npz file")
+    sm.add_argument("--out", required=True, help="folder for PNGs, or a .npz or .npy file")
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_sample)
 
@@ -411,26 +494,26 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--reference", help="dataset name or path (default for a run: the images it trained on)"
     )
     ev.add_argument("--data-dir", help="where a named reference dataset lives")
-    ev.add_argument("--resolution", type=int, help="resize the reference to R x R")
+    ev.add_argument("--resolution", type=_at_least(1), help="resize the reference to R x R")
     ev.add_argument(
         "--metrics", default=",".join(OFFLINE_METRICS),
         help="comma list of " + METRICS.help() + f" (default: {','.join(OFFLINE_METRICS)}; the paper: fid,isc,prc)",
     )  # fmt: skip
-    ev.add_argument("--num", type=int, default=10_000, help="samples to draw from a run")
     ev.add_argument(
-        "--num-reference", type=int, help="seeded random subset of the reference (default: all)"
+        "--num-reference",
+        type=_at_least(2),
+        help="seeded random subset of the reference (default: all)",
     )
-    _add_sampling_options(ev)
+    _add_sampling_options(ev, num=10_000, least=2, batch_flags=("--sample-batch-size",))
     ev.add_argument(
         "--feature-weights", action="append", default=[], metavar="[NAME=]PATH",
         help=f"weights file for {_choices(EXTRACTORS)} (NAME= needed when several are used)",
     )  # fmt: skip
     ev.add_argument(
-        "--prc-extractor", choices=("vgg16", "inception"), default="vgg16",
-        help="features for prc (torch-fidelity's default: vgg16)",
+        "--prc-extractor", choices=("vgg16", "inception"),
+        help="features for prc (default: vgg16, torch-fidelity's)",
     )  # fmt: skip
-    ev.add_argument("--batch-size", type=int, default=64, help="feature-extraction batch")
-    ev.add_argument("--sample-batch-size", type=int, default=256)
+    ev.add_argument("--batch-size", type=_at_least(1), default=64, help="feature-extraction batch")
     ev.add_argument("--out", help="write the results as JSON")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
@@ -477,8 +560,16 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_report)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its usage errors raised as one-line ``ValueError``s like every other
+    user error (``main`` prints them, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="sqdm", description="Squeezed Diffusion Models: fit bases, train, sample and evaluate."
     )
     parser.add_argument("--version", action="version", version=f"sqdm {__version__}")
@@ -496,10 +587,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        args = build_parser().parse_args(argv)
+        return args.func(args)
     except (ValueError, OSError) as err:  # user errors: one line, no traceback
         if os.environ.get("SQDM_DEBUG"):
             raise

@@ -121,6 +121,14 @@ def load_dataset(
     loader = _LOADERS.get(name)
     if loader is None:
         raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    given = {
+        "data_dir": data_dir is not None,
+        "download": download,
+        "skip_bad_images": skip_bad_images,
+    }
+    for option in (o for o, on in given.items() if on and o not in _OPTIONS[name]):
+        flag = "--" + option.replace("_", "-")
+        raise DataError(f"{flag} does not apply to the {name} dataset; drop it")
     for flag, value in (("subset", subset), ("resolution", resolution)):
         if value is not None and value < 1:
             raise DataError(f"{flag} must be a positive integer, got {value}")
@@ -586,4 +594,16 @@ _LOADERS: dict[str, Callable[[_Request], np.ndarray]] = {
     "photos": _load_photos,
     "shapes": _load_shapes,
     "array": _load_array,
+}
+# The options each loader reads besides resolution and subset; any other is refused, never
+# ignored (photos and shapes are generated, so they read no path).
+_OPTIONS: dict[str, tuple[str, ...]] = {
+    "cifar10": ("data_dir", "download"),
+    "cifar100": ("data_dir", "download"),
+    "celeba64": ("data_dir", "skip_bad_images"),
+    "imagefolder": ("data_dir", "skip_bad_images"),
+    "fashion-mnist": ("data_dir",),
+    "photos": (),
+    "shapes": (),
+    "array": ("data_dir",),
 }

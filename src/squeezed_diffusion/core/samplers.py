@@ -615,9 +615,7 @@ def sample(
     whose data are unbounded, turns it off. ``num_steps`` counts time steps; a sampler's
     model evaluations are ``SAMPLERS[name].nfe(num_steps)``.
     """
-    entry = SAMPLERS.get(sampler)
-    if not entry.uses_eta:
-        _refuse(sampler, eta=eta)  # before any work
+    entry = checked_sampler(sampler, eta)  # before any work
     schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     state: dict[str, Any] = {}
@@ -633,6 +631,17 @@ def sample(
         if callback is not None:
             callback(i, t, x, x0)
     return x
+
+
+def checked_sampler(sampler: str, eta: float = 0.0) -> Sampler:
+    """The registered sampler ``sampler``, refusing an ``eta`` it does not take or one outside
+    [0, 1] (where DDIM's noise would exceed the posterior's)."""
+    entry = SAMPLERS.get(sampler)
+    if not entry.uses_eta:
+        _refuse(sampler, eta=eta)
+    elif not 0 <= eta <= 1:  # NaN included
+        raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
+    return entry
 
 
 @dataclass(frozen=True)

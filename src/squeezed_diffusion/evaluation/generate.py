@@ -16,8 +16,8 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..core import SAMPLERS
 from ..core.fileio import atomic_path
+from ..core.samplers import checked_sampler
 from ..data import ImageDataset
 from ..run import Run
 from .metrics import OFFLINE_METRICS, check_metrics, evaluate
@@ -52,7 +52,7 @@ def generate(
         raise ValueError(f"--num must be at least 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    SAMPLERS.canonical(sampler)  # fail on a bad name before loading anything
+    checked_sampler(sampler, eta)  # fail on a bad name or eta before loading anything
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet, proc = Run(run_dir).load(ema=ema)
     unet.to(device)
@@ -101,12 +101,16 @@ def generate_all(run_dir: str | Path, num: int, **kwargs) -> torch.Tensor | None
 
 
 def save_samples(images: torch.Tensor, out: str | Path) -> Path:
-    """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``, NHWC)."""
+    """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``) or
+    ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read."""
     out = Path(out)
     nhwc = images.permute(0, 2, 3, 1).numpy()
-    if out.suffix == ".npz":
+    if out.suffix in (".npz", ".npy"):
         with atomic_path(out) as tmp:
-            np.savez_compressed(tmp, images=nhwc)
+            if out.suffix == ".npz":
+                np.savez_compressed(tmp, images=nhwc)
+            else:
+                np.save(tmp, nhwc)
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(nhwc):

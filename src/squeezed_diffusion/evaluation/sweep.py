@@ -54,8 +54,9 @@ import yaml
 
 from ..core import SAMPLERS
 from ..core.fileio import atomic_write
+from ..core.samplers import checked_sampler
 from ..run import Run
-from ..training.config import TrainConfig, resolve_config
+from ..training.config import TrainConfig, load_preset, resolve_config
 from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
@@ -137,10 +138,7 @@ class EvalSpec:
         for ev in evaluations:
             if ev.steps < 1:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
-            if ev.eta and not SAMPLERS.get(ev.sampler).uses_eta:
-                raise ValueError(f"eval.sampler {ev.sampler} takes no eta (got {ev.eta})")
-            if not 0 <= ev.eta <= 1:
-                raise ValueError(f"eval eta must be in [0, 1], got {ev.eta}")
+            checked_sampler(ev.sampler, ev.eta)
         if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in evaluations):
             raise ValueError(
                 f"eval.eta {self.eta} applies to samplers that take eta (ddim); none of "
@@ -225,10 +223,12 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
     return Sweep(name, cells, EvalSpec(**eval_values).validate())
 
 
-def _absolute_data_dir(values: dict[str, Any]) -> dict[str, Any]:
-    data_dir = values.get("data_dir")
-    if data_dir is not None and not Path(data_dir).expanduser().is_absolute():
-        values = {**values, "data_dir": str(Path.cwd() / data_dir)}
+def _isotropic_baseline(preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+    """A cell whose noise is isotropic (the variant, or strength 0) is the one isotropic
+    baseline cell of its other settings: variant isotropic at strength 0."""
+    merged = {"variant": TrainConfig.variant, **(load_preset(preset) if preset else {}), **values}
+    if merged["variant"] == "isotropic" or float(merged.get("strength", 0.0)) == 0.0:
+        return {**values, "variant": "isotropic", "strength": 0.0}
     return values
 
 
@@ -247,10 +247,8 @@ def expand(
                 )
         extras = sorted(k for k in grid if k not in AXES)
         for combo in itertools.product(*grid.values()):
-            overrides = _absolute_data_dir({**base, **dict(zip(grid, combo, strict=True))})
-            cfg = resolve_config(preset, **overrides)
-            if cfg.variant == "isotropic" or float(cfg.strength) == 0.0:
-                cfg = dataclasses.replace(cfg, variant="isotropic", strength=0.0)
+            overrides = {**base, **dict(zip(grid, combo, strict=True))}
+            cfg = resolve_config(preset, **_isotropic_baseline(preset, overrides))
             cell_id, axes = _identify(cfg, extras)
             cfg = dataclasses.replace(cfg, out=str(cells_dir / cell_id / "run")).validate()
             cells.setdefault(cell_id, Cell(cell_id, cfg, axes))

@@ -137,9 +137,21 @@ def verify(ckpt: Path) -> dict[str, Any]:
 
 
 def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
-    """``latest`` (the newest checkpoint that verifies) or an explicit checkpoint folder."""
+    """``latest`` (the newest checkpoint that verifies) or one checkpoint folder of this run
+    (its path, or its name under ``RUN/checkpoints``): another run's weights would be paired
+    with this run's process and config."""
     if which != "latest":
-        path = Path(which)
+        folder = Path(run_dir) / CHECKPOINT_DIR
+        path = Path(which) if Path(which).exists() else folder / which
+        if not path.is_dir():
+            raise CheckpointError(
+                f"checkpoint {which} not found; pass latest or a folder under {folder}"
+            )
+        if path.resolve().parent != folder.resolve():
+            raise CheckpointError(
+                f"checkpoint {which} is not one of {run_dir}'s (under {folder}); pass latest "
+                "or one of them"
+            )
         verify(path)
         return path
     candidates = list_checkpoints(run_dir)

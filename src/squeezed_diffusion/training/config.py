@@ -56,6 +56,7 @@ _RANGES = {
     "eval_every": (lambda v: v >= 0, "an integer >= 0 (0: no evaluation during training)"),
     "eval_num": (lambda v: v >= 2, "an integer >= 2"),
     "eval_steps": (lambda v: v >= 1, "an integer >= 1"),
+    "seed": (lambda v: 0 <= v < 2**32 and v == int(v), "an integer in [0, 2**32)"),
 }
 # Fields a resumed run may change: its length, and bookkeeping that does not alter what it
 # trains (evaluation during training forks the RNG; compiling changes float rounding only).
@@ -190,12 +191,52 @@ class TrainConfig:
         if (self.steps is None) == (self.epochs is None):
             raise ValueError("give exactly one of --steps or --epochs")
         if (self.steps is not None and self.steps < 1) or (
-            self.epochs is not None and self.epochs <= 0
+            self.epochs is not None and not (_finite(self.epochs) and self.epochs > 0)
         ):
             raise ValueError(
-                f"training length must be positive, got steps={self.steps} epochs={self.epochs}"
+                f"training length must be positive and finite, got steps={self.steps} "
+                f"epochs={self.epochs}"
             )
+        self._refuse_ignored()
+        for name in ("sample", "eval") if self.eval_every else ("sample",):
+            sampler, steps = getattr(self, f"{name}_sampler"), getattr(self, f"{name}_steps")
+            try:  # checked now, not when the first grid or evaluation is due, after training
+                SAMPLERS.get(sampler).schedule(self.num_train_timesteps, steps)
+            except ValueError as err:
+                raise ValueError(
+                    f"--{name}-steps {steps} with --{name}-sampler {sampler}: {err}"
+                ) from None
         return self
+
+    def _refuse_ignored(self) -> None:
+        """Settings that would have no effect in this config: errors, never ignored."""
+        if self.variant == "isotropic" and self.strength != 0:
+            raise ValueError(
+                f"strength {self.strength} has no effect with variant isotropic; drop --strength "
+                "or choose --variant sdm/hdm"
+            )
+        if self.compile is False and self.compile_mode != "default":
+            raise ValueError(
+                f"compile_mode {self.compile_mode!r} applies only when compiling; drop "
+                "--compile-mode or drop --no-compile"
+            )
+        if self.eval_every == 0:
+            defaults = TrainConfig()
+            changed = [
+                f"--{f.replace('_', '-')}"
+                for f in (
+                    "eval_metrics",
+                    "eval_num",
+                    "eval_steps",
+                    "eval_sampler",
+                    "eval_num_reference",
+                )
+                if getattr(self, f) != getattr(defaults, f)
+            ]
+            if changed:
+                raise ValueError(
+                    f"{', '.join(changed)} set without --eval-every: add --eval-every N or drop them"
+                )
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -271,10 +312,19 @@ def load_preset(name: str) -> dict[str, Any]:
     return {**load_preset(parent), **values} if parent else values
 
 
+def absolute_data_dir(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with a relative ``data_dir`` made absolute (against the working directory),
+    so that a run, or a sweep cell, can be resumed and evaluated from anywhere."""
+    data_dir = values.get("data_dir")
+    if data_dir is not None and not Path(data_dir).expanduser().is_absolute():
+        values = {**values, "data_dir": str(Path.cwd() / data_dir)}
+    return values
+
+
 def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Preset values, then every override that is not ``None``; validated."""
     values = load_preset(preset) if preset else {}
-    values.update({k: v for k, v in overrides.items() if v is not None})
+    values.update(absolute_data_dir({k: v for k, v in overrides.items() if v is not None}))
     for length, other in (("steps", "epochs"), ("epochs", "steps")):  # a flag beats the preset's
         if overrides.get(length) is not None and overrides.get(other) is None:
             values.pop(other, None)
@@ -290,7 +340,10 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     trains halfway through: a one-line error, never silently ignored.
     """
     given = {k: v for k, v in _upgrade(overrides).items() if k != "out" and v is not None}
+    given = absolute_data_dir(given)
     values = saved.to_dict()
+    if overrides.get("out") is not None:  # the folder being resumed, wherever it now lies
+        values["out"] = str(overrides["out"])
     if given.keys() & {"steps", "epochs"}:
         values.update(steps=None, epochs=None)
     wanted = TrainConfig.from_dict({**values, **given}).validate()

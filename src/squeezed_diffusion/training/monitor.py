@@ -98,7 +98,16 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
         k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()
     }
     wandb_dir = {"wandb": {"dir": str(Path(cfg.out) / "trackers"), "name": Path(cfg.out).name}}
-    accelerator.init_trackers(Path(cfg.out).name, config=hparams, init_kwargs=wandb_dir)
+    try:
+        accelerator.init_trackers(Path(cfg.out).name, config=hparams, init_kwargs=wandb_dir)
+    except Exception as err:  # wandb without a login or a network, mostly
+        if "wandb" not in tracker_names(cfg.log_with):
+            raise
+        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
+        raise ValueError(
+            f"wandb did not start ({type(err).__name__}: {first}); run `wandb login`, or log "
+            "offline with WANDB_MODE=offline"
+        ) from None
 
 
 def track(accelerator: Accelerator, record: dict[str, Any]) -> None:

@@ -41,6 +41,20 @@ from .state import build_state
 from .step import train_step
 
 
+def _check_device(cfg: TrainConfig, device: str) -> None:
+    """Settings that only a GPU honours: an error elsewhere, not a silent fp32/NCHW run
+    (checked before the Accelerator, whose precision cannot change once set)."""
+    if device == "cuda":
+        return
+    if cfg.mixed_precision == "fp16":
+        raise ValueError(
+            f"mixed_precision fp16 needs CUDA (on {device} it would train in fp32); "
+            "pass --mixed-precision no (or bf16)"
+        )
+    if cfg.channels_last:
+        raise ValueError(f"channels_last applies on CUDA only, not {device}; drop --channels-last")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
@@ -57,6 +71,7 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> None:
         self.cfg, self.progress, self.run_dir = cfg, progress, Run(cfg.out)
         self.out = self.run_dir.path
+        _check_device(cfg, "cuda" if torch.cuda.is_available() else "cpu")
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
@@ -85,6 +100,11 @@ class Trainer:
         self.step, self.stop_signal = 0, None
         if resume is not None:
             self.step = self.state.restore(find_checkpoint(self.out, resume), c, res)
+            if self.step > self.total_steps:
+                raise ValueError(
+                    f"the run is at step {self.step}, past the {self.total_steps} steps asked "
+                    "for; give a longer --steps/--epochs (or none to keep the saved length)"
+                )
         if acc.is_main_process:
             self._prepare_folder(resume)
         start_trackers(acc, cfg)

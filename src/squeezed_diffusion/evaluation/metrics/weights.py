@@ -110,12 +110,22 @@ def parse_feature_weights(specs: list[str], extractors: list[str]) -> dict[str, 
     for spec in specs:
         name, sep, rest = spec.partition("=")
         if sep and name in EXTRACTORS:
-            weights[name] = Path(rest)
+            name, path = name, Path(rest)
         elif len(extractors) == 1:
-            weights[extractors[0]] = Path(spec)
+            name, path = extractors[0], Path(spec)
         else:
             raise ValueError(
                 f"--feature-weights {spec}: these metrics use {', '.join(extractors) or 'no network'}; "
                 f"write NAME=PATH with NAME one of {', '.join(EXTRACTORS)}"
             )
+        if name not in extractors:
+            raise ValueError(
+                f"--feature-weights {spec}: no requested metric uses {name} (they use "
+                f"{', '.join(extractors) or 'no network'}); drop it"
+            )
+        if name in weights:
+            raise ValueError(f"--feature-weights gives {name} twice; give it once")
+        if not path.is_file():
+            raise FileNotFoundError(f"--feature-weights {spec}: {path} is not a file")
+        weights[name] = path
     return weights
