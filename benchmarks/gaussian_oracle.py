@@ -9,7 +9,8 @@ to Monte-Carlo error; the paper's heuristic sampler (``ddpm-paper``, here withou
 only the update rule differs) does not once ``S_t`` varies with t. Prints the relative
 Frobenius error of the sampled covariance (16,384 pixel vectors, a CIFAR-like colour
 covariance) per (variant, strength) and sampler; the isotropic row is the Monte-Carlo floor.
-With ``--nfe``: the same error against the number of model evaluations for ddim, dpmpp-2m and
+With ``--nfe``: the same error against the number of model evaluations for ddim, dpmpp-2m,
+dpmpp-2m-sde and
 heun (heun takes 2 steps - 1 evaluations), at 10 to 50 evaluations.
 """
 
@@ -25,7 +26,12 @@ from squeezed_diffusion.core.oracle import CIFAR_LIKE_COV, oracle_errors, top_di
 
 ROWS = [("isotropic", 0.0), ("sdm", -0.8), ("hdm", -0.4), ("sdm", 0.4), ("sdm", -2.0)]
 NFE_ROWS = [("isotropic", 0.0)] + [(v, s) for v in ("sdm", "hdm") for s in (-0.4, -0.8)]
-NFE_STEPS = {"ddim": (10, 20, 50), "dpmpp-2m": (10, 20, 50), "heun": (5, 6, 10, 11, 25)}
+NFE_STEPS = {
+    "ddim": (10, 20, 50),
+    "dpmpp-2m": (10, 20, 50),
+    "dpmpp-2m-sde": (10, 20, 50),
+    "heun": (5, 6, 10, 11, 25),
+}
 
 
 def process(variant: str, strength: float) -> SqueezedDiffusion:

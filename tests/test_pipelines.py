@@ -220,6 +220,11 @@ DPM_OPTIONS = [
     ({"lambda_min_clipped": -3.0}, {}),
     ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, {}),
     ({"rescale_betas_zero_snr": True}, {}),
+    ({"algorithm_type": "sde-dpmsolver++"}, {}),
+    ({"algorithm_type": "sde-dpmsolver++", "solver_type": "heun"}, {}),
+    ({"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, {}),
+    ({"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "sigma_min"}, {}),
+    ({"algorithm_type": "sde-dpmsolver++", "prediction_type": "v_prediction"}, {}),
     # cosine betas without lambda_min_clipped blow up in stock DPM-Solver too (abar_T ~ 2e-9)
     *(({**c}, {}) for c in COMMON_OPTIONS if c != {"beta_schedule": "squaredcos_cap_v2"}),
 ]
@@ -426,7 +431,8 @@ SAVED = {
         ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
         ({"sample_max_value": 1.5, "thresholding": True}, None),
         ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "algorithm_type"),
-        ({"algorithm_type": "sde-dpmsolver++"}, "algorithm_type"),
+        ({"algorithm_type": "sde-dpmsolver++"}, None),
+        ({"algorithm_type": "sde-dpmsolver", "final_sigmas_type": "sigma_min"}, "algorithm_type"),
         ({"solver_type": "heun"}, None),
         ({"lower_order_final": False, "final_sigmas_type": "sigma_min"}, None),
         ({"euler_at_final": True, "final_sigmas_type": "sigma_min"}, None),
@@ -872,15 +878,18 @@ def test_a_0_1_0_scheduler_config_loads(tmp_path, cls, target) -> None:
         ("ddim", 1.0, True),
         ("dpmpp-2m", 0.0, False),
         ("dpmpp-2m", 0.0, True),
+        ("dpmpp-2m-sde", 0.0, False),
+        ("dpmpp-2m-sde", 0.0, True),
     ],
 )
 def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: bool) -> None:
     from squeezed_diffusion import SAMPLERS
 
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
-    kind = SAMPLERS[sampler].scheduler
-    extra = {"sampler": sampler} if kind == "ddpm" else {}
-    scheduler = scheduler_from_process(proc, kind, clip_sample=clip, **extra)
+    entry = SAMPLERS[sampler]
+    scheduler = scheduler_from_process(
+        proc, entry.scheduler, clip_sample=clip, **entry.scheduler_config
+    )
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     ours = pipe(
@@ -911,9 +920,11 @@ def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> No
             return unet, proc
 
     monkeypatch.setattr("squeezed_diffusion.run.Run", FakeRun)
-    for sampler, cls in [("ddpm", DDPM), ("ddpm-paper", DDPM), ("ddim", DDIM), ("dpmpp-2m", DPM)]:
+    pairs = [("ddpm", DDPM), ("ddpm-paper", DDPM), ("ddim", DDIM), ("dpmpp-2m-sde", DPM)]
+    for sampler, cls in [*pairs, ("dpmpp-2m", DPM)]:
         pipe = SqueezedDDPMPipeline.from_run("run", sampler=sampler)
         assert type(pipe.scheduler) is cls
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
     pipe.set_progress_bar_config(disable=True)
     images = pipe(batch_size=2, generator=_gen(4), num_inference_steps=6, output_type="latent")
     core = proc.sample(

@@ -281,7 +281,9 @@ def test_paper_sampler_error_and_constant_profile_equivalence(variant, record_pr
     assert paper_mean < 0.05
 
 
-@pytest.mark.parametrize(("sampler", "steps"), [("dpmpp-2m", 20), ("heun", 11)])
+@pytest.mark.parametrize(
+    ("sampler", "steps"), [("dpmpp-2m", 20), ("dpmpp-2m-sde", 20), ("heun", 11)]
+)
 @pytest.mark.parametrize(
     ("variant", "strength"), [(v, s) for v in ("sdm", "hdm") for s in (-0.4, -0.8)]
 )

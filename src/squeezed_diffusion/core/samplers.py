@@ -22,6 +22,9 @@ part 2):
   per direction given the x_0 estimate: each direction has its own half-log-SNR
   ``lambda_i = log(a_t / sigma_t,i)`` and step ``h_i`` (monotone because the process is
   valid), so the multistep update is the isotropic one with per-direction coefficients;
+- :func:`dpmpp_2m_sde_step`: its SDE form (diffusers' ``sde-dpmsolver++``), which adds
+  fresh noise ``sigma_t,i sqrt(1 - exp(-2 h_i))`` per direction at every step, like
+  ancestral sampling;
 - :func:`heun_step`: EDM's second-order Heun method on the same per-direction ODE, written
   in each direction's own noise level ``sigma_t,i / a_t``.
 
@@ -38,8 +41,8 @@ become plain scalar multiplies.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -412,23 +415,61 @@ def _ode_level(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
     return alpha, sigma * alpha * c
 
 
-def _dpm_coefs(abar_t, c_t, abar_s0, c_s0, abar_s1=None, c_s1=None, solver: str = "midpoint"):
-    """``(coef of x, coef of m0, coef of m1)`` of DPM-Solver++ (data prediction), per
-    direction: first order without ``s1``, else the 2M update with ``r0 = h_0 / h``."""
+def _dpm_coefs(
+    abar_t, c_t, abar_s0, c_s0, abar_s1=None, c_s1=None, solver: str = "midpoint", sde: bool = False
+):
+    """``(coef of x, coef of m0, coef of m1, std of the fresh noise)`` of DPM-Solver++ (data
+    prediction), per direction: first order without ``s1``, else the 2M update with
+    ``r0 = h_0 / h``; ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in ``exp(-2h)``)."""
     (alpha_t, sigma_t), (alpha_s0, sigma_s0) = _ode_level(abar_t, c_t), _ode_level(abar_s0, c_s0)
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
     h = lambda_t - lambda_s0
-    ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
+    if sde:
+        decay = 1.0 - torch.exp(-2.0 * h)
+        ratio, d0 = sigma_t / sigma_s0 * torch.exp(-h), alpha_t * decay
+        std, heun_d1 = sigma_t * torch.sqrt(decay), alpha_t * (decay / (-2.0 * h) + 1.0)
+    else:
+        ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
+        std, heun_d1 = torch.zeros_like(d0), alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
     if abar_s1 is None:
-        return ratio, d0, torch.zeros_like(d0)
+        return ratio, d0, torch.zeros_like(d0), std
     alpha_s1, sigma_s1 = _ode_level(abar_s1, c_s1)
     r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
-    # D1 = (m0 - m1) / r0 enters with -alpha_t (e^-h - 1) / 2 (midpoint) or with
-    # alpha_t ((e^-h - 1) / h + 1) (heun)
-    heun_d1 = alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+    # D1 = (m0 - m1) / r0 enters with d0 / 2 (midpoint) or with heun_d1 (heun)
     d1 = (0.5 * d0 if solver == "midpoint" else heun_d1) / r0
-    return ratio, d0 + d1, -d1
+    return ratio, d0 + d1, -d1, std
+
+
+def _dpmpp(
+    name: str,
+    proc: SqueezedDiffusion,
+    model_output: Tensor,
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    rule: X0Rule,
+    state: dict[str, Any] | None,
+    noise: Tensor | None = None,
+) -> StepOutput:
+    """DPM-Solver++(2M), ODE (``noise is None``) or SDE (``noise``: this step's draw)."""
+    state = {} if state is None else state
+    x0 = rule(predict(proc, model_output, x, t).x0)
+    prev = state.get("previous")
+    second = prev is not None and t_prev >= 0 and not state.pop("first_order", False)
+    solver, sde = state.get("solver_type", "midpoint"), noise is not None
+    levels = [_level(proc, t_prev), _level(proc, t)] + ([_level(proc, prev[0])] if second else [])
+
+    def coefs() -> list[Tensor]:
+        return _calibrated(lambda *a: _dpm_coefs(*a, solver=solver, sde=sde), *levels)
+
+    key = (name, t, t_prev, prev[0] if second else None, solver)
+    ratio, c0, c1, std = _cached(proc, key, x, coefs)
+    terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
+    if sde:
+        terms.append((noise, std))
+    state["previous"] = (t, x0)
+    return StepOutput(_combine(proc, terms), x0)
 
 
 def dpmpp_2m_step(
@@ -453,21 +494,32 @@ def dpmpp_2m_step(
     diffusers' with ``final_sigmas_type="zero"``: it returns x0hat."""
     rule = as_rule(clip)
     _refuse("dpmpp-2m", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
-    state = {} if state is None else state
-    x0 = rule(predict(proc, model_output, x, t).x0)
-    prev = state.get("previous")
-    second = prev is not None and t_prev >= 0 and not state.pop("first_order", False)
-    solver = state.get("solver_type", "midpoint")
-    levels = [_level(proc, t_prev), _level(proc, t)] + ([_level(proc, prev[0])] if second else [])
+    return _dpmpp("dpmpp-2m", proc, model_output, x, t, t_prev, rule, state)
 
-    def coefs() -> list[Tensor]:
-        return _calibrated(lambda *a: _dpm_coefs(*a, solver=solver), *levels)
 
-    key = ("dpmpp-2m", t, t_prev, prev[0] if second else None, solver)
-    ratio, c0, c1 = _cached(proc, key, x, coefs)
-    terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
-    state["previous"] = (t, x0)
-    return StepOutput(_combine(proc, terms), x0)
+def dpmpp_2m_sde_step(
+    proc: SqueezedDiffusion,
+    model_output: Tensor,
+    x: Tensor,
+    t: int,
+    t_prev: int,
+    *,
+    generator: torch.Generator | None = None,
+    eta: float = 0.0,
+    clip: bool | X0Rule = True,
+    noise: Tensor | None = None,
+    variance: str = "fixed_small",
+    state: dict[str, Any] | None = None,
+) -> StepOutput:
+    """DPM-Solver++(2M) SDE per direction (diffusers' ``sde-dpmsolver++``): the 2M update
+    with ``exp(-2 h_i)`` terms plus fresh noise of std ``sigma_t,i sqrt(1 - exp(-2 h_i))``,
+    drawn at every step (the last included, as diffusers) unless ``noise`` is given. The
+    fresh noise lets it correct a model's errors as ancestral sampling does, where the ODE
+    carries them to the end. ``state`` as for :func:`dpmpp_2m_step`."""
+    rule = as_rule(clip)
+    _refuse("dpmpp-2m-sde", eta=eta, variance=variance, reuse=rule.reuse)
+    draw = _noise(x, generator, noise)
+    return _dpmpp("dpmpp-2m-sde", proc, model_output, x, t, t_prev, rule, state, draw)
 
 
 def _heun_levels(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -647,7 +699,8 @@ def checked_sampler(sampler: str, eta: float = 0.0) -> Sampler:
 @dataclass(frozen=True)
 class Sampler:
     """A registered sampler: its step function, one line of help, its time-step schedule,
-    whether it takes ``eta``, and the diffusers scheduler that runs it (``pipelines/``)."""
+    whether it takes ``eta``, and the diffusers scheduler that runs it (``pipelines/``) with
+    the config keys that make that scheduler run this sampler."""
 
     name: str
     step: StepFunction
@@ -655,6 +708,7 @@ class Sampler:
     uses_eta: bool = False
     scheduler: str = "ddpm"
     schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
+    scheduler_config: Mapping[str, Any] = field(default_factory=dict)
 
     def nfe(self, num_steps: int) -> int:
         """Model evaluations of ``num_steps`` steps (the length of the schedule)."""
@@ -666,12 +720,24 @@ class Sampler:
 
 
 for _sampler in (
-    Sampler("ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior"),
+    Sampler(
+        "ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior",
+        scheduler_config={"sampler": "ddpm"},
+    ),
     Sampler("ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim"),
-    Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
+    Sampler(
+        "ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t",
+        scheduler_config={"sampler": "ddpm-paper"},
+    ),
     Sampler(
         "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
         scheduler="dpmsolver", schedule=ode_timesteps,
+    ),
+    Sampler(
+        "dpmpp-2m-sde", dpmpp_2m_sde_step,
+        "DPM-Solver++(2M) SDE per direction: few-step, fresh noise each step",
+        scheduler="dpmsolver", schedule=ode_timesteps,
+        scheduler_config={"algorithm_type": "sde-dpmsolver++"},
     ),
     Sampler(
         "heun", heun_step, "EDM's 2nd-order Heun per direction (2 steps - 1 evaluations)",

@@ -94,14 +94,16 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
 
         ``sampler`` is a registered sampler; its ``scheduler`` names the class ('ddpm',
-        'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m':
-        :class:`SqueezedDPMSolverMultistepScheduler`). With the same ``clip_sample`` (on by
+        'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m', 'dpmpp-2m-sde':
+        :class:`SqueezedDPMSolverMultistepScheduler`, configured by the sampler's
+        ``scheduler_config``). With the same ``clip_sample`` (on by
         default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..run import Run
 
-        kind = SAMPLERS.get(sampler).scheduler  # an unknown name fails before loading anything
+        entry = SAMPLERS.get(sampler)  # an unknown name fails before loading anything
+        kind = entry.scheduler
         if not kind:
             raise ValueError(
                 f"sampler {sampler!r} has no diffusers scheduler; sample the run with "
@@ -109,8 +111,9 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
                 "gives the UNet and the process)"
             )
         unet, process = Run(run_dir).load(ema=ema)
-        extra = {"sampler": sampler} if kind == "ddpm" else {}
-        scheduler = scheduler_from_process(process, kind, clip_sample=clip_sample, **extra)
+        scheduler = scheduler_from_process(
+            process, kind, clip_sample=clip_sample, **entry.scheduler_config
+        )
         return cls(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()

@@ -1,5 +1,5 @@
 """``SqueezedDPMSolverMultistepScheduler``: diffusers' DPM-Solver++ multistep scheduler for the
-squeezed process (the core's ``dpmpp-2m`` sampler)."""
+squeezed process (the core's ``dpmpp-2m`` and ``dpmpp-2m-sde`` samplers)."""
 
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..core import Basis, SqueezedDiffusion
-from ..core.samplers import dpmpp_2m_step
+from ..core.samplers import dpmpp_2m_sde_step, dpmpp_2m_step
 from ._base import SqueezedSchedulerMixin, require
 
 Tensor = torch.Tensor
 
 # What the core's DPM-Solver++(2M) is not, and why each stock option outside it is refused.
-_NOT_IN_CORE = "the core has DPM-Solver++ (data prediction, deterministic) of order 1 and 2 only"
+_NOT_IN_CORE = "the core has DPM-Solver++ (data prediction, ODE or SDE) of order 1 and 2 only"
 _OFF_GRID = (
     "it puts the steps at noise levels between training timesteps, where the squeezed "
     "process (tabulated per training timestep) has no per-direction scales"
@@ -60,8 +60,10 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     ``DPMSolverMultistepScheduler`` interface.
 
     Each direction moves along its own half-log-SNR ``lambda_i = log(a_t / sigma_t,i)`` (the
-    core's ``dpmpp_2m_step``). Honoured stock keys: the beta schedule, ``solver_order``
-    (1, 2), ``solver_type``, ``lower_order_final``, ``euler_at_final``,
+    core's ``dpmpp_2m_step``; with ``algorithm_type="sde-dpmsolver++"`` its SDE form,
+    ``dpmpp_2m_sde_step``, which draws noise from the ``generator`` at every step as stock
+    does). Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
+    'sde-dpmsolver++'), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``, ``euler_at_final``,
     ``final_sigmas_type`` ('zero': the last step lands on the data; 'sigma_min': on timestep
     0's per-direction noise level), ``lambda_min_clipped`` (drops the timesteps where any
     direction's lambda is below it), ``timestep_spacing``, ``steps_offset``, the prediction
@@ -122,7 +124,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         require(
             "algorithm_type",
             algorithm_type,
-            ("dpmsolver++",),
+            ("dpmsolver++", "sde-dpmsolver++"),
             f"{_NOT_IN_CORE} (stock also maps 'deis' to 'dpmsolver++' silently)",
         )
         require("solver_order", solver_order, (1, 2), _NOT_IN_CORE)
@@ -242,12 +244,16 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         return_dict: bool = True,
     ) -> SchedulerOutput | tuple[Tensor]:
         """One multistep update, as stock: the first call finds ``timestep`` in the schedule
-        (or starts at ``begin_index``), later calls follow the schedule. ``generator`` is
-        accepted and unused: DPM-Solver++ draws no noise; ``variance_noise`` is refused."""
+        (or starts at ``begin_index``), later calls follow the schedule. The SDE form draws
+        its noise from ``generator`` (or takes ``variance_noise``); the ODE form draws none,
+        accepts ``generator`` unused, as stock, and refuses ``variance_noise``."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step(), as with stock DPM-Solver")
-        if variance_noise is not None:
-            raise ValueError("variance_noise: DPM-Solver++ is deterministic and adds no noise")
+        sde = self.config.algorithm_type == "sde-dpmsolver++"
+        if variance_noise is not None and not sde:
+            raise ValueError(
+                "variance_noise: DPM-Solver++ (ODE) is deterministic and adds no noise"
+            )
         if self._step_index is None:
             self._step_index = (
                 self.index_for_timestep(timestep)
@@ -257,7 +263,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         cfg, index, n = self.config, self._step_index, len(self.timesteps)
         final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
         self._state["first_order"] = cfg.solver_order == 1 or final
-        out = dpmpp_2m_step(
+        noise = {"generator": generator, "noise": variance_noise} if sde else {}
+        out = (dpmpp_2m_sde_step if sde else dpmpp_2m_step)(
             self._on(sample.device),
             model_output,
             sample,
@@ -265,6 +272,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             self._landing(index),
             clip=self._x0_rule(),
             state=self._state,
+            **noise,
         )
         self._step_index += 1
         return SchedulerOutput(prev_sample=out.prev_sample) if return_dict else (out.prev_sample,)
