@@ -123,9 +123,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "channels_last",
     )
     if args.target is not None:  # 0.1.0's spelling of --prediction-type
-        if args.prediction_type not in (None, args.target) and canonical_prediction_type(
-            args.prediction_type
-        ) != canonical_prediction_type(args.target):
+        given = args.prediction_type
+        if given is not None and canonical_prediction_type(given) != canonical_prediction_type(
+            args.target
+        ):
             raise ValueError(
                 f"--target {args.target} and --prediction-type {args.prediction_type} disagree; "
                 "give only --prediction-type"

@@ -223,10 +223,11 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
     return Sweep(name, cells, EvalSpec(**eval_values).validate())
 
 
-def _isotropic_baseline(preset: str | None, values: dict[str, Any]) -> dict[str, Any]:
+def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A cell whose noise is isotropic (the variant, or strength 0) is the one isotropic
-    baseline cell of its other settings: variant isotropic at strength 0."""
-    merged = {"variant": TrainConfig.variant, **(load_preset(preset) if preset else {}), **values}
+    baseline cell of its other settings: variant isotropic at strength 0 (``preset``: the
+    preset's fields, under ``values``)."""
+    merged = {"variant": TrainConfig.variant, **preset, **values}
     if merged["variant"] == "isotropic" or float(merged.get("strength", 0.0)) == 0.0:
         return {**values, "variant": "isotropic", "strength": 0.0}
     return values
@@ -237,6 +238,7 @@ def expand(
 ) -> list[Cell]:
     """All distinct cells of the grids, sorted by id (isotropic duplicates merged)."""
     cells: dict[str, Cell] = {}
+    preset_fields = load_preset(preset) if preset else {}
     for grid in grids:
         if not isinstance(grid, dict) or not grid:
             raise ValueError("each grid must be a non-empty mapping of field -> list of values")
@@ -248,7 +250,7 @@ def expand(
         extras = sorted(k for k in grid if k not in AXES)
         for combo in itertools.product(*grid.values()):
             overrides = {**base, **dict(zip(grid, combo, strict=True))}
-            cfg = resolve_config(preset, **_isotropic_baseline(preset, overrides))
+            cfg = resolve_config(preset, **_isotropic_baseline(preset_fields, overrides))
             cell_id, axes = _identify(cfg, extras)
             cfg = dataclasses.replace(cfg, out=str(cells_dir / cell_id / "run")).validate()
             cells.setdefault(cell_id, Cell(cell_id, cfg, axes))

@@ -63,7 +63,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     core's ``dpmpp_2m_step``; with ``algorithm_type="sde-dpmsolver++"`` its SDE form,
     ``dpmpp_2m_sde_step``, which draws noise from the ``generator`` at every step as stock
     does). Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
-    'sde-dpmsolver++'), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``, ``euler_at_final``,
+    'sde-dpmsolver++'), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``,
+    ``euler_at_final``,
     ``final_sigmas_type`` ('zero': the last step lands on the data; 'sigma_min': on timestep
     0's per-direction noise level), ``lambda_min_clipped`` (drops the timesteps where any
     direction's lambda is below it), ``timestep_spacing``, ``steps_offset``, the prediction

@@ -120,7 +120,8 @@ def build_state(
         torch.backends.cudnn.benchmark = True
         if cfg.channels_last:  # off by default: GroupNorm converts NHWC back (copy kernels)
             model = model.to(memory_format=torch.channels_last)
-    if use_compile(cfg, accelerator.device):
+    compiled = use_compile(cfg, accelerator.device)
+    if compiled:
         model.compile(mode=cfg.compile_mode)  # in place: state_dict keys stay the same
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas),
@@ -136,7 +137,7 @@ def build_state(
         inv_gamma=cfg.ema_inv_gamma, power=cfg.ema_power, foreach=cuda,
     )  # fmt: skip
     ema.to(accelerator.device)
-    graphs = cuda and use_compile(cfg, accelerator.device) and cfg.compile_mode in CUDA_GRAPH_MODES
+    graphs = cuda and compiled and cfg.compile_mode in CUDA_GRAPH_MODES
     return TrainState(
         accelerator, model, optimizer, lr_scheduler, ema, cfg.model, cuda_graphs=graphs
     )

@@ -71,10 +71,11 @@ class Trainer:
     def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> None:
         self.cfg, self.progress, self.run_dir = cfg, progress, Run(cfg.out)
         self.out = self.run_dir.path
-        _check_device(cfg, "cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        _check_device(cfg, device)
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
-            mixed_precision=cfg.mixed_precision, cpu=not torch.cuda.is_available(),
+            mixed_precision=cfg.mixed_precision, cpu=device == "cpu",
             log_with=tracker_names(cfg.log_with) or None, project_dir=str(self.out / "trackers"),
         )  # fmt: skip
         set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
