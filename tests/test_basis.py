@@ -95,6 +95,10 @@ def test_dct_matrix_is_orthonormal_and_bands_follow_the_radius() -> None:
     dc_only = DCTBasis((3, 16, 16), cutoffs=(1e-6,))
     no_dc = dc_only.scale(x, torch.zeros(1, 1), torch.ones(1))
     assert torch.allclose(no_dc.mean((2, 3)), torch.zeros(2, 3), atol=1e-5)
+    with pytest.raises(ValueError, match="leave an empty band"):
+        DCTBasis((3, 4, 4), cutoffs=(0.1, 0.11))
+    with pytest.raises(ValueError, match="no frequency above it at resolution 4x4"):
+        DCTBasis((3, 4, 4), cutoffs=(1.1,))  # radii reach sqrt(2) * 3/4 = 1.06 only
 
 
 def test_dct_fit_puts_more_energy_in_low_band_for_smooth_images() -> None:

@@ -346,7 +346,8 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
     ]  # fmt: skip
     return [
         *cuda_only,
-        ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "no effect with variant isotropic"),
+        ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "--strength set with variant isotropic"),
+        ([*t, *arr, "--variant", "isotropic", "--basis", "pca", "--basis-k", "2"], "--basis, --basis-k set with variant isotropic"),
         ([*t0, *arr, "--epochs", "inf"], "training length must be positive and finite"),
         ([*t0, *arr, "--epochs", "nan"], "training length must be positive and finite"),
         ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "disagree"),

@@ -136,6 +136,11 @@ def test_paper_preset_resolves_to_the_documented_configuration() -> None:
     assert celeba == {**cfg, "dataset": "celeba64", "resolution": 64}
     overridden = resolve_config("paper-cifar10", out="x", steps=10, strength=0.2)
     assert overridden.steps == 10 and overridden.epochs is None and overridden.strength == 0.2
+    baseline = resolve_config("paper-cifar10", out="x", variant="isotropic").to_dict()
+    squeezing = {"strength": 0.0, "profile": "beta", "basis": "channel", "basis_options": {}}
+    assert baseline == {**cfg, "variant": "isotropic", **squeezing}  # the preset's own baseline
+    with pytest.raises(ValueError, match="--profile set with variant isotropic"):
+        resolve_config("paper-cifar10", out="x", variant="isotropic", profile="constant")
 
 
 @pytest.mark.parametrize(

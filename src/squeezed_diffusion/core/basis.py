@@ -579,6 +579,11 @@ class DCTBasis(Basis):
         counts = torch.bincount(self.band.flatten(), minlength=len(self.cutoffs) + 1)
         if (counts[:-1] == 0).any():
             raise ValueError(f"cutoffs {self.cutoffs} leave an empty band at resolution {h}x{w}")
+        if counts[-1] == 0:  # the rest: what HDM compensates, and a group of its own
+            raise ValueError(
+                f"cutoff {self.cutoffs[-1]} leaves no frequency above it at resolution {h}x{w}; "
+                f"choose cutoffs below {float(radius.max()):.3g}"
+            )
         self._dims = tuple(int(n) * c for n in counts[:-1])
 
     @classmethod

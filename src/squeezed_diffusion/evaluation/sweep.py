@@ -56,7 +56,7 @@ from ..core import SAMPLERS
 from ..core.fileio import atomic_write
 from ..core.samplers import checked_sampler
 from ..run import Run
-from ..training.config import TrainConfig, load_preset, resolve_config
+from ..training.config import ISOTROPIC_IGNORES, TrainConfig, load_preset, resolve_config
 from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
@@ -225,11 +225,12 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
 
 def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
     """A cell whose noise is isotropic (the variant, or strength 0) is the one isotropic
-    baseline cell of its other settings: variant isotropic at strength 0 (``preset``: the
-    preset's fields, under ``values``)."""
+    baseline cell of its other settings: variant isotropic, without the strength, profile and
+    basis that shape squeezing (``preset``: the preset's fields, under ``values``)."""
     merged = {"variant": TrainConfig.variant, **preset, **values}
     if merged["variant"] == "isotropic" or float(merged.get("strength", 0.0)) == 0.0:
-        return {**values, "variant": "isotropic", "strength": 0.0}
+        kept = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
+        return {**kept, "variant": "isotropic"}
     return values
 
 

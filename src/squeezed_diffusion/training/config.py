@@ -82,6 +82,8 @@ RESUMABLE = {
     "eval_num_reference",
 }
 LR_SCHEDULES = ("cosine", "constant")
+# Fields that shape the squeezing: isotropic noise has none, so they have no effect there.
+ISOTROPIC_IGNORES = ("strength", "profile", "basis", "basis_options")
 # 0.1.0 configs held the PCA and DCT options as fields of their own.
 _LEGACY_BASIS_FIELDS = {"basis_k": ("pca", "k"), "basis_cutoffs": ("dct", "cutoffs")}
 
@@ -210,11 +212,13 @@ class TrainConfig:
 
     def _refuse_ignored(self) -> None:
         """Settings that would have no effect in this config: errors, never ignored."""
-        if self.variant == "isotropic" and self.strength != 0:
-            raise ValueError(
-                f"strength {self.strength} has no effect with variant isotropic; drop --strength "
-                "or choose --variant sdm/hdm"
-            )
+        if self.variant == "isotropic":
+            squeezing = _squeezing_flags(self)
+            if squeezing:
+                raise ValueError(
+                    f"{', '.join(squeezing)} set with variant isotropic, whose noise has no "
+                    "squeezing to shape: drop them or choose --variant sdm/hdm"
+                )
         if self.compile is False and self.compile_mode != "default":
             raise ValueError(
                 f"compile_mode {self.compile_mode!r} applies only when compiling; drop "
@@ -267,6 +271,19 @@ class TrainConfig:
                 f"unknown config field(s) {', '.join(unknown)}; see `sqdm train --help`"
             )
         return cls(**values)
+
+
+def _squeezing_flags(config: TrainConfig) -> list[str]:
+    """The flags of ``config``'s squeezing settings that differ from their defaults (a
+    basis' options from that basis' own defaults)."""
+    default = TrainConfig()
+    flags = [
+        f"--{f}"
+        for f in ("strength", "profile", "basis")
+        if getattr(config, f) != getattr(default, f)
+    ]
+    defaults = basis_options(config.basis, {})
+    return flags + [f"--basis-{k}" for k, v in config.basis_options.items() if v != defaults.get(k)]
 
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
@@ -322,9 +339,15 @@ def absolute_data_dir(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
-    """Preset values, then every override that is not ``None``; validated."""
+    """Preset values, then every override that is not ``None``; validated.
+
+    ``variant="isotropic"`` over a squeezing preset is that preset's isotropic baseline: the
+    preset's strength, profile and basis are dropped (an override of them is refused)."""
     values = load_preset(preset) if preset else {}
-    values.update(absolute_data_dir({k: v for k, v in overrides.items() if v is not None}))
+    given = absolute_data_dir({k: v for k, v in overrides.items() if v is not None})
+    if given.get("variant") == "isotropic":
+        values = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
+    values.update(given)
     for length, other in (("steps", "epochs"), ("epochs", "steps")):  # a flag beats the preset's
         if overrides.get(length) is not None and overrides.get(other) is None:
             values.pop(other, None)
