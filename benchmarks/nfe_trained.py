@@ -3,12 +3,13 @@
     python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic_seed0 ...] [--json PATH]
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
-contains any ``--cells`` substring, and evaluates each with dpmpp-2m at 10, 20 and 50 steps
-and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same
+contains any ``--cells`` substring, and evaluates each with dpmpp-2m and dpmpp-2m-sde at 10,
+20 and 50 steps and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same
 number of samples, sampling seed, reference subset and metrics, read from the sweep's own
 results).
 Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
-the seed-paired difference from exact DDPM with 50 steps (the sweep's ``ddpm-50``), and
+the seed-paired differences from exact DDPM and from DDIM with 50 steps (the sweep's
+``ddpm-50`` and ``ddim-50``), and
 writes every number to JSON. Evaluations already made are read back from the cells' own
 ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
 """
@@ -33,7 +34,10 @@ from squeezed_diffusion.evaluation.sweep import (
 )
 from squeezed_diffusion.run import Run
 
-FEW_STEP = [("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11)]
+FEW_STEP = [
+    ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11),
+    ("dpmpp-2m-sde", 10), ("dpmpp-2m-sde", 20), ("dpmpp-2m-sde", 50),
+]  # fmt: skip
 BASELINES = [("ddpm", 50), ("ddim", 50)]
 
 
@@ -55,31 +59,38 @@ def scores(cell: Path, label: str, metric: str) -> float:
 
 def summary_rows(cells: list[Path], metric: str) -> list[dict]:
     """Per sampler and NFE: ``metric`` over the models (mean, 95 % interval) and its
-    seed-paired difference from ddpm-50, read from the cells' ``evals/LABEL/result.json``."""
+    seed-paired differences from ddpm-50 and ddim-50, read from the cells' ``evals/LABEL/result.json``."""
     labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
     per = {label: [scores(c, label, metric) for c in cells] for label in labels}
     rows = []
     for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
-        diffs = [a - b for a, b in zip(per[label], per["ddpm-50"], strict=True)]
-        rows.append({
+        row = {
             "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps), "models": len(cells),
             "values": per[label], "mean": statistics.fmean(per[label]), "ci": interval95(per[label]),
-            "paired_vs_ddpm50": statistics.fmean(diffs), "paired_ci": interval95(diffs),
-        })  # fmt: skip
+        }  # fmt: skip
+        for base in ("ddpm-50", "ddim-50"):
+            diffs = [a - b for a, b in zip(per[label], per[base], strict=True)]
+            row[f"paired_vs_{base}"] = statistics.fmean(diffs)
+            row[f"paired_ci_vs_{base}"] = interval95(diffs)
+        rows.append(row)
     return rows
 
 
 def format_table(rows: list[dict], metric: str) -> str:
     """The markdown table the README shows."""
     lines = [
-        f"| sampler | NFE | {metric} (mean ± 95 %, {rows[0]['models']} models) | paired vs ddpm-50 |",
-        "|---|---|---|---|",
+        f"| sampler | NFE | {metric} (mean ± 95 %, {rows[0]['models']} models) "
+        "| paired vs ddpm-50 | paired vs ddim-50 |",
+        "|---|---|---|---|---|",
     ]
     for r in rows:
-        baseline = r["sampler"] == "ddpm" and r["steps"] == 50
-        paired = "" if baseline else f"{r['paired_vs_ddpm50']:+.3g} ± {sig(r['paired_ci'], 2)}"
         mean = f"{sig(r['mean'], 4)} ± {sig(r['ci'], 2)}"
-        lines.append(f"| `{r['sampler']}` | {r['nfe']} | {mean} | {paired} |")
+        paired = [
+            "" if f"{r['sampler']}-{r['steps']}" == base
+            else f"{r[f'paired_vs_{base}']:+.3g} ± {sig(r[f'paired_ci_vs_{base}'], 2)}"
+            for base in ("ddpm-50", "ddim-50")
+        ]  # fmt: skip
+        lines.append(f"| `{r['sampler']}` | {r['nfe']} | {mean} | {' | '.join(paired)} |")
     return "\n".join(lines)
 
 
