@@ -1,6 +1,7 @@
 """Few-step samplers on trained models: fd_effnet against model evaluations (issue 15).
 
     python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic_seed0 ...] [--json PATH]
+        [--plot PNG]
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
 contains any ``--cells`` substring, and evaluates each with dpmpp-2m and dpmpp-2m-sde at 10,
@@ -94,6 +95,33 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], metric: str) -> bytes:
+    """``metric`` against NFE, one line per sampler with 95 % error bars; DDPM-50's mean and
+    interval as a grey band, the target a few-step sampler has to reach."""
+    from matplotlib.figure import Figure
+
+    from squeezed_diffusion.evaluation.report.render import png
+
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.subplots()
+    (ddpm,) = [r for r in rows if (r["sampler"], r["steps"]) == BASELINES[0]]
+    ax.axhspan(ddpm["mean"] - ddpm["ci"], ddpm["mean"] + ddpm["ci"], color="0.85", zorder=0)
+    ax.axhline(ddpm["mean"], color="0.4", lw=1, label="ddpm, 50 NFE (± 95 %)")
+    for sampler in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "ddpm"):
+        pts = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+        ax.errorbar(
+            [r["nfe"] for r in pts], [r["mean"] for r in pts], yerr=[r["ci"] for r in pts],
+            marker="o", capsize=3, label=sampler,
+        )  # fmt: skip
+    ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=f"{metric} (lower is better)")
+    ax.set_xticks([10, 20, 50], labels=["10", "20", "50"])
+    ax.set_xticks([], minor=True)
+    ax.set_title(f"{metric} against NFE, {rows[0]['models']} trained models", fontsize=10)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
+    fig.tight_layout()
+    return png(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("sweep", type=Path)
@@ -102,6 +130,7 @@ def main() -> int:
     )
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the table as a PNG figure here")
     args = parser.parse_args()
     cells = sorted(
         p for p in (args.sweep / "cells").iterdir() if any(s in p.name for s in args.cells)
@@ -119,6 +148,8 @@ def main() -> int:
     print(format_table(rows, args.metric))
     wall = time.perf_counter() - start
     print(f"({wall:.0f} s; cells: {', '.join(c.name for c in cells)})", file=sys.stderr)
+    if args.plot:
+        args.plot.write_bytes(plot(rows, args.metric))
     if args.json:
         args.json.write_text(json.dumps({"metric": args.metric, "cells": [c.name for c in cells],
                                          "rows": rows, "wall_s": wall}, indent=1) + "\n")  # fmt: skip

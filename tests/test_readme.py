@@ -156,6 +156,7 @@ def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     assert {(r["sampler"], r["nfe"]) for r in rows} >= {("dpmpp-2m", 20), ("ddpm", 50)}
     assert table in README.read_text()
     assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+    assert nfe_trained.plot(rows, committed["metric"]).startswith(b"\x89PNG")  # the figure's code
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
