@@ -53,6 +53,12 @@ def sweep_spec(cells: list[Path]) -> EvalSpec:
     ).validate()  # fmt: skip
 
 
+def sweep_axes(cell: Path) -> dict:
+    """The cell's table axes as the sweep recorded them, so these results read as the sweep's."""
+    baseline = evaluation_folder(cell, Evaluation(*BASELINES[0]).label) / "result.json"
+    return json.loads(baseline.read_text())["axes"]
+
+
 def scores(cell: Path, label: str, metric: str) -> float:
     result = evaluation_folder(cell, label) / "result.json"
     return json.loads(result.read_text())["metrics"][metric]
@@ -140,7 +146,7 @@ def main() -> int:
     spec, start = sweep_spec(cells), time.perf_counter()
     for folder in cells:  # train_to_completion finds each run finished and only evaluates
         config = Run(folder / "run").config()
-        run_cell(Cell(folder.name, config, {}), spec, progress=False)
+        run_cell(Cell(folder.name, config, sweep_axes(folder)), spec, progress=False)
     if len(cells) < 2:  # one model evaluated (e.g. one per core); the intervals need two
         print(f"evaluated {cells[0].name}; the table needs at least 2 models", file=sys.stderr)
         return 0

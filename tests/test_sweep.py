@@ -108,7 +108,7 @@ def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
     ]  # fmt: skip
     study = load_sweep("local-cifar10-samplers")
     assert len(study.cells) == 16 and [e.label for e in study.eval.evaluations] == [
-        "ddpm-50", "ddim-50", "ddpm-paper-50"
+        "ddpm-50", "ddim-50", "ddpm-paper-50", "dpmpp-2m-sde-20"
     ]  # fmt: skip
     local = load_sweep("local-cifar10")
     assert len(local.cells) == 14 and local.eval.metrics == ("fd_effnet", "prc_effnet")
@@ -249,6 +249,15 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
     for label in ("ddpm-2", "ddim-2", "ddim-3-eta1", "ddpm-paper-2"):
         assert f"sampler {label}" in report  # the paper-form and paired tables per sampler
     assert "the samplers side by side" in report and "paired-by-sampler" in report
+
+    # the table holds the sweep's evaluations only: a sampler dropped from the spec leaves
+    # its folders (nothing is deleted) but not its rows
+    spec["eval"]["sampler"] = ["ddpm"]
+    sweep_file.write_text(yaml.safe_dump(spec))
+    assert main([*argv, "--collect"]) == 0
+    rows = json.loads((out / "results.json").read_text())
+    assert len(rows) == 3 and {r["sampler"] for r in rows} == {"ddpm"}
+    assert (out / "cells" / CELLS[0] / "evals" / "ddim-3-eta1" / "result.json").is_file()
 
 
 def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:

@@ -274,7 +274,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return 0
     _check_writable(out)
     rows = (
-        collect(out)
+        collect(sweep, out)
         if args.collect
         else run_sweep(sweep, out, index, count, progress=not args.quiet)
     )
@@ -548,7 +548,7 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     sw.add_argument(
         "--collect",
         action="store_true",
-        help="only rebuild results.csv/json from the finished evaluations",
+        help="only rebuild results.csv/json from the sweep's finished evaluations",
     )
     sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
     sw.add_argument("--list", action="store_true", help="list this shard's cells and stop")

@@ -439,8 +439,8 @@ def run_sweep(
                 scores = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
                 label = Evaluation(**result["evaluation"]).label
                 print(f"{cell.id} [{label}]: {scores} ({result['wall_s']:.0f} s)", flush=True)
-        collect(out)
-    return collect(out)
+        collect(sweep, out)
+    return collect(sweep, out)
 
 
 # ------------------------------------------------------------------------------ the table
@@ -462,12 +462,21 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     ]
 
 
-def collect(out: str | Path) -> list[dict[str, Any]]:
-    """Rebuild ``results.json`` and ``results.csv`` from every finished cell under ``out``."""
+def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
+    """Rebuild ``results.json`` and ``results.csv`` under ``out`` from the sweep's finished
+    evaluations: its cells and samplers, scored with its settings (what other tools wrote
+    into a cell's folder, such as ``benchmarks/nfe_trained.py``'s few-step evaluations, and
+    evaluations of settings the sweep no longer asks for, are not the sweep's)."""
     out = Path(out)
+    done = sorted(
+        eval_dir(cell, ev) / "result.json"
+        for cell in sweep.cells
+        for ev in sweep.eval.evaluations
+        if is_done(cell, ev, sweep.eval)
+    )
     rows = [
         {col: row[col] for col in TABLE_COLUMNS}
-        for path in sorted(out.glob("cells/*/evals/*/result.json"))
+        for path in done
         for row in table_rows(json.loads(path.read_text()))
     ]
     out.mkdir(parents=True, exist_ok=True)
