@@ -98,7 +98,7 @@ def test_readme_cifar10_basis_is_what_fit_basis_prints(cifar_tar, tmp_path, caps
 
 @pytest.mark.parametrize(
     ("folder", "samplers", "cells", "paired_rows", "metrics"),
-    [("local-cifar10", 1, 7, 6, 3), ("local-cifar10-samplers", 3, 4, 3, 4)],
+    [("local-cifar10", 1, 7, 6, 3), ("local-cifar10-samplers", 4, 4, 3, 4)],
 )
 def test_reproduction_tables_are_the_committed_results(
     folder, samplers, cells, paired_rows, metrics
@@ -122,19 +122,19 @@ def test_reproduction_tables_are_the_committed_results(
 
 
 def test_readme_sampler_study_is_the_committed_results() -> None:
-    """16 cells x 3 samplers x 4 metrics committed; the README's verdicts recomputed from them."""
+    """16 cells x 4 samplers x 4 metrics committed; the README's verdicts recomputed from them."""
     from squeezed_diffusion.evaluation.report import summarize, verdict_table
 
     results = ROOT / "docs" / "results" / "local-cifar10-samplers"
     rows = json.loads((results / "results.json").read_text())
     assert len({r["cell"] for r in rows}) == 16
-    assert {r["sampler"] for r in rows} == {"ddpm", "ddim", "ddpm-paper"}
+    assert {r["sampler"] for r in rows} == {"ddpm", "ddim", "ddpm-paper", "dpmpp-2m-sde"}
     assert {r["metric"] for r in rows} == {
         "fd_effnet", "precision_effnet", "recall_effnet", "fd_pixels8"
     }  # fmt: skip
-    assert len(rows) == 16 * 3 * 4 and {r["num_samples"] for r in rows} == {2000}
+    assert len(rows) == 16 * 4 * 4 and {r["num_samples"] for r in rows} == {2000}
     header, body = verdict_table(summarize(rows))
-    assert len(body) == 3 * 3 and {row[3] for row in body} == {"4"}
+    assert len(body) == 4 * 3 and {row[3] for row in body} == {"4"}
     for doc in (README, results / "README.md", results / "report.md"):
         text = doc.read_text()
         for row in [header, *body]:
