@@ -5,14 +5,13 @@
 
 Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
 contains any ``--cells`` substring, and evaluates each with dpmpp-2m and dpmpp-2m-sde at 10,
-20 and 50 steps and heun at 11 steps (21 evaluations), exactly as the sweep evaluated its samplers (the same
-number of samples, sampling seed, reference subset and metrics, read from the sweep's own
-results).
-Prints, per sampler and NFE, the mean fd_effnet over the models with its 95 % interval and
-the seed-paired differences from exact DDPM and from DDIM with 50 steps (the sweep's
-``ddpm-50`` and ``ddim-50``), and
-writes every number to JSON. Evaluations already made are read back from the cells' own
-``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
+20 and 50 steps and heun at 11 steps (21 network evaluations), exactly as the sweep evaluated
+its samplers (the same number of samples, sampling seed, reference subset and metrics, read
+from the sweep's own results). Prints, per sampler and NFE, the mean fd_effnet over the
+models with its 95 % interval and the seed-paired differences from exact DDPM and from DDIM
+with 50 steps (the sweep's ``ddpm-50`` and ``ddim-50``), and writes every number to JSON
+(``--plot``: the same as a figure). Evaluations already made are read back from the cells'
+own ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
 """
 
 from __future__ import annotations
@@ -66,7 +65,7 @@ def scores(cell: Path, label: str, metric: str) -> float:
 
 def summary_rows(cells: list[Path], metric: str) -> list[dict]:
     """Per sampler and NFE: ``metric`` over the models (mean, 95 % interval) and its
-    seed-paired differences from ddpm-50 and ddim-50, read from the cells' ``evals/LABEL/result.json``."""
+    seed-paired differences from ddpm-50 and ddim-50, read from the cells' results."""
     labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
     per = {label: [scores(c, label, metric) for c in cells] for label in labels}
     rows = []
@@ -136,7 +135,7 @@ def main() -> int:
     )
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
-    parser.add_argument("--plot", type=Path, help="write the table as a PNG figure here")
+    parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
     cells = sorted(
         p for p in (args.sweep / "cells").iterdir() if any(s in p.name for s in args.cells)

@@ -52,6 +52,18 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
     assert iso.config.data_dir == str(tmp_path / "data" / "x.npy")
     assert sweep.name == "s" and sweep.eval.metrics == ("fd_effnet", "prc_effnet")
 
+    # squeezing settings of the base or grid shape the squeezed cells, and only those
+    shaped = {"variant": ["sdm"], "strength": [0.0, -0.4], "profile": ["linear", "constant"]}
+    squeeze = {"dataset": "photos", "steps": 2, "basis": "pca", "basis_options": {"k": 4}}
+    cells = load_sweep(write_sweep(tmp_path / "p.yaml", shaped, squeeze), tmp_path).cells
+    assert [c.id for c in cells] == [
+        "photos_isotropic_seed42", "photos_sdm_s-0.4_constant_pca_seed42",
+        "photos_sdm_s-0.4_linear_pca_seed42",
+    ]  # fmt: skip
+    iso = cells[0].config
+    assert (iso.profile, iso.basis, iso.basis_options) == ("beta", "channel", {})
+    assert (cells[1].config.basis_options, cells[2].config.profile) == ({"k": 4}, "linear")
+
     union = [
         {"variant": ["sdm"], "strength": [-0.8, -0.4], "lr": [1e-3, 1e-4]},
         {"variant": ["hdm"], "strength": [-0.4]},
@@ -258,6 +270,11 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
     rows = json.loads((out / "results.json").read_text())
     assert len(rows) == 3 and {r["sampler"] for r in rows} == {"ddpm"}
     assert (out / "cells" / CELLS[0] / "evals" / "ddim-3-eta1" / "result.json").is_file()
+    written = out / "cells" / CELLS[1] / "evals" / "ddpm-2" / "result.json"
+    foreign = {**json.loads(written.read_text()), "cell": "elsewhere", "axes": {}}
+    written.write_text(json.dumps(foreign))  # as another tool (nfe_trained.py) might write it
+    assert main([*argv, "--collect"]) == 0
+    assert json.loads((out / "results.json").read_text()) == rows  # the sweep labels its rows
 
 
 def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
-from squeezed_diffusion.training.config import TrainConfig, resolve_config
+from squeezed_diffusion.training.config import TrainConfig, resolve_config, resume_config
 
 
 @pytest.fixture
@@ -141,6 +141,27 @@ def test_paper_preset_resolves_to_the_documented_configuration() -> None:
     assert baseline == {**cfg, "variant": "isotropic", **squeezing}  # the preset's own baseline
     with pytest.raises(ValueError, match="--profile set with variant isotropic"):
         resolve_config("paper-cifar10", out="x", variant="isotropic", profile="constant")
+
+
+def test_isotropic_drops_a_presets_squeezing_and_loads_old_runs_as_today(
+    tmp_path, monkeypatch
+) -> None:
+    """Over a preset that squeezes along DCT bands with a linear profile, ``--variant
+    isotropic`` is its baseline; an isotropic run saved with such settings (0.1.0 accepted
+    them) loads with the defaults and resumes."""
+    import squeezed_diffusion.training.config as config
+
+    shaped = {"dataset": "photos", "steps": 5, "variant": "sdm", "strength": -0.4,
+              "profile": "linear", "basis": "dct", "basis_options": {"cutoffs": [0.5]}}  # fmt: skip
+    monkeypatch.setattr(config, "load_preset", lambda name: dict(shaped))
+    iso = resolve_config("shaped", out="x", variant="isotropic")
+    assert (iso.strength, iso.profile, iso.basis, iso.basis_options) == (0.0, "beta", "channel", {})
+    assert resolve_config("shaped", out="x").basis_options == {"cutoffs": [0.5]}
+    saved = tmp_path / "config.yaml"
+    saved.write_text(yaml.safe_dump({**shaped, "variant": "isotropic", "out": str(tmp_path)}))
+    old = TrainConfig.load(saved)
+    assert (old.strength, old.profile, old.basis) == (0.0, "beta", "channel")
+    assert resume_config(old, {"steps": 9}).steps == 9
 
 
 @pytest.mark.parametrize(

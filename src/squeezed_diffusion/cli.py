@@ -260,8 +260,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.collect and (args.list or args.shard):
         raise ValueError(
-            "--collect rebuilds the table of every finished cell: it takes neither --list nor "
-            "--shard"
+            "--collect rebuilds the table of the whole sweep's finished evaluations: it takes "
+            "neither --list nor --shard"
         )
     index, count = parse_shard(args.shard) if args.shard else shard_from_environment(os.environ)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)

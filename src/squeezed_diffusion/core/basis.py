@@ -580,9 +580,10 @@ class DCTBasis(Basis):
         if (counts[:-1] == 0).any():
             raise ValueError(f"cutoffs {self.cutoffs} leave an empty band at resolution {h}x{w}")
         if counts[-1] == 0:  # the rest: what HDM compensates, and a group of its own
+            highest = math.floor(float(radius.max()) * 1e4) / 1e4
             raise ValueError(
                 f"cutoff {self.cutoffs[-1]} leaves no frequency above it at resolution {h}x{w}; "
-                f"choose cutoffs below {float(radius.max()):.3g}"
+                f"choose cutoffs of at most {highest}"
             )
         self._dims = tuple(int(n) * c for n in counts[:-1])
 

@@ -32,7 +32,7 @@ rerun, so adding a sampler to a finished sweep samples and scores only the new o
 retraining; samples are reused only when they were drawn with the same sampler, steps, eta,
 seed and number; a cell whose run is unfinished resumes from its latest checkpoint.
 ``results.csv`` and ``results.json`` (one row per cell, evaluation and metric) are rebuilt
-from every ``result.json`` under ``cells/``.
+from the sweep's finished evaluations: its cells and samplers, scored with its settings.
 """
 
 from __future__ import annotations
@@ -469,15 +469,15 @@ def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
     evaluations of settings the sweep no longer asks for, are not the sweep's)."""
     out = Path(out)
     done = sorted(
-        eval_dir(cell, ev) / "result.json"
+        (eval_dir(cell, ev) / "result.json", cell)
         for cell in sweep.cells
         for ev in sweep.eval.evaluations
         if is_done(cell, ev, sweep.eval)
-    )
+    )  # the sweep's own id and axes label each row, whoever wrote the result
     rows = [
         {col: row[col] for col in TABLE_COLUMNS}
-        for path in done
-        for row in table_rows(json.loads(path.read_text()))
+        for path, cell in done
+        for row in table_rows({**json.loads(path.read_text()), "cell": cell.id, "axes": cell.axes})
     ]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(rows, indent=1))

@@ -258,7 +258,13 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        return cls.from_dict(_read_yaml(Path(path)))
+        """A saved config. An isotropic run saved with squeezing settings (versions before
+        0.2 accepted them; they had no effect) reads with the defaults, so it resumes, and
+        pairs in a sweep, as the same run made today."""
+        values = _read_yaml(Path(path))
+        if values.get("variant") == "isotropic":
+            values = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
+        return cls.from_dict(values)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
@@ -342,7 +348,8 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """Preset values, then every override that is not ``None``; validated.
 
     ``variant="isotropic"`` over a squeezing preset is that preset's isotropic baseline: the
-    preset's strength, profile and basis are dropped (an override of them is refused)."""
+    preset's strength, profile and basis are dropped (an override of them to anything but
+    the default is refused)."""
     values = load_preset(preset) if preset else {}
     given = absolute_data_dir({k: v for k, v in overrides.items() if v is not None})
     if given.get("variant") == "isotropic":
