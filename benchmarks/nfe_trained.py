@@ -135,6 +135,7 @@ def main() -> int:
     )
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
+    parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
     cells = sorted(
@@ -145,7 +146,11 @@ def main() -> int:
     spec, start = sweep_spec(cells), time.perf_counter()
     for folder in cells:  # train_to_completion finds each run finished and only evaluates
         config = Run(folder / "run").config()
-        run_cell(Cell(folder.name, config, sweep_axes(folder)), spec, progress=False)
+        cell = Cell(folder.name, config, sweep_axes(folder))
+        for result in run_cell(cell, spec, progress=not args.quiet):  # only what is missing
+            label = Evaluation(**result["evaluation"]).label
+            score = result["metrics"][args.metric]
+            print(f"{folder.name} [{label}]: {args.metric} {score:.4g} ({result['wall_s']:.0f} s)")
     if len(cells) < 2:  # one model evaluated (e.g. one per core); the intervals need two
         print(f"evaluated {cells[0].name}; the table needs at least 2 models", file=sys.stderr)
         return 0
