@@ -70,9 +70,11 @@ def summary_rows(cells: list[Path], metric: str) -> list[dict]:
     per = {label: [scores(c, label, metric) for c in cells] for label in labels}
     rows = []
     for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
+        values = per[label]
         row = {
-            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps), "models": len(cells),
-            "values": per[label], "mean": statistics.fmean(per[label]), "ci": interval95(per[label]),
+            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps),
+            "models": len(cells), "values": values, "mean": statistics.fmean(values),
+            "ci": interval95(values),
         }  # fmt: skip
         for base in ("ddpm-50", "ddim-50"):
             diffs = [a - b for a, b in zip(per[label], per[base], strict=True)]

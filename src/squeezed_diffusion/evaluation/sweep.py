@@ -56,7 +56,7 @@ from ..core import SAMPLERS
 from ..core.fileio import atomic_write
 from ..core.samplers import checked_sampler
 from ..run import Run
-from ..training.config import ISOTROPIC_IGNORES, TrainConfig, load_preset, resolve_config
+from ..training.config import TrainConfig, load_preset, resolve_config, without_squeezing
 from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
@@ -229,8 +229,7 @@ def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[
     basis that shape squeezing (``preset``: the preset's fields, under ``values``)."""
     merged = {"variant": TrainConfig.variant, **preset, **values}
     if merged["variant"] == "isotropic" or float(merged.get("strength", 0.0)) == 0.0:
-        kept = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
-        return {**kept, "variant": "isotropic"}
+        return {**without_squeezing(values), "variant": "isotropic"}
     return values
 
 
@@ -329,22 +328,24 @@ def eval_dir(cell: Cell, evaluation: Evaluation) -> Path:
     return evaluation_folder(Path(cell.config.out).parent, evaluation.label)
 
 
-def _matches(path: Path, wanted: dict[str, Any], key: str | None = None) -> bool:
-    """Whether the JSON file at ``path`` (or its ``key``) records exactly ``wanted``."""
-    if not path.is_file():
-        return False
-    recorded = json.loads(path.read_text())
-    return (recorded.get(key) if key else recorded) == wanted
+def _recorded(path: Path) -> dict[str, Any] | None:
+    """The JSON file at ``path``, or ``None`` where there is none."""
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def _result_settings(evaluation: Evaluation, spec: EvalSpec) -> dict[str, Any]:
     return {**dataclasses.asdict(evaluation), **spec.scoring()}
 
 
+def finished_result(cell: Cell, evaluation: Evaluation, spec: EvalSpec) -> dict[str, Any] | None:
+    """The evaluation's result if it was made with the current settings, else ``None``."""
+    result = _recorded(eval_dir(cell, evaluation) / "result.json")
+    wanted = _result_settings(evaluation, spec)
+    return result if result is not None and result.get("settings") == wanted else None
+
+
 def is_done(cell: Cell, evaluation: Evaluation, spec: EvalSpec) -> bool:
-    """The evaluation has a result made with the current settings."""
-    result = eval_dir(cell, evaluation) / "result.json"
-    return _matches(result, _result_settings(evaluation, spec), key="settings")
+    return finished_result(cell, evaluation, spec) is not None
 
 
 def is_finished(cell: Cell, spec: EvalSpec) -> bool:
@@ -362,7 +363,7 @@ def _samples(
 
     folder = eval_dir(cell, ev)
     drawn_with = {**dataclasses.asdict(ev), "num": spec.num, "seed": spec.seed, "ema": True}
-    if _matches(folder / "samples.json", drawn_with) and (folder / "samples.npz").is_file():
+    if _recorded(folder / "samples.json") == drawn_with and (folder / "samples.npz").is_file():
         return load_samples(folder / "samples.npz"), False
     _, images = generate(
         cell.config.out, spec.num, ev.steps, ev.sampler, seed=spec.seed, eta=ev.eta,
@@ -468,16 +469,16 @@ def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
     into a cell's folder, such as ``benchmarks/nfe_trained.py``'s few-step evaluations, and
     evaluations of settings the sweep no longer asks for, are not the sweep's)."""
     out = Path(out)
-    done = sorted(
-        (eval_dir(cell, ev) / "result.json", cell)
-        for cell in sweep.cells
-        for ev in sweep.eval.evaluations
-        if is_done(cell, ev, sweep.eval)
-    )  # the sweep's own id and axes label each row, whoever wrote the result
+    pairs = sorted(
+        ((cell, ev) for cell in sweep.cells for ev in sweep.eval.evaluations),
+        key=lambda pair: eval_dir(*pair),
+    )
     rows = [
         {col: row[col] for col in TABLE_COLUMNS}
-        for path, cell in done
-        for row in table_rows({**json.loads(path.read_text()), "cell": cell.id, "axes": cell.axes})
+        for cell, ev in pairs
+        if (result := finished_result(cell, ev, sweep.eval)) is not None
+        # the sweep's own id and axes label each row, whoever wrote the result
+        for row in table_rows({**result, "cell": cell.id, "axes": cell.axes})
     ]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(rows, indent=1))

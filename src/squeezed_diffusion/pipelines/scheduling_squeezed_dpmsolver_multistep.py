@@ -65,11 +65,11 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     does). Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
     'sde-dpmsolver++'), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``,
     ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
-    'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops the timesteps where any
-    direction's lambda is below it), ``timestep_spacing``, ``steps_offset``, the prediction
-    types, thresholding and ``rescale_betas_zero_snr``. ``clip_sample`` and
-    ``clip_sample_range`` (off by default: stock DPM-Solver has no clipping) are the core's
-    x_0 clipping, so that a clipping DDPM config keeps clipping here. Everything else of the
+    'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
+    the timesteps where any direction's lambda is below it), ``timestep_spacing``,
+    ``steps_offset``, the prediction types, thresholding and ``rescale_betas_zero_snr``.
+    ``clip_sample`` and ``clip_sample_range`` (off by default: stock DPM-Solver has no
+    clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here. Everything else of the
     stock class is refused. At ``strength=0`` this is stock ``DPMSolverMultistepScheduler``.
     """
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -84,6 +85,8 @@ RESUMABLE = {
 LR_SCHEDULES = ("cosine", "constant")
 # Fields that shape the squeezing: isotropic noise has none, so they have no effect there.
 ISOTROPIC_IGNORES = ("strength", "profile", "basis", "basis_options")
+# Evaluation during training: set without eval_every, they would have no effect.
+EVAL_FIELDS = ("eval_metrics", "eval_num", "eval_steps", "eval_sampler", "eval_num_reference")
 # 0.1.0 configs held the PCA and DCT options as fields of their own.
 _LEGACY_BASIS_FIELDS = {"basis_k": ("pca", "k"), "basis_cutoffs": ("dct", "cutoffs")}
 
@@ -225,21 +228,11 @@ class TrainConfig:
                 "--compile-mode or drop --no-compile"
             )
         if self.eval_every == 0:
-            defaults = TrainConfig()
-            changed = [
-                f"--{f.replace('_', '-')}"
-                for f in (
-                    "eval_metrics",
-                    "eval_num",
-                    "eval_steps",
-                    "eval_sampler",
-                    "eval_num_reference",
-                )
-                if getattr(self, f) != getattr(defaults, f)
-            ]
+            changed = _changed_flags(self, EVAL_FIELDS)
             if changed:
                 raise ValueError(
-                    f"{', '.join(changed)} set without --eval-every: add --eval-every N or drop them"
+                    f"{', '.join(changed)} set without --eval-every: add --eval-every N or drop "
+                    "them"
                 )
 
     def to_dict(self) -> dict[str, Any]:
@@ -263,7 +256,7 @@ class TrainConfig:
         pairs in a sweep, as the same run made today."""
         values = _read_yaml(Path(path))
         if values.get("variant") == "isotropic":
-            values = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
+            values = without_squeezing(values)
         return cls.from_dict(values)
 
     @classmethod
@@ -279,17 +272,23 @@ class TrainConfig:
         return cls(**values)
 
 
-def _squeezing_flags(config: TrainConfig) -> list[str]:
-    """The flags of ``config``'s squeezing settings that differ from their defaults (a
-    basis' options from that basis' own defaults)."""
+def _changed_flags(config: TrainConfig, names: Iterable[str]) -> list[str]:
+    """The flags of the fields ``names`` whose values in ``config`` are not the defaults."""
     default = TrainConfig()
-    flags = [
-        f"--{f}"
-        for f in ("strength", "profile", "basis")
-        if getattr(config, f) != getattr(default, f)
-    ]
+    return [f"--{n.replace('_', '-')}" for n in names if getattr(config, n) != getattr(default, n)]
+
+
+def _squeezing_flags(config: TrainConfig) -> list[str]:
+    """The flags of ``config``'s squeezing settings that are not the defaults (a basis'
+    options: not that basis' own defaults)."""
+    flags = _changed_flags(config, (f for f in ISOTROPIC_IGNORES if f != "basis_options"))
     defaults = basis_options(config.basis, {})
     return flags + [f"--basis-{k}" for k, v in config.basis_options.items() if v != defaults.get(k)]
+
+
+def without_squeezing(values: dict[str, Any]) -> dict[str, Any]:
+    """``values`` without the fields that shape squeezing, which isotropic noise has none of."""
+    return {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
 
 
 def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
@@ -353,7 +352,7 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     values = load_preset(preset) if preset else {}
     given = absolute_data_dir({k: v for k, v in overrides.items() if v is not None})
     if given.get("variant") == "isotropic":
-        values = {k: v for k, v in values.items() if k not in ISOTROPIC_IGNORES}
+        values = without_squeezing(values)
     values.update(given)
     for length, other in (("steps", "epochs"), ("epochs", "steps")):  # a flag beats the preset's
         if overrides.get(length) is not None and overrides.get(other) is None:
