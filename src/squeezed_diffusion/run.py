@@ -6,7 +6,10 @@ Layout of a run folder (0.1.0 runs have the same one and load unchanged)::
     basis.safetensors      the fitted basis
     log.jsonl              one line per log step (loss, lr, images/s, evaluations)
     checkpoints/step-N/    weights, EMA weights, optimiser and RNG state (training/checkpoint.py)
-    samples/               EMA sample grids and a denoising trajectory
+    samples/step-N.png     EMA sample grids during training (--sample-every)
+    samples/final.png      the EMA sample grid at the end of training
+    samples/trajectory.png predicted x_0 along the final grid's sampling, for four samples
+    trackers/              TensorBoard and wandb files (--log-with)
 
 Sampling, evaluation, sweeps, reports, the demo and ``SqueezedDDPMPipeline.from_run`` all go
 through :class:`Run`, so a run is read one way everywhere.
@@ -39,6 +42,13 @@ class Run:
     basis_path = property(lambda self: self.path / "basis.safetensors")
     log_path = property(lambda self: self.path / "log.jsonl")
     samples_dir = property(lambda self: self.path / "samples")
+    final_samples_path = property(lambda self: self.samples_dir / "final.png")
+    trajectory_path = property(lambda self: self.samples_dir / "trajectory.png")
+    trackers_dir = property(lambda self: self.path / "trackers")
+
+    def step_samples_path(self, step: int) -> Path:
+        """The sample grid written at ``step`` during training."""
+        return self.samples_dir / f"step-{step:08d}.png"
 
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"

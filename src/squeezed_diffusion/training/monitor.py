@@ -19,6 +19,7 @@ from torchvision.utils import save_image
 
 from ..core import SqueezedDiffusion
 from ..data import ImageDataset
+from ..run import Run
 from .config import TrainConfig
 from .state import TrainState
 
@@ -97,7 +98,7 @@ def start_trackers(accelerator: Accelerator, cfg: TrainConfig) -> None:
     hparams = {
         k: v if isinstance(v, (int, float, str, bool)) else str(v) for k, v in cfg.to_dict().items()
     }
-    wandb_dir = {"wandb": {"dir": str(Path(cfg.out) / "trackers"), "name": Path(cfg.out).name}}
+    wandb_dir = {"wandb": {"dir": str(Run(cfg.out).trackers_dir), "name": Path(cfg.out).name}}
     try:
         accelerator.init_trackers(Path(cfg.out).name, config=hparams, init_kwargs=wandb_dir)
     except Exception as err:  # wandb without a login or a network, mostly

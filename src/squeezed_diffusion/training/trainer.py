@@ -76,7 +76,7 @@ class Trainer:
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=device == "cpu",
-            log_with=tracker_names(cfg.log_with) or None, project_dir=str(self.out / "trackers"),
+            log_with=tracker_names(cfg.log_with) or None, project_dir=str(self.run_dir.trackers_dir),
         )  # fmt: skip
         set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
         if resume is None and list_checkpoints(self.out):
@@ -174,8 +174,8 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
         if self.step == self.total_steps and self.accelerator.is_main_process:
-            samples = self.run_dir.samples_dir
-            x = self.sample_grid(samples / "final.png", trajectory=samples / "trajectory.png")
+            run = self.run_dir
+            x = self.sample_grid(run.final_samples_path, trajectory=run.trajectory_path)
             track_images(self.accelerator, "samples/final", x, self.step)
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
@@ -230,7 +230,7 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
         if boundary or stop:
             trainer.save()
         if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
-            x = trainer.sample_grid(trainer.run_dir.samples_dir / f"step-{step:08d}.png")
+            x = trainer.sample_grid(trainer.run_dir.step_samples_path(step))
             track_images(acc, "samples", x, step)
         if cfg.eval_every and step % cfg.eval_every == 0:
             _evaluate(trainer, bar)
