@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -403,3 +404,36 @@ def test_trajectory_strip_has_nine_moments_whatever_the_sampler(
     assert main(train_args(array_data, run, *extra)) == 0
     width = Image.open(run / "samples" / "trajectory.png").size[0]
     assert width == frames * (8 + 2) + 2  # 8 px images, torchvision's 2 px padding
+
+
+def test_images_per_s_counts_training_steps_only(array_data, tmp_path, monkeypatch) -> None:
+    """Checkpoints, sample grids and evaluations take no part in a window's images/s: with a
+    clock on which each grid and evaluation lasts 1000 s, every one-step window stays short
+    (a window restarted at the log step and then holding the grid read 0.016 images/s)."""
+    import types
+
+    import squeezed_diffusion.training.trainer as trainer_module
+
+    offset = [0.0]
+    clock = types.SimpleNamespace(perf_counter=lambda: time.perf_counter() + offset[0])
+    monkeypatch.setattr(trainer_module, "time", clock)
+
+    def slow(method):
+        def wrapped(self, *args, **kwargs):
+            offset[0] += 1000.0
+            return method(self, *args, **kwargs)
+
+        return wrapped
+
+    for name in ("sample_grid", "evaluate"):
+        monkeypatch.setattr(
+            trainer_module.Trainer, name, slow(getattr(trainer_module.Trainer, name))
+        )
+    run = tmp_path / "run"
+    extra = ["--steps", "4", "--model", "micro", "--sample-every", "2", "--eval-every", "3",
+             "--eval-num", "8", "--eval-steps", "2", "--eval-metrics", "fd_pixels8"]  # fmt: skip
+    assert main(train_args(array_data, run, *extra)) == 0
+    log = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    windows = {r["step"]: 16 / r["images_per_s"] for r in log if "loss" in r}  # one step each
+    assert sorted(windows) == [1, 2, 3, 4] and offset[0] == 4000.0  # grids 2, 4, final; eval 3
+    assert max(windows.values()) < 100, windows

@@ -204,7 +204,10 @@ def _progress_bar(trainer: Trainer) -> tqdm:
 
 
 def train_loop(trainer: Trainer, bar: tqdm) -> None:
-    """Steps until the end or a signal; the loss is read (a host sync) only at log steps."""
+    """Steps until the end or a signal; the loss is read (a host sync) only at log steps.
+
+    images/s counts training steps only: the time of checkpoints, sample grids and
+    evaluations is taken out of the window they fall in."""
     cfg, acc = trainer.cfg, trainer.accelerator
     loss_sum = torch.zeros((), device=acc.device)
     window_start, window_steps = time.perf_counter(), 0
@@ -227,16 +230,29 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
             bar.set_postfix(loss=f"{mean_loss:.4f}", img_s=f"{rate:.0f}")
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
-        if boundary or stop:
-            trainer.save()
-        if cfg.sample_every and step % cfg.sample_every == 0 and acc.is_main_process:
-            x = trainer.sample_grid(trainer.run_dir.step_samples_path(step))
-            track_images(acc, "samples", x, step)
-        if cfg.eval_every and step % cfg.eval_every == 0:
-            _evaluate(trainer, bar)
+        grid = cfg.sample_every > 0 and step % cfg.sample_every == 0 and acc.is_main_process
+        evaluate = cfg.eval_every > 0 and step % cfg.eval_every == 0
+        if boundary or stop or grid or evaluate:  # not training: kept out of images/s
+            paused = _clock(acc)
+            if boundary or stop:
+                trainer.save()
+            if grid:
+                x = trainer.sample_grid(trainer.run_dir.step_samples_path(step))
+                track_images(acc, "samples", x, step)
+            if evaluate:
+                _evaluate(trainer, bar)
+            window_start += time.perf_counter() - paused
         if stop:
             bar.write(f"signal {stop}: saved step {step}; resume with --resume latest")
             break
+
+
+def _clock(acc: Accelerator) -> float:
+    """``time.perf_counter()`` once the queued GPU work is done, so that the steps' kernels
+    count as training time, not as the checkpoint, grid or evaluation that follows them."""
+    if acc.device.type == "cuda":
+        torch.cuda.synchronize(acc.device)
+    return time.perf_counter()
 
 
 def _evaluate(trainer: Trainer, bar: tqdm) -> None:
