@@ -437,3 +437,26 @@ def test_images_per_s_counts_training_steps_only(array_data, tmp_path, monkeypat
     windows = {r["step"]: 16 / r["images_per_s"] for r in log if "loss" in r}  # one step each
     assert sorted(windows) == [1, 2, 3, 4] and offset[0] == 4000.0  # grids 2, 4, final; eval 3
     assert max(windows.values()) < 100, windows
+
+
+def test_missing_metric_weights_stop_training_before_it_starts(
+    array_data, tmp_path, monkeypatch, capsys
+) -> None:
+    """Offline with an empty weights cache, --eval-metrics fid is a one-line error naming the
+    InceptionV3 file before any step (it used to train and checkpoint, then fail); the message
+    names only fixes that `sqdm train` takes (it has no --feature-weights)."""
+    import urllib.error
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    run = tmp_path / "run"
+    extra = ["--steps", "6", "--eval-every", "6", "--eval-metrics", "fid"]
+    assert main(train_args(array_data, run, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("sqdm: error: --eval-metrics fid:") and "\n" not in err, err
+    assert "weights-inception-2015-12-05-6726825d.pth" in err and "--feature-weights" not in err
+    assert not run.exists()

@@ -131,6 +131,26 @@ def track_images(accelerator: Accelerator, name: str, images: torch.Tensor, step
 
 
 # -- evaluation during training ---------------------------------------------------------------
+def check_eval_weights(cfg: TrainConfig) -> None:
+    """Resolve (download if missing) the weights of every feature network ``cfg.eval_metrics``
+    use, so that missing weights stop the run before it trains, not at its first evaluation."""
+    if not cfg.eval_every:
+        return
+    from ..evaluation.metrics import FeatureWeightsError, extractors_for, resolve_weights
+
+    for extractor in extractors_for(cfg.eval_metrics):
+        try:
+            resolve_weights(extractor)
+        except FeatureWeightsError as err:
+            users = [m for m in cfg.eval_metrics if extractor in extractors_for([m])]
+            # sqdm train reads the weights from the cache only: it has no --feature-weights.
+            fix = str(err).removesuffix(" or pass --feature-weights PATH")
+            raise FeatureWeightsError(
+                f"--eval-metrics {', '.join(users)}: {fix}, or drop {', '.join(users)} from "
+                "--eval-metrics"
+            ) from None
+
+
 def evaluate_ema(
     state: TrainState,
     process: SqueezedDiffusion,

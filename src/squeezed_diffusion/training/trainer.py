@@ -28,6 +28,7 @@ from .batches import Batches
 from .checkpoint import find_checkpoint, list_checkpoints, remove_partial_checkpoints
 from .config import TrainConfig, resume_config
 from .monitor import (
+    check_eval_weights,
     ema_sample,
     evaluate_ema,
     sample_grid,
@@ -73,6 +74,7 @@ class Trainer:
         self.out = self.run_dir.path
         device = "cuda" if torch.cuda.is_available() else "cpu"
         _check_device(cfg, device)
+        check_eval_weights(cfg)  # before training and before writing the run folder
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=device == "cpu",
