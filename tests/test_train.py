@@ -460,3 +460,17 @@ def test_missing_metric_weights_stop_training_before_it_starts(
     assert err.startswith("sqdm: error: --eval-metrics fid:") and "\n" not in err, err
     assert "weights-inception-2015-12-05-6726825d.pth" in err and "--feature-weights" not in err
     assert not run.exists()
+
+
+@pytest.mark.parametrize(("length", "total"), [(["--steps", "2"], 2), (["--epochs", "0.5"], 2)])
+def test_an_evaluation_interval_past_the_run_is_refused(
+    array_data, tmp_path, capsys, length, total
+) -> None:
+    """--eval-every longer than the run (its length in steps, or in epochs of the loaded data:
+    64 images in batches of 16) would never evaluate: refused before the run folder exists."""
+    run = tmp_path / "run"
+    extra = [*length, "--eval-every", "3", "--eval-metrics", "fd_pixels8"]
+    assert main(train_args(array_data, run, *extra)) == 2
+    err = capsys.readouterr().err.strip()
+    assert f"--eval-every 3 is more than the run's {total} steps" in err and "\n" not in err
+    assert f"give --eval-every {total} or less" in err and not run.exists()

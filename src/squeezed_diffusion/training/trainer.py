@@ -56,6 +56,16 @@ def _check_device(cfg: TrainConfig, device: str) -> None:
         raise ValueError(f"channels_last applies on CUDA only, not {device}; drop --channels-last")
 
 
+def _check_eval_every(cfg: TrainConfig, total_steps: int) -> None:
+    """An evaluation interval longer than the run would never evaluate: an error, not a run
+    that ends without the scores it was asked for."""
+    if cfg.eval_every > total_steps:
+        raise ValueError(
+            f"--eval-every {cfg.eval_every} is more than the run's {total_steps} steps, so it "
+            f"would never evaluate; give --eval-every {total_steps} or less"
+        )
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or inf; the message names the step and the last good checkpoint."""
 
@@ -74,7 +84,6 @@ class Trainer:
         self.out = self.run_dir.path
         device = "cuda" if torch.cuda.is_available() else "cpu"
         _check_device(cfg, device)
-        check_eval_weights(cfg)  # before training and before writing the run folder
         # cpu=True without CUDA, so that torchrun / `accelerate launch` start gloo on CPUs.
         self.accelerator = acc = Accelerator(
             mixed_precision=cfg.mixed_precision, cpu=device == "cpu",
@@ -98,6 +107,8 @@ class Trainer:
             device=acc.device, rank=acc.process_index, world=acc.num_processes,
         )  # fmt: skip
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.steps_per_epoch)
+        _check_eval_every(cfg, self.total_steps)
+        check_eval_weights(cfg)  # before training and before writing the run folder
         c, res = self.dataset.shape[0], self.dataset.shape[-1]
         self.state = build_state(cfg, acc, c, res, self.total_steps)
         self.step, self.stop_signal = 0, None
