@@ -474,3 +474,14 @@ def test_an_evaluation_interval_past_the_run_is_refused(
     err = capsys.readouterr().err.strip()
     assert f"--eval-every 3 is more than the run's {total} steps" in err and "\n" not in err
     assert f"give --eval-every {total} or less" in err and not run.exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="compiling is on by default with CUDA")
+def test_a_compile_mode_without_compiling_is_refused(array_data, tmp_path, capsys) -> None:
+    """On a CPU the UNet is not compiled unless --compile is given, so --compile-mode alone
+    would train eagerly with the mode ignored: a one-line error before the run folder."""
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "1", "--compile-mode", "max-autotune")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "compile_mode 'max-autotune' applies only when compiling" in err and "\n" not in err
+    assert "add --compile or drop --compile-mode" in err and not run.exists()

@@ -38,13 +38,18 @@ from .monitor import (
     tracker_names,
     window_record,
 )
-from .state import build_state
+from .state import build_state, use_compile
 from .step import train_step
 
 
 def _check_device(cfg: TrainConfig, device: str) -> None:
-    """Settings that only a GPU honours: an error elsewhere, not a silent fp32/NCHW run
+    """Settings that only a GPU honours: an error elsewhere, not a silent fp32/NCHW/eager run
     (checked before the Accelerator, whose precision cannot change once set)."""
+    if cfg.compile_mode != "default" and not use_compile(cfg, torch.device(device)):
+        raise ValueError(
+            f"compile_mode {cfg.compile_mode!r} applies only when compiling, which is off on "
+            f"{device} by default; add --compile or drop --compile-mode"
+        )
     if device == "cuda":
         return
     if cfg.mixed_precision == "fp16":
