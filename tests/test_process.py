@@ -167,3 +167,20 @@ def test_hdm_needs_a_complement() -> None:
     with pytest.raises(ValueError, match="HDM needs directions outside"):
         SqueezedDiffusion(ChannelBasis([1.0]), "hdm", -0.4)
     SqueezedDiffusion(ChannelBasis([1.0]), "sdm", -0.4)  # grayscale SDM is fine
+
+
+def test_0_1_0_target_and_prediction_type_follow_one_rule_everywhere() -> None:
+    """The process, saved configs and the CLI (test_reliability) fold 0.1.0's ``target``
+    into ``prediction_type`` alike: alone it wins, agreeing is fine, contradicting raises
+    (a saved config used to drop the saved prediction_type silently)."""
+    from squeezed_diffusion.training.config import TrainConfig
+
+    basis = ChannelBasis.luminance()
+    assert SqueezedDiffusion(basis, target="unit").prediction_type == "unit_epsilon"
+    assert TrainConfig.from_dict({"target": "unit"}).prediction_type == "unit_epsilon"
+    agreeing = {"target": "unit", "prediction_type": "unit_epsilon"}
+    assert TrainConfig.from_dict(agreeing).prediction_type == "unit_epsilon"
+    with pytest.raises(ValueError, match="contradicts prediction_type 'sample'"):
+        SqueezedDiffusion(basis, prediction_type="sample", target="unit")
+    with pytest.raises(ValueError, match="contradicts prediction_type 'sample'"):
+        TrainConfig.from_dict({"target": "unit", "prediction_type": "sample"})

@@ -309,6 +309,8 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
                 ("--ema-decay", "1.0", "in [0, 1)"),
                 ("--checkpoint-every", "0", "an integer >= 1"),
                 ("--lr", "-0.0001", "a finite number > 0"),
+                ("--lr", "-1e-3", "a finite number > 0"),  # read as a number, not a flag
+                ("--weight-decay", "-inf", "a finite number >= 0"),
                 ("--warmup-steps", "-1", "an integer >= 0"),
                 ("--sample-every", "-1", "an integer >= 0"),
                 ("--weight-decay", "-0.1", "a finite number >= 0"),
@@ -350,7 +352,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*t, *arr, "--variant", "isotropic", "--basis", "pca", "--basis-k", "2"], "--basis, --basis-k set with variant isotropic"),
         ([*t0, *arr, "--epochs", "inf"], "training length must be positive and finite"),
         ([*t0, *arr, "--epochs", "nan"], "training length must be positive and finite"),
-        ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "disagree"),
+        ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "contradicts"),
         ([*t, *arr, "--eval-num", "7"], "--eval-num set without --eval-every"),
         ([*t, *arr, "--no-compile", "--compile-mode", "reduce-overhead"], "only when compiling"),
         ([*t, "--dataset", "shapes", "--data-dir", str(tmp_path)], "--data-dir does not apply to the shapes"),

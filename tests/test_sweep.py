@@ -294,6 +294,23 @@ def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:
     assert shard_from_environment({}) == (0, 1)
     with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_COUNT"):
         shard_from_environment({"SLURM_ARRAY_TASK_ID": "2"})
+    # --array=0-10:2 is six tasks, 0 2 4 6 8 10: task 6 is the fourth shard
+    stepped = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "10",
+               "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "6"}  # fmt: skip
+    shards = [
+        shard_from_environment({**stepped, "SLURM_ARRAY_TASK_ID": str(i)}) for i in range(0, 11, 2)
+    ]
+    assert shards == [(i, 6) for i in range(6)]
+    # --array=1,3,8: a list has no shard order
+    listed = {
+        "SLURM_ARRAY_TASK_MIN": "1",
+        "SLURM_ARRAY_TASK_MAX": "8",
+        "SLURM_ARRAY_TASK_COUNT": "3",
+    }
+    with pytest.raises(ValueError, match="not a range"):
+        shard_from_environment({**listed, "SLURM_ARRAY_TASK_ID": "3"})
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID='abc' is not an integer"):
+        shard_from_environment({"SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "3"})
 
 
 def test_collect_writes_the_table_of_the_finished_cells(tmp_path) -> None:

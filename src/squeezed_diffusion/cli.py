@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
+import re
 import sys
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from . import __version__
 from .core import BASES, PROFILES, SAMPLERS, VARIANTS
-from .core.process import PREDICTION_TYPES, canonical_prediction_type
+from .core.fileio import atomic_write
+from .core.process import PREDICTION_TYPES, merge_target
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -84,7 +85,6 @@ def _basis_options(args: argparse.Namespace) -> dict:
 
 def cmd_fit_basis(args: argparse.Namespace) -> int:
     """Fit a basis on a dataset, save it, print its spectrum."""
-    from .core import ChannelBasis
     from .training.bases import fit_dataset_basis
 
     ds = _dataset_from_arg(args.source, args)
@@ -95,11 +95,8 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
     evals = ", ".join(f"{v:.6g}" for v in basis.eigenvalues.tolist())
     print(f"fitted {basis.name} basis on {len(ds)} images of shape {tuple(ds.shape)} ({ds.name})")
     print(f"eigenvalues: [{evals}]")
-    if isinstance(basis, ChannelBasis):
-        v = basis.direction.double()
-        angle = math.degrees(math.acos(min(1.0, float(v.sum().abs()) / math.sqrt(len(v)))))
-        print(f"direction: [{', '.join(f'{x:.6f}' for x in v.tolist())}]")
-        print(f"angle to luminance (1, ..., 1)/sqrt(C): {angle:.2f} degrees")
+    for line in basis.fit_report():
+        print(line)
     print(f"wrote {out}")
     return 0
 
@@ -122,16 +119,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "compile_mode",
         "channels_last",
     )
-    if args.target is not None:  # 0.1.0's spelling of --prediction-type
-        given = args.prediction_type
-        if given is not None and canonical_prediction_type(given) != canonical_prediction_type(
-            args.target
-        ):
-            raise ValueError(
-                f"--target {args.target} and --prediction-type {args.prediction_type} disagree; "
-                "give only --prediction-type"
-            )
-        args.prediction_type = args.prediction_type or args.target
+    args.prediction_type = merge_target(args.prediction_type, args.target)
     overrides = {k: getattr(args, k) for k in flags if getattr(args, k, None) is not None}
     if _basis_options(args):
         overrides["basis_options"] = _basis_options(args)
@@ -196,11 +184,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run (sampled on the fly) or a folder/.npz of samples against a dataset."""
     from .evaluation.generate import evaluate_run
-    from .evaluation.metrics import evaluate, extractors_for, load_samples, parse_feature_weights
+    from .evaluation.metrics import (
+        DEFAULT_PRC_EXTRACTOR,
+        evaluate,
+        extractors_for,
+        load_samples,
+        parse_feature_weights,
+    )
     from .run import Run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    prc_extractor = args.prc_extractor or "vgg16"
+    prc_extractor = args.prc_extractor or DEFAULT_PRC_EXTRACTOR
     weights = parse_feature_weights(args.feature_weights, extractors_for(metrics, prc_extractor))
     if args.out:
         _check_writable(Path(args.out))
@@ -241,7 +235,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"{key:>16} = {result[key]:.6g}   [{name}]")
     print(f"{result['num_samples']} samples vs {result['num_reference']} reference images")
     if args.out:
-        Path(args.out).write_text(json.dumps(result, indent=1))
+        atomic_write(args.out, json.dumps(result, indent=1))
         print(f"wrote {args.out}")
     return 0
 
@@ -323,8 +317,10 @@ def _add_basis_options(parser: argparse.ArgumentParser, prefix: str) -> None:
 
 
 def _train_flags() -> dict[str, tuple[type, str]]:
+    from .core.process import BETA_SCHEDULES
     from .data import DATASETS
     from .models import PRESETS
+    from .training.config import LR_SCHEDULES, PRECISIONS, TRACKERS
 
     return {
         "dataset": (str, _choices(DATASETS)),
@@ -346,14 +342,14 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "batch_size": (int, "global batch per optimiser step"),
         "grad_accum": (int, "gradient accumulation micro-batches"),
         "num_train_timesteps": (int, "diffusion steps T (1000)"),
-        "beta_schedule": (str, "diffusers' beta schedule: linear (default), scaled_linear, ..."),
+        "beta_schedule": (str, "diffusers' beta schedule: " + _choices(BETA_SCHEDULES)),
         "lr": (float, "AdamW learning rate"),
         "weight_decay": (float, "AdamW weight decay"),
         "adam_eps": (float, "AdamW epsilon"),
-        "lr_schedule": (str, "cosine or constant (after the warm-up)"),
+        "lr_schedule": (str, _choices(LR_SCHEDULES) + " (after the warm-up)"),
         "warmup_steps": (int, "LR warm-up steps"),
         "grad_clip": (float, "gradient-norm clipping (0: none)"),
-        "mixed_precision": (str, "no, fp16 or bf16"),
+        "mixed_precision": (str, _choices(PRECISIONS)),
         "ema_decay": (float, "EMA decay, in [0, 1)"),
         "ema_inv_gamma": (float, "EMA warm-up inv_gamma (> 0)"),
         "ema_power": (float, "EMA warm-up power (> 0)"),
@@ -367,7 +363,9 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "sample_sampler": (str, "sampler for the grids: " + _choices(SAMPLERS)),
         "log_with": (
             str,
-            "trackers through accelerate: tensorboard, wandb or all (WANDB_MODE=offline works)",
+            "trackers through accelerate: "
+            + _choices([t for t in TRACKERS if t])
+            + " (WANDB_MODE=offline works)",
         ),
         "eval_every": (int, "steps between evaluations of the EMA weights, logged (0: none)"),
         "eval_num": (int, "samples per evaluation (default 500)"),
@@ -401,7 +399,7 @@ def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
-    from .training.config import preset_names
+    from .training.config import COMPILE_MODES, preset_names
 
     tr = sub.add_parser("train", help="train a (squeezed) diffusion model; resumable")
     tr.add_argument("--preset", help=_choices(preset_names()) + "; flags override")
@@ -435,9 +433,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--compile", action=argparse.BooleanOptionalAction, default=None,
         help="torch.compile the UNet (default: on with CUDA, off on CPUs)",
     )  # fmt: skip
-    tr.add_argument(
-        "--compile-mode", help="torch.compile mode: default, reduce-overhead, max-autotune, ..."
-    )
+    tr.add_argument("--compile-mode", help="torch.compile mode: " + _choices(COMPILE_MODES))
     tr.add_argument("--channels-last", action="store_const", const=True, help="NHWC layout on CUDA")
     tr.add_argument("--quiet", action="store_true", help="no progress bar")
     tr.set_defaults(func=cmd_train)
@@ -458,7 +454,8 @@ def _add_sampling_options(
     parser.add_argument("--num", type=_at_least(least), help=f"samples to draw (default {num:,})")
     parser.add_argument("--steps", type=_at_least(1), help="sampling steps (default 50)")
     parser.add_argument("--sampler", help=SAMPLERS.help() + " (default ddpm)")
-    parser.add_argument("--eta", type=float, help="DDIM eta in [0, 1] (ddim only; default 0)")
+    takes_eta = _choices([name for name, s in SAMPLERS.items() if s.uses_eta])
+    parser.add_argument("--eta", type=float, help=f"eta in [0, 1] ({takes_eta} only; default 0)")
     parser.add_argument("--seed", type=_seed, help="sampling seed (default 0)")
     parser.add_argument(
         *batch_flags, dest="sample_batch_size", type=_at_least(1),
@@ -485,7 +482,13 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from .evaluation.metrics import EXTRACTORS, METRICS, OFFLINE_METRICS
+    from .evaluation.metrics import (
+        DEFAULT_PRC_EXTRACTOR,
+        EXTRACTORS,
+        METRICS,
+        OFFLINE_METRICS,
+        PRC_EXTRACTORS,
+    )
 
     ev = sub.add_parser(
         "evaluate", help="FID/IS/KID/precision-recall, or offline fd_effnet, of a run or samples"
@@ -511,8 +514,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help=f"weights file for {_choices(EXTRACTORS)} (NAME= needed when several are used)",
     )  # fmt: skip
     ev.add_argument(
-        "--prc-extractor", choices=("vgg16", "inception"),
-        help="features for prc (default: vgg16, torch-fidelity's)",
+        "--prc-extractor", choices=PRC_EXTRACTORS,
+        help=f"features for prc (default: {DEFAULT_PRC_EXTRACTOR}, torch-fidelity's)",
     )  # fmt: skip
     ev.add_argument("--batch-size", type=_at_least(1), default=64, help="feature-extraction batch")
     ev.add_argument("--out", help="write the results as JSON")
@@ -561,9 +564,18 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_report)
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its usage errors raised as one-line ``ValueError``s like every other
-    user error (``main`` prints them, exit 2)."""
+    user error (``main`` prints them, exit 2), and negative numbers in every spelling read
+    as values: argparse knows only ``-4`` and ``-.4``, so ``--strength -4e-1`` or ``-inf``
+    failed with "expected one argument" instead of being read (and range-checked)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
         raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")

@@ -16,7 +16,6 @@ import json
 import os
 import pickle
 import tarfile
-import tempfile
 import warnings
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
@@ -25,6 +24,8 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+
+from .core.fileio import atomic_write
 
 __all__ = ["DATASETS", "DataError", "ImageDataset", "load_dataset"]
 
@@ -331,16 +332,10 @@ def _cache_path(source: Path, signature: object, params: object) -> Path:
 
 
 def _write_cache(path: Path, images: np.ndarray) -> None:
-    """Atomic write (temp file + rename), so concurrent or killed runs never see half a file."""
+    """Atomic, so concurrent or killed runs never see half a file; a cache that cannot be
+    written only warns (the images are decoded again next time)."""
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, images)
-            os.replace(tmp, path)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(path, lambda tmp: np.save(tmp, images))
     except OSError as err:
         warnings.warn(f"could not cache decoded images at {path}: {err}", stacklevel=3)
 

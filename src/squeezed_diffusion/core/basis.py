@@ -28,6 +28,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -125,6 +126,14 @@ class Basis(ABC):
         super().__init_subclass__(**kwargs)
         BASES.register(cls.name, cls, aliases=cls.aliases)
 
+    @staticmethod
+    def load(path: str | Path) -> Basis:
+        """0.1.0's name of :func:`load_basis`, kept so 0.1.0 code runs; deprecated."""
+        warnings.warn(
+            "Basis.load is deprecated; use squeezed_diffusion.load_basis", DeprecationWarning, 2
+        )
+        return load_basis(path)
+
     def __init__(self, eigenvalues: Tensor | None = None, metadata: dict | None = None) -> None:
         self.eigenvalues = None if eigenvalues is None else eigenvalues.detach().to(torch.float64)
         self.metadata: dict = dict(metadata or {})
@@ -215,6 +224,11 @@ class Basis(ABC):
             return cls(**config)
         except TypeError as err:
             raise ValueError(f"bad {cls.name} basis config {dict(config)}: {err}") from None
+
+    def fit_report(self) -> list[str]:
+        """Lines that ``sqdm fit-basis`` prints after the eigenvalues: what a reader checks
+        in this kind of basis (none by default)."""
+        return []
 
     def save(self, path: str | Path) -> Path:
         """Write the basis to a safetensors file (atomic: temp file, then rename); see :func:`load_basis`."""
@@ -374,6 +388,15 @@ class ChannelBasis(Basis):
     def luminance(cls, channels: int = 3) -> ChannelBasis:
         """The direction (1, ..., 1)/sqrt(C), close to what natural images give."""
         return cls(torch.ones(channels))
+
+    def fit_report(self) -> list[str]:
+        """The direction, and its angle to luminance: natural images give a few degrees."""
+        v = self.direction.double()
+        cos = min(1.0, float(v.sum().abs()) / math.sqrt(len(v)))
+        return [
+            f"direction: [{', '.join(f'{x:.6f}' for x in v.tolist())}]",
+            f"angle to luminance (1, ..., 1)/sqrt(C): {math.degrees(math.acos(cos)):.2f} degrees",
+        ]
 
     @classmethod
     def fit(cls, batches: Iterable[Tensor], max_images: int | None = None) -> ChannelBasis:

@@ -59,6 +59,25 @@ def canonical_prediction_type(name: str) -> str:
     return _choice("prediction_type", _LEGACY_TARGETS.get(name, name), TARGETS)
 
 
+def merge_target(
+    prediction_type: str | None, target: str | None, unset: str | None = None
+) -> str | None:
+    """The canonical prediction type given diffusers' ``prediction_type`` and 0.1.0's
+    ``target`` (the process, the CLI and saved configs accept both): either one alone, or
+    both when they agree. ``unset`` is the ``prediction_type`` that means "not given" (a
+    constructor's default); ``None`` when neither is given."""
+    given = None if prediction_type in (None, unset) else canonical_prediction_type(prediction_type)
+    if target is None:
+        return canonical_prediction_type(prediction_type) if prediction_type else None
+    legacy = canonical_prediction_type(target)
+    if given is not None and given != legacy:
+        raise ValueError(
+            f"target {target!r} (0.1.0's name) contradicts prediction_type {prediction_type!r}; "
+            "give only prediction_type"
+        )
+    return legacy
+
+
 def _choice(name: str, value: str, options: Sequence[str]) -> str:
     if value not in options:
         raise ValueError(f"unknown {name} {value!r}; choose one of: {', '.join(options)}")
@@ -102,15 +121,7 @@ class SqueezedDiffusion:
     ) -> None:
         """``target`` is 0.1.0's name of ``prediction_type`` ('squeezed', 'unit'); the beta
         schedule's arguments are diffusers' (``trained_betas`` overrides the others)."""
-        kind = canonical_prediction_type(prediction_type)
-        if target is not None:
-            legacy = canonical_prediction_type(target)
-            if prediction_type != "epsilon" and legacy != kind:
-                raise ValueError(
-                    f"target={target!r} contradicts prediction_type={prediction_type!r}"
-                )
-            kind = legacy
-        self.prediction_type = kind
+        self.prediction_type = merge_target(prediction_type, target, unset="epsilon")
         self.variant = _choice("variant", variant, VARIANTS)
         self.profile = _choice("profile", profile, PROFILES)
         self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)

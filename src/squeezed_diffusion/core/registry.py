@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
+_REQUIRED = object()  # get()'s "no default given", distinct from a default of None
 
 
 class Registry(Generic[T]):
@@ -46,13 +47,24 @@ class Registry(Generic[T]):
             return self._aliases[name]
         raise ValueError(f"unknown {self.kind} {name!r}; choose one of: {', '.join(self)}")
 
-    def get(self, name: str) -> T:
+    def get(self, name: str, default: Any = _REQUIRED) -> T:
+        """The entry for ``name`` (or an alias); ``default`` if given and ``name`` is unknown,
+        else a one-line error listing the choices."""
+        if default is not _REQUIRED and name not in self:
+            return default
         return self._entries[self.canonical(name)]
 
-    __getitem__ = get
+    def __getitem__(self, name: str) -> T:
+        return self.get(name)
 
     def names(self) -> tuple[str, ...]:
         return tuple(self._entries)
+
+    # dict's reading methods: 0.1.0's SAMPLERS was a dict, and user code reads it as one.
+    keys = names
+
+    def values(self) -> list[T]:
+        return list(self._entries.values())
 
     def items(self) -> list[tuple[str, T]]:
         return list(self._entries.items())

@@ -20,7 +20,7 @@ from ..core.fileio import atomic_path
 from ..core.samplers import checked_sampler
 from ..data import ImageDataset
 from ..run import Run
-from .metrics import OFFLINE_METRICS, check_metrics, evaluate
+from .metrics import DEFAULT_PRC_EXTRACTOR, OFFLINE_METRICS, check_metrics, evaluate
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -134,7 +134,7 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Sample ``num`` images from a run (EMA weights) and :func:`evaluate` them against
     ``reference`` (default: the run's own training images). ``kwargs`` go to :func:`evaluate`."""
-    metrics = check_metrics(metrics, kwargs.get("prc_extractor", "vgg16"))
+    metrics = check_metrics(metrics, kwargs.get("prc_extractor", DEFAULT_PRC_EXTRACTOR))
     reference = reference if reference is not None else Run(run_dir).reference()
     _, images = generate(
         run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,

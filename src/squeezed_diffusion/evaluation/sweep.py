@@ -57,7 +57,14 @@ from ..core.fileio import atomic_write
 from ..core.samplers import checked_sampler
 from ..run import Run
 from ..training.config import TrainConfig, load_preset, resolve_config, without_squeezing
-from .metrics import OFFLINE_METRICS, check_metrics, evaluate, load_samples, result_keys
+from .metrics import (
+    DEFAULT_PRC_EXTRACTOR,
+    OFFLINE_METRICS,
+    check_metrics,
+    evaluate,
+    load_samples,
+    result_keys,
+)
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
 EVAL_COLUMNS = ("sampler", "steps", "eta")
@@ -104,7 +111,7 @@ class EvalSpec:
     seed: int = 0
     metrics: tuple[str, ...] = OFFLINE_METRICS
     num_reference: int | None = None
-    prc_extractor: str = "vgg16"
+    prc_extractor: str = DEFAULT_PRC_EXTRACTOR
     batch_size: int = 64
     sample_batch_size: int = 256
     grid_images: int = 64
@@ -140,8 +147,9 @@ class EvalSpec:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
             checked_sampler(ev.sampler, ev.eta)
         if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in evaluations):
+            takes_eta = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
             raise ValueError(
-                f"eval.eta {self.eta} applies to samplers that take eta (ddim); none of "
+                f"eval.eta {self.eta} applies to samplers that take eta ({takes_eta}); none of "
                 "eval.sampler does: drop it or add such a sampler"
             )
         return self
@@ -291,23 +299,42 @@ def parse_shard(text: str) -> tuple[int, int]:
 
 
 def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
-    """The shard of a cluster job-array task when ``--shard`` is not given: SLURM's
-    ``SLURM_ARRAY_TASK_ID`` and ``SLURM_ARRAY_TASK_COUNT`` (or ``_MIN``/``_MAX``) are read as
-    ``i/n``; outside a job array the whole sweep (0/1). Other schedulers pass ``--shard``."""
-    task = environ.get("SLURM_ARRAY_TASK_ID")
-    if task is None:
+    """The shard of a cluster job-array task when ``--shard`` is not given; outside a job
+    array the whole sweep (0/1). Other schedulers pass ``--shard``.
+
+    A SLURM array ``--array=a-b`` or ``a-b:s`` is a range: task ``id`` is shard
+    ``(id - a) / s`` of its ``SLURM_ARRAY_TASK_COUNT`` tasks. A list (``--array=1,3,8``) is
+    refused: its ids have no position to derive a shard from, and a wrong shard would skip
+    cells silently."""
+    if "SLURM_ARRAY_TASK_ID" not in environ:
         return 0, 1
-    low = int(environ.get("SLURM_ARRAY_TASK_MIN", 0))
-    if "SLURM_ARRAY_TASK_COUNT" in environ:
-        count = int(environ["SLURM_ARRAY_TASK_COUNT"])
-    elif "SLURM_ARRAY_TASK_MAX" in environ:
-        count = int(environ["SLURM_ARRAY_TASK_MAX"]) - low + 1
-    else:
+    if not {"SLURM_ARRAY_TASK_COUNT", "SLURM_ARRAY_TASK_MAX"} & environ.keys():
         raise ValueError(
-            "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor SLURM_ARRAY_TASK_MAX; "
-            "pass --shard i/n"
+            "SLURM_ARRAY_TASK_ID is set but neither SLURM_ARRAY_TASK_COUNT nor "
+            "SLURM_ARRAY_TASK_MAX; pass --shard i/n"
         )
-    return parse_shard(f"{int(task) - low}/{count}")
+
+    def number(name: str, default: int) -> int:
+        try:
+            return int(environ.get(name, default))
+        except ValueError:
+            raise ValueError(
+                f"{name}={environ[name]!r} is not an integer; pass --shard i/n"
+            ) from None
+
+    task, low = number("SLURM_ARRAY_TASK_ID", 0), number("SLURM_ARRAY_TASK_MIN", 0)
+    step = number("SLURM_ARRAY_TASK_STEP", 1)
+    count = number("SLURM_ARRAY_TASK_COUNT", 0)
+    span = (number("SLURM_ARRAY_TASK_MAX", 0) - low) // step + 1 if step > 0 else 0
+    count = count or span
+    is_range = step > 0 and (task - low) % step == 0
+    if not is_range or ("SLURM_ARRAY_TASK_MAX" in environ and count != span):
+        raise ValueError(
+            f"the SLURM job array is not a range a-b or a-b:s (task {task}, min {low}, step "
+            f"{step}, {count} tasks), so its tasks have no shard; submit --array=0-N or pass "
+            "--shard i/n"
+        )
+    return parse_shard(f"{(task - low) // step}/{count}")
 
 
 def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:

@@ -5,13 +5,24 @@ weights (``weights.py``) and scoring (``evaluate.py``).
 
 from .evaluate import evaluate, load_samples, reference_subset
 from .frechet import fd_pixels, frechet_distance
-from .table import METRICS, OFFLINE_METRICS, Metric, check_metrics, extractors_for, result_keys
+from .table import (
+    DEFAULT_PRC_EXTRACTOR,
+    METRICS,
+    OFFLINE_METRICS,
+    PRC_EXTRACTORS,
+    Metric,
+    check_metrics,
+    extractors_for,
+    result_keys,
+)
 from .weights import EXTRACTORS, FeatureWeightsError, parse_feature_weights, resolve_weights
 
 __all__ = [
+    "DEFAULT_PRC_EXTRACTOR",
     "EXTRACTORS",
     "METRICS",
     "OFFLINE_METRICS",
+    "PRC_EXTRACTORS",
     "FeatureWeightsError",
     "Metric",
     "check_metrics",

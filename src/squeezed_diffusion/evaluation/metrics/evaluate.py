@@ -15,7 +15,7 @@ import torch
 from ...core.fileio import sha256
 from ...data import ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
-from .table import METRICS, OFFLINE_METRICS, check_metrics, result_keys
+from .table import DEFAULT_PRC_EXTRACTOR, METRICS, OFFLINE_METRICS, check_metrics, result_keys
 from .weights import EXTRACTORS, FeatureWeightsError, resolve_weights
 
 
@@ -74,7 +74,7 @@ def evaluate(
     *,
     num_reference: int | None = None,
     feature_weights: Mapping[str, str | Path] | None = None,
-    prc_extractor: str = "vgg16",
+    prc_extractor: str = DEFAULT_PRC_EXTRACTOR,
     batch_size: int = 64,
     seed: int = 0,
     verbose: bool = False,

@@ -44,7 +44,8 @@ class Metric:
 
 METRICS: Registry[Metric] = Registry("metric")
 OFFLINE_METRICS = ("fd_effnet", "prc_effnet")
-PRC_EXTRACTORS = ("vgg16", "inception")
+PRC_EXTRACTORS = ("vgg16", "inception")  # the first is the default (torch-fidelity's)
+DEFAULT_PRC_EXTRACTOR = PRC_EXTRACTORS[0]
 
 for _metric in (
     Metric(
@@ -100,7 +101,7 @@ def pr_pairs() -> list[tuple[str, str]]:
 
 
 def check_metrics(
-    metrics: list[str] | tuple[str, ...], prc_extractor: str = "vgg16"
+    metrics: list[str] | tuple[str, ...], prc_extractor: str = DEFAULT_PRC_EXTRACTOR
 ) -> tuple[str, ...]:
     """Validate metric names (and the prc extractor) before any expensive work."""
     metrics = tuple(dict.fromkeys(metrics))
@@ -109,11 +110,15 @@ def check_metrics(
     for name in metrics:
         METRICS.canonical(name)
     if prc_extractor not in PRC_EXTRACTORS:
-        raise ValueError(f"prc_extractor must be vgg16 or inception, got {prc_extractor!r}")
+        raise ValueError(
+            f"prc_extractor must be one of {', '.join(PRC_EXTRACTORS)}, got {prc_extractor!r}"
+        )
     return metrics
 
 
-def extractors_for(metrics: list[str] | tuple[str, ...], prc_extractor: str = "vgg16") -> list[str]:
+def extractors_for(
+    metrics: list[str] | tuple[str, ...], prc_extractor: str = DEFAULT_PRC_EXTRACTOR
+) -> list[str]:
     """The feature extractors (``weights.EXTRACTORS`` names) that ``metrics`` need."""
     names = [
         METRICS.get(m).feature_extractor(prc_extractor)
