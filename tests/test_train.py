@@ -485,3 +485,15 @@ def test_a_compile_mode_without_compiling_is_refused(array_data, tmp_path, capsy
     err = capsys.readouterr().err.strip()
     assert "compile_mode 'max-autotune' applies only when compiling" in err and "\n" not in err
     assert "add --compile or drop --compile-mode" in err and not run.exists()
+
+
+def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:
+    """--variant isotropic on an SDM run differs from the saved variant: the error says so,
+    not that the saved strength would be ignored (no --strength was given)."""
+    saved = resolve_config(None, out=str(tmp_path), steps=2, variant="sdm", strength=-0.4)
+    with pytest.raises(ValueError) as err:
+        resume_config(saved, {"out": str(tmp_path), "variant": "isotropic", "steps": 4})
+    message = str(err.value)
+    assert message.startswith("--variant isotropic differs from the run's saved 'sdm'"), message
+    assert "--strength" not in message
+    assert resume_config(saved, {"variant": "sdm", "target": "squeezed", "steps": 4}).steps == 4

@@ -168,9 +168,8 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}"
                 )
-        self.prediction_type = canonical_prediction_type(self.prediction_type)
-        self.basis = BASES.canonical(self.basis)
-        self.basis_options = basis_options(self.basis, self.basis_options)
+        for name in ("prediction_type", "basis", "basis_options"):  # options after their basis
+            setattr(self, name, _canonical(self, name))
         SAMPLERS.canonical(self.sample_sampler)
         SAMPLERS.canonical(self.eval_sampler)
         if self.log_with not in TRACKERS:
@@ -272,6 +271,19 @@ class TrainConfig:
         return cls(**values)
 
 
+def _canonical(config: TrainConfig, name: str) -> Any:
+    """``config``'s field ``name`` as :meth:`TrainConfig.validate` stores it (an alias as its
+    registered name, a basis' options complete), so that the same setting compares equal."""
+    value = getattr(config, name)
+    if name == "prediction_type":
+        return canonical_prediction_type(value)
+    if name == "basis":
+        return BASES.canonical(value)
+    if name == "basis_options":
+        return basis_options(BASES.canonical(config.basis), value)
+    return value
+
+
 def _changed_flags(config: TrainConfig, names: Iterable[str]) -> list[str]:
     """The flags of the fields ``names`` whose values in ``config`` are not the defaults."""
     default = TrainConfig()
@@ -366,7 +378,9 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
 
     Overrides are compared in canonical form (``--target squeezed`` is the saved
     ``epsilon``); anything else that differs from the saved value would change what the run
-    trains halfway through: a one-line error, never silently ignored.
+    trains halfway through: a one-line error, never silently ignored. They are compared
+    before the whole config is validated, so the error names the flag that differs (not, say,
+    the saved strength that ``--variant isotropic`` would leave without effect).
     """
     given = {k: v for k, v in _upgrade(overrides).items() if k != "out" and v is not None}
     given = absolute_data_dir(given)
@@ -375,12 +389,12 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         values["out"] = str(overrides["out"])
     if given.keys() & {"steps", "epochs"}:
         values.update(steps=None, epochs=None)
-    wanted = TrainConfig.from_dict({**values, **given}).validate()
+    wanted = TrainConfig.from_dict({**values, **given})
     for key in given:
-        if key not in RESUMABLE and getattr(wanted, key) != getattr(saved, key):
+        if key not in RESUMABLE and _canonical(wanted, key) != getattr(saved, key):
             raise ValueError(
                 f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
                 f"{getattr(saved, key)!r}; a resumed run keeps its config (drop the flag, or "
                 "train a new --out)"
             )
-    return wanted
+    return wanted.validate()
