@@ -230,7 +230,10 @@ def test_the_trainers_target_is_what_the_samplers_read(
     array_data, tmp_path, prediction_type
 ) -> None:
     """The target a training step regresses on, read back by the samplers' ``predict`` as a
-    model output, gives the step's clean images and squeezed noise exactly."""
+    model output, gives the step's clean images and squeezed noise exactly. The process the
+    samplers read is built here from the config's values, not taken from the Trainer, so a
+    Trainer that trained another process (a flipped strength, say) fails."""
+    from squeezed_diffusion import SqueezedDiffusion
     from squeezed_diffusion.core.samplers import predict
     from squeezed_diffusion.training.trainer import Trainer
 
@@ -242,7 +245,11 @@ def test_the_trainers_target_is_what_the_samplers_read(
     idx = trainer.batches.indices(0)
     x_t, t, target = trainer.batches.micro_batch(0, 0, idx)
     clean = trainer.batches.load_images(idx, None)
-    proc = trainer.process
+    proc = SqueezedDiffusion(trainer.basis, "hdm", -0.8, "beta", prediction_type=prediction_type)
+    trained = trainer.process
+    assert (trained.variant, trained.prediction_type) == ("hdm", proc.prediction_type)
+    for table in ("sigma_table", "log_snr_table"):  # per direction and t
+        assert torch.allclose(getattr(trained, table)().cpu(), getattr(proc, table)(), rtol=1e-6)
     for i in range(len(idx)):
         pred = predict(proc, target[i : i + 1], x_t[i : i + 1], int(t[i]))
         assert torch.allclose(
