@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -145,6 +147,11 @@ def test_valid_strength_ranges_are_the_documented_ones() -> None:
         valid = valid_strengths(variant, grid)
         assert (valid[0], valid[-1]) == (low, 4.5), variant
         assert len(valid) == round((4.5 - low) / 0.5) + 1, variant
+    with pytest.raises(ValueError, match="along the principal") as bad:  # the README says where
+        SqueezedDiffusion(ChannelBasis.luminance(), "sdm", 5.0)
+    readme = " ".join((Path(__file__).parents[1] / "README.md").read_text().split())
+    t = bad.value.args[0].split("at t=")[1].split()[0]
+    assert f"squeezing breaks at s = 5, where the principal SNR stops falling at t = {t}." in readme
 
 
 @pytest.mark.parametrize(

@@ -157,6 +157,10 @@ def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     assert table in README.read_text()
     assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
     assert nfe_trained.plot(rows, committed["metric"]).startswith(b"\x89PNG")  # the figure's code
+    by = {(r["sampler"], r["nfe"]): r for r in rows}  # the prose: dpmpp-2m-20 against ddpm-50
+    loss = by[("dpmpp-2m", 20)]["paired_vs_ddpm-50"] / by[("ddpm", 50)]["mean"]
+    assert f"by {by[('dpmpp-2m', 20)]['paired_vs_ddpm-50']:.3g}" in README.read_text()
+    assert f"({100 * loss:.0f} %)" in README.read_text()
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
@@ -172,3 +176,51 @@ def test_benchmark_comparison_is_the_committed_runs() -> None:
                          capture_output=True, text=True, check=True).stdout  # fmt: skip
     assert out.count("\n") > 10 and "| no |" not in out
     assert out.strip() in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
+def test_readme_sampler_study_prose_is_the_committed_results() -> None:
+    """The percentages and differences that the README's plain-words reading quotes are the
+    committed results' (fd_effnet change against the isotropic cell of the same sampler)."""
+    from squeezed_diffusion.evaluation.report import summarize
+
+    rows = json.loads((ROOT / "docs/results/local-cifar10-samplers/results.json").read_text())
+    items = {
+        (s.group.evaluation, s.variant, s.strength, s.metric): s
+        for s in summarize(rows)
+        if s.strength != 0
+    }
+
+    def pct(sampler: str, variant: str, strength: float) -> str:
+        return f"{items[(sampler, variant, strength, 'fd_effnet')].change_pct:.1f} %"
+
+    iso = next(
+        s
+        for s in summarize(rows)
+        if (s.group.evaluation, s.variant, s.metric) == ("ddpm-paper-50", "isotropic", "fd_effnet")
+    )
+    text = " ".join(README.read_text().split())  # sentences wrap across lines
+    paper = (
+        f"SDM -0.4: {pct('ddpm-paper-50', 'sdm', -0.4)}, SDM -0.8: "
+        f"{pct('ddpm-paper-50', 'sdm', -0.8)}, HDM -0.4: {pct('ddpm-paper-50', 'hdm', -0.4)} of "
+        f"the isotropic {iso.mean:.1f})"
+    )
+    assert paper in text
+    assert f"resolvably ({pct('ddpm-50', 'hdm', -0.4)})" in text
+    assert f"resolvably ({pct('dpmpp-2m-sde-20', 'hdm', -0.4)})" in text
+    ddim = items[("ddim-50", "hdm", -0.4, "fd_effnet")].delta
+    ddim_precision = items[("ddim-50", "hdm", -0.4, "precision_effnet")].delta
+    assert f"(fd_effnet {ddim:+.0f}, precision {ddim_precision:+.2f})" in text
+
+
+def test_readme_demo_description_is_the_demo_settings() -> None:
+    """The README's account of `sqdm demo` (model, its size, steps; --full's) is the code's."""
+    from squeezed_diffusion.demo import FULL, Settings
+    from squeezed_diffusion.models import build_model, count_parameters
+
+    text = " ".join(README.read_text().split())
+    quick = Settings()
+    params = count_parameters(build_model(quick.model, 3, 16)) / 1e6
+    assert f"{params:.2f}M-parameter `{quick.model}` UNet and seed, {quick.steps:,} steps" in text
+    assert (
+        f"`sqdm demo --full` trains longer ({FULL.steps:,} steps of the `{FULL.model}` UNet" in text
+    )
