@@ -19,7 +19,7 @@ import yaml
 from ..core import BASES, PROFILES, SAMPLERS, VARIANTS
 from ..core.basis import basis_options
 from ..core.fileio import atomic_write
-from ..core.process import canonical_prediction_type
+from ..core.process import canonical_prediction_type, merge_target
 from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
@@ -309,7 +309,9 @@ def _upgrade(values: dict[str, Any]) -> dict[str, Any]:
     ``target`` ('squeezed', 'unit') is ``prediction_type``."""
     values = dict(values)
     if "target" in values:
-        values["prediction_type"] = canonical_prediction_type(values.pop("target"))
+        values["prediction_type"] = merge_target(
+            values.get("prediction_type"), values.pop("target")
+        )
     basis = values.get("basis", "channel")
     for old, (owner, option) in _LEGACY_BASIS_FIELDS.items():
         if old in values:
