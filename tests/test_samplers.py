@@ -9,7 +9,7 @@ from conftest import MEAN0, SIGMA0, dense_squeeze, paper_strength_t, top_directi
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from squeezed_diffusion import ChannelBasis, SqueezedDiffusion, ddim_step, ddpm_step, timesteps
-from squeezed_diffusion.core.samplers import ddpm_paper_step
+from squeezed_diffusion.core.samplers import ddpm_paper_step, sampler_for_scheduler
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -425,3 +425,32 @@ def test_ode_solvers_take_at_most_t_minus_one_distinct_steps() -> None:
         with pytest.raises(ValueError, match=r"\[1, 999\] for the ODE solvers"):
             ode_timesteps(1000, n)
     assert ode_timesteps(1, 1) == [(0, -1)]
+
+
+def test_a_registered_sampler_is_its_step_function_as_in_0_1_0() -> None:
+    """0.1.0's SAMPLERS held the step functions: ``SAMPLERS[name](...)`` still steps."""
+    from squeezed_diffusion import SAMPLERS
+
+    proc = SqueezedDiffusion(ChannelBasis([0.6, 0.55, 0.58]), "hdm", -0.4)
+    x, out = torch.randn(2, 3, 8, 8, generator=_gen(0)), torch.randn(2, 3, 8, 8, generator=_gen(1))
+    for name, step in (("ddpm", ddpm_step), ("ddim", ddim_step), ("ddpm-paper", ddpm_paper_step)):
+        got = SAMPLERS[name](proc, out, x, 500, 480, generator=_gen(2), clip=True)
+        assert torch.equal(
+            got.prev_sample, step(proc, out, x, 500, 480, generator=_gen(2)).prev_sample
+        )
+
+
+def test_sampler_for_scheduler_is_the_one_whose_scheduler_config_matches() -> None:
+    pick = {
+        ("ddpm", "sampler", "ddpm"): "ddpm",
+        ("ddpm", "sampler", "ddpm-paper"): "ddpm-paper",
+        ("ddim", "eta", 0.5): "ddim",  # keys no sampler declares do not matter
+        ("dpmsolver", "algorithm_type", "dpmsolver++"): "dpmpp-2m",
+        ("dpmsolver", "algorithm_type", "sde-dpmsolver++"): "dpmpp-2m-sde",
+    }
+    for (kind, key, value), name in pick.items():
+        assert sampler_for_scheduler(kind, {key: value, "clip_sample": True}).name == name
+    with pytest.raises(ValueError, match=r"no sampler registered for the ddpm .*ddpm-paper \{"):
+        sampler_for_scheduler("ddpm", {"sampler": "euler"})
+    with pytest.raises(ValueError, match="no sampler registered for the dpmsolver"):
+        sampler_for_scheduler("dpmsolver", {})  # the key must be there

@@ -718,6 +718,38 @@ class Sampler:
         """:func:`sample` with this sampler (what ``SqueezedDiffusion.sample`` calls)."""
         return sample(proc, *args, sampler=self.name, **kwargs)
 
+    def __call__(self, *args: Any, **kwargs: Any) -> StepOutput:
+        """:attr:`step`: 0.1.0's ``SAMPLERS`` held the step functions themselves, so user
+        code calls ``SAMPLERS["ddpm"](proc, out, x, t, t_prev, ...)``."""
+        return self.step(*args, **kwargs)
+
+
+def sampler_for_scheduler(kind: str, config: Mapping[str, Any]) -> Sampler:
+    """The one registered sampler that the ``kind`` scheduler runs with ``config``: the one
+    whose ``scheduler`` is ``kind`` and whose ``scheduler_config`` items all equal
+    ``config``'s.
+
+    What every scheduler steps with, so that a sampler is declared once; none or several
+    matches raise (a sampler registered for a scheduler without the config key that singles
+    it out is ambiguous, never silently another).
+    """
+    found = [
+        entry
+        for entry in SAMPLERS.values()
+        if entry.scheduler == kind
+        and all(k in config and config[k] == v for k, v in entry.scheduler_config.items())
+    ]
+    if len(found) != 1:
+        what = f"several samplers ({', '.join(e.name for e in found)})" if found else "no sampler"
+        candidates = ", ".join(
+            f"{e.name} {dict(e.scheduler_config)}" for e in SAMPLERS.values() if e.scheduler == kind
+        )
+        raise ValueError(
+            f"{what} registered for the {kind} scheduler match its config; candidates (name, "
+            f"scheduler_config): {candidates}; each needs a scheduler_config that singles it out"
+        )
+    return found[0]
+
 
 for _sampler in (
     Sampler(
@@ -732,6 +764,7 @@ for _sampler in (
     Sampler(
         "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
         scheduler="dpmsolver", schedule=ode_timesteps,
+        scheduler_config={"algorithm_type": "dpmsolver++"},
     ),
     Sampler(
         "dpmpp-2m-sde", dpmpp_2m_sde_step,
