@@ -8,6 +8,7 @@ strength -0.4 each option does what docs/diffusers.md says (closed forms where t
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import numpy as np
@@ -23,8 +24,9 @@ from diffusers import (
     UNet2DModel,
 )
 
-from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
+from squeezed_diffusion import SAMPLERS, ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
 from squeezed_diffusion.core.process import BETA_SCHEDULES, TARGETS
+from squeezed_diffusion.core.samplers import Sampler
 from squeezed_diffusion.pipelines import (
     SqueezedDDIMScheduler,
     SqueezedDDPMPipeline,
@@ -387,7 +389,7 @@ SAVED = {
         ({"prediction_type": "sample"}, None),
         ({"prediction_type": "v_prediction"}, None),
         ({"thresholding": True}, None),
-        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True, "sample_max_value": 10.0}, None),
         ({"clip_sample_range": 0.5}, None),
         ({"sample_max_value": 1.5, "thresholding": True}, None),
         ({"timestep_spacing": "linspace"}, None),
@@ -408,7 +410,7 @@ SAVED = {
         ({"prediction_type": "sample"}, None),
         ({"prediction_type": "v_prediction"}, None),
         ({"thresholding": True}, None),
-        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True, "sample_max_value": 10.0}, None),
         ({"clip_sample_range": 0.5}, None),
         ({"sample_max_value": 1.5, "thresholding": True}, None),
         ({"timestep_spacing": "linspace"}, None),
@@ -428,7 +430,7 @@ SAVED = {
         ({"prediction_type": "v_prediction"}, None),
         ({"prediction_type": "flow_prediction"}, "prediction_type"),
         ({"thresholding": True}, None),
-        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True}, None),
+        ({"dynamic_thresholding_ratio": 0.9, "thresholding": True, "sample_max_value": 10.0}, None),
         ({"sample_max_value": 1.5, "thresholding": True}, None),
         ({"algorithm_type": "dpmsolver", "final_sigmas_type": "sigma_min"}, "algorithm_type"),
         ({"algorithm_type": "sde-dpmsolver++"}, None),
@@ -482,6 +484,18 @@ def test_saved_stock_scheduler_loads_honoured_or_refused(tmp_path, stock_cls, co
     for key, value in config.items():
         assert loaded.config[key] == value
     _assert_loops_equal(loaded, stock, 10)
+    if "dynamic_thresholding_ratio" in config:  # the oracle's x0 stays below 1: a wider one
+        step = _mid_noise_step(loaded)
+        assert (step - _mid_noise_step(stock)).abs().max() < 1e-5
+        other = cls.from_config(loaded.config, dynamic_thresholding_ratio=0.995)
+        assert (step - _mid_noise_step(other)).abs().max() > 1e-2
+
+
+def _mid_noise_step(scheduler) -> torch.Tensor:
+    """One step at t = 200 with a random model output: |x0|'s quantiles lie in [3, 6]."""
+    scheduler.set_timesteps(10)
+    x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
+    return scheduler.step(out, 200, x, generator=_gen(2)).prev_sample
 
 
 def test_other_algorithms_keys_drop_at_their_default_and_raise_otherwise(tmp_path) -> None:
@@ -624,7 +638,7 @@ def _x0_after_rule(scheduler, out: torch.Tensor, x: torch.Tensor, t: int) -> tor
     "rule",
     [
         {"clip_sample": True, "clip_sample_range": 0.5},
-        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.5},
+        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 10.0},
     ],
     ids=["clip_sample_range", "thresholding"],
 )
@@ -650,6 +664,9 @@ def test_x0_rule_acts_in_data_or_unsqueezed_coordinates(cls, extra, rule) -> Non
         assert (expected - in_data).abs().max() > 1e-3  # the coordinates matter
     assert (got - expected).abs().max() < 1e-5
     assert (got - raw).abs().max() > 1e-2
+    if "thresholding" in rule:  # the quantiles lie inside [1, sample_max_value]: the ratio counts
+        other = _squeezed(cls, **{**rule, "dynamic_thresholding_ratio": 0.995}, **extra)
+        assert (_x0_after_rule(other, out, x, t) - got).abs().max() > 1e-2
 
 
 @pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
@@ -909,10 +926,11 @@ def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: boo
     assert (ours - core).abs().max() < 1e-5
 
 
-def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> None:
+def _fake_run(monkeypatch, unet) -> SqueezedDiffusion:
+    """``from_run`` loads ``unet`` and the returned process, without training a run."""
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
 
-    class FakeRun:  # a run folder's UNet and process, without training one
+    class FakeRun:
         def __init__(self, path) -> None:
             pass
 
@@ -920,6 +938,11 @@ def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> No
             return unet, proc
 
     monkeypatch.setattr("squeezed_diffusion.run.Run", FakeRun)
+    return proc
+
+
+def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> None:
+    proc = _fake_run(monkeypatch, unet)
     pairs = [("ddpm", DDPM), ("ddpm-paper", DDPM), ("ddim", DDIM), ("dpmpp-2m-sde", DPM)]
     for sampler, cls in [*pairs, ("dpmpp-2m", DPM)]:
         pipe = SqueezedDDPMPipeline.from_run("run", sampler=sampler)
@@ -1070,6 +1093,8 @@ def test_from_basis_file(tmp_path) -> None:
         (DPM, {"algorithm_type": "deis"}, "maps 'deis'"),
         (DPM, {"solver_type": "bh2"}, "solver_type='bh2'"),
         (DPM, {"variance_type": "fixed_large"}, "variance_type='fixed_large'"),
+        (DDIM, {"trained_betas": [0.01] * 10}, "trained_betas has 10 entries but num_train_"),
+        (DPM, {"trained_betas": TRAINED_BETAS, "num_train_timesteps": 100}, "has 1000 entries"),
     ],
 )
 def test_config_errors(cls, config, pattern) -> None:
@@ -1086,7 +1111,7 @@ def test_step_errors() -> None:
         ddim.step(torch.zeros(SHAPE), 500, torch.zeros(SHAPE), variance_noise=torch.zeros(SHAPE))
     dpm = DPM()
     dpm.set_timesteps(10)
-    with pytest.raises(ValueError, match="variance_noise: DPM-Solver"):
+    with pytest.raises(ValueError, match="the dpmpp-2m sampler takes no noise"):
         dpm.step(torch.zeros(SHAPE), 999, torch.zeros(SHAPE), variance_noise=torch.zeros(SHAPE))
     with pytest.raises(ValueError, match="dynamic shifting"):
         dpm.set_timesteps(10, mu=0.5)
@@ -1099,3 +1124,106 @@ def test_prior_is_squeezed() -> None:
     x = scheduler.draw_prior((64, 3, 16, 16), generator=_gen(0))
     along = (x * scheduler.process.basis.direction.view(1, 3, 1, 1)).sum(1)
     assert float(along.std()) == pytest.approx(torch.tensor(0.8).exp().item(), rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("cls", "config", "channels"),
+    [
+        (DDPM, {"basis_config": {"direction": [0.6, 0.6, 0.5]}}, 3),
+        (DDIM, {"basis": "dct", "image_shape": [3, 8, 8], "cutoffs": [0.3]}, 3),
+        (DPM, {"basis": "dct", "basis_config": {"image_shape": [1, 8, 8], "cutoffs": [0.3]}}, 1),
+    ],
+)
+def test_num_channels_must_agree_with_the_basis(cls, config, channels) -> None:
+    """A basis that sets its own channels takes num_channels at its default or equal."""
+    assert cls(**config, num_channels=channels).config.num_channels == channels
+    with pytest.raises(ValueError, match=f"num_channels=5 but the basis has {channels} channels"):
+        cls(**config, num_channels=5)
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM])
+def test_get_velocity_is_the_process_v_target(cls) -> None:
+    """Stock's get_velocity at strength 0; the process' own v target (the squeezed noise)
+    at s = -0.4, whatever the scheduler's prediction type."""
+    x0 = torch.rand(SHAPE, generator=_gen(10)) * 2 - 1
+    noise, t = torch.randn(SHAPE, generator=_gen(11)), torch.tensor([3, 900])
+    stock = STOCK[cls]().get_velocity(x0, noise, t)
+    assert (cls(direction=DIRECTION).get_velocity(x0, noise, t) - stock).abs().max() < 1e-6
+    v = _squeezed(cls, prediction_type="v_prediction").process.add_noise(x0, noise, t)[1]
+    assert torch.equal(_squeezed(cls).get_velocity(x0, noise, t), v)
+    assert (v - stock).abs().max() > 1e-2  # the squeeze shows
+
+
+# == the schedulers step with the sampler the registry names ===============================
+def _recording(entry: Sampler, name: str, calls: list[str], **changes) -> Sampler:
+    """``entry`` under another name, noting each step in ``calls``."""
+
+    def step(*args, **kwargs):
+        calls.append(name)
+        return entry.step(*args, **kwargs)
+
+    return dataclasses.replace(entry, name=name, step=step, **changes)
+
+
+@pytest.fixture
+def aliases(monkeypatch):
+    """Samplers registered for each scheduler (the ddim entry replaced by a recording copy:
+    a second sampler for the DDIM scheduler, which has no key to tell them apart, would be
+    ambiguous), removed again afterwards."""
+    calls: list[str] = []
+    added = {
+        "ddpm-alias": _recording(
+            SAMPLERS["ddpm"], "ddpm-alias", calls, scheduler_config={"sampler": "ddpm-alias"}
+        ),
+        "dpm-alias": _recording(
+            SAMPLERS["dpmpp-2m"],
+            "dpm-alias",
+            calls,
+            scheduler_config={"algorithm_type": "dpmsolver"},
+        ),
+    }
+    for name, entry in added.items():
+        SAMPLERS.register(name, entry)
+    monkeypatch.setitem(SAMPLERS._entries, "ddim", _recording(SAMPLERS["ddim"], "ddim", calls))
+    yield calls
+    for name in added:
+        SAMPLERS.unregister(name)
+
+
+def test_schedulers_and_pipeline_run_the_registered_sampler(aliases, monkeypatch, unet) -> None:
+    calls = aliases
+    pairs = [
+        (DDPM, {"sampler": "ddpm-alias"}, "ddpm-alias", {}),
+        (DDIM, {}, "ddim", {}),
+        (DPM, {"algorithm_type": "dpmsolver"}, "dpm-alias", {"algorithm_type": "dpmsolver++"}),
+    ]
+    for cls, config, name, original in pairs:
+        calls.clear()
+        ours = _loop(_squeezed(cls, **config), 5)
+        assert calls == [name] * 5
+        assert torch.equal(ours, _loop(_squeezed(cls, **original), 5))  # the same step maths
+    _fake_run(monkeypatch, unet)
+    for name in ("ddpm-alias", "dpm-alias"):
+        pipe = SqueezedDDPMPipeline.from_run("run", sampler=name)
+        pipe.set_progress_bar_config(disable=True)
+        calls.clear()
+        pipe(batch_size=1, generator=_gen(0), num_inference_steps=3, output_type="latent")
+        assert calls == [name] * 3
+
+
+@pytest.mark.parametrize(
+    ("scheduler", "cls", "name"),
+    [("ddpm", DDPM, "ddpm-plain"), ("ddim", DDIM, "ddim-plain"), ("dpmsolver", DPM, "dpm-plain")],
+)
+def test_a_sampler_its_scheduler_cannot_tell_apart_raises(monkeypatch, unet, scheduler, cls, name):
+    """Registered without the scheduler_config that singles it out, a sampler matches the
+    config of the one already there: the scheduler refuses, it never runs either silently."""
+    SAMPLERS.register(name, Sampler(name, SAMPLERS["ddim"].step, "ambiguous", True, scheduler))
+    try:
+        with pytest.raises(ValueError, match=f"several samplers .*{name}.*singles it out"):
+            cls()
+        _fake_run(monkeypatch, unet)
+        with pytest.raises(ValueError, match="several samplers"):
+            SqueezedDDPMPipeline.from_run("run", sampler=name)
+    finally:
+        SAMPLERS.unregister(name)

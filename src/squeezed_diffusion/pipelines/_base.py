@@ -13,6 +13,7 @@ scheduler does. Here a key is either honoured or refused with a ``ValueError`` n
 
 from __future__ import annotations
 
+import copy
 import inspect
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -23,10 +24,13 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..core import BASES, Basis, ChannelBasis, SqueezedDiffusion, load_basis
-from ..core.samplers import SPACINGS, StepFunction, X0Rule, spaced_timesteps
+from ..core.samplers import SPACINGS, Sampler, X0Rule, sampler_for_scheduler, spaced_timesteps
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
+
+# The schedulers' default ``num_channels``: 0.1.0's luminance basis of RGB images.
+DEFAULT_NUM_CHANNELS = 3
 
 # Every squeezed scheduler class, in definition order (filled by ``__init_subclass__``): their
 # configs load into one another, like the stock schedulers named in ``_compatibles``.
@@ -71,7 +75,23 @@ def build_basis(
         if "direction" in given:
             raise ValueError(f"direction belongs to basis='channel', not {basis!r}")
         basis_config = given
-    return cls.from_config(basis_config)
+    built = cls.from_config(basis_config)
+    channels = _channels(built)
+    if legacy["num_channels"] not in (DEFAULT_NUM_CHANNELS, channels) and channels is not None:
+        raise ValueError(
+            f"num_channels={legacy['num_channels']} but the basis has {channels} channels; "
+            f"pass num_channels={channels} or leave it out (the basis sets the channels)"
+        )
+    return built
+
+
+def _channels(basis: Basis) -> int | None:
+    """The image channels ``basis`` is built for: its ``channels`` (the channel basis), or the
+    first entry of its ``image_shape`` (DCT, pixel PCA); None if it records neither."""
+    if hasattr(basis, "channels"):
+        return int(basis.channels)
+    shape = getattr(basis, "image_shape", None)
+    return None if shape is None else int(shape[0])
 
 
 def config_defaults(cls: type) -> dict[str, Any]:
@@ -137,6 +157,8 @@ class SqueezedSchedulerMixin:
     _LEGACY_BASIS_FIELDS = ("direction", "num_channels", "image_shape", "cutoffs")
     # Beta schedules the stock counterpart accepts (None: every one the core accepts).
     _BETA_SCHEDULES: ClassVar[tuple[str, ...] | None] = None
+    # The ``scheduler`` that registered samplers name to be run by this class (core/samplers.py).
+    _KIND: ClassVar[str]
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -190,7 +212,8 @@ class SqueezedSchedulerMixin:
 
     # -- construction -----------------------------------------------------------------
     def _setup(self) -> None:
-        """Normalise the config, build the basis and the process, reset the schedule."""
+        """Normalise the config, build the basis and the process, pick the registered sampler
+        the config asks for, reset the schedule."""
         self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
         cfg = self.config
         if self._BETA_SCHEDULES is not None:
@@ -203,10 +226,17 @@ class SqueezedSchedulerMixin:
         require("timestep_spacing", cfg.timestep_spacing, SPACINGS)
         if not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
             raise ValueError(f"steps_offset must be an integer >= 0, got {cfg.steps_offset!r}")
+        betas = cfg.trained_betas
+        if betas is not None and len(betas) != cfg.num_train_timesteps:  # else IndexError in step
+            raise ValueError(
+                f"trained_betas has {len(betas)} entries but num_train_timesteps is "
+                f"{cfg.num_train_timesteps}; pass num_train_timesteps={len(betas)}"
+            )
         legacy = {k: cfg[k] for k in self._LEGACY_BASIS_FIELDS}
         basis = build_basis(cfg.basis, cfg.basis_config, legacy)
         self.register_to_config(basis=basis.name)  # the canonical name ('pixel_pca' -> 'pca')
         self._process = self._make_process(basis)
+        self._sampler: Sampler = sampler_for_scheduler(self._KIND, cfg)
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         self.betas = self._process.betas.float()
         self.alphas_cumprod = self._process.alphas_cumprod.float()
@@ -296,6 +326,14 @@ class SqueezedSchedulerMixin:
             )
         return proc.squeeze(noise, timesteps) if proc.prediction_type == "epsilon" else noise
 
+    def get_velocity(self, sample: Tensor, noise: Tensor, timesteps: Tensor) -> Tensor:
+        """The process' v target ``a_t S_t noise - sigma_t sample`` (``SqueezedDiffusion.add_noise``'s,
+        whatever this scheduler's ``prediction_type``): stock's ``get_velocity``, which
+        diffusers' v-prediction training scripts call, for the squeezed noise."""
+        proc = copy.copy(self._on(sample.device))  # shares the tables; only the target differs
+        proc.prediction_type = "v_prediction"
+        return proc.add_noise(sample, noise, timesteps)[1]
+
     def draw_prior(
         self,
         shape: tuple[int, ...],
@@ -320,7 +358,6 @@ class SqueezedSchedulerMixin:
 
     def _step(
         self,
-        step_fn: StepFunction,
         output_cls: type[BaseOutput],
         model_output: Tensor,
         timestep: int | Tensor,
@@ -330,9 +367,10 @@ class SqueezedSchedulerMixin:
         reuse: bool = False,
         **options: Any,
     ) -> BaseOutput | tuple[Tensor, Tensor]:
-        """One core step from ``timestep`` to :meth:`previous_timestep`, in diffusers' format."""
+        """One step of the registered sampler from ``timestep`` to :meth:`previous_timestep`,
+        in diffusers' format."""
         t = int(timestep)
-        out = step_fn(
+        out = self._sampler.step(
             self._on(sample.device),
             model_output,
             sample,

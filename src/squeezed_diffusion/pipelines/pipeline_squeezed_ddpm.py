@@ -27,9 +27,8 @@ SqueezedScheduler = (
 )
 # By the names samplers give in ``Sampler.scheduler`` (core/samplers.py).
 SCHEDULER_KINDS: dict[str, type[SqueezedScheduler]] = {
-    "ddpm": SqueezedDDPMScheduler,
-    "ddim": SqueezedDDIMScheduler,
-    "dpmsolver": SqueezedDPMSolverMultistepScheduler,
+    cls._KIND: cls
+    for cls in (SqueezedDDPMScheduler, SqueezedDDIMScheduler, SqueezedDPMSolverMultistepScheduler)
 }
 
 

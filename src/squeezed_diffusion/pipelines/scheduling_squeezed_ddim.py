@@ -7,8 +7,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ..core.samplers import ddim_step
-from ._base import SqueezedSchedulerMixin
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin
 
 Tensor = torch.Tensor
 
@@ -25,6 +24,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+    _KIND = "ddim"
 
     @register_to_config
     def __init__(
@@ -51,7 +51,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         basis: str = "channel",
         basis_config: dict | None = None,
         direction: list[float] | None = None,
-        num_channels: int = 3,
+        num_channels: int = DEFAULT_NUM_CHANNELS,
         image_shape: list[int] | None = None,
         cutoffs: list[float] | None = None,
     ) -> None:
@@ -94,7 +94,6 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("pass generator or variance_noise, not both (as stock DDIM)")
         return self._step(
-            ddim_step,
             DDIMSchedulerOutput,
             model_output,
             timestep,

@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core import SAMPLERS
 from ..core.samplers import VARIANCES
-from ._base import SqueezedSchedulerMixin, require
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require
 
 Tensor = torch.Tensor
 
@@ -27,7 +27,8 @@ _REFUSED_VARIANCES = {
 
 
 def ddpm_samplers() -> list[str]:
-    """The registered samplers this scheduler runs (those declaring ``scheduler='ddpm'``)."""
+    """The registered samplers this scheduler runs (those declaring ``scheduler='ddpm'``); the
+    one a config runs is ``sampler_for_scheduler``'s choice, by its ``scheduler_config``."""
     return [name for name, sampler in SAMPLERS.items() if sampler.scheduler == "ddpm"]
 
 
@@ -36,12 +37,17 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
 
     ``sampler`` picks the step: 'ddpm' samples the exact per-direction posterior;
     'ddpm-paper' is the paper's heuristic (unsqueeze with ``S_t``, ordinary DDPM
-    step, squeeze back with the same ``S_t``), exact only for a constant profile.
+    step, squeeze back with the same ``S_t``), exact only for a constant profile. Any
+    sampler registered with ``scheduler='ddpm'`` runs here; it declares
+    ``scheduler_config={'sampler': its name}``, or it matches every config and the
+    scheduler refuses the ambiguity.
     Every key of the stock ``DDPMScheduler`` is honoured (``variance_type`` per direction:
     'fixed_small' and 'fixed_small_log' the posterior variance, 'fixed_large' the
     transition variance ``q_t,i``) or refused; the shared fields are described on
     :class:`SqueezedSchedulerMixin`. At ``strength=0`` both samplers are ``DDPMScheduler``.
     """
+
+    _KIND = "ddpm"
 
     @register_to_config
     def __init__(
@@ -68,7 +74,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         basis: str = "channel",
         basis_config: dict | None = None,
         direction: list[float] | None = None,
-        num_channels: int = 3,
+        num_channels: int = DEFAULT_NUM_CHANNELS,
         image_shape: list[int] | None = None,
         cutoffs: list[float] | None = None,
         sampler: str = "ddpm",
@@ -133,7 +139,6 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     ) -> DDPMSchedulerOutput | tuple[Tensor, Tensor]:
         """Move ``sample`` from ``timestep`` to the previous scheduled timestep."""
         return self._step(
-            SAMPLERS.get(self.config.sampler).step,
             DDPMSchedulerOutput,
             model_output,
             timestep,

@@ -10,9 +10,8 @@ import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
-from ..core import Basis, SqueezedDiffusion
-from ..core.samplers import dpmpp_2m_sde_step, dpmpp_2m_step
-from ._base import SqueezedSchedulerMixin, require
+from ..core import SAMPLERS, Basis, SqueezedDiffusion
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require
 
 Tensor = torch.Tensor
 
@@ -30,6 +29,16 @@ _REFUSED_FLAGS = {
     "use_flow_sigmas": "flow matching is another process",
     "use_dynamic_shifting": "dynamic shifting belongs to flow sigmas, another process",
 }
+
+
+def algorithm_types() -> tuple[str, ...]:
+    """The ``algorithm_type`` values this scheduler runs: those the samplers registered with
+    ``scheduler='dpmsolver'`` declare in their ``scheduler_config``."""
+    return tuple(
+        e.scheduler_config["algorithm_type"]
+        for e in SAMPLERS.values()
+        if e.scheduler == "dpmsolver" and "algorithm_type" in e.scheduler_config
+    )
 
 
 def solver_timesteps(
@@ -63,7 +72,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     core's ``dpmpp_2m_step``; with ``algorithm_type="sde-dpmsolver++"`` its SDE form,
     ``dpmpp_2m_sde_step``, which draws noise from the ``generator`` at every step as stock
     does). Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
-    'sde-dpmsolver++'), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``,
+    'sde-dpmsolver++': whatever the samplers registered for this scheduler declare, each
+    picking its sampler), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``,
     ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
     'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
     the timesteps where any direction's lambda is below it), ``timestep_spacing``,
@@ -74,6 +84,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+    _KIND = "dpmsolver"
 
     @register_to_config
     def __init__(
@@ -115,7 +126,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         basis: str = "channel",
         basis_config: dict | None = None,
         direction: list[float] | None = None,
-        num_channels: int = 3,
+        num_channels: int = DEFAULT_NUM_CHANNELS,
         image_shape: list[int] | None = None,
         cutoffs: list[float] | None = None,
     ) -> None:
@@ -124,7 +135,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         require(
             "algorithm_type",
             algorithm_type,
-            ("dpmsolver++", "sde-dpmsolver++"),
+            algorithm_types(),
             f"{_NOT_IN_CORE} (stock also maps 'deis' to 'dpmsolver++' silently)",
         )
         require("solver_order", solver_order, (1, 2), _NOT_IN_CORE)
@@ -246,14 +257,10 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         """One multistep update, as stock: the first call finds ``timestep`` in the schedule
         (or starts at ``begin_index``), later calls follow the schedule. The SDE form draws
         its noise from ``generator`` (or takes ``variance_noise``); the ODE form draws none,
-        accepts ``generator`` unused, as stock, and refuses ``variance_noise``."""
+        accepts ``generator`` unused, as stock, and refuses ``variance_noise`` (the
+        registered sampler's step decides both)."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step(), as with stock DPM-Solver")
-        sde = self.config.algorithm_type == "sde-dpmsolver++"
-        if variance_noise is not None and not sde:
-            raise ValueError(
-                "variance_noise: DPM-Solver++ (ODE) is deterministic and adds no noise"
-            )
         if self._step_index is None:
             self._step_index = (
                 self.index_for_timestep(timestep)
@@ -263,16 +270,16 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         cfg, index, n = self.config, self._step_index, len(self.timesteps)
         final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
         self._state["first_order"] = cfg.solver_order == 1 or final
-        noise = {"generator": generator, "noise": variance_noise} if sde else {}
-        out = (dpmpp_2m_sde_step if sde else dpmpp_2m_step)(
+        out = self._sampler.step(
             self._on(sample.device),
             model_output,
             sample,
             int(self.timesteps[index]),
             self._landing(index),
+            generator=generator,
             clip=self._x0_rule(),
+            noise=variance_noise,
             state=self._state,
-            **noise,
         )
         self._step_index += 1
         return SchedulerOutput(prev_sample=out.prev_sample) if return_dict else (out.prev_sample,)
