@@ -126,7 +126,13 @@ def registered_examples():
         def _config(self):
             return {"channels": self.channels}
 
-    SAMPLERS.register("ancestral", Sampler("ancestral", ddpm_step, "another name for ddpm"))
+    SAMPLERS.register(
+        "ancestral",
+        Sampler(
+            "ancestral", ddpm_step, "another name for ddpm",
+            scheduler_config={"sampler": "ancestral"},
+        ),
+    )  # fmt: skip
     METRICS.register(
         "brightness",
         Metric(
@@ -141,6 +147,7 @@ def registered_examples():
 
 
 def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_examples, tmp_path):
+    from squeezed_diffusion.core.samplers import sampler_for_scheduler
     from squeezed_diffusion.evaluation.metrics import evaluate
     from squeezed_diffusion.evaluation.report.build import intro
     from squeezed_diffusion.evaluation.sweep import EvalSpec
@@ -163,6 +170,7 @@ def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_e
     loaded = SqueezedDDPMScheduler.from_pretrained(tmp_path)
     assert loaded.config.basis == "identity" and loaded.config.sampler == "ancestral"
     assert torch.equal(loaded.process.sigma_table(), proc.sigma_table())
+    assert sampler_for_scheduler("ddpm", loaded.config).name == "ancestral"
     gen = (torch.Generator().manual_seed(0), torch.Generator().manual_seed(0))
     a, b = (proc.sample(lambda x, t: 0.5 * x, (2, 3, 4, 4), 5, s, generator=g, progress=False)
             for s, g in zip(("ancestral", "ddpm"), gen, strict=True))  # fmt: skip
@@ -264,3 +272,45 @@ def test_run_folders_written_by_0_1_0_load_resume_and_sample(tmp_path) -> None:
             == 0
         )
         assert np.load(out)["images"].shape == (2, 8, 8, 3)
+
+
+_V010_SCRIPT = """
+import sys, warnings
+import torch
+from squeezed_diffusion import SAMPLERS, TARGETS, Basis, ChannelBasis, SqueezedDiffusion, sample
+
+warnings.simplefilter("ignore", DeprecationWarning)  # Basis.load is deprecated, still works
+torch.manual_seed(0)
+ChannelBasis.fit([torch.rand(16, 3, 4, 4) * 2 - 1]).save(sys.argv[1] + ".basis")
+proc = SqueezedDiffusion(Basis.load(sys.argv[1] + ".basis"), "hdm", -0.4, target="squeezed")
+x, out = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 4, 4) * 0.5
+results = {}
+assert "epsilon" in TARGETS or "squeezed" in TARGETS  # 0.2 names the targets as diffusers
+for name in ("ddpm", "ddim", "ddpm-paper"):
+    assert name in SAMPLERS and name in SAMPLERS.keys()
+    step = SAMPLERS[name]
+    g = torch.Generator().manual_seed(1)
+    results[name] = step(proc, out, x, 500, 480, generator=g, eta=0.0, clip=True).prev_sample
+results["sample"] = sample(proc, lambda x, t: 0.1 * x, (2, 3, 4, 4), num_steps=5,
+                           generator=torch.Generator().manual_seed(2))
+torch.save(results, sys.argv[1])
+"""
+
+
+def test_0_1_0_user_code_runs_and_gives_the_same_numbers(tmp_path) -> None:
+    """A script written against 0.1.0's public API (``SAMPLERS`` as a dict of step
+    functions, ``Basis.load``, ``target=``) runs today and steps to the same tensors."""
+    script = tmp_path / "user.py"
+    script.write_text(_V010_SCRIPT)
+    outputs = {}
+    for version, src in (("0.1.0", _old_package(tmp_path)), ("now", PACKAGE.parent)):
+        env = {**os.environ, "PYTHONPATH": str(src)}
+        out = tmp_path / f"{version}.pt"
+        done = subprocess.run(
+            [sys.executable, str(script), str(out)], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, f"{version}: {done.stderr[-2000:]}"
+        outputs[version] = torch.load(out)
+    old, now = outputs["0.1.0"], outputs["now"]
+    for name in ("ddpm", "ddim", "ddpm-paper", "sample"):
+        torch.testing.assert_close(now[name], old[name], rtol=1e-5, atol=1e-5, msg=name)
