@@ -32,7 +32,7 @@ from squeezed_diffusion.evaluation.sweep import (
     evaluation_folder,
     run_cell,
 )
-from squeezed_diffusion.run import Run
+from squeezed_diffusion.training.run import Run
 
 FEW_STEP = [
     ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11),

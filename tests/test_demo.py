@@ -13,7 +13,7 @@ from PIL import Image
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.demo import run_demo
-from squeezed_diffusion.run import Run
+from squeezed_diffusion.training.run import Run
 
 TOY = {"steps": 3, "oracle_strengths": (-1.0, 0.0), "oracle_pixels": 1024, "num_samples": 16}
 SECTIONS = (

@@ -57,6 +57,29 @@ def test_core_imports_nothing_else_from_the_package() -> None:
         assert not outside, (path.name, outside)
 
 
+# The README's Layout tree, top to bottom: a folder (or top-level module) may import only from
+# those above it, so that the tree reads as the architecture.
+LAYERS = ("core", "data", "models", "metrics", "training", "evaluation", "pipelines", "demo", "cli")
+
+
+def test_folders_import_only_from_the_folders_above_them() -> None:
+    def layer(module: str) -> str:  # the package root re-exports core/ only
+        return module.split(".")[1] if "." in module else "core"
+
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    seen = set()
+    for path in PACKAGE.rglob("*.py"):
+        here = layer(_module_name(path))
+        assert here in rank, f"{path}: a new top-level module belongs in LAYERS and the README"
+        for target in _imports(path):
+            there = layer(target)
+            seen.add((here, there))
+            assert there == here or rank[there] < rank[here], (
+                f"{path.relative_to(PACKAGE)} imports {target}: {here} sits above {there}"
+            )
+    assert ("training", "metrics") in seen and ("pipelines", "training") in seen
+
+
 def test_no_import_cycles() -> None:
     graph = {_module_name(p): _imports(p) for p in PACKAGE.rglob("*.py")}
     state: dict[str, int] = {}  # 1: on the current path, 2: done
@@ -90,7 +113,7 @@ def registered_examples():
     """An identity basis, a sampler alias and a metric, each one registration (the whole
     diff a new concept needs), removed again afterwards."""
     from squeezed_diffusion.core.samplers import Sampler, ddpm_step
-    from squeezed_diffusion.evaluation.metrics import METRICS, Metric
+    from squeezed_diffusion.metrics import METRICS, Metric
 
     class IdentityBasis(Basis):
         """Every channel its own group: squeezing scales all directions alike."""
@@ -148,9 +171,9 @@ def registered_examples():
 
 def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_examples, tmp_path):
     from squeezed_diffusion.core.samplers import sampler_for_scheduler
-    from squeezed_diffusion.evaluation.metrics import evaluate
     from squeezed_diffusion.evaluation.report.build import intro
     from squeezed_diffusion.evaluation.sweep import EvalSpec
+    from squeezed_diffusion.metrics import evaluate
     from squeezed_diffusion.pipelines import SqueezedDDPMScheduler, scheduler_from_process
     from squeezed_diffusion.training.config import TrainConfig
 
@@ -214,7 +237,7 @@ def _old_package(tmp_path: Path) -> Path:
 
 
 def test_run_folders_written_by_0_1_0_load_resume_and_sample(tmp_path) -> None:
-    from squeezed_diffusion.run import Run
+    from squeezed_diffusion.training.run import Run
 
     old_src = _old_package(tmp_path)
     data = tmp_path / "data.npy"

@@ -12,7 +12,7 @@ import torch
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.data import load_dataset
-from squeezed_diffusion.evaluation.metrics import (
+from squeezed_diffusion.metrics import (
     FeatureWeightsError,
     evaluate,
     frechet_distance,
@@ -20,7 +20,7 @@ from squeezed_diffusion.evaluation.metrics import (
     reference_subset,
     resolve_weights,
 )
-from squeezed_diffusion.evaluation.metrics.effnet import EffNetLite0Features, fold_batchnorm
+from squeezed_diffusion.metrics.effnet import EffNetLite0Features, fold_batchnorm
 
 
 def test_frechet_distance_matches_scipy_sqrtm_and_vanishes_on_identical_stats() -> None:
@@ -188,8 +188,8 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
 def test_run_reference_is_what_the_trainer_trained_on(tmp_path) -> None:
     """The evaluation reference of a run is the Trainer's own dataset, also for `photos`,
     whose crops depend on the data seed (not on the run's seed)."""
-    from squeezed_diffusion.run import Run
     from squeezed_diffusion.training.config import resolve_config
+    from squeezed_diffusion.training.run import Run
     from squeezed_diffusion.training.trainer import Trainer
 
     cfg = resolve_config(None, dataset="photos", resolution=16, subset=32, seed=7, steps=1,

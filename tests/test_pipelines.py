@@ -937,7 +937,7 @@ def _fake_run(monkeypatch, unet) -> SqueezedDiffusion:
         def load(self, ema: bool = True):
             return unet, proc
 
-    monkeypatch.setattr("squeezed_diffusion.run.Run", FakeRun)
+    monkeypatch.setattr("squeezed_diffusion.training.run.Run", FakeRun)
     return proc
 
 

@@ -23,7 +23,6 @@ from squeezed_diffusion import ChannelBasis
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.core.fileio import sha256
 from squeezed_diffusion.evaluation.generate import generate
-from squeezed_diffusion.run import Run
 from squeezed_diffusion.training.batches import Batches
 from squeezed_diffusion.training.checkpoint import (
     CheckpointError,
@@ -32,6 +31,7 @@ from squeezed_diffusion.training.checkpoint import (
     load_checkpoint,
     verify,
 )
+from squeezed_diffusion.training.run import Run
 
 SQDM = [sys.executable, "-m", "squeezed_diffusion.cli"]
 

@@ -178,7 +178,7 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
     with open(out / "results.csv") as f:
         assert len(list(csv.DictReader(f))) == 3
     from squeezed_diffusion import SqueezedDiffusion
-    from squeezed_diffusion.run import Run
+    from squeezed_diffusion.training.run import Run
 
     for row in rows:  # each cell's run trained what its row says (variant, sign, noise levels)
         run = Run(out / "cells" / row["cell"] / "run")

@@ -199,7 +199,7 @@ def test_a_trained_run_keeps_its_variant_strength_and_noise_levels(
     sampling the run draws."""
     from squeezed_diffusion import SqueezedDiffusion, load_basis
     from squeezed_diffusion.pipelines import SqueezedDDPMPipeline
-    from squeezed_diffusion.run import Run
+    from squeezed_diffusion.training.run import Run
 
     run = tmp_path / "run"
     assert (

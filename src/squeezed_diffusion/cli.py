@@ -103,8 +103,8 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Resolve preset + flags into a config and train (or resume) a run."""
-    from .run import Run
     from .training.config import resolve_config, resume_config
+    from .training.run import Run
     from .training.trainer import Trainer, TrainingDiverged
 
     flags = (
@@ -184,14 +184,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run (sampled on the fly) or a folder/.npz of samples against a dataset."""
     from .evaluation.generate import evaluate_run
-    from .evaluation.metrics import (
+    from .metrics import (
         DEFAULT_PRC_EXTRACTOR,
         evaluate,
         extractors_for,
         load_samples,
         parse_feature_weights,
     )
-    from .run import Run
+    from .training.run import Run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     prc_extractor = args.prc_extractor or DEFAULT_PRC_EXTRACTOR
@@ -482,7 +482,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
-    from .evaluation.metrics import (
+    from .metrics import (
         DEFAULT_PRC_EXTRACTOR,
         EXTRACTORS,
         METRICS,

@@ -161,6 +161,12 @@ def _to_float(images: torch.Tensor) -> torch.Tensor:
     return images.float().div_(127.5).sub_(1.0)
 
 
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] floats to uint8 ``[N, C, H, W]`` (rounded, clipped): the inverse of the
+    scaling the dataset streams with, for samples that are scored or saved as images."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+
 def _existing(req: _Request) -> Path:
     """The request's data path, which must exist."""
     if req.root is None:

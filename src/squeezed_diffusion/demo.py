@@ -37,10 +37,10 @@ from .core.oracle import (
 )
 from .data import load_dataset
 from .evaluation.generate import generate
-from .evaluation.metrics import fd_pixels
 from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, write_document
-from .run import Run
+from .metrics import fd_pixels
 from .training.config import resolve_config
+from .training.run import Run
 from .training.trainer import train_to_completion
 
 NOISED = (("isotropic", 0.0), ("sdm", -1.5), ("sdm", 1.5), ("hdm", -1.5), ("hdm", 1.5))

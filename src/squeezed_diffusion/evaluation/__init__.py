@@ -1,2 +1,3 @@
-"""Evaluation: sampling runs (``generate.py``), metrics (``metrics/``), grids of runs
-(``sweep.py``) and reports (``report/``)."""
+"""Evaluation of trained runs: sampling (``generate.py``), grids of runs (``sweep.py``) and
+reports (``report/``); the metrics they score with live in ``metrics/``, which training's
+evaluation during training uses too."""

@@ -18,14 +18,9 @@ from tqdm.auto import tqdm
 
 from ..core.fileio import atomic_path
 from ..core.samplers import checked_sampler
-from ..data import ImageDataset
-from ..run import Run
-from .metrics import DEFAULT_PRC_EXTRACTOR, OFFLINE_METRICS, check_metrics, evaluate
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] floats to uint8 ``[N, C, H, W]`` (rounded, clipped)."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+from ..data import ImageDataset, to_uint8
+from ..metrics import DEFAULT_PRC_EXTRACTOR, OFFLINE_METRICS, check_metrics, evaluate
+from ..training.run import Run
 
 
 def generate(

@@ -55,9 +55,7 @@ import yaml
 from ..core import SAMPLERS
 from ..core.fileio import atomic_write
 from ..core.samplers import checked_sampler
-from ..run import Run
-from ..training.config import TrainConfig, load_preset, resolve_config, without_squeezing
-from .metrics import (
+from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
     check_metrics,
@@ -65,6 +63,8 @@ from .metrics import (
     load_samples,
     result_keys,
 )
+from ..training.config import TrainConfig, load_preset, resolve_config, without_squeezing
+from ..training.run import Run
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
 EVAL_COLUMNS = ("sampler", "steps", "eta")

@@ -99,7 +99,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
-        from ..run import Run
+        from ..training.run import Run
 
         entry = SAMPLERS.get(sampler)  # an unknown name fails before loading anything
         kind = entry.scheduler

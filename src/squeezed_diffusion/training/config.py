@@ -176,7 +176,7 @@ class TrainConfig:
             raise ValueError(
                 f"unknown log_with {self.log_with!r}; choose one of: tensorboard, wandb, all"
             )
-        from ..evaluation.metrics.table import check_metrics
+        from ..metrics.table import check_metrics
 
         check_metrics(self.eval_metrics)
         if self.eval_num_reference is not None and self.eval_num_reference < 2:

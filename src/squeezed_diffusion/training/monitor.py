@@ -18,9 +18,9 @@ from accelerate import Accelerator
 from torchvision.utils import save_image
 
 from ..core import SqueezedDiffusion
-from ..data import ImageDataset
-from ..run import Run
+from ..data import ImageDataset, to_uint8
 from .config import TrainConfig
+from .run import Run
 from .state import TrainState
 
 Tensor = torch.Tensor
@@ -136,7 +136,7 @@ def check_eval_weights(cfg: TrainConfig) -> None:
     use, so that missing weights stop the run before it trains, not at its first evaluation."""
     if not cfg.eval_every:
         return
-    from ..evaluation.metrics import FeatureWeightsError, extractors_for, resolve_weights
+    from ..metrics import FeatureWeightsError, extractors_for, resolve_weights
 
     for extractor in extractors_for(cfg.eval_metrics):
         try:
@@ -163,8 +163,7 @@ def evaluate_ema(
 
     torch's global RNG is forked, so evaluating changes nothing the run draws afterwards.
     """
-    from ..evaluation.generate import to_uint8
-    from ..evaluation.metrics import evaluate
+    from ..metrics import evaluate
 
     start = time.perf_counter()
     devices = [state.accelerator.device] if state.accelerator.device.type == "cuda" else []

@@ -22,7 +22,6 @@ from tqdm.auto import tqdm
 
 from ..core import SAMPLERS, Basis, SqueezedDiffusion, load_basis
 from ..models import count_parameters
-from ..run import Run
 from .bases import cached_basis, check_basis
 from .batches import Batches
 from .checkpoint import find_checkpoint, list_checkpoints, remove_partial_checkpoints
@@ -38,6 +37,7 @@ from .monitor import (
     tracker_names,
     window_record,
 )
+from .run import Run
 from .state import build_state, use_compile
 from .step import train_step
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from ..metrics.table import METRICS, higher_is_better
+from ...metrics.table import METRICS, higher_is_better
 from ..sweep import evaluation_folder
 from .figures import log_snr_plot, metric_plot, paired_plot, pr_plot
 from .render import Block, Figure, Heading, Table, Text, write_document

@@ -11,9 +11,9 @@ from pathlib import Path
 from matplotlib.figure import Figure
 
 from ...core import Basis, ChannelBasis, SqueezedDiffusion
-from ...run import Run
+from ...metrics.table import pr_pairs
 from ...training.config import TrainConfig
-from ..metrics.table import pr_pairs
+from ...training.run import Run
 from .render import png
 from .stats import VARIANT_ORDER, Group, Summary, metric_rank
 

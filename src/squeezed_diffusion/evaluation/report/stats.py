@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from ..metrics.table import higher_is_better, result_keys
+from ...metrics.table import higher_is_better, result_keys
 from ..sweep import Evaluation
 
 VARIANT_ORDER = {"isotropic": 0, "sdm": 1, "hdm": 2}

@@ -12,8 +12,8 @@ from typing import Any
 
 import torch
 
-from ...core.fileio import sha256
-from ...data import ImageDataset, cache_dir, load_dataset
+from ..core.fileio import sha256
+from ..data import ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
 from .table import DEFAULT_PRC_EXTRACTOR, METRICS, OFFLINE_METRICS, check_metrics, result_keys
 from .weights import EXTRACTORS, FeatureWeightsError, resolve_weights

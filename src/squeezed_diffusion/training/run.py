@@ -24,12 +24,12 @@ from typing import Any
 from diffusers import UNet2DModel
 from safetensors.torch import load_file
 
-from .core import Basis, SqueezedDiffusion, load_basis
-from .core.fileio import atomic_write
-from .data import ImageDataset
-from .models import build_model
-from .training.checkpoint import CheckpointError, find_checkpoint, load_weights
-from .training.config import TrainConfig
+from ..core import Basis, SqueezedDiffusion, load_basis
+from ..core.fileio import atomic_write
+from ..data import ImageDataset
+from ..models import build_model
+from .checkpoint import CheckpointError, find_checkpoint, load_weights
+from .config import TrainConfig
 
 
 class Run:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from ...core.registry import Registry
+from ..core.registry import Registry
 from .frechet import fd_pixels
 
 
