@@ -526,7 +526,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 def _add_demo(sub: argparse._SubParsersAction) -> None:
     dm = sub.add_parser(
         "demo",
-        help="offline demo in 3 minutes: what squeezing does, why exact samplers matter, a short training run",
+        help="offline demo in a few minutes: what squeezing does, why exact samplers matter, a short training run",
     )
     dm.add_argument("--out", help="output folder (default runs/demo, runs/demo-full with --full)")
     dm.add_argument(
