@@ -411,7 +411,9 @@ def test_gaussian_oracle_on_pca_and_dct_bases(kind, sampler, profile, prediction
     )
     cov = torch.cov(x.double().flatten(1).T)
     err = float(torch.linalg.norm(cov - sigma0) / torch.linalg.norm(sigma0))
-    assert err < 0.06, err
+    # 8,192 exact draws from N(0, sigma0) score 0.02-0.04 (the sampling floor); these cases
+    # score 0.020-0.030, and a process off by 0.4 in strength (-0.4 here) 0.040-7.1.
+    assert err < 0.035, err
     assert float(x.double().mean(0).abs().max()) < 0.1
 
 

@@ -1,4 +1,4 @@
-"""``sqdm demo``: squeezed diffusion explained in three minutes on a CPU, as one HTML page.
+"""``sqdm demo``: squeezed diffusion explained in a few minutes on a CPU, as one HTML page.
 
 1. What squeezing does: one photograph noised at several t by isotropic, SDM and HDM noise
    (the same draw of eps for all), the noise itself, and the per-direction log-SNR.
@@ -233,7 +233,7 @@ def blocks(
     }
     worst = max(settings.oracle_strengths, key=abs)
     return [
-        Heading(1, "Squeezed diffusion in three minutes"),
+        Heading(1, "Squeezed diffusion, in brief"),
         Text(INTRO),
         Heading(2, "1. What squeezing does"),
         Text(
