@@ -130,6 +130,10 @@ def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path
     torch.save({"not": "tensors"}, tmp_path / "bad.pth")
     assert main([*argv, "--feature-weights", f"inception={tmp_path / 'bad.pth'}"]) == 2
     assert "does not hold InceptionV3 weights" in capsys.readouterr().err
+    (tmp_path / "garbage.pth").write_bytes(b"not a torch file")  # torch.load itself fails
+    assert main([*argv, "--feature-weights", f"inception={tmp_path / 'garbage.pth'}"]) == 2
+    stderr = capsys.readouterr().err.strip()
+    assert "does not hold InceptionV3 weights" in stderr and "\n" not in stderr
 
 
 def test_feature_weights_specs(tmp_path, monkeypatch) -> None:

@@ -1,7 +1,8 @@
-"""The two file operations the whole package shares: an atomic write and a content hash.
+"""The file operations the whole package shares: an atomic write, a content hash and a
+``torch.load`` that can run no code.
 
 They live in ``core`` because ``core`` imports nothing else from the package and bases are
-saved from here; training, evaluation and the CLI use the same two functions.
+saved from here; training, evaluation and the CLI use the same functions.
 """
 
 from __future__ import annotations
@@ -11,6 +12,9 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
+
+import torch
 
 
 @contextmanager
@@ -51,3 +55,13 @@ def sha256(path: str | Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def load_tensors_only(path: str | Path, refuse: Callable[[str], Exception]) -> Any:
+    """``torch.load`` restricted to tensors and plain containers, so a crafted pickle can run
+    no code; a file that holds anything else raises ``refuse(<the error's type name>)``, the
+    caller's one-line error that says which file it expected."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # UnpicklingError, RuntimeError, EOFError ...: all mean "not ours"
+        raise refuse(type(err).__name__) from None

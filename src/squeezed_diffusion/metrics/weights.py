@@ -14,6 +14,8 @@ import torch
 from torch_fidelity.feature_extractor_inceptionv3 import URL_INCEPTION_V3
 from torchvision.models import VGG16_Weights
 
+from ..core.fileio import load_tensors_only
+
 
 class FeatureWeightsError(ValueError):
     """Feature-extractor weights that are missing or unusable; one line naming the file and fix."""
@@ -38,13 +40,13 @@ EXTRACTORS = {
 
 def load_state_dict(path: Path, label: str) -> dict[str, torch.Tensor]:
     """Tensors only (``weights_only``): a weights file can run no code."""
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, EOFError ...: all mean "not weights"
-        raise FeatureWeightsError(
-            f"{path} does not hold {label} weights, a state dict of tensors "
-            f"({type(err).__name__}); pass the original weights file"
-        ) from None
+    state = load_tensors_only(
+        path,
+        lambda why: FeatureWeightsError(
+            f"{path} does not hold {label} weights, a state dict of tensors ({why}); pass the "
+            "original weights file"
+        ),
+    )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FeatureWeightsError(f"{path} does not hold {label} weights, a state dict of tensors")
     return state

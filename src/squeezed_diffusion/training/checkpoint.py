@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..core.fileio import sha256
+from ..core.fileio import load_tensors_only, sha256
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -179,14 +179,13 @@ def load_checkpoint(ckpt: Path) -> dict[str, Any]:
 
 
 def _load_tensors_only(path: Path) -> Any:
-    """``torch.load`` restricted to tensors and plain containers: a pickle can run no code."""
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # UnpicklingError, RuntimeError, ...: all mean "not ours"
-        raise CheckpointError(
-            f"{path} holds more than tensors and plain data ({type(err).__name__}); refusing to load "
-            "it. Use checkpoints written by `sqdm train`"
-        ) from None
+    return load_tensors_only(
+        path,
+        lambda why: CheckpointError(
+            f"{path} holds more than tensors and plain data ({why}); refusing to load it. Use "
+            "checkpoints written by `sqdm train`"
+        ),
+    )
 
 
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:
