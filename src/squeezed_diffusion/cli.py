@@ -257,7 +257,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             "--collect rebuilds the table of the whole sweep's finished evaluations: it takes "
             "neither --list nor --shard"
         )
-    index, count = parse_shard(args.shard) if args.shard else shard_from_environment(os.environ)
+    if args.shard:
+        index, count = parse_shard(args.shard)
+    else:  # --collect reads every cell, whatever array task runs it
+        index, count = (0, 1) if args.collect else shard_from_environment(os.environ)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
     sweep = load_sweep(args.sweep, out)
     mine = shard(sweep.cells, index, count)

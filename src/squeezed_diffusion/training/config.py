@@ -393,7 +393,7 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         values.update(steps=None, epochs=None)
     wanted = TrainConfig.from_dict({**values, **given})
     for key in given:
-        if key not in RESUMABLE and _canonical(wanted, key) != getattr(saved, key):
+        if key not in RESUMABLE and _canonical(wanted, key) != _canonical(saved, key):
             raise ValueError(
                 f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
                 f"{getattr(saved, key)!r}; a resumed run keeps its config (drop the flag, or "
