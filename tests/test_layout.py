@@ -151,11 +151,8 @@ def registered_examples():
 
     SAMPLERS.register(
         "ancestral",
-        Sampler(
-            "ancestral", ddpm_step, "another name for ddpm",
-            scheduler_config={"sampler": "ancestral"},
-        ),
-    )  # fmt: skip
+        Sampler("ancestral", ddpm_step, "another name for ddpm"),
+    )
     METRICS.register(
         "brightness",
         Metric(

@@ -9,7 +9,7 @@ from conftest import MEAN0, SIGMA0, dense_squeeze, paper_strength_t, top_directi
 from diffusers import DDIMScheduler, DDPMScheduler
 
 from squeezed_diffusion import ChannelBasis, SqueezedDiffusion, ddim_step, ddpm_step, timesteps
-from squeezed_diffusion.core.samplers import ddpm_paper_step, sampler_for_scheduler
+from squeezed_diffusion.core.samplers import Sampler, ddpm_paper_step, sampler_for_scheduler
 
 
 def _gen(seed: int) -> torch.Generator:
@@ -456,3 +456,6 @@ def test_sampler_for_scheduler_is_the_one_whose_scheduler_config_matches() -> No
         sampler_for_scheduler("ddpm", {"sampler": "euler"})
     with pytest.raises(ValueError, match="no sampler registered for the dpmsolver"):
         sampler_for_scheduler("dpmsolver", {})  # the key must be there
+    # a sampler registered for DDPM without a config is picked by its name, not by every config
+    assert Sampler("mine", ddpm_step, "help").scheduler_config == {"sampler": "mine"}
+    assert Sampler("mine", ddim_step, "help", scheduler="ddim").scheduler_config == {}

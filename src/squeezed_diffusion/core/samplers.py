@@ -710,6 +710,12 @@ class Sampler:
     schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
     scheduler_config: Mapping[str, Any] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        # The DDPM scheduler runs several samplers, told apart by its ``sampler`` key: a
+        # sampler registered for it without a config would match every config (ambiguous).
+        if self.scheduler == "ddpm" and not self.scheduler_config:
+            object.__setattr__(self, "scheduler_config", {"sampler": self.name})
+
     def nfe(self, num_steps: int) -> int:
         """Model evaluations of ``num_steps`` steps (the length of the schedule)."""
         return len(self.schedule(max(1000, num_steps), num_steps))
@@ -752,15 +758,9 @@ def sampler_for_scheduler(kind: str, config: Mapping[str, Any]) -> Sampler:
 
 
 for _sampler in (
-    Sampler(
-        "ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior",
-        scheduler_config={"sampler": "ddpm"},
-    ),
+    Sampler("ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior"),
     Sampler("ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim"),
-    Sampler(
-        "ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t",
-        scheduler_config={"sampler": "ddpm-paper"},
-    ),
+    Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
     Sampler(
         "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
         scheduler="dpmsolver", schedule=ode_timesteps,

@@ -38,9 +38,8 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     ``sampler`` picks the step: 'ddpm' samples the exact per-direction posterior;
     'ddpm-paper' is the paper's heuristic (unsqueeze with ``S_t``, ordinary DDPM
     step, squeeze back with the same ``S_t``), exact only for a constant profile. Any
-    sampler registered with ``scheduler='ddpm'`` runs here; it declares
-    ``scheduler_config={'sampler': its name}``, or it matches every config and the
-    scheduler refuses the ambiguity.
+    sampler registered with ``scheduler='ddpm'`` (the default) runs here, selected by
+    ``sampler=its name`` (its ``scheduler_config`` defaults to that).
     Every key of the stock ``DDPMScheduler`` is honoured (``variance_type`` per direction:
     'fixed_small' and 'fixed_small_log' the posterior variance, 'fixed_large' the
     transition variance ``q_t,i``) or refused; the shared fields are described on
