@@ -309,6 +309,11 @@ def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:
     }
     with pytest.raises(ValueError, match="not a range"):
         shard_from_environment({**listed, "SLURM_ARRAY_TASK_ID": "3"})
+    # a task id below the array's minimum or past its count has no shard
+    for task, low in (("1", "5"), ("9", "0")):
+        with pytest.raises(ValueError, match=f"SLURM array task {task} lies outside its array"):
+            shard_from_environment({"SLURM_ARRAY_TASK_ID": task, "SLURM_ARRAY_TASK_MIN": low,
+                                    "SLURM_ARRAY_TASK_COUNT": "3"})  # fmt: skip
     with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_ID='abc' is not an integer"):
         shard_from_environment({"SLURM_ARRAY_TASK_ID": "abc", "SLURM_ARRAY_TASK_COUNT": "3"})
 

@@ -334,7 +334,13 @@ def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
             f"{step}, {count} tasks), so its tasks have no shard; submit --array=0-N or pass "
             "--shard i/n"
         )
-    return parse_shard(f"{(task - low) // step}/{count}")
+    index = (task - low) // step
+    if not 0 <= index < count:
+        raise ValueError(
+            f"SLURM array task {task} lies outside its array (min {low}, step {step}, {count} "
+            "tasks), so it has no shard; submit --array=0-N or pass --shard i/n"
+        )
+    return parse_shard(f"{index}/{count}")
 
 
 def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:

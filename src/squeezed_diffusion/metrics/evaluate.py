@@ -167,7 +167,7 @@ def _torch_fidelity(
             raise
         raise FeatureWeightsError(
             f"{weights} does not fit the {name} network "
-            f"({str(err).splitlines()[0]}); pass its original weights file"
+            f"({str(err).splitlines()[0]}); replace it with its original weights file"
         ) from None
 
 

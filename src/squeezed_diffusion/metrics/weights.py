@@ -43,8 +43,8 @@ def load_state_dict(path: Path, label: str) -> dict[str, torch.Tensor]:
     state = load_tensors_only(
         path,
         lambda why: FeatureWeightsError(
-            f"{path} does not hold {label} weights, a state dict of tensors ({why}); pass the "
-            "original weights file"
+            f"{path} does not hold {label} weights, a state dict of tensors ({why}); replace "
+            "it with the original weights file (a cached default: delete it to download again)"
         ),
     )
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

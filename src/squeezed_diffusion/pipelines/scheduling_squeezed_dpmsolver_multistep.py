@@ -130,8 +130,9 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         image_shape: list[int] | None = None,
         cutoffs: list[float] | None = None,
     ) -> None:
-        """Stock's keys in stock's order (diffusers' register_to_config records each one);
-        what each does here is in the class docstring and docs/diffusers.md."""
+        """Stock's keys in stock's order (diffusers' register_to_config records each one, so
+        the signature is long by design); the body only refuses what the core cannot honour.
+        What each key does here is in the class docstring and docs/diffusers.md."""
         require(
             "algorithm_type",
             algorithm_type,

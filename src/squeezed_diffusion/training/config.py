@@ -223,8 +223,8 @@ class TrainConfig:
                 )
         if self.compile is False and self.compile_mode != "default":
             raise ValueError(
-                f"compile_mode {self.compile_mode!r} applies only when compiling; drop "
-                "--compile-mode or drop --no-compile"
+                f"compile_mode {self.compile_mode!r} applies only when compiling; pass "
+                "--compile-mode default or drop --no-compile"
             )
         if self.eval_every == 0:
             changed = _changed_flags(self, EVAL_FIELDS)
