@@ -59,7 +59,8 @@ def test_demo_reruns_reuse_the_finished_runs(demo) -> None:
 def test_demo_command_prints_the_page(tmp_path, capsys, monkeypatch) -> None:
     import squeezed_diffusion.demo as module
 
-    monkeypatch.setattr(module, "Settings", lambda: module.FULL.__class__(**TOY))
+    # one configuration at a time here (the fixture trains them side by side)
+    monkeypatch.setattr(module, "Settings", lambda: module.FULL.__class__(**TOY, workers=1))
     assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0
     assert re.search(r"report: /\S+/report\.html", capsys.readouterr().out)
 

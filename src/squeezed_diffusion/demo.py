@@ -18,13 +18,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
 import time
+from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 from matplotlib.figure import Figure as MplFigure
+from tqdm.auto import tqdm
 
 from .core import ChannelBasis, SqueezedDiffusion
 from .core.fileio import atomic_write
@@ -39,7 +42,7 @@ from .data import load_dataset
 from .evaluation.generate import generate
 from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, write_document
 from .metrics import fd_pixels
-from .training.config import resolve_config
+from .training.config import TrainConfig, resolve_config
 from .training.run import Run
 from .training.trainer import train_to_completion
 
@@ -60,6 +63,7 @@ class Settings:
     oracle_strengths: tuple[float, ...] = (-2.0, -1.0, -0.4, 0.0, 0.4, 1.0)
     oracle_pixels: int = 4096
     num_samples: int = 500
+    workers: int | None = None  # configurations training at once (None: one per core)
 
 
 FULL = Settings(
@@ -170,26 +174,65 @@ def oracle_figure(rows: list[dict[str, Any]]) -> bytes:
 
 # -- 3. a short training run -----------------------------------------------------------------
 def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict[str, Any]]:
-    """Train each configuration (reruns reuse finished runs), sample it, score the samples."""
+    """Train each configuration (reruns reuse finished runs), sample it, score the samples.
+
+    The configurations train side by side, one process each with an equal share of the
+    cores: the micro UNet's small convolutions keep two threads only 1.4x faster than one,
+    so on 2 cores two one-thread processes train 1.57x the images per second of one
+    two-thread process (Intel Xeon VM, torch 2.14.1: 861 against 550 images/s).
+    """
     base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
+    configs = [
+        dataclasses.replace(base, variant=variant, strength=strength, out=str(out / name))
+        for variant, strength in settings.trained
+        for name in [variant if variant == "isotropic" else f"{variant}{strength:+g}"]
+    ]
+    cores = torch.get_num_threads()
+    workers = min(len(configs), settings.workers or cores)
+    if workers == 1:
+        drawn = [_train_and_draw(cfg, settings.num_samples, progress) for cfg in configs]
+    else:
+        with ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=torch.set_num_threads, initargs=(max(1, cores // workers),),
+        ) as pool:  # fmt: skip
+            jobs = [pool.submit(_train_and_draw, c, settings.num_samples, False) for c in configs]
+            _show_progress(jobs, configs, progress)
+            drawn = [job.result() for job in jobs]
     reference = base.load_data().images
     rows = []
-    for variant, strength in settings.trained:
-        run = out / (variant if variant == "isotropic" else f"{variant}{strength:+g}")
-        cfg = dataclasses.replace(base, variant=variant, strength=strength, out=str(run))
-        start = time.perf_counter()
-        train_to_completion(cfg, progress)
-        train_s = time.perf_counter() - start
-        start = time.perf_counter()
-        _, images = generate(run, settings.num_samples, 50, "ddpm", seed=1, progress=progress)
-        proc, log = Run(run).process(), [r for r in Run(run).log() if "loss" in r]
+    for cfg, (images, train_s, sample_s) in zip(configs, drawn, strict=True):
+        proc, log = Run(cfg.out).process(), [r for r in Run(cfg.out).log() if "loss" in r]
         rows.append({
-            "name": "isotropic" if variant == "isotropic" else f"{variant.upper()} s = {strength:g}",
-            "run": run.name, "variant": proc.variant, "strength": float(proc.strength[0]),
+            "name": "isotropic" if cfg.variant == "isotropic" else f"{cfg.variant.upper()} s = {cfg.strength:g}",
+            "run": Path(cfg.out).name, "variant": proc.variant, "strength": float(proc.strength[0]),
             "fd_pixels8": fd_pixels(images, reference), "final_loss": float(np.mean([r["loss"] for r in log[-5:]])),
-            "train_s": train_s, "sample_s": time.perf_counter() - start,
+            "train_s": train_s, "sample_s": sample_s,
         })  # fmt: skip
     return rows
+
+
+def _train_and_draw(
+    cfg: TrainConfig, num_samples: int, progress: bool
+) -> tuple[torch.Tensor, float, float]:
+    """One configuration trained and sampled: ``(images, train seconds, sample seconds)``."""
+    start = time.perf_counter()
+    train_to_completion(cfg, progress)
+    train_s = time.perf_counter() - start
+    _, images = generate(cfg.out, num_samples, 50, "ddpm", seed=1, progress=progress)
+    return images, train_s, time.perf_counter() - start - train_s
+
+
+def _show_progress(jobs: list[Future], configs: list[TrainConfig], progress: bool) -> None:
+    """One bar for the runs training in other processes, read from their logs."""
+    total = sum(cfg.steps for cfg in configs)
+    with tqdm(
+        total=total, desc="training (side by side)", unit="step", disable=not progress
+    ) as bar:
+        while not all(job.done() for job in jobs):
+            wait(jobs, timeout=1.0)
+            steps = [max((r.get("step", 0) for r in Run(c.out).log()), default=0) for c in configs]
+            bar.update(sum(steps) - bar.n)
 
 
 def training_figure(out: Path, rows: list[dict[str, Any]]) -> bytes:
@@ -198,11 +241,12 @@ def training_figure(out: Path, rows: list[dict[str, Any]]) -> bytes:
 
     fig = MplFigure(figsize=(3.3 * (len(rows) + 1), 3.4))
     axes = fig.subplots(1, len(rows) + 1)
-    for ax, row in zip(axes, rows, strict=False):
-        ax.imshow(np.asarray(Image.open(out / row["run"] / "samples" / "final.png")))
+    runs = [Run(out / row["run"]) for row in rows]
+    for ax, row, run in zip(axes, rows, runs, strict=False):
+        ax.imshow(np.asarray(Image.open(run.final_samples_path)))
         ax.set(title=f"{row['name']}: samples", xticks=[], yticks=[])
-    for row in rows:
-        log = [r for r in Run(out / row["run"]).log() if "loss" in r]
+    for row, run in zip(rows, runs, strict=True):
+        log = [r for r in run.log() if "loss" in r]
         axes[-1].plot([r["step"] for r in log], [r["loss"] for r in log], label=row["name"])
     axes[-1].set(xlabel="step", ylabel="training loss", yscale="log", title="training loss")
     axes[-1].legend(fontsize=8)
