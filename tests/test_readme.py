@@ -178,6 +178,17 @@ def test_benchmark_comparison_is_the_committed_runs() -> None:
     assert out.strip() in (ROOT / "docs" / "benchmarks.md").read_text()
 
 
+def test_side_by_side_table_is_the_committed_run() -> None:
+    """docs/benchmarks.md's side-by-side table is what benchmarks/side_by_side.py prints for
+    the committed run."""
+    import side_by_side
+
+    (path,) = (ROOT / "benchmarks" / "results").glob("cpu-side-by-side-*.json")
+    table = side_by_side.markdown(json.loads(path.read_text()))
+    assert "processes x 1 thread |" in table
+    assert table in (ROOT / "docs" / "benchmarks.md").read_text()
+
+
 def test_readme_sampler_study_prose_is_the_committed_results() -> None:
     """The percentages and differences that the README's plain-words reading quotes are the
     committed results' (fd_effnet change against the isotropic cell of the same sampler)."""

@@ -178,8 +178,8 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
 
     The configurations train side by side, one process each with an equal share of the
     cores: the micro UNet's small convolutions keep two threads only 1.4x faster than one,
-    so on 2 cores two one-thread processes train 1.57x the images per second of one
-    two-thread process (Intel Xeon VM, torch 2.14.1: 861 against 550 images/s).
+    so on 2 cores two one-thread processes train about 1.5x the images per second of one
+    two-thread process (``benchmarks/side_by_side.py``; docs/benchmarks.md).
     """
     base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
     configs = [
