@@ -43,6 +43,21 @@ def test_demo_page_has_three_sections_from_the_trained_runs(demo) -> None:
         ("isotropic", 0.0),
         ("sdm", -0.4),
     ]
+    # the noising section: s < 0 widens the noise along the principal direction; HDM narrows
+    # the other directions to compensate (SDM leaves them), s > 0 the reverse
+    spread = {(r["variant"], r["strength"]): r for r in results["noising"]}
+    iso = spread[("isotropic", 0.0)]
+    assert iso["std_principal"] == pytest.approx(1, abs=0.05) and iso["std_orthogonal"] == (
+        pytest.approx(1, abs=0.05)
+    )
+    for variant, sign in ((v, g) for v in ("sdm", "hdm") for g in (-1, 1)):
+        row = spread[(variant, 1.5 * sign)]
+        assert (row["std_principal"] / iso["std_principal"] > 1.3) == (sign < 0), row
+        across = row["std_orthogonal"] / iso["std_orthogonal"]
+        if variant == "sdm":
+            assert across == pytest.approx(1, abs=1e-6), row
+        else:
+            assert (across < 0.95) == (sign < 0) and (across > 1.05) == (sign > 0), row
     # the oracle section: the paper's sampler drifts with |s|, the exact ones do not
     err = {(r["strength"], s): e for r in results["oracle"] for s, e in r["cov_rel_error"].items()}
     assert err[(-1.0, "ddpm-paper")] > 2 * err[(-1.0, "ddpm")]

@@ -87,9 +87,19 @@ def photograph(size: int = 96) -> torch.Tensor:
     return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def noising_figure(basis: ChannelBasis, x0: torch.Tensor) -> bytes:
-    """The photograph at several t under each noise, and the noise alone at the last t."""
+def noise_spread(basis: ChannelBasis, noise: torch.Tensor) -> tuple[float, float]:
+    """Std of ``noise`` along the principal colour direction, and per direction across it."""
+    v = basis.direction.view(1, -1, 1, 1)
+    along = (noise * v).sum(1, keepdim=True)
+    across = (noise - along * v).pow(2).sum(1).mean() / (noise.shape[1] - 1)
+    return float(along.std()), float(across.sqrt())
+
+
+def noising_figure(basis: ChannelBasis, x0: torch.Tensor) -> tuple[bytes, list[dict[str, Any]]]:
+    """The photograph at several t under each noise, and the noise alone at ``NOISE_T``; with
+    each noise's measured spread along and across the principal direction (results.json)."""
     eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
+    spread = []
     fig = MplFigure(figsize=(2.0 * (len(TIMES) + 1), 2.0 * len(NOISED)))
     axes = fig.subplots(len(NOISED), len(TIMES) + 1, squeeze=False)
     for row, (variant, strength) in enumerate(NOISED):
@@ -99,6 +109,9 @@ def noising_figure(basis: ChannelBasis, x0: torch.Tensor) -> bytes:
             axes[row][col].imshow(((x_t[0].permute(1, 2, 0) + 1) / 2).clamp(0, 1).numpy())
         noise = proc.squeeze(eps, NOISE_T)
         axes[row][-1].imshow((noise[0].permute(1, 2, 0) / 6 + 0.5).clamp(0, 1).numpy())
+        along, across = noise_spread(basis, noise)
+        spread.append({"variant": variant, "strength": strength, "t": NOISE_T,
+                       "std_principal": along, "std_orthogonal": across})  # fmt: skip
         label = "isotropic" if variant == "isotropic" else f"{variant.upper()} s = {strength:+g}"
         axes[row][0].set_ylabel(label, fontsize=10)
     for col, t in enumerate(TIMES):
@@ -108,7 +121,7 @@ def noising_figure(basis: ChannelBasis, x0: torch.Tensor) -> bytes:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    return png(fig)
+    return png(fig), spread
 
 
 def log_snr_figure(basis: ChannelBasis) -> bytes:
@@ -361,11 +374,13 @@ def run_demo(
     start = time.perf_counter()
     photos = load_dataset("photos", resolution=16, subset=2048).batches(512)
     basis = ChannelBasis.fit(photos)
-    noised = noising_figure(basis, photograph()), log_snr_figure(basis)
+    noising, spread = noising_figure(basis, photograph())
+    noised = noising, log_snr_figure(basis)
     oracle = oracle_rows(settings)
     trained = train_and_sample(out, settings, progress)
     _, page = write_document(blocks(out, settings, noised, oracle, trained), out)
-    results = {"settings": dataclasses.asdict(settings), "oracle": oracle, "trained": trained,
+    results = {"settings": dataclasses.asdict(settings), "noising": spread, "oracle": oracle,
+               "trained": trained,
                "wall_s": time.perf_counter() - start}  # fmt: skip
     atomic_write(out / "results.json", json.dumps(results, indent=1))
     return page
