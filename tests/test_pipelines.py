@@ -905,7 +905,7 @@ def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: boo
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
     entry = SAMPLERS[sampler]
     scheduler = scheduler_from_process(
-        proc, entry.scheduler, clip_sample=clip, **entry.scheduler_config
+        proc, entry.scheduler, clip_sample=clip, **entry.scheduler_keys
     )
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
@@ -1172,8 +1172,8 @@ def aliases(monkeypatch):
     ambiguous), removed again afterwards."""
     calls: list[str] = []
     added = {
-        # no scheduler_config: a DDPM sampler's defaults to {"sampler": its name}
-        "ddpm-alias": _recording(SAMPLERS["ddpm"], "ddpm-alias", calls, scheduler_config={}),
+        # a renamed copy of the built-in: a DDPM sampler is selected by its own name
+        "ddpm-alias": _recording(SAMPLERS["ddpm"], "ddpm-alias", calls),
         "dpm-alias": _recording(
             SAMPLERS["dpmpp-2m"],
             "dpm-alias",

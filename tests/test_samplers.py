@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
 from conftest import MEAN0, SIGMA0, dense_squeeze, paper_strength_t, top_direction
 from diffusers import DDIMScheduler, DDPMScheduler
 
-from squeezed_diffusion import ChannelBasis, SqueezedDiffusion, ddim_step, ddpm_step, timesteps
+from squeezed_diffusion import (
+    SAMPLERS,
+    ChannelBasis,
+    SqueezedDiffusion,
+    ddim_step,
+    ddpm_step,
+    timesteps,
+)
 from squeezed_diffusion.core.samplers import Sampler, ddpm_paper_step, sampler_for_scheduler
 
 
@@ -292,7 +301,6 @@ def test_few_step_solvers_on_the_gaussian_oracle(
 ):
     """Issue 15: at about 20 model evaluations (dpmpp-2m: 20; heun: 2 x 11 - 1 = 21) the
     ODE solvers return the data covariance at least as well as isotropic DDIM with 50 (+0.01)."""
-    from squeezed_diffusion import SAMPLERS
 
     nfe = SAMPLERS[sampler].nfe(steps)
     assert nfe in (20, 21)
@@ -457,5 +465,9 @@ def test_sampler_for_scheduler_is_the_one_whose_scheduler_config_matches() -> No
     with pytest.raises(ValueError, match="no sampler registered for the dpmsolver"):
         sampler_for_scheduler("dpmsolver", {})  # the key must be there
     # a sampler registered for DDPM without a config is picked by its name, not by every config
-    assert Sampler("mine", ddpm_step, "help").scheduler_config == {"sampler": "mine"}
-    assert Sampler("mine", ddim_step, "help", scheduler="ddim").scheduler_config == {}
+    assert Sampler("mine", ddpm_step, "help").scheduler_keys == {"sampler": "mine"}
+    renamed = dataclasses.replace(SAMPLERS["ddpm"], name="mine")
+    assert renamed.scheduler_keys == {"sampler": "mine"}
+    assert Sampler("mine", ddim_step, "help", scheduler="ddim").scheduler_keys == {}
+    with pytest.raises(ValueError, match="sampler 'mine' registered as 'yours': register it under"):
+        SAMPLERS.register("yours", renamed)

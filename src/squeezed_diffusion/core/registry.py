@@ -29,6 +29,12 @@ class Registry(Generic[T]):
     def register(self, name: str, entry: T, aliases: tuple[str, ...] = ()) -> T:
         if name in self._entries or name in self._aliases:
             raise ValueError(f"{self.kind} {name!r} is already registered")
+        own = getattr(entry, "name", name)  # consumers look entries up by their own name
+        if own != name:
+            raise ValueError(
+                f"{self.kind} {own!r} registered as {name!r}: register it under its name, "
+                f"{own!r} (aliases= adds other names)"
+            )
         self._entries[name] = entry
         for alias in aliases:
             self._aliases[alias] = name

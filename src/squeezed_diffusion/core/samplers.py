@@ -710,11 +710,14 @@ class Sampler:
     schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
     scheduler_config: Mapping[str, Any] = field(default_factory=dict)
 
-    def __post_init__(self) -> None:
-        # The DDPM scheduler runs several samplers, told apart by its ``sampler`` key: a
-        # sampler registered for it without a config would match every config (ambiguous).
+    @property
+    def scheduler_keys(self) -> dict[str, Any]:
+        """The scheduler config items that make :attr:`scheduler` run this sampler: those
+        declared, or ``{"sampler": name}`` for the DDPM scheduler, which runs several told
+        apart by that key (derived from the name, so a renamed copy selects itself)."""
         if self.scheduler == "ddpm" and not self.scheduler_config:
-            object.__setattr__(self, "scheduler_config", {"sampler": self.name})
+            return {"sampler": self.name}
+        return dict(self.scheduler_config)
 
     def nfe(self, num_steps: int) -> int:
         """Model evaluations of ``num_steps`` steps (the length of the schedule)."""
@@ -743,12 +746,12 @@ def sampler_for_scheduler(kind: str, config: Mapping[str, Any]) -> Sampler:
         entry
         for entry in SAMPLERS.values()
         if entry.scheduler == kind
-        and all(k in config and config[k] == v for k, v in entry.scheduler_config.items())
+        and all(k in config and config[k] == v for k, v in entry.scheduler_keys.items())
     ]
     if len(found) != 1:
         what = f"several samplers ({', '.join(e.name for e in found)})" if found else "no sampler"
         candidates = ", ".join(
-            f"{e.name} {dict(e.scheduler_config)}" for e in SAMPLERS.values() if e.scheduler == kind
+            f"{e.name} {e.scheduler_keys}" for e in SAMPLERS.values() if e.scheduler == kind
         )
         raise ValueError(
             f"{what} registered for the {kind} scheduler match its config; candidates (name, "

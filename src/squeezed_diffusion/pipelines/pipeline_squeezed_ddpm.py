@@ -95,7 +95,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         ``sampler`` is a registered sampler; its ``scheduler`` names the class ('ddpm',
         'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m', 'dpmpp-2m-sde':
         :class:`SqueezedDPMSolverMultistepScheduler`, configured by the sampler's
-        ``scheduler_config``). With the same ``clip_sample`` (on by
+        ``scheduler_keys``). With the same ``clip_sample`` (on by
         default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
@@ -111,7 +111,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
             )
         unet, process = Run(run_dir).load(ema=ema)
         scheduler = scheduler_from_process(
-            process, kind, clip_sample=clip_sample, **entry.scheduler_config
+            process, kind, clip_sample=clip_sample, **entry.scheduler_keys
         )
         return cls(unet=unet, scheduler=scheduler)
 

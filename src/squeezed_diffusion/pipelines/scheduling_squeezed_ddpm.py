@@ -28,7 +28,7 @@ _REFUSED_VARIANCES = {
 
 def ddpm_samplers() -> list[str]:
     """The registered samplers this scheduler runs (those declaring ``scheduler='ddpm'``); the
-    one a config runs is ``sampler_for_scheduler``'s choice, by its ``scheduler_config``."""
+    one a config runs is ``sampler_for_scheduler``'s choice, by its ``scheduler_keys``."""
     return [name for name, sampler in SAMPLERS.items() if sampler.scheduler == "ddpm"]
 
 
@@ -39,7 +39,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     'ddpm-paper' is the paper's heuristic (unsqueeze with ``S_t``, ordinary DDPM
     step, squeeze back with the same ``S_t``), exact only for a constant profile. Any
     sampler registered with ``scheduler='ddpm'`` (the default) runs here, selected by
-    ``sampler=its name`` (its ``scheduler_config`` defaults to that).
+    ``sampler=its name`` (its ``scheduler_keys``, unless it declares a ``scheduler_config``).
     Every key of the stock ``DDPMScheduler`` is honoured (``variance_type`` per direction:
     'fixed_small' and 'fixed_small_log' the posterior variance, 'fixed_large' the
     transition variance ``q_t,i``) or refused; the shared fields are described on

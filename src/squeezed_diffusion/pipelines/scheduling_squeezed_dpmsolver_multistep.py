@@ -33,11 +33,11 @@ _REFUSED_FLAGS = {
 
 def algorithm_types() -> tuple[str, ...]:
     """The ``algorithm_type`` values this scheduler runs: those the samplers registered with
-    ``scheduler='dpmsolver'`` declare in their ``scheduler_config``."""
+    ``scheduler='dpmsolver'`` select it with (``scheduler_keys``)."""
     return tuple(
-        e.scheduler_config["algorithm_type"]
+        e.scheduler_keys["algorithm_type"]
         for e in SAMPLERS.values()
-        if e.scheduler == "dpmsolver" and "algorithm_type" in e.scheduler_config
+        if e.scheduler == "dpmsolver" and "algorithm_type" in e.scheduler_keys
     )
 
 
