@@ -1,7 +1,7 @@
 """Training several small models on a CPU: one after the other with every thread each, or
 side by side with one thread each? (What ``sqdm demo`` does with its configurations.)
 
-    python benchmarks/side_by_side.py [--preset demo] [--steps 200] [--json PATH]
+    python benchmarks/side_by_side.py [--preset demo] [--model M] [--steps 200] [--json PATH]
 
 Trains the preset once with all of torch's threads, then ``threads`` copies at once with one
 thread each, and prints the training images/s each run logged (training steps only, the
@@ -23,10 +23,11 @@ from pathlib import Path
 import torch
 
 
-def train(out: Path, preset: str, steps: int, threads: int) -> subprocess.Popen:
+def train(out: Path, args: argparse.Namespace, threads: int) -> subprocess.Popen:
     """``sqdm train`` in a fresh process limited to ``threads`` threads."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    argv = ["train", "--preset", preset, "--steps", str(steps), "--out", str(out), "--quiet"]
+    argv = ["train", "--preset", args.preset, "--steps", str(args.steps), "--out", str(out)]
+    argv += ["--quiet", *(["--model", args.model] if args.model else [])]
     return subprocess.Popen(
         [sys.executable, "-m", "squeezed_diffusion.cli", *argv],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -54,6 +55,7 @@ def markdown(result: dict) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--preset", default="demo")
+    parser.add_argument("--model", help="another UNet preset (default: the preset's)")
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--json", type=Path, help="also write the figures here")
     args = parser.parse_args()
@@ -62,19 +64,20 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         one = Path(tmp) / "one"
-        rate = images_per_s(train(one, args.preset, args.steps, threads), one)
+        rate = images_per_s(train(one, args, threads), one)
         rows.append({"layout": f"1 process x {threads} threads", "runs": [rate],
                      "wall_s": time.perf_counter() - start})  # fmt: skip
         start = time.perf_counter()
         outs = [Path(tmp) / f"side{i}" for i in range(threads)]
-        procs = [train(out, args.preset, args.steps, 1) for out in outs]
+        procs = [train(out, args, 1) for out in outs]
         rates = [images_per_s(p, out) for p, out in zip(procs, outs, strict=True)]
         rows.append({"layout": f"{threads} processes x 1 thread", "runs": rates,
                      "wall_s": time.perf_counter() - start})  # fmt: skip
-    print(f"preset {args.preset}, {args.steps} steps per run, {threads} threads, torch "
-          f"{torch.__version__}, {platform.processor() or platform.machine()}")  # fmt: skip
+    model = args.model or "the preset's"
+    print(f"preset {args.preset}, model {model}, {args.steps} steps per run, {threads} threads, "
+          f"torch {torch.__version__}, {platform.processor() or platform.machine()}")  # fmt: skip
     gain = sum(rows[1]["runs"]) / sum(rows[0]["runs"])
-    result = {"preset": args.preset, "steps": args.steps, "threads": threads,
+    result = {"preset": args.preset, "model": args.model, "steps": args.steps, "threads": threads,
               "torch": torch.__version__, "rows": rows, "gain": gain}  # fmt: skip
     print(markdown(result) + " the training images per second")
     print("wall clock: " + ", ".join(f"{r['layout']} {r['wall_s']:.1f} s" for r in rows))

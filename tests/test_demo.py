@@ -75,7 +75,9 @@ def test_demo_command_prints_the_page(tmp_path, capsys, monkeypatch) -> None:
     import squeezed_diffusion.demo as module
 
     # one configuration at a time here (the fixture trains them side by side)
-    monkeypatch.setattr(module, "Settings", lambda: module.FULL.__class__(**TOY, workers=1))
+    monkeypatch.setattr(
+        module, "Settings", lambda: module.FULL.__class__(**TOY, side_by_side=False)
+    )
     assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0
     assert re.search(r"report: /\S+/report\.html", capsys.readouterr().out)
 
@@ -103,3 +105,34 @@ def test_demo_page_renders_in_headless_chromium(demo, tmp_path) -> None:
         drawn = (third < 240).any(axis=2).mean()  # not page white
         colours = len(np.unique(third.reshape(-1, 3)[::7], axis=0))
         assert drawn > 0.05 and colours > 200, (drawn, colours)
+
+
+def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> None:
+    """SIGTERM to the demo's own process only (as `kill` or a scheduler sends it) reaches the
+    worker processes: each saves a checkpoint before its last step, nothing trains on, and
+    the demo exits as interrupted, so a rerun resumes."""
+    import signal
+    import sys
+    import time
+
+    from squeezed_diffusion.training.checkpoint import list_checkpoints
+
+    script = (
+        "import sys\nfrom squeezed_diffusion.demo import run_demo\ntry:\n"
+        f"    run_demo(sys.argv[1], progress=False, **{ {**TOY, 'steps': 2000}!r})\n"
+        "except KeyboardInterrupt:\n    sys.exit(130)\n"
+    )
+    out = tmp_path / "demo"
+    demo = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE)
+    runs = [out / "isotropic", out / "sdm-0.4"]
+    deadline = time.monotonic() + 120
+    while not all(len(Run(r).log()) >= 2 for r in runs):  # both past their first log step
+        assert demo.poll() is None and time.monotonic() < deadline, demo.stderr.read()
+        time.sleep(0.2)
+    demo.send_signal(signal.SIGTERM)
+    assert demo.wait(timeout=60) == 130
+    saved = {r: [p.name for p in list_checkpoints(r)] for r in runs}
+    assert all(len(names) == 1 and names[0] < "step-00002000" for names in saved.values())
+    logs = {r: Run(r).log_path.read_text() for r in runs}
+    time.sleep(2)  # no worker is left training
+    assert logs == {r: Run(r).log_path.read_text() for r in runs}

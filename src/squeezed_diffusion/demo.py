@@ -19,9 +19,12 @@ from __future__ import annotations
 import dataclasses
 import json
 import multiprocessing
+import os
+import signal
+import sys
 import time
-from concurrent.futures import Future, ProcessPoolExecutor, wait
 from pathlib import Path
+from queue import Empty
 from typing import Any
 
 import numpy as np
@@ -63,7 +66,7 @@ class Settings:
     oracle_strengths: tuple[float, ...] = (-2.0, -1.0, -0.4, 0.0, 0.4, 1.0)
     oracle_pixels: int = 4096
     num_samples: int = 500
-    workers: int | None = None  # configurations training at once (None: one per core)
+    side_by_side: bool = True  # train the configurations at once (train_and_sample)
 
 
 FULL = Settings(
@@ -186,13 +189,17 @@ def oracle_figure(rows: list[dict[str, Any]]) -> bytes:
 
 
 # -- 3. a short training run -----------------------------------------------------------------
+Drawn = tuple[torch.Tensor, float, float]  # samples, training seconds, sampling seconds
+
+
 def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict[str, Any]]:
     """Train each configuration (reruns reuse finished runs), sample it, score the samples.
 
-    The configurations train side by side, one process each with an equal share of the
-    cores: the micro UNet's small convolutions keep two threads only 1.4x faster than one,
-    so on 2 cores two one-thread processes train about 1.5x the images per second of one
-    two-thread process (``benchmarks/side_by_side.py``; docs/benchmarks.md).
+    With ``settings.side_by_side`` and two or more threads, the configurations train at the
+    same time, one process each with an equal share of torch's threads (at least one): small
+    UNets scale poorly across threads, so on 2 cores two one-thread processes train 1.2x
+    (``tiny``) to 1.5x (``micro``) the images per second of one two-thread process
+    (``benchmarks/side_by_side.py``, docs/benchmarks.md).
     """
     base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
     configs = [
@@ -200,18 +207,13 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
         for variant, strength in settings.trained
         for name in [variant if variant == "isotropic" else f"{variant}{strength:+g}"]
     ]
-    cores = torch.get_num_threads()
-    workers = min(len(configs), settings.workers or cores)
-    if workers == 1:
-        drawn = [_train_and_draw(cfg, settings.num_samples, progress) for cfg in configs]
+    threads = torch.get_num_threads()  # one per core unless OMP_NUM_THREADS says otherwise
+    if settings.side_by_side and threads > 1 and len(configs) > 1:
+        drawn = _side_by_side(
+            configs, settings.num_samples, max(1, threads // len(configs)), progress
+        )
     else:
-        with ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"),
-            initializer=torch.set_num_threads, initargs=(max(1, cores // workers),),
-        ) as pool:  # fmt: skip
-            jobs = [pool.submit(_train_and_draw, c, settings.num_samples, False) for c in configs]
-            _show_progress(jobs, configs, progress)
-            drawn = [job.result() for job in jobs]
+        drawn = [_train_and_draw(cfg, settings.num_samples, progress) for cfg in configs]
     reference = base.load_data().images
     rows = []
     for cfg, (images, train_s, sample_s) in zip(configs, drawn, strict=True):
@@ -225,10 +227,8 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
     return rows
 
 
-def _train_and_draw(
-    cfg: TrainConfig, num_samples: int, progress: bool
-) -> tuple[torch.Tensor, float, float]:
-    """One configuration trained and sampled: ``(images, train seconds, sample seconds)``."""
+def _train_and_draw(cfg: TrainConfig, num_samples: int, progress: bool) -> Drawn:
+    """One configuration trained and sampled."""
     start = time.perf_counter()
     train_to_completion(cfg, progress)
     train_s = time.perf_counter() - start
@@ -236,16 +236,101 @@ def _train_and_draw(
     return images, train_s, time.perf_counter() - start - train_s
 
 
-def _show_progress(jobs: list[Future], configs: list[TrainConfig], progress: bool) -> None:
-    """One bar for the runs training in other processes, read from their logs."""
+def _side_by_side(
+    configs: list[TrainConfig], num_samples: int, threads: int, progress: bool
+) -> list[Drawn]:
+    """:func:`_train_and_draw` of every config at once, each in its own process.
+
+    A SIGINT or SIGTERM to this process (Ctrl-C, ``kill``, a scheduler's notice) reaches the
+    workers as SIGTERM: a training worker saves a checkpoint and stops, a sampling one stops,
+    and this raises ``KeyboardInterrupt`` once all have ended, so a rerun resumes. A worker's
+    error is raised here as it was raised there.
+    """
+    ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    workers = [
+        ctx.Process(target=_worker, args=(i, cfg, num_samples, threads, queue), daemon=True)
+        for i, cfg in enumerate(configs)
+    ]
+    received: list[int] = []
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        for worker in workers:
+            if worker.is_alive():
+                os.kill(worker.pid, signal.SIGTERM)
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        for worker in workers:
+            worker.start()
+        outcomes = _collect(queue, workers, configs, progress)
+    finally:
+        for worker in workers:
+            worker.join()
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if received:
+        raise KeyboardInterrupt(f"signal {received[0]}; rerun to resume")
+    for i, (cfg, worker) in enumerate(zip(configs, workers, strict=True)):
+        if isinstance(outcomes.get(i), BaseException):
+            raise outcomes[i]
+        if i not in outcomes:
+            raise RuntimeError(
+                f"training {cfg.out} ended with exit code {worker.exitcode} and no result; "
+                "rerun sqdm demo to resume it"
+            )
+    return [(torch.from_numpy(outcomes[i][0]), *outcomes[i][1:]) for i in range(len(configs))]
+
+
+def _worker(index: int, cfg: TrainConfig, num_samples: int, threads: int, queue: Any) -> None:
+    """One side-by-side job; puts ``(index, result or error)`` on ``queue``."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # signals arrive as SIGTERM, from the parent
+    torch.set_num_threads(threads)
+    try:
+        images, train_s, sample_s = _train_and_draw(cfg, num_samples, False)
+        # as numpy: torch would share the tensor's memory, which ends with this process
+        queue.put((index, (images.numpy(), train_s, sample_s)))
+    except KeyboardInterrupt:  # the Trainer saved a checkpoint on the signal
+        sys.exit(130)
+    except Exception as err:  # raised again in the parent
+        queue.put((index, err))
+        sys.exit(1)
+
+
+def _collect(
+    queue: Any, workers: list[Any], configs: list[TrainConfig], progress: bool
+) -> dict[int, Any]:
+    """The workers' outcomes as they arrive (until all have one or none is alive), with one
+    progress bar over the training steps their runs have logged."""
+    outcomes: dict[int, Any] = {}
     total = sum(cfg.steps for cfg in configs)
-    with tqdm(
-        total=total, desc="training (side by side)", unit="step", disable=not progress
-    ) as bar:
-        while not all(job.done() for job in jobs):
-            wait(jobs, timeout=1.0)
-            steps = [max((r.get("step", 0) for r in Run(c.out).log()), default=0) for c in configs]
-            bar.update(sum(steps) - bar.n)
+    with tqdm(total=total, desc="training side by side", unit="step", disable=not progress) as bar:
+        while len(outcomes) < len(workers):
+            try:
+                index, outcome = queue.get(timeout=1.0)
+                outcomes[index] = outcome
+            except Empty:
+                if not any(worker.is_alive() for worker in workers):
+                    break
+            bar.update(sum(_logged_step(cfg.out) for cfg in configs) - bar.n)
+            if bar.n == total:
+                bar.set_postfix_str("sampling")
+    return outcomes
+
+
+def _logged_step(run_dir: str) -> int:
+    """The last step a run has logged (0 before any; a line still being written is skipped)."""
+    try:
+        lines = Run(run_dir).log_path.read_text().splitlines()
+    except FileNotFoundError:
+        return 0
+    for line in reversed(lines):
+        try:
+            return int(json.loads(line)["step"])
+        except (ValueError, KeyError):
+            continue
+    return 0
 
 
 def training_figure(out: Path, rows: list[dict[str, Any]]) -> bytes:
