@@ -2,9 +2,9 @@
 
 Each mutant breaks one behaviour on purpose, in a copy of the repository beside it (so
 ``../shared`` is still found), and runs the tests meant to catch it; a mutant the tests do
-not catch is reported as ``SURVIVED`` and makes the exit status 1. The unmutated copy runs
-the same tests first, so a failure is the mutant's, not the test's. The working tree is
-never touched.
+not catch is reported as ``SURVIVED`` and makes the exit status 1 (2: the check itself could
+not run). The unmutated copy runs the same tests first, so a failure is the mutant's, not
+the test's. The working tree is never touched.
 
     python tests/mutation_check.py                 # every mutant (about 10 min on 2 cores)
     python tests/mutation_check.py --only hdm-det  # some of them
@@ -24,6 +24,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NoReturn
 
 ROOT = Path(__file__).resolve().parents[1]
 PKG = "src/squeezed_diffusion/"
@@ -207,7 +208,16 @@ def run_tests(copy: Path, tests: tuple[str, ...]) -> tuple[int, str, float]:
     return done.returncode, (failed[0] if failed else ""), time.perf_counter() - start
 
 
+def _stop(message: str) -> NoReturn:
+    """A setup failure: exit status 2, apart from a surviving mutant's 1."""
+    print(f"mutation_check: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
 def check(mutants: list[Mutant], copy: Path) -> list[dict]:
+    """One row per mutant: whether its tests failed, which one first, and how long they took.
+    Stops (exit status 2) when the copy does not import, the unmutated tests fail, or a mutant
+    no longer applies: then no verdict would mean anything."""
     copy_repository(copy)
     env = {**os.environ, "PYTHONPATH": str(copy / "src")}
     where = subprocess.run(
@@ -215,25 +225,25 @@ def check(mutants: list[Mutant], copy: Path) -> list[dict]:
         env=env, cwd=copy, check=True, capture_output=True, text=True,
     ).stdout  # fmt: skip
     if not where.startswith(str(copy)):
-        raise SystemExit(f"the copy's package is not the one imported ({where.strip()})")
+        _stop(f"the copy's package is not the one imported ({where.strip()})")
     tests = tuple(dict.fromkeys(t for m in mutants for t in m.tests))
     code, _, seconds = run_tests(copy, tests)
     if code:
-        raise SystemExit(f"the unmutated tests fail; fix them first: pytest {' '.join(tests)}")
+        _stop(f"the unmutated tests fail; fix them first: pytest {' '.join(tests)}")
     print(f"unmutated: {len(tests)} tests pass ({seconds:.0f} s)", flush=True)
     rows = []
     for m in mutants:
         target = copy / m.path
         original = target.read_text()
         if original.count(m.old) != 1:
-            raise SystemExit(f"{m.name}: the text to replace is not in {m.path} exactly once")
+            _stop(f"{m.name}: the text to replace is not in {m.path} exactly once")
         target.write_text(original.replace(m.old, m.new))
         try:
             code, failed, seconds = run_tests(copy, m.tests)
         finally:
             target.write_text(original)
         if code > 1:
-            raise SystemExit(f"{m.name}: the mutated tests could not run (pytest exit {code})")
+            _stop(f"{m.name}: the mutated tests could not run (pytest exit {code})")
         rows.append({"mutant": m.name, "breaks": m.breaks, "caught": code == 1,
                      "failed": failed, "seconds": round(seconds, 1)})  # fmt: skip
         verdict = f"caught by {failed.split('::')[-1]}" if code == 1 else "SURVIVED"

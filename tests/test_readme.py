@@ -183,10 +183,16 @@ def test_side_by_side_table_is_the_committed_run() -> None:
     the committed run."""
     import side_by_side
 
-    (path,) = (ROOT / "benchmarks" / "results").glob("cpu-side-by-side-*.json")
-    table = side_by_side.markdown(json.loads(path.read_text()))
-    assert "processes x 1 thread |" in table
-    assert table in (ROOT / "docs" / "benchmarks.md").read_text()
+    paths = sorted((ROOT / "benchmarks" / "results").glob("cpu-side-by-side-*.json"))
+    assert len(paths) == 2  # micro and tiny
+    for path in paths:
+        table = side_by_side.markdown(json.loads(path.read_text()))
+        assert "processes x 1 thread |" in table
+        assert table in (ROOT / "docs" / "benchmarks.md").read_text(), path.name
+    micro, tiny = (json.loads(p.read_text()) for p in paths)
+    readme = " ".join(README.read_text().split())
+    assert f"({micro['gain']:.1f}x the training throughput" in readme
+    assert f"at {sum(tiny['rows'][1]['runs']):.0f} images/s side by side" in readme
 
 
 def test_readme_sampler_study_prose_is_the_committed_results() -> None:

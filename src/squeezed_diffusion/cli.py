@@ -535,7 +535,8 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     dm.add_argument(
         "--full",
         action="store_true",
-        help="longer training, more strengths (about 15 min on 2 cores)",
+        help="longer training (3 x 5,000 steps of the tiny UNet), more strengths (about 40 min "
+        "on 2 cores)",
     )
     dm.add_argument("--quiet", action="store_true")
     dm.set_defaults(func=cmd_demo)

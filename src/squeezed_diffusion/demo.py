@@ -208,10 +208,10 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
         for name in [variant if variant == "isotropic" else f"{variant}{strength:+g}"]
     ]
     threads = torch.get_num_threads()  # one per core unless OMP_NUM_THREADS says otherwise
-    if settings.side_by_side and threads > 1 and len(configs) > 1:
-        drawn = _side_by_side(
-            configs, settings.num_samples, max(1, threads // len(configs)), progress
-        )
+    parallel = settings.side_by_side and threads > 1 and len(configs) > 1
+    per_run = max(1, threads // len(configs))
+    if parallel:
+        drawn = _side_by_side(configs, settings.num_samples, per_run, progress)
     else:
         drawn = [_train_and_draw(cfg, settings.num_samples, progress) for cfg in configs]
     reference = base.load_data().images
@@ -222,7 +222,8 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
             "name": "isotropic" if cfg.variant == "isotropic" else f"{cfg.variant.upper()} s = {cfg.strength:g}",
             "run": Path(cfg.out).name, "variant": proc.variant, "strength": float(proc.strength[0]),
             "fd_pixels8": fd_pixels(images, reference), "final_loss": float(np.mean([r["loss"] for r in log[-5:]])),
-            "train_s": train_s, "sample_s": sample_s,
+            "train_s": train_s, "sample_s": sample_s, "side_by_side": parallel,
+            "threads": per_run if parallel else threads,
         })  # fmt: skip
     return rows
 
@@ -418,7 +419,8 @@ def blocks(
         Text(
             f"The same {settings.model} UNet, seed and data order, {settings.steps} steps of 64 "
             "procedural coloured shapes at 16 px (here "
-            f"{np.mean([r['train_s'] for r in trained]):.0f} s per model; photographs would "
+            f"{np.mean([r['train_s'] for r in trained]):.0f} s per model"
+            f"{', trained at the same time' if trained[0]['side_by_side'] else ''}; photographs would "
             "need hours to give recognisable samples), then 50 exact DDPM steps from the EMA "
             "weights. The squeeze changes the training target, not the network. At this scale "
             "both learn the shapes; differences in the numbers below are not evidence about "
@@ -452,7 +454,9 @@ def run_demo(
 ) -> Path:
     """Build the three sections and write ``report.html`` (and ``report.md``); its path.
 
-    ``overrides`` replace :class:`Settings` fields (the tests use a few steps).
+    ``overrides`` replace :class:`Settings` fields (the tests use a few steps). The runs
+    train in spawned processes, which import the caller's main module: from a script, call
+    this under ``if __name__ == "__main__":`` (or pass ``side_by_side=False``).
     """
     out = Path(out)
     settings = dataclasses.replace(FULL if full else Settings(), **overrides)

@@ -40,15 +40,16 @@ EXTRACTORS = {
 
 def load_state_dict(path: Path, label: str) -> dict[str, torch.Tensor]:
     """Tensors only (``weights_only``): a weights file can run no code."""
-    state = load_tensors_only(
-        path,
-        lambda why: FeatureWeightsError(
+
+    def refuse(why: str) -> FeatureWeightsError:
+        return FeatureWeightsError(
             f"{path} does not hold {label} weights, a state dict of tensors ({why}); replace "
             "it with the original weights file (a cached default: delete it to download again)"
-        ),
-    )
+        )
+
+    state = load_tensors_only(path, refuse)
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FeatureWeightsError(f"{path} does not hold {label} weights, a state dict of tensors")
+        raise refuse(f"it holds a {type(state).__name__}")
     return state
 
 
