@@ -6,7 +6,7 @@ not catch is reported as ``SURVIVED`` and makes the exit status 1 (2: the check 
 not run). The unmutated copy runs the same tests first, so a failure is the mutant's, not
 the test's. The working tree is never touched.
 
-    python tests/mutation_check.py                 # every mutant (about 10 min on 2 cores)
+    python tests/mutation_check.py                 # every mutant (about 5 min on 2 cores)
     python tests/mutation_check.py --only hdm-det  # some of them
     python tests/mutation_check.py --json out.json # also write the table as JSON
 
