@@ -195,6 +195,14 @@ def test_side_by_side_table_is_the_committed_run() -> None:
     assert f"at {sum(tiny['rows'][1]['runs']):.0f} images/s side by side" in readme
 
 
+def test_readme_mutation_count_is_the_scripts() -> None:
+    """The README's mutation-check figure counts the mutants tests/mutation_check.py has."""
+    from mutation_check import MUTANTS
+
+    n = len(MUTANTS)
+    assert f"({n} of {n} caught," in " ".join(README.read_text().split())
+
+
 def test_readme_sampler_study_prose_is_the_committed_results() -> None:
     """The percentages and differences that the README's plain-words reading quotes are the
     committed results' (fd_effnet change against the isotropic cell of the same sampler)."""
