@@ -142,3 +142,15 @@ def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> 
     logs = {r: Run(r).log_path.read_text() for r in runs}
     time.sleep(2)  # no worker is left training
     assert logs == {r: Run(r).log_path.read_text() for r in runs}
+
+
+def test_an_error_in_one_side_by_side_run_stops_the_other_and_is_raised(demo, tmp_path) -> None:
+    """The SDM run's folder holds the isotropic run: its worker refuses with a ValueError,
+    which stops the isotropic worker long before its last step (the demo waits for its
+    workers, so without the stop the isotropic run would have logged step 5000) and reaches
+    the caller unchanged."""
+    out = tmp_path / "demo"
+    shutil.copytree(demo[0] / "isotropic", out / "sdm-0.4")
+    with pytest.raises(ValueError, match="differs from the run's saved"):
+        run_demo(out, progress=False, **{**TOY, "steps": 5000})
+    assert all(record["step"] < 5000 for record in Run(out / "isotropic").log())

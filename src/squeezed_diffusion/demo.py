@@ -23,6 +23,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from queue import Empty
 from typing import Any
@@ -245,7 +246,7 @@ def _side_by_side(
     A SIGINT or SIGTERM to this process (Ctrl-C, ``kill``, a scheduler's notice) reaches the
     workers as SIGTERM: a training worker saves a checkpoint and stops, a sampling one stops,
     and this raises ``KeyboardInterrupt`` once all have ended, so a rerun resumes. A worker's
-    error is raised here as it was raised there.
+    error stops the others the same way and is raised here as it was raised there.
     """
     ctx = multiprocessing.get_context("spawn")
     queue = ctx.Queue()
@@ -255,17 +256,20 @@ def _side_by_side(
     ]
     received: list[int] = []
 
-    def forward(signum: int, _frame: Any) -> None:
-        received.append(signum)
+    def stop() -> None:
         for worker in workers:
             if worker.is_alive():
                 os.kill(worker.pid, signal.SIGTERM)
+
+    def forward(signum: int, _frame: Any) -> None:
+        received.append(signum)
+        stop()
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         for worker in workers:
             worker.start()
-        outcomes = _collect(queue, workers, configs, progress)
+        outcomes = _collect(queue, workers, configs, progress, stop)
     finally:
         for worker in workers:
             worker.join()
@@ -273,9 +277,10 @@ def _side_by_side(
             signal.signal(s, handler)
     if received:
         raise KeyboardInterrupt(f"signal {received[0]}; rerun to resume")
+    for outcome in outcomes.values():  # an error first: it stopped the others
+        if isinstance(outcome, BaseException):
+            raise outcome
     for i, (cfg, worker) in enumerate(zip(configs, workers, strict=True)):
-        if isinstance(outcomes.get(i), BaseException):
-            raise outcomes[i]
         if i not in outcomes:
             raise RuntimeError(
                 f"training {cfg.out} ended with exit code {worker.exitcode} and no result; "
@@ -300,10 +305,14 @@ def _worker(index: int, cfg: TrainConfig, num_samples: int, threads: int, queue:
 
 
 def _collect(
-    queue: Any, workers: list[Any], configs: list[TrainConfig], progress: bool
+    queue: Any,
+    workers: list[Any],
+    configs: list[TrainConfig],
+    progress: bool,
+    stop: Callable[[], None],
 ) -> dict[int, Any]:
     """The workers' outcomes as they arrive (until all have one or none is alive), with one
-    progress bar over the training steps their runs have logged."""
+    progress bar over the training steps their runs have logged; ``stop`` on an error."""
     outcomes: dict[int, Any] = {}
     total = sum(cfg.steps for cfg in configs)
     with tqdm(total=total, desc="training side by side", unit="step", disable=not progress) as bar:
@@ -311,6 +320,8 @@ def _collect(
             try:
                 index, outcome = queue.get(timeout=1.0)
                 outcomes[index] = outcome
+                if isinstance(outcome, BaseException):
+                    stop()
             except Empty:
                 if not any(worker.is_alive() for worker in workers):
                     break
