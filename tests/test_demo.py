@@ -113,6 +113,12 @@ def test_demo_page_renders_in_headless_chromium(demo, tmp_path) -> None:
         assert drawn > 0.05 and colours > 200, (drawn, colours)
 
 
+side_by_side = pytest.mark.skipif(
+    torch.get_num_threads() < 2, reason="one thread: the demo trains one run after the other"
+)
+
+
+@side_by_side
 def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> None:
     """SIGTERM to the demo's own process only (as `kill` or a scheduler sends it) reaches the
     worker processes: each saves a checkpoint before its last step, nothing trains on, and
@@ -131,12 +137,16 @@ def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> 
     out = tmp_path / "demo"
     demo = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE)
     runs = [out / "isotropic", out / "sdm-0.4"]
-    deadline = time.monotonic() + 120
-    while not all(len(Run(r).log()) >= 2 for r in runs):  # both past their first log step
-        assert demo.poll() is None and time.monotonic() < deadline, demo.stderr.read()
-        time.sleep(0.2)
-    demo.send_signal(signal.SIGTERM)
-    assert demo.wait(timeout=60) == 130
+    try:
+        deadline = time.monotonic() + 120
+        while not all(len(Run(r).log()) >= 2 for r in runs):  # both past their first log step
+            assert demo.poll() is None, demo.stderr.read()
+            assert time.monotonic() < deadline, "the runs did not start training side by side"
+            time.sleep(0.2)
+        demo.send_signal(signal.SIGTERM)
+        assert demo.wait(timeout=60) == 130
+    finally:
+        demo.kill()
     saved = {r: [p.name for p in list_checkpoints(r)] for r in runs}
     assert all(len(names) == 1 and names[0] < "step-00002000" for names in saved.values())
     logs = {r: Run(r).log_path.read_text() for r in runs}
@@ -144,6 +154,7 @@ def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> 
     assert logs == {r: Run(r).log_path.read_text() for r in runs}
 
 
+@side_by_side
 def test_an_error_in_one_side_by_side_run_stops_the_other_and_is_raised(demo, tmp_path) -> None:
     """The SDM run's folder holds the isotropic run: its worker refuses with a ValueError,
     which stops the isotropic worker long before its last step (the demo waits for its

@@ -387,6 +387,7 @@ def test_train_to_completion_resumes_only_the_same_run(array_data, tmp_path) -> 
     (a changed sweep base must not continue the old cells under a new config)."""
     import dataclasses
 
+    from squeezed_diffusion.training.run import Run
     from squeezed_diffusion.training.trainer import train_to_completion
 
     cfg = resolve_config(None, dataset="array", data_dir=str(array_data), model="tiny",
@@ -397,6 +398,12 @@ def test_train_to_completion_resumes_only_the_same_run(array_data, tmp_path) -> 
         train_to_completion(dataclasses.replace(cfg, lr=0.5), progress=False)
     assert train_to_completion(dataclasses.replace(cfg, steps=3), progress=False) == 2
     assert TrainConfig.load(tmp_path / "cell" / "config.yaml").steps == 3
+    # a signal after the last checkpoint leaves no sample grid: the next call draws it
+    final = Run(tmp_path / "cell").final_samples_path
+    grid = final.read_bytes()
+    final.unlink()
+    assert train_to_completion(dataclasses.replace(cfg, steps=3), progress=False) == 3
+    assert final.read_bytes() == grid
 
 
 @pytest.mark.parametrize(("sampler", "steps", "frames"), [("ddpm", 9, 9), ("heun", 9, 9)])

@@ -16,10 +16,12 @@ experiment (``sqdm sweep local-cifar10-samplers`` and the paper sweeps are).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import multiprocessing
 import os
+import pickle
 import signal
 import sys
 import time
@@ -198,8 +200,8 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
 
     With ``settings.side_by_side`` and two or more threads, the configurations train at the
     same time, one process each with an equal share of torch's threads (at least one): small
-    UNets scale poorly across threads, so on 2 cores two one-thread processes train 1.2x
-    (``tiny``) to 1.5x (``micro``) the images per second of one two-thread process
+    UNets scale poorly across threads, so on 2 cores two one-thread processes train about
+    1.1x (``tiny``) to 1.4x (``micro``) the images per second of one two-thread process
     (``benchmarks/side_by_side.py``, docs/benchmarks.md).
     """
     base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
@@ -259,7 +261,8 @@ def _side_by_side(
     def stop() -> None:
         for worker in workers:
             if worker.is_alive():
-                os.kill(worker.pid, signal.SIGTERM)
+                with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+                    os.kill(worker.pid, signal.SIGTERM)
 
     def forward(signum: int, _frame: Any) -> None:
         received.append(signum)
@@ -267,12 +270,20 @@ def _side_by_side(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        for worker in workers:
-            worker.start()
-        outcomes = _collect(queue, workers, configs, progress, stop)
+        try:
+            for worker in workers:
+                worker.start()
+            if received:  # arrived while the workers were starting
+                stop()
+            outcomes = _collect(queue, workers, configs, progress, stop)
+        except BaseException:
+            stop()
+            raise
+        finally:
+            for worker in workers:
+                if worker.pid is not None:
+                    worker.join()
     finally:
-        for worker in workers:
-            worker.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
@@ -282,9 +293,10 @@ def _side_by_side(
             raise outcome
     for i, (cfg, worker) in enumerate(zip(configs, workers, strict=True)):
         if i not in outcomes:
+            code = worker.exitcode
+            how = f"signal {-code} (9: most likely out of memory)" if code < 0 else f"code {code}"
             raise RuntimeError(
-                f"training {cfg.out} ended with exit code {worker.exitcode} and no result; "
-                "rerun sqdm demo to resume it"
+                f"training {cfg.out} ended with {how} and no result; rerun sqdm demo to resume it"
             )
     return [(torch.from_numpy(outcomes[i][0]), *outcomes[i][1:]) for i in range(len(configs))]
 
@@ -296,12 +308,19 @@ def _worker(index: int, cfg: TrainConfig, num_samples: int, threads: int, queue:
     try:
         images, train_s, sample_s = _train_and_draw(cfg, num_samples, False)
         # as numpy: torch would share the tensor's memory, which ends with this process
-        queue.put((index, (images.numpy(), train_s, sample_s)))
+        outcome: Any = (images.numpy(), train_s, sample_s)
     except KeyboardInterrupt:  # the Trainer saved a checkpoint on the signal
         sys.exit(130)
-    except Exception as err:  # raised again in the parent
-        queue.put((index, err))
-        sys.exit(1)
+    except Exception as err:  # raised again in the parent, or its text if it cannot travel
+        try:
+            outcome = pickle.loads(pickle.dumps(err))
+        except Exception:
+            outcome = RuntimeError(f"{cfg.out}: {type(err).__name__}: {err}")
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a message cut in half would block the parent
+    queue.put((index, outcome))
+    queue.close()
+    queue.join_thread()  # sent before this process ends
+    sys.exit(1 if isinstance(outcome, BaseException) else 0)
 
 
 def _collect(
@@ -323,7 +342,10 @@ def _collect(
                 if isinstance(outcome, BaseException):
                     stop()
             except Empty:
-                if not any(worker.is_alive() for worker in workers):
+                ended = [w for i, w in enumerate(workers) if i not in outcomes and not w.is_alive()]
+                if any(w.exitcode for w in ended):  # killed, or out of memory: nothing will come
+                    stop()
+                if len(ended) == len(workers) - len(outcomes) and queue.empty():
                     break
             bar.update(sum(_logged_step(cfg.out) for cfg in configs) - bar.n)
             if bar.n == total:

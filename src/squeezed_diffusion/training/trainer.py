@@ -192,12 +192,16 @@ class Trainer:
             for s, h in handlers.items():
                 signal.signal(s, h)
         if self.step == self.total_steps and self.accelerator.is_main_process:
-            run = self.run_dir
-            x = self.sample_grid(run.final_samples_path, trajectory=run.trajectory_path)
-            track_images(self.accelerator, "samples/final", x, self.step)
+            self.write_final_samples()
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.out
+
+    def write_final_samples(self) -> None:
+        """The finished run's EMA sample grid and trajectory strip, also to the trackers."""
+        run = self.run_dir
+        x = self.sample_grid(run.final_samples_path, trajectory=run.trajectory_path)
+        track_images(self.accelerator, "samples/final", x, self.step)
 
     def evaluate(self) -> dict[str, Any]:
         """Score the EMA weights now (``--eval-every``); logged and tracked by the caller."""
@@ -308,6 +312,8 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     start = trainer.step
     if trainer.step < trainer.total_steps:
         trainer.run()
+    elif not trainer.run_dir.final_samples_path.is_file():  # a signal after the last checkpoint
+        trainer.write_final_samples()
     if trainer.stop_signal is not None:
         raise KeyboardInterrupt(f"signal {trainer.stop_signal}; rerun to resume")
     return start
