@@ -511,3 +511,18 @@ def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:
     assert message.startswith("--variant isotropic differs from the run's saved 'sdm'"), message
     assert "--strength" not in message
     assert resume_config(saved, {"variant": "sdm", "target": "squeezed", "steps": 4}).steps == 4
+
+
+def test_a_log_line_without_its_newline_is_not_a_record(tmp_path) -> None:
+    """A line still being written (read by the demo's progress bar) or cut by a kill is not
+    parsed; resuming drops it from the file."""
+    from squeezed_diffusion.training.run import Run
+
+    run = Run(tmp_path)
+    run.append_log({"step": 1, "loss": 0.5})
+    run.append_log({"step": 2, "loss": 0.4})
+    with open(run.log_path, "a") as f:
+        f.write('{"step": 3, "lo')
+    assert [r["step"] for r in run.log()] == [1, 2]
+    run.truncate_log(5)
+    assert run.log_path.read_text().count("\n") == 2 and run.log_path.read_text().endswith("}\n")

@@ -212,7 +212,7 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
     ]
     threads = torch.get_num_threads()  # one per core unless OMP_NUM_THREADS says otherwise
     parallel = settings.side_by_side and threads > 1 and len(configs) > 1
-    per_run = max(1, threads // len(configs))
+    per_run = max(1, threads // len(configs)) if parallel else threads
     if parallel:
         drawn = _side_by_side(configs, settings.num_samples, per_run, progress)
     else:
@@ -226,7 +226,7 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
             "run": Path(cfg.out).name, "variant": proc.variant, "strength": float(proc.strength[0]),
             "fd_pixels8": fd_pixels(images, reference), "final_loss": float(np.mean([r["loss"] for r in log[-5:]])),
             "train_s": train_s, "sample_s": sample_s, "side_by_side": parallel,
-            "threads": per_run if parallel else threads,
+            "threads": per_run,
         })  # fmt: skip
     return rows
 
@@ -270,20 +270,18 @@ def _side_by_side(
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        try:
-            for worker in workers:
-                worker.start()
-            if received:  # arrived while the workers were starting
-                stop()
-            outcomes = _collect(queue, workers, configs, progress, stop)
-        except BaseException:
+        for worker in workers:
+            worker.start()
+        if received:  # arrived while the workers were starting
             stop()
-            raise
-        finally:
-            for worker in workers:
-                if worker.pid is not None:
-                    worker.join()
+        outcomes = _collect(queue, workers, configs, progress, stop)
+    except BaseException:
+        stop()
+        raise
     finally:
+        for worker in workers:
+            if worker.pid is not None:  # started
+                worker.join()
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
@@ -347,24 +345,11 @@ def _collect(
                     stop()
                 if len(ended) == len(workers) - len(outcomes) and queue.empty():
                     break
-            bar.update(sum(_logged_step(cfg.out) for cfg in configs) - bar.n)
+            logged = [max((r["step"] for r in Run(c.out).log()), default=0) for c in configs]
+            bar.update(sum(logged) - bar.n)
             if bar.n == total:
                 bar.set_postfix_str("sampling")
     return outcomes
-
-
-def _logged_step(run_dir: str) -> int:
-    """The last step a run has logged (0 before any; a line still being written is skipped)."""
-    try:
-        lines = Run(run_dir).log_path.read_text().splitlines()
-    except FileNotFoundError:
-        return 0
-    for line in reversed(lines):
-        try:
-            return int(json.loads(line)["step"])
-        except (ValueError, KeyError):
-            continue
-    return 0
 
 
 def training_figure(out: Path, rows: list[dict[str, Any]]) -> bytes:

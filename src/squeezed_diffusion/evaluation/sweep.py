@@ -340,7 +340,7 @@ def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
             f"SLURM array task {task} lies outside its array (min {low}, step {step}, {count} "
             "tasks), so it has no shard; submit --array=0-N or pass --shard i/n"
         )
-    return parse_shard(f"{index}/{count}")
+    return index, count
 
 
 def shard(cells: list[Cell], index: int, count: int) -> list[Cell]:

@@ -94,10 +94,13 @@ class Run:
         return self.config().load_data()
 
     def log(self) -> list[dict[str, Any]]:
-        """The log records, oldest first."""
+        """The log records, oldest first; a last line without its newline (being written, or
+        cut by a kill) is not a record yet."""
         if not self.log_path.is_file():
             return []
-        return [json.loads(ln) for ln in self.log_path.read_text().splitlines() if ln]
+        text = self.log_path.read_text()
+        finished = text[: text.rfind("\n") + 1]
+        return [json.loads(ln) for ln in finished.splitlines() if ln]
 
     def append_log(self, record: dict[str, Any]) -> None:
         with open(self.log_path, "a") as f:
