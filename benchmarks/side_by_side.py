@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from squeezed_diffusion.training.run import Run
+
 
 def train(out: Path, args: argparse.Namespace, threads: int) -> subprocess.Popen:
     """``sqdm train`` in a fresh process limited to ``threads`` threads."""
@@ -39,8 +41,7 @@ def images_per_s(proc: subprocess.Popen, out: Path) -> float:
     _, err = proc.communicate()
     if proc.returncode:
         raise SystemExit(f"sqdm train failed:\n{err}")
-    records = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    return float([r for r in records if "images_per_s" in r][-1]["images_per_s"])
+    return float([r for r in Run(out).log() if "images_per_s" in r][-1]["images_per_s"])
 
 
 def markdown(result: dict) -> str:
