@@ -1,15 +1,16 @@
 """Few-step samplers on trained models: fd_effnet against model evaluations (issue 15).
 
-    python benchmarks/nfe_trained.py SWEEP_DIR [--cells isotropic_seed0 ...] [--json PATH]
-        [--plot PNG]
+    python benchmarks/nfe_trained.py SWEEP_DIR [--sweep local-cifar10-samplers]
+        [--cells isotropic_seed0 ...] [--evals dpmpp-2m-20 ...] [--json PATH] [--plot PNG]
 
-Takes the trained cells of a finished sweep (``sqdm sweep local-cifar10-samplers``) whose id
-contains any ``--cells`` substring, and evaluates each with dpmpp-2m and dpmpp-2m-sde at 10,
-20 and 50 steps and heun at 11 steps (21 network evaluations), exactly as the sweep evaluated
-its samplers (the same number of samples, sampling seed, reference subset and metrics, read
-from the sweep's own results). Prints, per sampler and NFE, the mean fd_effnet over the
-models with its 95 % interval and the seed-paired differences from exact DDPM and from DDIM
-with 50 steps (the sweep's ``ddpm-50`` and ``ddim-50``), and writes every number to JSON
+Takes the cells of the sweep (``--sweep``, a shipped sweep or a YAML file, with its folder
+SWEEP_DIR) whose id contains any ``--cells`` substring, trains those not trained yet, and
+evaluates each with the ``--evals`` (sampler-steps labels; by default dpmpp-2m and
+dpmpp-2m-sde at 10, 20 and 50 steps and heun at 11 steps, 21 network evaluations) and with
+the baselines exact DDPM and DDIM at 50 steps, exactly as the sweep evaluates its samplers (its
+``eval:`` settings: number of samples, sampling seed, reference subset, metrics). Prints, per
+sampler and NFE, the mean fd_effnet over the models with its 95 % interval and the
+seed-paired differences from ``ddpm-50`` and ``ddim-50``, and writes every number to JSON
 (``--plot``: the same as a figure). Evaluations already made are read back from the cells'
 own ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
 """
@@ -17,6 +18,8 @@ own ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import itertools
 import json
 import statistics
 import sys
@@ -25,14 +28,7 @@ from pathlib import Path
 
 from squeezed_diffusion import SAMPLERS
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
-from squeezed_diffusion.evaluation.sweep import (
-    Cell,
-    EvalSpec,
-    Evaluation,
-    evaluation_folder,
-    run_cell,
-)
-from squeezed_diffusion.training.run import Run
+from squeezed_diffusion.evaluation.sweep import Evaluation, evaluation_folder, load_sweep, run_cell
 
 FEW_STEP = [
     ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11),
@@ -41,21 +37,15 @@ FEW_STEP = [
 BASELINES = [("ddpm", 50), ("ddim", 50)]
 
 
-def sweep_spec(cells: list[Path]) -> EvalSpec:
-    """The evaluation settings the sweep used (from a finished evaluation's result.json)."""
-    baseline = evaluation_folder(cells[0], Evaluation(*BASELINES[0]).label) / "result.json"
-    first = json.loads(baseline.read_text())["settings"]
-    return EvalSpec(
-        num=first["num"], seed=first["seed"], metrics=tuple(first["metrics"]),
-        num_reference=first["num_reference"], prc_extractor=first["prc_extractor"],
-        sampler=tuple({"sampler": s, "steps": n} for s, n in FEW_STEP),
-    ).validate()  # fmt: skip
-
-
-def sweep_axes(cell: Path) -> dict:
-    """The cell's table axes as the sweep recorded them, so these results read as the sweep's."""
-    baseline = evaluation_folder(cell, Evaluation(*BASELINES[0]).label) / "result.json"
-    return json.loads(baseline.read_text())["axes"]
+def parse_evaluation(label: str) -> tuple[str, int]:
+    """``dpmpp-2m-20`` as ("dpmpp-2m", 20): an evaluation's folder label read back."""
+    sampler, _, steps = label.rpartition("-")
+    if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise ValueError(
+            f"--evals {label}: give SAMPLER-STEPS with a sampler of {', '.join(SAMPLERS)} "
+            "and steps >= 1, e.g. dpmpp-2m-20"
+        )
+    return SAMPLERS.canonical(sampler), int(steps)
 
 
 def scores(cell: Path, label: str, metric: str) -> float:
@@ -63,13 +53,16 @@ def scores(cell: Path, label: str, metric: str) -> float:
     return json.loads(result.read_text())["metrics"][metric]
 
 
-def summary_rows(cells: list[Path], metric: str) -> list[dict]:
+def summary_rows(
+    cells: list[Path], metric: str, evaluations: list[tuple[str, int]] = FEW_STEP
+) -> list[dict]:
     """Per sampler and NFE: ``metric`` over the models (mean, 95 % interval) and its
     seed-paired differences from ddpm-50 and ddim-50, read from the cells' results."""
-    labels = [Evaluation(s, n).label for s, n in BASELINES + FEW_STEP]
+    evaluations = BASELINES + [e for e in evaluations if e not in BASELINES]
+    labels = [Evaluation(s, n).label for s, n in evaluations]
     per = {label: [scores(c, label, metric) for c in cells] for label in labels}
     rows = []
-    for (sampler, steps), label in zip(BASELINES + FEW_STEP, labels, strict=True):
+    for (sampler, steps), label in zip(evaluations, labels, strict=True):
         values = per[label]
         row = {
             "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps),
@@ -102,6 +95,37 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def changes(rows: list[dict]) -> list[dict]:
+    """Seed-paired differences that say whether a sampler has converged: each sampler against
+    itself at its previous step count, and two samplers against each other at equal NFE."""
+    by_sampler: dict[str, list[dict]] = {}
+    for r in rows:
+        by_sampler.setdefault(r["sampler"], []).append(r)
+    pairs = []
+    for runs in by_sampler.values():
+        runs = sorted(runs, key=lambda r: r["steps"])
+        pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+    pairs += [
+        (a, b) for a, b in itertools.combinations(rows, 2)
+        if a["nfe"] == b["nfe"] and a["sampler"] != b["sampler"]
+    ]  # fmt: skip
+    out = []
+    for a, b in pairs:
+        diffs = [x - y for x, y in zip(a["values"], b["values"], strict=True)]
+        out.append({
+            "change": f"{a['sampler']}-{a['steps']} − {b['sampler']}-{b['steps']}",
+            "mean": statistics.fmean(diffs), "ci": interval95(diffs),
+        })  # fmt: skip
+    return out
+
+
+def format_changes(rows: list[dict], metric: str) -> str:
+    """The markdown table of ``changes``."""
+    lines = [f"| change | paired difference in {metric} (mean ± 95 %) |", "|---|---|"]
+    lines += [f"| {c['change']} | {c['mean']:+.3g} ± {sig(c['ci'], 2)} |" for c in changes(rows)]
+    return "\n".join(lines)
+
+
 def plot(rows: list[dict], metric: str) -> bytes:
     """``metric`` against NFE, one line per sampler with 95 % error bars; DDPM-50's mean and
     interval as a grey band, the target a few-step sampler has to reach."""
@@ -121,7 +145,8 @@ def plot(rows: list[dict], metric: str) -> bytes:
             marker="o", capsize=3, label=sampler,
         )  # fmt: skip
     ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=f"{metric} (lower is better)")
-    ax.set_xticks([10, 20, 50], labels=["10", "20", "50"])
+    ticks = sorted({r["nfe"] for r in rows if r["sampler"] != "heun"})  # heun's odd NFEs crowd
+    ax.set_xticks(ticks, labels=[str(t) for t in ticks])
     ax.set_xticks([], minor=True)
     ax.set_title(f"{metric} against NFE, {rows[0]['models']} trained models", fontsize=10)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
@@ -131,40 +156,55 @@ def plot(rows: list[dict], metric: str) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("sweep", type=Path)
+    parser.add_argument("folder", type=Path, help="the sweep's folder (its cells/ are used)")
+    parser.add_argument(
+        "--sweep", default="local-cifar10-samplers", help="sweep YAML file or shipped sweep"
+    )
     parser.add_argument(
         "--cells", nargs="+", default=["isotropic"], help="cells whose id contains any of these"
     )
+    parser.add_argument(
+        "--evals", nargs="+", default=[Evaluation(*e).label for e in FEW_STEP],
+        help="SAMPLER-STEPS labels to evaluate beside ddpm-50 and ddim-50",
+    )  # fmt: skip
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
-    cells = sorted(
-        p for p in (args.sweep / "cells").iterdir() if any(s in p.name for s in args.cells)
-    )
+    try:
+        evaluations = [parse_evaluation(label) for label in args.evals]
+        sweep = load_sweep(args.sweep, args.folder)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
     if not cells:
-        raise SystemExit(f"no trained cell of {args.sweep} has {' or '.join(args.cells)} in its id")
-    spec, start = sweep_spec(cells), time.perf_counter()
-    for folder in cells:  # train_to_completion finds each run finished and only evaluates
-        config = Run(folder / "run").config()
-        cell = Cell(folder.name, config, sweep_axes(folder))
-        for result in run_cell(cell, spec, progress=not args.quiet):  # only what is missing
+        raise SystemExit(f"no cell of {sweep.name} has {' or '.join(args.cells)} in its id")
+    wanted = [{"sampler": s, "steps": n} for s, n in BASELINES + evaluations]
+    spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()
+    start, references = time.perf_counter(), {}
+    for cell in cells:  # trains what is not trained, evaluates only what is missing
+        for result in run_cell(cell, spec, progress=not args.quiet, references=references):
             label = Evaluation(**result["evaluation"]).label
             score = result["metrics"][args.metric]
-            print(f"{folder.name} [{label}]: {args.metric} {score:.4g} ({result['wall_s']:.0f} s)")
+            print(
+                f"{cell.id} [{label}]: {args.metric} {score:.4g} ({result['wall_s']:.0f} s)",
+                flush=True,
+            )
     if len(cells) < 2:  # one model evaluated (e.g. one per core); the intervals need two
-        print(f"evaluated {cells[0].name}; the table needs at least 2 models", file=sys.stderr)
+        print(f"evaluated {cells[0].id}; the table needs at least 2 models", file=sys.stderr)
         return 0
-    rows = summary_rows(cells, args.metric)
+    folders = [Path(c.config.out).parent for c in cells]
+    rows = summary_rows(folders, args.metric, evaluations)
     print(format_table(rows, args.metric))
+    print(format_changes(rows, args.metric))
     wall = time.perf_counter() - start
-    print(f"({wall:.0f} s; cells: {', '.join(c.name for c in cells)})", file=sys.stderr)
+    print(f"({wall:.0f} s; cells: {', '.join(c.id for c in cells)})", file=sys.stderr)
     if args.plot:
         args.plot.write_bytes(plot(rows, args.metric))
     if args.json:
-        args.json.write_text(json.dumps({"metric": args.metric, "cells": [c.name for c in cells],
-                                         "rows": rows, "wall_s": wall}, indent=1) + "\n")  # fmt: skip
+        args.json.write_text(json.dumps({"metric": args.metric, "cells": [c.id for c in cells],
+                                         "rows": rows, "changes": changes(rows), "wall_s": wall}, indent=1) + "\n")  # fmt: skip
     return 0
 
 
