@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from squeezed_diffusion.cli import main
+from squeezed_diffusion.evaluation.report.stats import sig
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -161,6 +162,43 @@ def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     loss = by[("dpmpp-2m", 20)]["paired_vs_ddpm-50"] / by[("ddpm", 50)]["mean"]
     assert f"by {by[('dpmpp-2m', 20)]['paired_vs_ddpm-50']:.3g}" in README.read_text()
     assert f"({100 * loss:.0f} %)" in README.read_text()
+
+
+def test_nfe_trained_reads_evaluation_labels() -> None:
+    """``--evals`` takes an evaluation's folder label back apart, refusing what is not one."""
+    import nfe_trained
+
+    assert nfe_trained.parse_evaluation("dpmpp-2m-sde-20") == ("dpmpp-2m-sde", 20)
+    assert nfe_trained.parse_evaluation("ddim-200") == ("ddim", 200)
+    for bad in ("dpmpp-3m-20", "ddim-0", "ddim", "ddim-x"):
+        with pytest.raises(ValueError, match="SAMPLER-STEPS"):
+            nfe_trained.parse_evaluation(bad)
+
+
+def test_ode_limit_table_is_the_committed_evaluations() -> None:
+    """The deterministic solvers' many-step table (does the ODE itself lose to ancestral
+    DDPM?), recomputed from the committed evaluations, is ode-limit.json's and the docs'."""
+    import nfe_trained
+
+    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
+    committed = json.loads((ROOT / "docs/results/few-step-samplers/ode-limit.json").read_text())
+    evaluations = [(r["sampler"], r["steps"]) for r in committed["rows"]]
+    assert {("dpmpp-2m", 200), ("ddim", 200)} <= set(evaluations)
+    rows = nfe_trained.summary_rows(
+        [study / c for c in committed["cells"]], "fd_effnet", evaluations
+    )
+    table = nfe_trained.format_table(rows, "fd_effnet")
+    assert table == nfe_trained.format_table(committed["rows"], "fd_effnet")
+    assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+    changes = nfe_trained.format_changes(rows, "fd_effnet")
+    assert changes in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+    (last,) = [c for c in nfe_trained.changes(rows) if c["change"] == "dpmpp-2m-200 − dpmpp-2m-100"]
+    assert f"{last['mean']:+.3g} ± {sig(last['ci'], 2)}" in README.read_text()  # its sentence
+    by = {(r["sampler"], r["steps"]): r for r in rows}
+    for key in (("dpmpp-2m", 200), ("ddim", 200)):  # the README's sentence
+        r = by[key]
+        shown = f"{r['paired_vs_ddpm-50']:+.3g} ± {sig(r['paired_ci_vs_ddpm-50'], 2)}"
+        assert shown in README.read_text(), shown
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
