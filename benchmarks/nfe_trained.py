@@ -1,17 +1,19 @@
 """Few-step samplers on trained models: fd_effnet against model evaluations (issue 15).
 
     python benchmarks/nfe_trained.py SWEEP_DIR [--sweep local-cifar10-samplers]
-        [--cells isotropic_seed0 ...] [--evals dpmpp-2m-20 ...] [--json PATH] [--plot PNG]
+        [--cells isotropic_seed0 ...] [--evals dpmpp-2m-20 ...] [--train] [--metric fd_effnet]
+        [--json PATH] [--plot PNG] [--quiet]
 
 Takes the cells of the sweep (``--sweep``, a shipped sweep or a YAML file, with its folder
-SWEEP_DIR) whose id contains any ``--cells`` substring, trains those not trained yet, and
-evaluates each with the ``--evals`` (sampler-steps labels; by default dpmpp-2m and
-dpmpp-2m-sde at 10, 20 and 50 steps and heun at 11 steps, 21 network evaluations) and with
-the baselines exact DDPM and DDIM at 50 steps, exactly as the sweep evaluates its samplers (its
-``eval:`` settings: number of samples, sampling seed, reference subset, metrics). Prints, per
-sampler and NFE, the mean fd_effnet over the models with its 95 % interval and the
-seed-paired differences from ``ddpm-50`` and ``ddim-50``, and writes every number to JSON
-(``--plot``: the same as a figure). Evaluations already made are read back from the cells'
+SWEEP_DIR) whose id contains any ``--cells`` substring (``--train``: training those not
+trained yet), and evaluates each with the ``--evals`` (SAMPLER-STEPS labels; by default
+dpmpp-2m and dpmpp-2m-sde at 10, 20 and 50 steps and heun at 11 steps, 21 network
+evaluations) and with the baselines exact DDPM and DDIM at 50 steps, exactly as the sweep
+evaluates its samplers (its ``eval:`` settings: number of samples, sampling seed, reference
+subset, metrics). Prints, per sampler and NFE, the mean ``--metric`` over the models with its
+95 % interval and the seed-paired differences from ``ddpm-50`` and ``ddim-50``, then the
+seed-paired changes from one step count to the next and between samplers at equal NFE, and
+writes every number to JSON (``--plot``: the first table as a figure). Evaluations already made are read back from the cells'
 own ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
 """
 
@@ -29,6 +31,7 @@ from pathlib import Path
 from squeezed_diffusion import SAMPLERS
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
 from squeezed_diffusion.evaluation.sweep import Evaluation, evaluation_folder, load_sweep, run_cell
+from squeezed_diffusion.training.checkpoint import list_checkpoints
 
 FEW_STEP = [
     ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11),
@@ -38,7 +41,7 @@ BASELINES = [("ddpm", 50), ("ddim", 50)]
 
 
 def parse_evaluation(label: str) -> tuple[str, int]:
-    """``dpmpp-2m-20`` as ("dpmpp-2m", 20): an evaluation's folder label read back."""
+    """``dpmpp-2m-20`` as ("dpmpp-2m", 20): the label of an evaluation without eta."""
     sampler, _, steps = label.rpartition("-")
     if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
         raise ValueError(
@@ -105,8 +108,9 @@ def changes(rows: list[dict]) -> list[dict]:
     for runs in by_sampler.values():
         runs = sorted(runs, key=lambda r: r["steps"])
         pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+    by_name = sorted(rows, key=lambda r: r["sampler"])  # "a − b" in name order, whatever the rows'
     pairs += [
-        (a, b) for a, b in itertools.combinations(rows, 2)
+        (a, b) for a, b in itertools.combinations(by_name, 2)
         if a["nfe"] == b["nfe"] and a["sampler"] != b["sampler"]
     ]  # fmt: skip
     out = []
@@ -156,7 +160,9 @@ def plot(rows: list[dict], metric: str) -> bytes:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("folder", type=Path, help="the sweep's folder (its cells/ are used)")
+    parser.add_argument(
+        "folder", type=Path, metavar="SWEEP_DIR", help="the sweep's folder (its cells/ are used)"
+    )
     parser.add_argument(
         "--sweep", default="local-cifar10-samplers", help="sweep YAML file or shipped sweep"
     )
@@ -167,23 +173,32 @@ def main() -> int:
         "--evals", nargs="+", default=[Evaluation(*e).label for e in FEW_STEP],
         help="SAMPLER-STEPS labels to evaluate beside ddpm-50 and ddim-50",
     )  # fmt: skip
+    parser.add_argument(
+        "--train", action="store_true", help="train the cells not trained in SWEEP_DIR yet"
+    )
     parser.add_argument("--metric", default="fd_effnet")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
     try:
-        evaluations = [parse_evaluation(label) for label in args.evals]
+        evaluations = list(dict.fromkeys(parse_evaluation(label) for label in args.evals))
         sweep = load_sweep(args.sweep, args.folder)
+        wanted = [{"sampler": s, "steps": n} for s, n in BASELINES + evaluations]
+        spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
     cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
     if not cells:
-        raise SystemExit(f"no cell of {sweep.name} has {' or '.join(args.cells)} in its id")
-    wanted = [{"sampler": s, "steps": n} for s, n in BASELINES + evaluations]
-    spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()
+        raise SystemExit(f"error: no cell of {sweep.name} has {' or '.join(args.cells)} in its id")
+    untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]
+    if untrained and not args.train:
+        raise SystemExit(
+            f"error: {', '.join(untrained)} not trained under {args.folder}: give the sweep's "
+            "folder, or pass --train to train them (about 7 min each on one CPU core)"
+        )
     start, references = time.perf_counter(), {}
-    for cell in cells:  # trains what is not trained, evaluates only what is missing
+    for cell in cells:  # trains what is not trained (--train), evaluates only what is missing
         for result in run_cell(cell, spec, progress=not args.quiet, references=references):
             label = Evaluation(**result["evaluation"]).label
             score = result["metrics"][args.metric]
