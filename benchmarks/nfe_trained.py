@@ -13,8 +13,9 @@ evaluates its samplers (its ``eval:`` settings: number of samples, sampling seed
 subset, metrics). Prints, per sampler and NFE, the mean ``--metric`` over the models with its
 95 % interval and the seed-paired differences from ``ddpm-50`` and ``ddim-50``, then the
 seed-paired changes from one step count to the next and between samplers at equal NFE, and
-writes every number to JSON (``--plot``: the first table as a figure). Evaluations already made are read back from the cells'
-own ``evals/LABEL/result.json`` (the sweep's layout), so a rerun only adds what is missing.
+writes every number to JSON (``--plot``: the first table as a figure). Evaluations already
+made are read back from the cells' own ``evals/LABEL/result.json`` (the sweep's layout), so a
+rerun only adds what is missing.
 """
 
 from __future__ import annotations
@@ -123,10 +124,10 @@ def changes(rows: list[dict]) -> list[dict]:
     return out
 
 
-def format_changes(rows: list[dict], metric: str) -> str:
-    """The markdown table of ``changes``."""
+def format_changes(changed: list[dict], metric: str) -> str:
+    """The markdown table of :func:`changes`."""
     lines = [f"| change | paired difference in {metric} (mean ± 95 %) |", "|---|---|"]
-    lines += [f"| {c['change']} | {c['mean']:+.3g} ± {sig(c['ci'], 2)} |" for c in changes(rows)]
+    lines += [f"| {c['change']} | {c['mean']:+.3g} ± {sig(c['ci'], 2)} |" for c in changed]
     return "\n".join(lines)
 
 
@@ -212,14 +213,15 @@ def main() -> int:
     folders = [Path(c.config.out).parent for c in cells]
     rows = summary_rows(folders, args.metric, evaluations)
     print(format_table(rows, args.metric))
-    print(format_changes(rows, args.metric))
+    changed = changes(rows)
+    print(format_changes(changed, args.metric))
     wall = time.perf_counter() - start
     print(f"({wall:.0f} s; cells: {', '.join(c.id for c in cells)})", file=sys.stderr)
     if args.plot:
         args.plot.write_bytes(plot(rows, args.metric))
     if args.json:
         args.json.write_text(json.dumps({"metric": args.metric, "cells": [c.id for c in cells],
-                                         "rows": rows, "changes": changes(rows), "wall_s": wall}, indent=1) + "\n")  # fmt: skip
+                                         "rows": rows, "changes": changed, "wall_s": wall}, indent=1) + "\n")  # fmt: skip
     return 0
 
 

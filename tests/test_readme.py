@@ -190,7 +190,7 @@ def test_ode_limit_table_is_the_committed_evaluations() -> None:
     table = nfe_trained.format_table(rows, "fd_effnet")
     assert table == nfe_trained.format_table(committed["rows"], "fd_effnet")
     assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
-    changes = nfe_trained.format_changes(rows, "fd_effnet")
+    changes = nfe_trained.format_changes(nfe_trained.changes(rows), "fd_effnet")
     assert changes in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
     (last,) = [c for c in nfe_trained.changes(rows) if c["change"] == "dpmpp-2m-200 − dpmpp-2m-100"]
     assert f"{last['mean']:+.3g} ± {sig(last['ci'], 2)}" in README.read_text()  # its sentence

@@ -220,7 +220,8 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
     reference = base.load_data().images
     rows = []
     for cfg, (images, train_s, sample_s) in zip(configs, drawn, strict=True):
-        proc, log = Run(cfg.out).process(), [r for r in Run(cfg.out).log() if "loss" in r]
+        run = Run(cfg.out)
+        proc, log = run.process(), [r for r in run.log() if "loss" in r]
         rows.append({
             "name": "isotropic" if cfg.variant == "isotropic" else f"{cfg.variant.upper()} s = {cfg.strength:g}",
             "run": Path(cfg.out).name, "variant": proc.variant, "strength": float(proc.strength[0]),
