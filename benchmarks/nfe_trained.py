@@ -6,13 +6,15 @@
 
 Takes the cells of the sweep (``--sweep``, a shipped sweep or a YAML file, with its folder
 SWEEP_DIR) whose id contains any ``--cells`` substring (``--train``: training those not
-trained yet), and evaluates each with the ``--evals`` (SAMPLER-STEPS labels; by default
+trained yet), and evaluates each with the ``--evals`` (SAMPLER-STEPS labels, with
+``-x0none`` or ``-x0clip-reuse`` for another rule for the predicted x_0; by default
 dpmpp-2m and dpmpp-2m-sde at 10, 20 and 50 steps and heun at 11 steps, 21 network
 evaluations) and with the baselines exact DDPM and DDIM at 50 steps, exactly as the sweep
 evaluates its samplers (its ``eval:`` settings: number of samples, sampling seed, reference
 subset, metrics). Prints, per sampler and NFE, the mean ``--metric`` over the models with its
 95 % interval and the seed-paired differences from ``ddpm-50`` and ``ddim-50``, then the
-seed-paired changes from one step count to the next and between samplers at equal NFE, and
+seed-paired changes from one step count to the next, between samplers at equal NFE and
+between x_0 rules, and
 writes every number to JSON (``--plot``: the first table as a figure). Evaluations already
 made are read back from the cells' own ``evals/LABEL/result.json`` (the sweep's layout), so a
 rerun only adds what is missing.
@@ -35,21 +37,19 @@ from squeezed_diffusion.evaluation.sweep import Evaluation, evaluation_folder, l
 from squeezed_diffusion.training.checkpoint import list_checkpoints
 
 FEW_STEP = [
-    ("dpmpp-2m", 10), ("dpmpp-2m", 20), ("dpmpp-2m", 50), ("heun", 11),
-    ("dpmpp-2m-sde", 10), ("dpmpp-2m-sde", 20), ("dpmpp-2m-sde", 50),
+    Evaluation("dpmpp-2m", 10), Evaluation("dpmpp-2m", 20), Evaluation("dpmpp-2m", 50),
+    Evaluation("heun", 11), Evaluation("dpmpp-2m-sde", 10), Evaluation("dpmpp-2m-sde", 20),
+    Evaluation("dpmpp-2m-sde", 50),
 ]  # fmt: skip
-BASELINES = [("ddpm", 50), ("ddim", 50)]
+BASELINES = [Evaluation("ddpm", 50), Evaluation("ddim", 50)]
 
 
-def parse_evaluation(label: str) -> tuple[str, int]:
-    """``dpmpp-2m-20`` as ("dpmpp-2m", 20): the label of an evaluation without eta."""
-    sampler, _, steps = label.rpartition("-")
-    if sampler not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
-        raise ValueError(
-            f"--evals {label}: give SAMPLER-STEPS with a sampler of {', '.join(SAMPLERS)} "
-            "and steps >= 1, e.g. dpmpp-2m-20"
-        )
-    return SAMPLERS.canonical(sampler), int(steps)
+def parseevaluation_of(label: str) -> Evaluation:
+    """``dpmpp-2m-20`` as Evaluation("dpmpp-2m", 20), ``ddim-50-x0none`` with that x0 rule."""
+    try:
+        return Evaluation.from_label(label)
+    except ValueError as err:
+        raise ValueError(f"--evals {err}") from None
 
 
 def scores(cell: Path, label: str, metric: str) -> float:
@@ -58,27 +58,40 @@ def scores(cell: Path, label: str, metric: str) -> float:
 
 
 def summary_rows(
-    cells: list[Path], metric: str, evaluations: list[tuple[str, int]] = FEW_STEP
+    cells: list[Path], metric: str, evaluations: list[Evaluation] = FEW_STEP
 ) -> list[dict]:
-    """Per sampler and NFE: ``metric`` over the models (mean, 95 % interval) and its
-    seed-paired differences from ddpm-50 and ddim-50, read from the cells' results."""
+    """Per evaluation (sampler, steps, x_0 rule): ``metric`` over the models (mean, 95 %
+    interval) and its seed-paired differences from ddpm-50 and ddim-50, read from the cells'
+    results."""
     evaluations = BASELINES + [e for e in evaluations if e not in BASELINES]
-    labels = [Evaluation(s, n).label for s, n in evaluations]
-    per = {label: [scores(c, label, metric) for c in cells] for label in labels}
+    per = {e.label: [scores(c, e.label, metric) for c in cells] for e in evaluations}
     rows = []
-    for (sampler, steps), label in zip(evaluations, labels, strict=True):
-        values = per[label]
+    for ev in evaluations:
+        values = per[ev.label]
         row = {
-            "sampler": sampler, "steps": steps, "nfe": SAMPLERS[sampler].nfe(steps),
+            "sampler": ev.sampler, "steps": ev.steps, "nfe": SAMPLERS[ev.sampler].nfe(ev.steps),
             "models": len(cells), "values": values, "mean": statistics.fmean(values),
             "ci": interval95(values),
         }  # fmt: skip
+        if ev.x0 != "clip":  # rows of the default rule read as they did before it was a setting
+            row["x0"] = ev.x0
+        label = ev.label
         for base in ("ddpm-50", "ddim-50"):
             diffs = [a - b for a, b in zip(per[label], per[base], strict=True)]
             row[f"paired_vs_{base}"] = statistics.fmean(diffs)
             row[f"paired_ci_vs_{base}"] = interval95(diffs)
         rows.append(row)
     return rows
+
+
+def evaluation_of(row: dict) -> Evaluation:
+    return Evaluation(row["sampler"], row["steps"], x0=row.get("x0", "clip"))
+
+
+def _name(row: dict) -> str:
+    """A row's sampler as the tables show it, with its x_0 rule where that is not clip."""
+    x0 = row.get("x0", "clip")
+    return f"`{row['sampler']}`" + (f" (x0 {x0})" if x0 != "clip" else "")
 
 
 def format_table(rows: list[dict], metric: str) -> str:
@@ -91,34 +104,41 @@ def format_table(rows: list[dict], metric: str) -> str:
     for r in rows:
         mean = f"{sig(r['mean'], 4)} ± {sig(r['ci'], 2)}"
         paired = [
-            "" if f"{r['sampler']}-{r['steps']}" == base
+            "" if evaluation_of(r).label == base
             else f"{r[f'paired_vs_{base}']:+.3g} ± {sig(r[f'paired_ci_vs_{base}'], 2)}"
             for base in ("ddpm-50", "ddim-50")
         ]  # fmt: skip
-        lines.append(f"| `{r['sampler']}` | {r['nfe']} | {mean} | {' | '.join(paired)} |")
+        lines.append(f"| {_name(r)} | {r['nfe']} | {mean} | {' | '.join(paired)} |")
     return "\n".join(lines)
 
 
 def changes(rows: list[dict]) -> list[dict]:
-    """Seed-paired differences that say whether a sampler has converged: each sampler against
-    itself at its previous step count, and two samplers against each other at equal NFE."""
-    by_sampler: dict[str, list[dict]] = {}
+    """Seed-paired differences that say whether a sampler has converged: each sampler (with
+    its x_0 rule) against itself at its previous step count, two samplers against each other
+    at equal NFE, and one sampler and step count under two x_0 rules."""
+    series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
-        by_sampler.setdefault(r["sampler"], []).append(r)
+        series.setdefault((r["sampler"], r.get("x0", "clip")), []).append(r)
     pairs = []
-    for runs in by_sampler.values():
+    for runs in series.values():
         runs = sorted(runs, key=lambda r: r["steps"])
         pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
-    by_name = sorted(rows, key=lambda r: r["sampler"])  # "a − b" in name order, whatever the rows'
+    # "a − b" in name order, whatever the rows' order
+    by_name = sorted(rows, key=lambda r: (r["sampler"], r.get("x0", "clip")))
     pairs += [
         (a, b) for a, b in itertools.combinations(by_name, 2)
         if a["nfe"] == b["nfe"] and a["sampler"] != b["sampler"]
+        and a.get("x0", "clip") == b.get("x0", "clip")
+    ]  # fmt: skip
+    pairs += [
+        (a, b) for a, b in itertools.combinations(by_name, 2)
+        if (a["sampler"], a["steps"]) == (b["sampler"], b["steps"])
     ]  # fmt: skip
     out = []
     for a, b in pairs:
         diffs = [x - y for x, y in zip(a["values"], b["values"], strict=True)]
         out.append({
-            "change": f"{a['sampler']}-{a['steps']} − {b['sampler']}-{b['steps']}",
+            "change": f"{evaluation_of(a).label} − {evaluation_of(b).label}",
             "mean": statistics.fmean(diffs), "ci": interval95(diffs),
         })  # fmt: skip
     return out
@@ -140,14 +160,14 @@ def plot(rows: list[dict], metric: str) -> bytes:
 
     fig = Figure(figsize=(7, 3.6))
     ax = fig.subplots()
-    (ddpm,) = [r for r in rows if (r["sampler"], r["steps"]) == BASELINES[0]]
+    (ddpm,) = [r for r in rows if evaluation_of(r) == BASELINES[0]]
     ax.axhspan(ddpm["mean"] - ddpm["ci"], ddpm["mean"] + ddpm["ci"], color="0.85", zorder=0)
     ax.axhline(ddpm["mean"], color="0.4", lw=1, label="ddpm, 50 NFE (± 95 %)")
-    for sampler in dict.fromkeys(r["sampler"] for r in rows if r["sampler"] != "ddpm"):
-        pts = sorted((r for r in rows if r["sampler"] == sampler), key=lambda r: r["nfe"])
+    for name in dict.fromkeys(_name(r) for r in rows if evaluation_of(r) != BASELINES[0]):
+        pts = sorted((r for r in rows if _name(r) == name), key=lambda r: r["nfe"])
         ax.errorbar(
             [r["nfe"] for r in pts], [r["mean"] for r in pts], yerr=[r["ci"] for r in pts],
-            marker="o", capsize=3, label=sampler,
+            marker="o", capsize=3, label=name.replace("`", ""),
         )  # fmt: skip
     ax.set(xscale="log", xlabel="network evaluations (NFE)", ylabel=f"{metric} (lower is better)")
     ticks = sorted({r["nfe"] for r in rows if r["sampler"] != "heun"})  # heun's odd NFEs crowd
@@ -171,8 +191,8 @@ def main() -> int:
         "--cells", nargs="+", default=["isotropic"], help="cells whose id contains any of these"
     )
     parser.add_argument(
-        "--evals", nargs="+", default=[Evaluation(*e).label for e in FEW_STEP],
-        help="SAMPLER-STEPS labels to evaluate beside ddpm-50 and ddim-50",
+        "--evals", nargs="+", default=[e.label for e in FEW_STEP],
+        help="SAMPLER-STEPS[-x0RULE] labels to evaluate beside ddpm-50 and ddim-50",
     )  # fmt: skip
     parser.add_argument(
         "--train", action="store_true", help="train the cells not trained in SWEEP_DIR yet"
@@ -183,9 +203,9 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
     try:
-        evaluations = list(dict.fromkeys(parse_evaluation(label) for label in args.evals))
+        evaluations = list(dict.fromkeys(parseevaluation_of(label) for label in args.evals))
         sweep = load_sweep(args.sweep, args.folder)
-        wanted = [{"sampler": s, "steps": n} for s, n in BASELINES + evaluations]
+        wanted = [e.record() for e in BASELINES + evaluations]
         spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None

@@ -12,6 +12,7 @@ import pytest
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.evaluation.report.stats import sig
+from squeezed_diffusion.evaluation.sweep import Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -168,11 +169,13 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
     """``--evals`` takes an evaluation's folder label back apart, refusing what is not one."""
     import nfe_trained
 
-    assert nfe_trained.parse_evaluation("dpmpp-2m-sde-20") == ("dpmpp-2m-sde", 20)
-    assert nfe_trained.parse_evaluation("ddim-200") == ("ddim", 200)
-    for bad in ("dpmpp-3m-20", "ddim-0", "ddim", "ddim-x"):
+    assert nfe_trained.parseevaluation_of("dpmpp-2m-sde-20") == Evaluation("dpmpp-2m-sde", 20)
+    assert nfe_trained.parseevaluation_of("ddim-200") == Evaluation("ddim", 200)
+    for ev in (Evaluation("ddim", 50, 0.5, "clip-reuse"), Evaluation("dpmpp-2m", 20, x0="none")):
+        assert nfe_trained.parseevaluation_of(ev.label) == ev
+    for bad in ("dpmpp-3m-20", "ddim-0", "ddim", "ddim-x", "ddim-50-x0clamp", "ddim-50-eta"):
         with pytest.raises(ValueError, match="SAMPLER-STEPS"):
-            nfe_trained.parse_evaluation(bad)
+            nfe_trained.parseevaluation_of(bad)
 
 
 def test_ode_limit_table_is_the_committed_evaluations() -> None:
@@ -182,8 +185,8 @@ def test_ode_limit_table_is_the_committed_evaluations() -> None:
 
     study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
     committed = json.loads((ROOT / "docs/results/few-step-samplers/ode-limit.json").read_text())
-    evaluations = [(r["sampler"], r["steps"]) for r in committed["rows"]]
-    assert {("dpmpp-2m", 200), ("ddim", 200)} <= set(evaluations)
+    evaluations = [nfe_trained.evaluation_of(r) for r in committed["rows"]]
+    assert {Evaluation("dpmpp-2m", 200), Evaluation("ddim", 200)} <= set(evaluations)
     rows = nfe_trained.summary_rows(
         [study / c for c in committed["cells"]], "fd_effnet", evaluations
     )

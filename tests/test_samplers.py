@@ -356,6 +356,44 @@ def test_samplers_clip_x0_by_default_like_diffusers(sampler: str) -> None:
     assert unclipped.abs().max() > 2.0
 
 
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "ddpm-paper", "dpmpp-2m", "heun"])
+def test_x0_rules_by_name_are_the_rules(sampler: str) -> None:
+    """``clip="none"``/``"clip"`` (what ``--x0`` and sweeps pass) sample as ``clip=False``/
+    ``True``; a rule a sampler cannot honour and an unknown name are refused before sampling."""
+    proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "hdm", -0.4)
+
+    def wild(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return -3.0 * x
+
+    def run(clip) -> torch.Tensor:
+        return proc.sample(
+            wild, (2, 3, 8, 8), 6, sampler, generator=_gen(4), progress=False, clip=clip
+        )
+
+    assert torch.equal(run("none"), run(False)) and torch.equal(run("clip"), run(True))
+    assert not torch.equal(run("none"), run("clip"))
+    with pytest.raises(ValueError, match="unknown x0 rule 'clamp'; choose one of: clip, none"):
+        run("clamp")
+    if sampler != "ddim":
+        with pytest.raises(ValueError, match=f"x0 rule clip-reuse applies to .*ddim.*{sampler}"):
+            run("clip-reuse")
+
+
+def test_ddim_reusing_the_clipped_x0_is_first_order_dpm_solver() -> None:
+    """With ``clip-reuse`` DDIM's noise estimate is re-derived from the clipped x_0, so its
+    step is DPM-Solver++(1)'s on the same x_0; plain clipping (diffusers' default) is not."""
+    from squeezed_diffusion.core.samplers import X0_RULES, ddim_step, dpmpp_2m_step
+
+    proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "sdm", -0.8)
+    x = torch.randn(2, 3, 8, 8, generator=_gen(5))
+    out = -3.0 * x  # x_0 far outside [-1, 1]: clipping is active
+    first = dpmpp_2m_step(proc, out, x, 600, 560, state={}).prev_sample  # no history: order 1
+    reused = ddim_step(proc, out, x, 600, 560, clip=X0_RULES["clip-reuse"]).prev_sample
+    plain = ddim_step(proc, out, x, 600, 560).prev_sample
+    assert (reused - first).abs().max() < 1e-4
+    assert (plain - first).abs().max() > 0.1
+
+
 def data_directions(d: int) -> torch.Tensor:
     """The eigenvectors (columns) of the oracle's image covariance: a seeded rotation."""
     gen = torch.Generator().manual_seed(11)

@@ -12,13 +12,17 @@ import torch
 import yaml
 
 from squeezed_diffusion.cli import main
+from squeezed_diffusion.evaluation.generate import generate
 from squeezed_diffusion.evaluation.sweep import (
+    is_finished,
     load_sweep,
     parse_shard,
     shard,
     shard_from_environment,
     sweep_names,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def write_sweep(path: Path, grid, base=None, eval_=None, **extra) -> Path:
@@ -90,6 +94,17 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
             {"grid": {"variant": ["sdm"]}, "eval": {"sampler": {"sampler": "ddpm", "eta": 1}}},
             "takes no eta",
         ),
+        (
+            {
+                "grid": {"variant": ["sdm"]},
+                "eval": {"sampler": {"sampler": "ddpm", "x0": "clip-reuse"}},
+            },
+            "x0 rule clip-reuse applies to samplers",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": "ddim", "x0": "clamp"}},
+            "unknown x0 rule",
+        ),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:
@@ -122,6 +137,10 @@ def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
     assert len(study.cells) == 16 and [e.label for e in study.eval.evaluations] == [
         "ddpm-50", "ddim-50", "ddpm-paper-50", "dpmpp-2m-sde-20"
     ]  # fmt: skip
+    # the committed study's results (written before the x0 rule was a setting) are finished
+    # evaluations of the shipped sweep: a rerun redoes none of them
+    committed = load_sweep(study.name, ROOT / "docs" / "results" / "local-cifar10-samplers")
+    assert all(is_finished(cell, committed.eval) for cell in committed.cells)
     local = load_sweep("local-cifar10")
     assert len(local.cells) == 14 and local.eval.metrics == ("fd_effnet", "prc_effnet")
     assert {c.axes["variant"] for c in local.cells} == {"isotropic", "sdm", "hdm"}
@@ -234,17 +253,22 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
         "ddim",
         {"sampler": "ddim", "steps": 3, "eta": 1.0},
         "ddpm-paper",
+        {"sampler": "ddim", "x0": "none"},
     ]
     sweep_file.write_text(yaml.safe_dump(spec))
     before = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/evals/*/result.json")}
     assert main(argv) == 0
     assert before == {p: p.stat().st_mtime_ns for p in before}  # the finished ones untouched
     rows = json.loads((out / "results.json").read_text())
-    assert len(rows) == 3 * 4
-    assert {(r["sampler"], r["steps"], r["eta"]) for r in rows} == {
-        ("ddpm", 2, 0.0), ("ddim", 2, 0.0), ("ddim", 3, 1.0), ("ddpm-paper", 2, 0.0)
+    assert len(rows) == 3 * 5
+    assert {(r["sampler"], r["steps"], r["eta"], r["x0"]) for r in rows} == {
+        ("ddpm", 2, 0.0, "clip"), ("ddim", 2, 0.0, "clip"), ("ddim", 3, 1.0, "clip"),
+        ("ddpm-paper", 2, 0.0, "clip"), ("ddim", 2, 0.0, "none"),
     }  # fmt: skip
     assert (out / "cells" / CELLS[0] / "evals" / "ddim-3-eta1" / "samples.npz").is_file()
+    unclipped = out / "cells" / CELLS[0] / "evals" / "ddim-2-x0none"
+    _, want = generate(out / "cells" / CELLS[0] / "run", 6, 2, "ddim", x0="none", progress=False)
+    assert np.array_equal(np.load(unclipped / "samples.npz")["images"], want.permute(0, 2, 3, 1))
 
     # a different sampling seed: every evaluation is redone and no samples are reused
     spec["eval"]["seed"] = 5
@@ -258,7 +282,7 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
 
     assert main(["report", str(out)]) == 0
     report = (out / "report.md").read_text()
-    for label in ("ddpm-2", "ddim-2", "ddim-3-eta1", "ddpm-paper-2"):
+    for label in ("ddpm-2", "ddim-2", "ddim-3-eta1", "ddpm-paper-2", "ddim-2-x0none"):
         assert f"sampler {label}" in report  # the paper-form and paired tables per sampler
     assert "the samplers side by side" in report and "paired-by-sampler" in report
 

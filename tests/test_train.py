@@ -13,6 +13,7 @@ import yaml
 from safetensors.torch import load_file
 
 from squeezed_diffusion.cli import main
+from squeezed_diffusion.evaluation.generate import generate
 from squeezed_diffusion.training.checkpoint import list_checkpoints, load_checkpoint
 from squeezed_diffusion.training.config import TrainConfig, resolve_config, resume_config
 
@@ -75,6 +76,14 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
     imgs = [np.load(p)["images"] for p in (a, b, c)]
     assert imgs[0].shape == (5, 8, 8, 3) and imgs[0].dtype == np.uint8
     assert np.array_equal(imgs[0], imgs[1]) and not np.array_equal(imgs[0], imgs[2])
+    unclipped = tmp_path / "unclipped.npz"  # --x0 reaches the sampler: the same draws, unclipped
+    argv = ["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--seed", "3"]
+    assert main([*argv, "--x0", "none", "--out", str(unclipped), "--quiet"]) == 0
+    _, want = generate(run, 5, 4, seed=3, batch_size=2, x0="none", progress=False)
+    got = np.load(unclipped)["images"]
+    assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()) and not np.array_equal(
+        got, imgs[0]
+    )
     folder = tmp_path / "pngs"
     assert (
         main(["sample", str(run), "--num", "3", "--steps", "2", "--out", str(folder), "--quiet"])

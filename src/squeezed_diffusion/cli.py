@@ -22,6 +22,7 @@ from . import __version__
 from .core import BASES, PROFILES, SAMPLERS, VARIANTS
 from .core.fileio import atomic_write
 from .core.process import PREDICTION_TYPES, merge_target
+from .core.samplers import X0_HELP, X0_RULES
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -160,7 +161,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     images = generate_all(
         args.run, args.num, steps=args.steps, sampler=args.sampler, seed=args.seed,
-        batch_size=args.sample_batch_size, ema=not args.no_ema, eta=args.eta,
+        batch_size=args.sample_batch_size, ema=not args.no_ema, eta=args.eta, x0=args.x0,
         progress=not args.quiet,
     )  # fmt: skip
     if images is not None:  # the main process writes
@@ -226,8 +227,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if is_run:
         result = evaluate_run(
             args.source, args.num, args.steps, args.sampler, args.seed, reference=reference,
-            sample_batch_size=args.sample_batch_size, eta=args.eta, progress=not args.quiet,
-            **options,
+            sample_batch_size=args.sample_batch_size, eta=args.eta, x0=args.x0,
+            progress=not args.quiet, **options,
         )  # fmt: skip
     else:
         result = evaluate(load_samples(args.source), reference, verbose=not args.quiet, **options)
@@ -445,7 +446,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # The options shared by every command that samples a run, and their defaults: the flags
 # default to None so that `evaluate` can refuse them for samples it does not draw.
 SAMPLING_DEFAULTS = {
-    "num": None, "steps": 50, "sampler": "ddpm", "eta": 0.0, "seed": 0, "sample_batch_size": 256,
+    "num": None, "steps": 50, "sampler": "ddpm", "eta": 0.0, "x0": "clip", "seed": 0,
+    "sample_batch_size": 256,
 }  # fmt: skip
 
 
@@ -459,6 +461,7 @@ def _add_sampling_options(
     parser.add_argument("--sampler", help=SAMPLERS.help() + " (default ddpm)")
     takes_eta = _choices([name for name, s in SAMPLERS.items() if s.uses_eta])
     parser.add_argument("--eta", type=float, help=f"eta in [0, 1] ({takes_eta} only; default 0)")
+    parser.add_argument("--x0", choices=X0_RULES, help=f"the predicted x_0's rule: {X0_HELP}")
     parser.add_argument("--seed", type=_seed, help="sampling seed (default 0)")
     parser.add_argument(
         *batch_flags, dest="sample_batch_size", type=_at_least(1),

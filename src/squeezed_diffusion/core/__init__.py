@@ -7,7 +7,16 @@ Importing this package registers every basis and sampler.
 from .basis import BASES, Basis, ChannelBasis, DCTBasis, PixelPCABasis, fit_basis, load_basis
 from .process import PROFILES, TARGETS, VARIANTS, SqueezedDiffusion
 from .registry import SAMPLERS, Registry
-from .samplers import Sampler, ddim_step, ddpm_paper_step, ddpm_step, sample, timesteps
+from .samplers import (
+    X0_RULES,
+    Sampler,
+    X0Rule,
+    ddim_step,
+    ddpm_paper_step,
+    ddpm_step,
+    sample,
+    timesteps,
+)
 
 __all__ = [
     "BASES",
@@ -15,6 +24,7 @@ __all__ = [
     "SAMPLERS",
     "TARGETS",
     "VARIANTS",
+    "X0_RULES",
     "Basis",
     "ChannelBasis",
     "DCTBasis",
@@ -22,6 +32,7 @@ __all__ = [
     "Registry",
     "Sampler",
     "SqueezedDiffusion",
+    "X0Rule",
     "ddim_step",
     "ddpm_paper_step",
     "ddpm_step",

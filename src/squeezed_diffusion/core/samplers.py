@@ -107,6 +107,28 @@ def as_rule(clip: bool | X0Rule) -> X0Rule:
     return clip if isinstance(clip, X0Rule) else X0Rule(1.0 if clip else None)
 
 
+# The x_0 rules a sampling run is named by (``sqdm sample/evaluate --x0``, sweeps' ``x0``):
+# clipping decides how a weakly trained network's x_0 estimate at large t enters every step,
+# so comparing samplers fairly needs each of these, by name.
+X0_RULES: dict[str, X0Rule] = {
+    "clip": X0Rule(),
+    "none": X0Rule(None),
+    "clip-reuse": X0Rule(reuse=True),
+}
+X0_HELP = (
+    "clip: clip x_0 to [-1, 1] (default; diffusers' clip_sample); none: leave it; clip-reuse: "
+    "clip, and DDIM re-derives its noise estimate from the clipped x_0 (diffusers' "
+    "use_clipped_model_output), which makes it DPM-Solver++(1) step for step"
+)
+
+
+def x0_rule(name: str) -> X0Rule:
+    """The :data:`X0_RULES` entry ``name``, or a one-line error listing them."""
+    if name not in X0_RULES:
+        raise ValueError(f"unknown x0 rule {name!r}; choose one of: {', '.join(X0_RULES)}")
+    return X0_RULES[name]
+
+
 class StepFunction(Protocol):
     def __call__(
         self,
@@ -652,7 +674,7 @@ def sample(
     generator: torch.Generator | None = None,
     eta: float = 0.0,
     progress: bool = True,
-    clip: bool | X0Rule = True,
+    clip: bool | X0Rule | str = True,
     device: torch.device | str | None = None,
     callback: Callback | None = None,
 ) -> Tensor:
@@ -664,10 +686,14 @@ def sample(
     model evaluation (for trajectory strips). ``clip`` clips the predicted x_0 to the data
     range [-1, 1] (on, as in diffusers: an undertrained network's x_0 at large t is amplified
     by 1 / sqrt(abar_t), and unclipped it saturates most pixels); the Gaussian oracle,
-    whose data are unbounded, turns it off. ``num_steps`` counts time steps; a sampler's
+    whose data are unbounded, turns it off; an :class:`X0Rule` or a name of
+    :data:`X0_RULES` chooses another rule. ``num_steps`` counts time steps; a sampler's
     model evaluations are ``SAMPLERS[name].nfe(num_steps)``.
     """
-    entry = checked_sampler(sampler, eta)  # before any work
+    if isinstance(clip, str):
+        entry, clip = checked_sampler(sampler, eta, clip), x0_rule(clip)  # before any work
+    else:
+        entry = checked_sampler(sampler, eta)
     schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     state: dict[str, Any] = {}
@@ -685,14 +711,20 @@ def sample(
     return x
 
 
-def checked_sampler(sampler: str, eta: float = 0.0) -> Sampler:
+def checked_sampler(sampler: str, eta: float = 0.0, x0: str = "clip") -> Sampler:
     """The registered sampler ``sampler``, refusing an ``eta`` it does not take or one outside
-    [0, 1] (where DDIM's noise would exceed the posterior's)."""
+    [0, 1] (where DDIM's noise would exceed the posterior's), and an x_0 rule it cannot honour."""
     entry = SAMPLERS.get(sampler)
     if not entry.uses_eta:
         _refuse(sampler, eta=eta)
     elif not 0 <= eta <= 1:  # NaN included
         raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
+    if x0_rule(x0).reuse and not entry.reuses_x0:
+        takes = ", ".join(name for name, s in SAMPLERS.items() if s.reuses_x0)
+        raise ValueError(
+            f"x0 rule {x0} applies to samplers with a noise estimate to re-derive ({takes}); "
+            f"the {sampler} sampler uses the clipped x_0 throughout: use clip"
+        )
     return entry
 
 
@@ -700,7 +732,8 @@ def checked_sampler(sampler: str, eta: float = 0.0) -> Sampler:
 class Sampler:
     """A registered sampler: its step function, one line of help, its time-step schedule,
     whether it takes ``eta``, and the diffusers scheduler that runs it (``pipelines/``) with
-    the config keys that make that scheduler run this sampler."""
+    the config keys that make that scheduler run this sampler. ``reuses_x0``: it honours the
+    x_0 rule's ``reuse`` (it has a noise estimate apart from its x_0 estimate)."""
 
     name: str
     step: StepFunction
@@ -709,6 +742,7 @@ class Sampler:
     scheduler: str = "ddpm"
     schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
     scheduler_config: Mapping[str, Any] = field(default_factory=dict)
+    reuses_x0: bool = False
 
     @property
     def scheduler_keys(self) -> dict[str, Any]:
@@ -762,7 +796,10 @@ def sampler_for_scheduler(kind: str, config: Mapping[str, Any]) -> Sampler:
 
 for _sampler in (
     Sampler("ddpm", ddpm_step, "exact ancestral sampling from the per-direction posterior"),
-    Sampler("ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim"),
+    Sampler(
+        "ddim", ddim_step, "exact per-direction DDIM, eta from 0 to 1", True, "ddim",
+        reuses_x0=True,
+    ),
     Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
     Sampler(
         "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",

@@ -37,17 +37,19 @@ def generate(
     world_size: int = 1,
     progress: bool = True,
     compile: bool | None = None,
+    x0: str = "clip",
 ) -> tuple[list[int], torch.Tensor]:
     """This process's share of ``num`` samples: (global indices, uint8 images).
 
     ``compile`` (default: on with CUDA) compiles the UNet for the sampling loop, which on a
-    GPU is launch-bound like training; the progress bar counts images per second.
+    GPU is launch-bound like training; the progress bar counts images per second. ``x0``
+    names the rule for the predicted x_0 (``X0_RULES``: clip, none, clip-reuse).
     """
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    checked_sampler(sampler, eta)  # fail on a bad name or eta before loading anything
+    checked_sampler(sampler, eta, x0)  # fail on a bad name, eta or rule before loading
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet, proc = Run(run_dir).load(ema=ema)
     unet.to(device)
@@ -65,7 +67,7 @@ def generate(
         gen = torch.Generator(device=device).manual_seed(seed * 1_000_003 + start // batch_size)
         x = proc.sample(
             lambda x, t: unet(x, t).sample, (n, *shape), steps, sampler,
-            generator=gen, eta=eta, progress=False, device=device,
+            generator=gen, eta=eta, progress=False, device=device, clip=x0,
         )  # fmt: skip
         images.append(to_uint8(x))
         indices.extend(range(start, start + n))
@@ -124,6 +126,7 @@ def evaluate_run(
     metrics: Sequence[str] = OFFLINE_METRICS,
     sample_batch_size: int = 256,
     eta: float = 0.0,
+    x0: str = "clip",
     progress: bool = True,
     **kwargs: Any,
 ) -> dict[str, Any]:
@@ -133,7 +136,10 @@ def evaluate_run(
     reference = reference if reference is not None else Run(run_dir).reference()
     _, images = generate(
         run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,
-        progress=progress,
+        progress=progress, x0=x0,
     )  # fmt: skip
     result = evaluate(images, reference, metrics, verbose=progress, **kwargs)
-    return {**result, "run": str(run_dir), "steps": steps, "sampler": sampler, "seed": seed}
+    return {
+        **result, "run": str(run_dir), "steps": steps, "sampler": sampler, "eta": eta,
+        "x0": x0, "seed": seed,
+    }  # fmt: skip

@@ -21,16 +21,17 @@ strength, profile and basis: all such cells collapse into one ``isotropic`` cell
 remaining setting (reported with strength 0), the baseline of every variant.
 
 ``eval.sampler`` is one sampler or a list; an entry may be a mapping with its own
-``steps`` and ``eta`` (``{sampler: ddim, steps: 20}``), otherwise ``eval.steps`` and
-``eval.eta`` apply. Every trained cell is evaluated with each of them (an *evaluation*).
+``steps``, ``eta`` and ``x0`` (the rule for the predicted x_0: clip, none, clip-reuse;
+``{sampler: ddim, steps: 20, x0: none}``), otherwise ``eval.steps``, ``eval.eta`` and
+``eval.x0`` apply. Every trained cell is evaluated with each of them (an *evaluation*).
 
 Layout under ``--out``: ``cells/<cell id>/run`` (the training run) and, per evaluation,
-``cells/<cell id>/evals/<sampler>-<steps>[-eta<e>]/`` with ``samples.npz`` (and
+``cells/<cell id>/evals/<sampler>-<steps>[-eta<e>][-x0<rule>]/`` with ``samples.npz`` (and
 ``samples.json``, the sampling settings that made it), ``samples.png`` and ``result.json``
 (written last). An evaluation with a ``result.json`` made by the same settings is skipped on
 rerun, so adding a sampler to a finished sweep samples and scores only the new one, without
 retraining; samples are reused only when they were drawn with the same sampler, steps, eta,
-seed and number; a cell whose run is unfinished resumes from its latest checkpoint.
+x_0 rule, seed and number; a cell whose run is unfinished resumes from its latest checkpoint.
 ``results.csv`` and ``results.json`` (one row per cell, evaluation and metric) are rebuilt
 from the sweep's finished evaluations: its cells and samplers, scored with its settings.
 """
@@ -42,6 +43,7 @@ import dataclasses
 import io
 import itertools
 import json
+import re
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -54,7 +56,7 @@ import yaml
 
 from ..core import SAMPLERS
 from ..core.fileio import atomic_write
-from ..core.samplers import checked_sampler
+from ..core.samplers import X0_RULES, checked_sampler
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
@@ -67,7 +69,7 @@ from ..training.config import TrainConfig, load_preset, resolve_config, without_
 from ..training.run import Run
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
-EVAL_COLUMNS = ("sampler", "steps", "eta")
+EVAL_COLUMNS = ("sampler", "steps", "eta", "x0")
 TABLE_COLUMNS = (
     "cell",
     *AXES,
@@ -88,16 +90,52 @@ _SWEEP_KEYS = ("description", "preset", "base", "grid", "eval")
 
 @dataclass(frozen=True)
 class Evaluation:
-    """One way of sampling a trained cell: a sampler, its steps and (DDIM) eta."""
+    """One way of sampling a trained cell: a sampler, its steps, (DDIM) eta and the rule for
+    the predicted x_0 (``X0_RULES``)."""
 
     sampler: str
     steps: int
     eta: float = 0.0
+    x0: str = "clip"
 
     @property
     def label(self) -> str:
-        """Its folder name and report label, e.g. ``ddim-50`` or ``ddim-50-eta0.5``."""
-        return f"{self.sampler}-{self.steps}" + (f"-eta{self.eta:g}" if self.eta else "")
+        """Its folder name and report label, e.g. ``ddim-50``, ``ddim-50-eta0.5`` or
+        ``ddim-50-x0none``."""
+        return (
+            f"{self.sampler}-{self.steps}"
+            + (f"-eta{self.eta:g}" if self.eta else "")
+            + (f"-x0{self.x0}" if self.x0 != "clip" else "")
+        )
+
+    @classmethod
+    def from_label(cls, label: str) -> Evaluation:
+        """The evaluation a :attr:`label` names (sampler aliases canonicalised)."""
+        found = _LABEL.fullmatch(label)
+        if not found:
+            problem = "not a label"
+        elif found["sampler"] not in SAMPLERS:
+            problem = f"the sampler is one of {', '.join(SAMPLERS)}"
+        elif int(found["steps"]) < 1:
+            problem = "steps must be >= 1"
+        elif found["x0"] not in (None, *X0_RULES):
+            problem = f"the x0 rule is one of {', '.join(X0_RULES)}"
+        else:
+            name = SAMPLERS.canonical(found["sampler"])
+            x0 = found["x0"] or "clip"
+            return cls(name, int(found["steps"]), float(found["eta"] or 0), x0)
+        raise ValueError(
+            f"{label}: {problem}; give SAMPLER-STEPS[-etaE][-x0RULE], e.g. dpmpp-2m-20"
+        )
+
+    def record(self) -> dict[str, Any]:
+        """Its fields as results record them; the default x0 rule is left out, so results
+        written before the rule was a setting still match the evaluations they are."""
+        fields = dataclasses.asdict(self)
+        return fields if self.x0 != "clip" else {k: v for k, v in fields.items() if k != "x0"}
+
+
+_LABEL = re.compile(r"(?P<sampler>.+?)-(?P<steps>\d+)(?:-eta(?P<eta>[\d.]+))?(?:-x0(?P<x0>.+))?")
 
 
 @dataclass(frozen=True)
@@ -108,6 +146,7 @@ class EvalSpec:
     steps: int = 50
     sampler: str | tuple[str | dict, ...] = "ddpm"
     eta: float = 0.0
+    x0: str = "clip"
     seed: int = 0
     metrics: tuple[str, ...] = OFFLINE_METRICS
     num_reference: int | None = None
@@ -118,20 +157,21 @@ class EvalSpec:
 
     @property
     def evaluations(self) -> list[Evaluation]:
-        """Every (sampler, steps, eta) this spec evaluates, in the order given."""
+        """Every (sampler, steps, eta, x0) this spec evaluates, in the order given."""
         entries = [self.sampler] if isinstance(self.sampler, (str, dict)) else list(self.sampler)
         out = []
         for entry in entries:
             entry = {"sampler": entry} if isinstance(entry, str) else dict(entry)
-            unknown = sorted(set(entry) - {"sampler", "steps", "eta"})
+            unknown = sorted(set(entry) - {"sampler", "steps", "eta", "x0"})
             if unknown or "sampler" not in entry:
                 raise ValueError(
                     f"eval.sampler entry {entry}: give a sampler name or a mapping of sampler, "
-                    f"steps and eta{f' (not {unknown})' if unknown else ''}"
+                    f"steps, eta and x0{f' (not {unknown})' if unknown else ''}"
                 )
             name = SAMPLERS.canonical(entry["sampler"])
             eta = float(entry.get("eta", self.eta if SAMPLERS.get(name).uses_eta else 0.0))
-            out.append(Evaluation(name, int(entry.get("steps", self.steps)), eta))
+            steps, x0 = int(entry.get("steps", self.steps)), str(entry.get("x0", self.x0))
+            out.append(Evaluation(name, steps, eta, x0))
         return list(dict.fromkeys(out))
 
     def validate(self) -> EvalSpec:
@@ -145,7 +185,7 @@ class EvalSpec:
         for ev in evaluations:
             if ev.steps < 1:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
-            checked_sampler(ev.sampler, ev.eta)
+            checked_sampler(ev.sampler, ev.eta, ev.x0)
         if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in evaluations):
             takes_eta = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
             raise ValueError(
@@ -367,7 +407,7 @@ def _recorded(path: Path) -> dict[str, Any] | None:
 
 
 def _result_settings(evaluation: Evaluation, spec: EvalSpec) -> dict[str, Any]:
-    return {**dataclasses.asdict(evaluation), **spec.scoring()}
+    return {**evaluation.record(), **spec.scoring()}
 
 
 def finished_result(cell: Cell, evaluation: Evaluation, spec: EvalSpec) -> dict[str, Any] | None:
@@ -395,11 +435,11 @@ def _samples(
     from .generate import generate, save_samples
 
     folder = eval_dir(cell, ev)
-    drawn_with = {**dataclasses.asdict(ev), "num": spec.num, "seed": spec.seed, "ema": True}
+    drawn_with = {**ev.record(), "num": spec.num, "seed": spec.seed, "ema": True}
     if _recorded(folder / "samples.json") == drawn_with and (folder / "samples.npz").is_file():
         return load_samples(folder / "samples.npz"), False
     _, images = generate(
-        cell.config.out, spec.num, ev.steps, ev.sampler, seed=spec.seed, eta=ev.eta,
+        cell.config.out, spec.num, ev.steps, ev.sampler, seed=spec.seed, eta=ev.eta, x0=ev.x0,
         batch_size=spec.sample_batch_size, progress=progress,
     )  # fmt: skip
     save_samples(images, folder / "samples.npz")
@@ -440,7 +480,7 @@ def run_cell(
         )  # fmt: skip
         eval_s = time.perf_counter() - start
         result = {
-            "cell": cell.id, "axes": cell.axes, "evaluation": dataclasses.asdict(ev),
+            "cell": cell.id, "axes": cell.axes, "evaluation": ev.record(),
             "settings": _result_settings(ev, spec),
             "metrics": {k: scores[k] for k in result_keys() if k in scores},
             "feature_extractor": scores["feature_extractor"], "num_samples": scores["num_samples"],
@@ -485,7 +525,7 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
     shared = {
         "cell": result["cell"],
         **result["axes"],
-        **result["evaluation"],
+        **Evaluation(**result["evaluation"]).__dict__,
         "num_samples": result["num_samples"],
         "num_reference": result["num_reference"],
         **{k: round(result[k], 3) for k in ("train_s", "sample_s", "eval_s", "wall_s")},

@@ -118,7 +118,9 @@ def interval95(values: list[float]) -> float | None:
 
 def row_group(row: dict[str, Any]) -> Group:
     label = (
-        Evaluation(row["sampler"], int(row["steps"]), float(row.get("eta", 0))).label
+        Evaluation(
+            row["sampler"], int(row["steps"]), float(row.get("eta", 0)), row.get("x0") or "clip"
+        ).label
         if row.get("sampler")
         else ""
     )
