@@ -429,6 +429,28 @@ def test_trajectory_strip_has_nine_moments_whatever_the_sampler(
     assert width == frames * (8 + 2) + 2  # 8 px images, torchvision's 2 px padding
 
 
+def test_grids_and_evaluations_during_training_take_the_x0_rule(array_data, tmp_path) -> None:
+    """--sample-x0 and --eval-x0 reach the sampler: the same one-step run drawn without
+    clipping gives other grids and scores, and the log says which rule scored."""
+    from squeezed_diffusion.training.run import Run
+
+    grids, evals = {}, {}
+    for rule in ("clip", "none"):
+        run = tmp_path / rule
+        extra = ["--steps", "1", "--sample-steps", "3", "--sample-x0", rule, "--eval-every", "1",
+                 "--eval-num", "8", "--eval-steps", "3", "--eval-x0", rule,
+                 "--eval-metrics", "fd_pixels8"]  # fmt: skip
+        assert main(train_args(array_data, run, *extra)) == 0
+        grids[rule] = Run(run).final_samples_path.read_bytes()
+        (evals[rule],) = [
+            r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval" in r
+        ]
+        assert TrainConfig.load(run / "config.yaml").sample_x0 == rule
+    assert grids["clip"] != grids["none"]
+    assert [evals[r]["eval_x0"] for r in ("clip", "none")] == ["clip", "none"]
+    assert evals["clip"]["eval"]["fd_pixels8"] != evals["none"]["eval"]["fd_pixels8"]
+
+
 def test_images_per_s_counts_training_steps_only(array_data, tmp_path, monkeypatch) -> None:
     """Checkpoints, sample grids and evaluations take no part in a window's images/s: with a
     clock on which each grid and evaluation lasts 1000 s, every one-step window stays short

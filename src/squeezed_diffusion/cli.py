@@ -365,6 +365,7 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "sample_num": (int, "images in each sample grid"),
         "sample_steps": (int, "sampling steps for the grids"),
         "sample_sampler": (str, "sampler for the grids: " + _choices(SAMPLERS)),
+        "sample_x0": (str, "the grids' rule for the predicted x_0: " + _choices(X0_RULES)),
         "log_with": (
             str,
             "trackers through accelerate: "
@@ -375,6 +376,10 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "eval_num": (int, "samples per evaluation (default 500)"),
         "eval_steps": (int, "sampling steps per evaluation (default 50)"),
         "eval_sampler": (str, "sampler of the evaluations (default ddpm)"),
+        "eval_x0": (
+            str,
+            "the evaluations' rule for the predicted x_0 (default clip; see sample --x0)",
+        ),
         "eval_num_reference": (int, "training images the evaluations compare with (default 5000)"),
     }
 

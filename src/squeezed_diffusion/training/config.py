@@ -20,6 +20,7 @@ from ..core import BASES, PROFILES, SAMPLERS, VARIANTS
 from ..core.basis import basis_options
 from ..core.fileio import atomic_write
 from ..core.process import canonical_prediction_type, merge_target
+from ..core.samplers import checked_sampler
 from ..data import DATASETS, ImageDataset, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
@@ -71,6 +72,7 @@ RESUMABLE = {
     "sample_num",
     "sample_steps",
     "sample_sampler",
+    "sample_x0",
     "compile",
     "compile_mode",
     "channels_last",
@@ -80,13 +82,16 @@ RESUMABLE = {
     "eval_num",
     "eval_steps",
     "eval_sampler",
+    "eval_x0",
     "eval_num_reference",
 }
 LR_SCHEDULES = ("cosine", "constant")
 # Fields that shape the squeezing: isotropic noise has none, so they have no effect there.
 ISOTROPIC_IGNORES = ("strength", "profile", "basis", "basis_options")
 # Evaluation during training: set without eval_every, they would have no effect.
-EVAL_FIELDS = ("eval_metrics", "eval_num", "eval_steps", "eval_sampler", "eval_num_reference")
+EVAL_FIELDS = (
+    "eval_metrics", "eval_num", "eval_steps", "eval_sampler", "eval_x0", "eval_num_reference"
+)  # fmt: skip
 # 0.1.0 configs held the PCA and DCT options as fields of their own.
 _LEGACY_BASIS_FIELDS = {"basis_k": ("pca", "k"), "basis_cutoffs": ("dct", "cutoffs")}
 
@@ -143,6 +148,7 @@ class TrainConfig:
     sample_num: int = 16
     sample_steps: int = 50
     sample_sampler: str = "ddpm"
+    sample_x0: str = "clip"  # the grids' rule for the predicted x_0 (core/samplers.py X0_RULES)
     # trackers and evaluation during training (training/monitor.py)
     log_with: str | None = None  # tensorboard, wandb or all, through accelerate's trackers
     eval_every: int = 0  # steps between evaluations of the EMA weights (0: none)
@@ -150,6 +156,7 @@ class TrainConfig:
     eval_num: int = 500
     eval_steps: int = 50
     eval_sampler: str = "ddpm"
+    eval_x0: str = "clip"
     eval_num_reference: int | None = 5000
 
     def validate(self) -> TrainConfig:
@@ -170,8 +177,8 @@ class TrainConfig:
                 )
         for name in ("prediction_type", "basis", "basis_options"):  # options after their basis
             setattr(self, name, _canonical(self, name))
-        SAMPLERS.canonical(self.sample_sampler)
-        SAMPLERS.canonical(self.eval_sampler)
+        checked_sampler(self.sample_sampler, x0=self.sample_x0)
+        checked_sampler(self.eval_sampler, x0=self.eval_x0)
         if self.log_with not in TRACKERS:
             raise ValueError(
                 f"unknown log_with {self.log_with!r}; choose one of: tensorboard, wandb, all"

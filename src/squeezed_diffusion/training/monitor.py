@@ -34,9 +34,11 @@ def ema_sample(
     sampler: str,
     seed: int,
     callback: Callable[[int, int, Tensor, Tensor], None] | None = None,
+    x0: str = "clip",
 ) -> Tensor:
-    """Samples of ``shape`` from the EMA weights, with a generator seeded ``seed``; the
-    training weights and mode are restored afterwards and torch's global RNG is not used."""
+    """Samples of ``shape`` from the EMA weights, with a generator seeded ``seed`` and the
+    predicted x_0's rule ``x0``; the training weights and mode are restored afterwards and
+    torch's global RNG is not used."""
     unet, ema = state.unwrapped, state.ema
     params = list(unet.parameters())
     ema.store(params)
@@ -46,7 +48,7 @@ def ema_sample(
         return process.sample(
             lambda x, t: unet(x, t).sample, shape, steps, sampler,
             generator=torch.Generator().manual_seed(seed), progress=False,
-            device=state.accelerator.device, callback=callback,
+            device=state.accelerator.device, callback=callback, clip=x0,
         )  # fmt: skip
     finally:
         unet.train()
@@ -175,11 +177,13 @@ def evaluate_ema(
             cfg.eval_steps,
             cfg.eval_sampler,
             cfg.seed,
+            x0=cfg.eval_x0,
         )
         num_reference = min(cfg.eval_num_reference or len(dataset), len(dataset))
         scores = evaluate(to_uint8(samples), dataset, cfg.eval_metrics, num_reference=num_reference)
     metrics = {k: scores[k] for k in scores["feature_extractor"]}
     return {
-        "step": step, "eval": metrics, "eval_sampler": cfg.eval_sampler, "eval_steps": cfg.eval_steps,
+        "step": step, "eval": metrics, "eval_sampler": cfg.eval_sampler, "eval_x0": cfg.eval_x0,
+        "eval_steps": cfg.eval_steps,
         "eval_num": cfg.eval_num, "eval_num_reference": num_reference, "eval_s": time.perf_counter() - start,
     }  # fmt: skip

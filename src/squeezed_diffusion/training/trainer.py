@@ -176,6 +176,7 @@ class Trainer:
                 cfg.sample_sampler,
                 cfg.seed,
                 callback,
+                x0=cfg.sample_x0,
             )
 
         calls = SAMPLERS.get(cfg.sample_sampler).nfe(cfg.sample_steps)  # heun: 2 n - 1
