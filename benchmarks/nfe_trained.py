@@ -44,7 +44,7 @@ FEW_STEP = [
 BASELINES = [Evaluation("ddpm", 50), Evaluation("ddim", 50)]
 
 
-def parseevaluation_of(label: str) -> Evaluation:
+def parse_evaluation(label: str) -> Evaluation:
     """``dpmpp-2m-20`` as Evaluation("dpmpp-2m", 20), ``ddim-50-x0none`` with that x0 rule."""
     try:
         return Evaluation.from_label(label)
@@ -112,10 +112,19 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
+def _consistent(row: dict) -> str:
+    """The row's x_0 rule, with "clip" named "clip-reuse" for samplers that have no separate
+    noise estimate: both then step with the clipped x_0 alone (DDIM with clip-reuse is
+    DPM-Solver++(1)), so they solve one ODE and are compared."""
+    rule = row.get("x0", "clip")
+    return "clip-reuse" if rule == "clip" and not SAMPLERS[row["sampler"]].reuses_x0 else rule
+
+
 def changes(rows: list[dict]) -> list[dict]:
     """Seed-paired differences that say whether a sampler has converged: each sampler (with
     its x_0 rule) against itself at its previous step count, two samplers against each other
-    at equal NFE, and one sampler and step count under two x_0 rules."""
+    at equal NFE (with one x_0 rule, or both using the clipped x_0 throughout), and one
+    sampler and step count under two x_0 rules."""
     series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         series.setdefault((r["sampler"], r.get("x0", "clip")), []).append(r)
@@ -128,7 +137,7 @@ def changes(rows: list[dict]) -> list[dict]:
     pairs += [
         (a, b) for a, b in itertools.combinations(by_name, 2)
         if a["nfe"] == b["nfe"] and a["sampler"] != b["sampler"]
-        and a.get("x0", "clip") == b.get("x0", "clip")
+        and (a.get("x0", "clip") == b.get("x0", "clip") or _consistent(a) == _consistent(b))
     ]  # fmt: skip
     pairs += [
         (a, b) for a, b in itertools.combinations(by_name, 2)
@@ -203,7 +212,7 @@ def main() -> int:
     parser.add_argument("--plot", type=Path, help="write the metric against NFE as a PNG here")
     args = parser.parse_args()
     try:
-        evaluations = list(dict.fromkeys(parseevaluation_of(label) for label in args.evals))
+        evaluations = list(dict.fromkeys(parse_evaluation(label) for label in args.evals))
         sweep = load_sweep(args.sweep, args.folder)
         wanted = [e.record() for e in BASELINES + evaluations]
         spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()

@@ -169,13 +169,37 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
     """``--evals`` takes an evaluation's folder label back apart, refusing what is not one."""
     import nfe_trained
 
-    assert nfe_trained.parseevaluation_of("dpmpp-2m-sde-20") == Evaluation("dpmpp-2m-sde", 20)
-    assert nfe_trained.parseevaluation_of("ddim-200") == Evaluation("ddim", 200)
+    assert nfe_trained.parse_evaluation("dpmpp-2m-sde-20") == Evaluation("dpmpp-2m-sde", 20)
+    assert nfe_trained.parse_evaluation("ddim-200") == Evaluation("ddim", 200)
     for ev in (Evaluation("ddim", 50, 0.5, "clip-reuse"), Evaluation("dpmpp-2m", 20, x0="none")):
-        assert nfe_trained.parseevaluation_of(ev.label) == ev
+        assert nfe_trained.parse_evaluation(ev.label) == ev
     for bad in ("dpmpp-3m-20", "ddim-0", "ddim", "ddim-x", "ddim-50-x0clamp", "ddim-50-eta"):
         with pytest.raises(ValueError, match="SAMPLER-STEPS"):
-            nfe_trained.parseevaluation_of(bad)
+            nfe_trained.parse_evaluation(bad)
+
+
+FEW_STEP_DOCS = ROOT / "docs" / "results" / "few-step-samplers"
+
+
+def _recomputed_study(name: str) -> tuple[list[dict], dict[str, str]]:
+    """The rows of FEW_STEP_DOCS/``name``, recomputed from the committed evaluations and
+    checked against the JSON and the docs' tables; with its paired changes as printed."""
+    import nfe_trained
+
+    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
+    committed = json.loads((FEW_STEP_DOCS / name).read_text())
+    evaluations = [nfe_trained.evaluation_of(r) for r in committed["rows"]]
+    rows = nfe_trained.summary_rows(
+        [study / c for c in committed["cells"]], "fd_effnet", evaluations
+    )
+    table = nfe_trained.format_table(rows, "fd_effnet")
+    assert table == nfe_trained.format_table(committed["rows"], "fd_effnet")
+    docs = (FEW_STEP_DOCS / "README.md").read_text()
+    assert table in docs
+    changed = nfe_trained.changes(rows)
+    assert changed == committed["changes"]
+    assert nfe_trained.format_changes(changed, "fd_effnet") in docs
+    return rows, {c["change"]: f"{c['mean']:+.3g} ± {sig(c['ci'], 2)}" for c in changed}
 
 
 def test_ode_limit_table_is_the_committed_evaluations() -> None:
@@ -183,26 +207,46 @@ def test_ode_limit_table_is_the_committed_evaluations() -> None:
     DDPM?), recomputed from the committed evaluations, is ode-limit.json's and the docs'."""
     import nfe_trained
 
-    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
-    committed = json.loads((ROOT / "docs/results/few-step-samplers/ode-limit.json").read_text())
-    evaluations = [nfe_trained.evaluation_of(r) for r in committed["rows"]]
-    assert {Evaluation("dpmpp-2m", 200), Evaluation("ddim", 200)} <= set(evaluations)
-    rows = nfe_trained.summary_rows(
-        [study / c for c in committed["cells"]], "fd_effnet", evaluations
-    )
-    table = nfe_trained.format_table(rows, "fd_effnet")
-    assert table == nfe_trained.format_table(committed["rows"], "fd_effnet")
-    assert table in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
-    changes = nfe_trained.format_changes(nfe_trained.changes(rows), "fd_effnet")
-    assert changes in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
-    (last,) = [c for c in nfe_trained.changes(rows) if c["change"] == "dpmpp-2m-200 − dpmpp-2m-100"]
-    assert f"{last['mean']:+.3g} ± {sig(last['ci'], 2)}" in README.read_text()  # its sentence
-    assert nfe_trained.changes(rows) == committed["changes"]
+    rows, changes = _recomputed_study("ode-limit.json")
+    evaluations = {nfe_trained.evaluation_of(r) for r in rows}
+    assert {Evaluation("dpmpp-2m", 200), Evaluation("ddim", 200)} <= evaluations
+    assert changes["dpmpp-2m-200 − dpmpp-2m-100"] in README.read_text()  # its sentence
     by = {(r["sampler"], r["steps"]): r for r in rows}  # the README's sentence
     for key, base in ((("dpmpp-2m", 200), "ddpm-50"), (("ddim", 200), "ddim-50")):
         r = by[key]
         shown = f"{r[f'paired_vs_{base}']:+.3g} ± {sig(r[f'paired_ci_vs_{base}'], 2)} "
         assert shown in README.read_text().replace("\n", " "), shown
+
+
+def test_x0_rule_study_is_the_committed_evaluations() -> None:
+    """The x_0-rule tables, recomputed from the committed evaluations, are x0-rules.json's and
+    the docs'; the sentences quote their pairs, and the reproduction check its files."""
+    rows, changes = _recomputed_study("x0-rules.json")
+    assert {r.get("x0", "clip") for r in rows} == {"clip", "none", "clip-reuse"}
+    readme = " ".join(README.read_text().split())
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
+    for change in ("ddim-200-x0clip-reuse − ddim-50-x0clip-reuse",
+                   "ddim-200-x0clip-reuse − dpmpp-2m-200"):  # fmt: skip
+        assert f"({changes[change]})" in readme and changes[change] in docs, change
+    for change in ("ddim-50-x0clip-reuse − dpmpp-2m-50", "ddim-200 − ddim-200-x0clip-reuse"):
+        assert changes[change] in docs, change
+    unclipped = [c for c in json.loads((FEW_STEP_DOCS / "x0-rules.json").read_text())["changes"]
+                 if c["change"].endswith("-x0none") and "x0none −" not in c["change"]]  # fmt: skip
+    losses = sorted(-c["mean"] for c in unclipped)  # clipped − unclipped, same sampler and NFE
+    assert len(losses) >= 4 and losses[0] > 0
+    assert f"scores {losses[0]:.0f} to {losses[-1]:.0f} worse" in readme
+    worst = {k: 0.0 for k in ("fd_effnet", "precision_effnet", "recall_effnet")}
+    for seed in (0, 1):  # the retrained models' redraws against the committed evaluations
+        again = json.loads((FEW_STEP_DOCS / f"reproduction/seed{seed}-ddpm-50.json").read_text())
+        cell = (
+            ROOT / "docs/results/local-cifar10-samplers/cells" / f"imagefolder_isotropic_seed{seed}"
+        )
+        first = json.loads((cell / "evals/ddpm-50/result.json").read_text())
+        for k in worst:
+            worst[k] = max(worst[k], abs(again["metrics"][k] - first["metrics"][k]))
+    shown = (f"within {worst['fd_effnet']:.4f} in fd_effnet, {worst['precision_effnet']:.4f} in "
+             f"precision and {worst['recall_effnet']:.4f} in recall")  # fmt: skip
+    assert shown in docs
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
