@@ -118,7 +118,7 @@ X0_RULES: dict[str, X0Rule] = {
 X0_HELP = (
     "clip: clip x_0 to [-1, 1] (default; diffusers' clip_sample); none: leave it; clip-reuse: "
     "clip, and DDIM re-derives its noise estimate from the clipped x_0 (diffusers' "
-    "use_clipped_model_output), which makes it DPM-Solver++(1) step for step"
+    "use_clipped_model_output), which makes DDIM with eta 0 DPM-Solver++(1) step for step"
 )
 
 
