@@ -114,8 +114,9 @@ def format_table(rows: list[dict], metric: str) -> str:
 
 def _consistent(row: dict) -> str:
     """The row's x_0 rule, with "clip" named "clip-reuse" for samplers that have no separate
-    noise estimate: both then step with the clipped x_0 alone (DDIM with clip-reuse is
-    DPM-Solver++(1)), so they solve one ODE and are compared."""
+    noise estimate: both then step with the clipped x_0 alone, so what differs between two
+    such rows is the sampler (DDIM with clip-reuse and eta 0 is DPM-Solver++(1), so against
+    ``dpmpp-2m`` it is one ODE at first and second order)."""
     rule = row.get("x0", "clip")
     return "clip-reuse" if rule == "clip" and not SAMPLERS[row["sampler"]].reuses_x0 else rule
 

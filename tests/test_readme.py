@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 import shlex
 import sys
@@ -228,8 +229,20 @@ def test_x0_rule_study_is_the_committed_evaluations() -> None:
     for change in ("ddim-200-x0clip-reuse − ddim-50-x0clip-reuse",
                    "ddim-200-x0clip-reuse − dpmpp-2m-200"):  # fmt: skip
         assert f"({changes[change]})" in readme and changes[change] in docs, change
-    for change in ("ddim-50-x0clip-reuse − dpmpp-2m-50", "ddim-200 − ddim-200-x0clip-reuse"):
-        assert changes[change] in docs, change
+    prose = {  # the bullets' sentences with the pair each quotes (signed, or its size)
+        "ddim-50-x0clip-reuse − dpmpp-2m-50": "approaches `dpmpp-2m`: {signed} at 50 steps",
+        "ddim-200-x0clip-reuse − dpmpp-2m-200": "and {signed} at 200, a quarter",
+        "ddim-200 − ddim-200-x0clip-reuse": "DDIM with 200 steps is {signed} worse than under",
+        "ddim-200-x0clip-reuse − ddim-50-x0clip-reuse": "with the steps ({signed} from 50",
+        "ddpm-50 − ddpm-50-x0none": "scores {size} worse than clipped",
+        "ddpm-50-x0none − dpmpp-2m-50-x0none": "still leads `dpmpp-2m` by {size} (barely",
+    }
+    for change, sentence in prose.items():
+        signed = changes[change]
+        assert sentence.format(signed=signed, size=signed.lstrip("+-")) in docs, change
+    unclipped_rows = [r["mean"] for r in rows if r.get("x0") == "none"]
+    low, high = math.floor(min(unclipped_rows)), math.ceil(max(unclipped_rows))
+    assert f"lie between {low} and {high}" in docs
     unclipped = [c for c in json.loads((FEW_STEP_DOCS / "x0-rules.json").read_text())["changes"]
                  if c["change"].endswith("-x0none") and "x0none −" not in c["change"]]  # fmt: skip
     losses = sorted(-c["mean"] for c in unclipped)  # clipped − unclipped, same sampler and NFE

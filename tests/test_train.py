@@ -430,25 +430,30 @@ def test_trajectory_strip_has_nine_moments_whatever_the_sampler(
 
 
 def test_grids_and_evaluations_during_training_take_the_x0_rule(array_data, tmp_path) -> None:
-    """--sample-x0 and --eval-x0 reach the sampler: the same one-step run drawn without
-    clipping gives other grids and scores, and the log says which rule scored."""
+    """--sample-x0 reaches the grids and --eval-x0 the evaluations, each only its own: the same
+    one-step run with one rule changed to none changes only that one's output, and the log
+    says which rule scored."""
     from squeezed_diffusion.training.run import Run
 
     grids, evals = {}, {}
-    for rule in ("clip", "none"):
-        run = tmp_path / rule
-        extra = ["--steps", "1", "--sample-steps", "3", "--sample-x0", rule, "--eval-every", "1",
-                 "--eval-num", "8", "--eval-steps", "3", "--eval-x0", rule,
-                 "--eval-metrics", "fd_pixels8"]  # fmt: skip
+    for sample_x0, eval_x0 in (("clip", "clip"), ("none", "clip"), ("clip", "none")):
+        run = tmp_path / f"{sample_x0}-{eval_x0}"
+        extra = ["--steps", "1", "--sample-steps", "3", "--sample-x0", sample_x0,
+                 "--eval-every", "1", "--eval-num", "8", "--eval-steps", "3",
+                 "--eval-x0", eval_x0, "--eval-metrics", "fd_pixels8"]  # fmt: skip
         assert main(train_args(array_data, run, *extra)) == 0
-        grids[rule] = Run(run).final_samples_path.read_bytes()
-        (evals[rule],) = [
+        key = (sample_x0, eval_x0)
+        grids[key] = Run(run).final_samples_path.read_bytes()
+        (evals[key],) = [
             r for r in map(json.loads, (run / "log.jsonl").read_text().splitlines()) if "eval" in r
         ]
-        assert TrainConfig.load(run / "config.yaml").sample_x0 == rule
-    assert grids["clip"] != grids["none"]
-    assert [evals[r]["eval_x0"] for r in ("clip", "none")] == ["clip", "none"]
-    assert evals["clip"]["eval"]["fd_pixels8"] != evals["none"]["eval"]["fd_pixels8"]
+        saved = TrainConfig.load(run / "config.yaml")
+        assert (saved.sample_x0, saved.eval_x0) == key
+        assert evals[key]["eval_x0"] == eval_x0
+    score = {k: e["eval"]["fd_pixels8"] for k, e in evals.items()}
+    clip = ("clip", "clip")
+    assert grids[("none", "clip")] != grids[clip] == grids[("clip", "none")]
+    assert score[("clip", "none")] != score[clip] == score[("none", "clip")]
 
 
 def test_images_per_s_counts_training_steps_only(array_data, tmp_path, monkeypatch) -> None:

@@ -376,10 +376,7 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "eval_num": (int, "samples per evaluation (default 500)"),
         "eval_steps": (int, "sampling steps per evaluation (default 50)"),
         "eval_sampler": (str, "sampler of the evaluations (default ddpm)"),
-        "eval_x0": (
-            str,
-            "the evaluations' rule for the predicted x_0 (default clip; see sample --x0)",
-        ),
+        "eval_x0": (str, "the evaluations' rule for the predicted x_0: " + _choices(X0_RULES)),
         "eval_num_reference": (int, "training images the evaluations compare with (default 5000)"),
     }
 

@@ -177,8 +177,8 @@ class TrainConfig:
                 )
         for name in ("prediction_type", "basis", "basis_options"):  # options after their basis
             setattr(self, name, _canonical(self, name))
-        checked_sampler(self.sample_sampler, x0=self.sample_x0)
-        checked_sampler(self.eval_sampler, x0=self.eval_x0)
+        SAMPLERS.canonical(self.sample_sampler)
+        SAMPLERS.canonical(self.eval_sampler)
         if self.log_with not in TRACKERS:
             raise ValueError(
                 f"unknown log_with {self.log_with!r}; choose one of: tensorboard, wandb, all"
@@ -211,6 +211,13 @@ class TrainConfig:
         self._refuse_ignored()
         for name in ("sample", "eval") if self.eval_every else ("sample",):
             sampler, steps = getattr(self, f"{name}_sampler"), getattr(self, f"{name}_steps")
+            x0 = getattr(self, f"{name}_x0")
+            try:
+                checked_sampler(sampler, x0=x0)
+            except ValueError as err:
+                raise ValueError(
+                    f"--{name}-x0 {x0} with --{name}-sampler {sampler}: {err}"
+                ) from None
             try:  # checked now, not when the first grid or evaluation is due, after training
                 SAMPLERS.get(sampler).schedule(self.num_train_timesteps, steps)
             except ValueError as err:
