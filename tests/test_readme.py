@@ -182,12 +182,14 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
 FEW_STEP_DOCS = ROOT / "docs" / "results" / "few-step-samplers"
 
 
-def _recomputed_study(name: str) -> tuple[list[dict], dict[str, str]]:
-    """The rows of FEW_STEP_DOCS/``name``, recomputed from the committed evaluations and
-    checked against the JSON and the docs' tables; with its paired changes as printed."""
+def _recomputed_study(
+    name: str, study: Path = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
+) -> tuple[list[dict], dict[str, str]]:
+    """The rows of FEW_STEP_DOCS/``name``, recomputed from the committed evaluations of the
+    cells under ``study`` and checked against the JSON and the docs' tables; with its paired
+    changes as printed."""
     import nfe_trained
 
-    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
     committed = json.loads((FEW_STEP_DOCS / name).read_text())
     evaluations = [nfe_trained.evaluation_of(r) for r in committed["rows"]]
     rows = nfe_trained.summary_rows(
@@ -260,6 +262,41 @@ def test_x0_rule_study_is_the_committed_evaluations() -> None:
     shown = (f"within {worst['fd_effnet']:.4f} in fd_effnet, {worst['precision_effnet']:.4f} in "
              f"precision and {worst['recall_effnet']:.4f} in recall")  # fmt: skip
     assert shown in docs
+
+
+def test_longer_training_study_is_the_committed_evaluations(tmp_path) -> None:
+    """The longer-training sweep is the few-step study's recipe with only ``steps`` changed,
+    and its table, recomputed from the committed evaluations, is the JSON's, the docs' and
+    the sentences'."""
+    import dataclasses
+
+    from squeezed_diffusion.evaluation.sweep import load_sweep
+
+    longer = load_sweep(str(FEW_STEP_DOCS / "longer-training.yaml"), tmp_path / "a")
+    study = load_sweep("local-cifar10-samplers", tmp_path / "b")
+    same = {c.id: c for c in study.cells}
+    assert [c.id for c in longer.cells] == [f"imagefolder_isotropic_seed{i}" for i in range(4)]
+    for cell in longer.cells:
+        ours, theirs = (dataclasses.asdict(c.config) for c in (cell, same[cell.id]))
+        differ = {k for k in ours if ours[k] != theirs[k]}
+        assert differ == {"steps", "out"} and ours["steps"] == 3 * theirs["steps"], differ
+    spec, base = (dataclasses.asdict(s.eval) for s in (longer, study))
+    assert {k for k in spec if spec[k] != base[k]} == {"sampler"}
+    rows, _ = _recomputed_study("longer-training.json", FEW_STEP_DOCS / "longer-training" / "cells")
+    by = {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in rows}
+
+    def paired(key: tuple) -> str:
+        r = by[key]
+        return f"{r['paired_vs_ddpm-50']:+.3g} ± {sig(r['paired_ci_vs_ddpm-50'], 2)}"
+
+    ddpm = by[("ddpm", 50, "clip")]
+    readme = " ".join(README.read_text().split())
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
+    assert f"`ddpm` with 50 steps improves to {ddpm['mean']:.4g} ± {sig(ddpm['ci'], 2)}" in readme
+    for text in (readme, docs):
+        assert f"20 evaluations is then {paired(('dpmpp-2m', 20, 'clip'))} above" in text
+        assert f"({paired(('dpmpp-2m-sde', 20, 'clip'))}" in text
+    assert f"with 50 evaluations {paired(('dpmpp-2m', 50, 'clip'))}" in docs
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
