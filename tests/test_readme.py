@@ -17,6 +17,8 @@ from squeezed_diffusion.evaluation.sweep import Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
+STUDY_CELLS = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
+FEW_STEP_DOCS = ROOT / "docs" / "results" / "few-step-samplers"
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
@@ -149,9 +151,8 @@ def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     evaluation, is the README's, the few-step folder's and trained.json's."""
     import nfe_trained
 
-    study = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
-    committed = json.loads((ROOT / "docs/results/few-step-samplers/trained.json").read_text())
-    cells = [study / name for name in committed["cells"]]
+    committed = json.loads((FEW_STEP_DOCS / "trained.json").read_text())
+    cells = [STUDY_CELLS / name for name in committed["cells"]]
     assert len(cells) >= 2
     rows = nfe_trained.summary_rows(cells, committed["metric"])
     table = nfe_trained.format_table(rows, committed["metric"])
@@ -179,12 +180,7 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
             nfe_trained.parse_evaluation(bad)
 
 
-FEW_STEP_DOCS = ROOT / "docs" / "results" / "few-step-samplers"
-
-
-def _recomputed_study(
-    name: str, study: Path = ROOT / "docs" / "results" / "local-cifar10-samplers" / "cells"
-) -> tuple[list[dict], dict[str, str]]:
+def _recomputed_study(name: str, study: Path = STUDY_CELLS) -> tuple[list[dict], dict[str, str]]:
     """The rows of FEW_STEP_DOCS/``name``, recomputed from the committed evaluations of the
     cells under ``study`` and checked against the JSON and the docs' tables; with its paired
     changes as printed."""
@@ -253,9 +249,7 @@ def test_x0_rule_study_is_the_committed_evaluations() -> None:
     worst = {k: 0.0 for k in ("fd_effnet", "precision_effnet", "recall_effnet")}
     for seed in (0, 1):  # the retrained models' redraws against the committed evaluations
         again = json.loads((FEW_STEP_DOCS / f"reproduction/seed{seed}-ddpm-50.json").read_text())
-        cell = (
-            ROOT / "docs/results/local-cifar10-samplers/cells" / f"imagefolder_isotropic_seed{seed}"
-        )
+        cell = STUDY_CELLS / f"imagefolder_isotropic_seed{seed}"
         first = json.loads((cell / "evals/ddpm-50/result.json").read_text())
         for k in worst:
             worst[k] = max(worst[k], abs(again["metrics"][k] - first["metrics"][k]))

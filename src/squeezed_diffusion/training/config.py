@@ -213,13 +213,13 @@ class TrainConfig:
             sampler, steps = getattr(self, f"{name}_sampler"), getattr(self, f"{name}_steps")
             x0 = getattr(self, f"{name}_x0")
             try:
-                checked_sampler(sampler, x0=x0)
+                entry = checked_sampler(sampler, x0=x0)
             except ValueError as err:
                 raise ValueError(
                     f"--{name}-x0 {x0} with --{name}-sampler {sampler}: {err}"
                 ) from None
             try:  # checked now, not when the first grid or evaluation is due, after training
-                SAMPLERS.get(sampler).schedule(self.num_train_timesteps, steps)
+                entry.schedule(self.num_train_timesteps, steps)
             except ValueError as err:
                 raise ValueError(
                     f"--{name}-steps {steps} with --{name}-sampler {sampler}: {err}"
