@@ -7,7 +7,7 @@
 Takes the cells of the sweep (``--sweep``, a shipped sweep or a YAML file, with its folder
 SWEEP_DIR) whose id contains any ``--cells`` substring (``--train``: training those not
 trained yet), and evaluates each with the ``--evals`` (SAMPLER-STEPS labels, with
-``-x0none`` or ``-x0clip-reuse`` for another rule for the predicted x_0; by default
+``-x0RULE`` for another rule for the predicted x_0, e.g. ``-x0clip-anchor``; by default
 dpmpp-2m and dpmpp-2m-sde at 10, 20 and 50 steps and heun at 11 steps, 21 network
 evaluations) and with the baselines exact DDPM and DDIM at 50 steps, exactly as the sweep
 evaluates its samplers (its ``eval:`` settings: number of samples, sampling seed, reference
@@ -113,12 +113,16 @@ def format_table(rows: list[dict], metric: str) -> str:
 
 
 def _consistent(row: dict) -> str:
-    """The row's x_0 rule, with "clip" named "clip-reuse" for samplers that have no separate
-    noise estimate: both then step with the clipped x_0 alone, so what differs between two
-    such rows is the sampler (DDIM with clip-reuse and eta 0 is DPM-Solver++(1), so against
-    ``dpmpp-2m`` it is one ODE at first and second order)."""
+    """The row's x_0 rule named for what its steps do: "clip" is "clip-reuse" for samplers
+    that have no separate noise estimate (they step with the clipped x_0 alone, as DDIM under
+    clip-reuse) and "clip-anchor" for DDIM (it keeps the network's noise estimate, as
+    DPM-Solver++ under clip-anchor). Two rows with one name differ in the solver alone (DDIM
+    with eta 0 is DPM-Solver++(1) under either, so against ``dpmpp-2m`` it is one ODE at first
+    and second order)."""
     rule = row.get("x0", "clip")
-    return "clip-reuse" if rule == "clip" and not SAMPLERS[row["sampler"]].reuses_x0 else rule
+    if rule != "clip":
+        return rule
+    return "clip-anchor" if SAMPLERS[row["sampler"]].reuses_x0 else "clip-reuse"
 
 
 def changes(rows: list[dict]) -> list[dict]:

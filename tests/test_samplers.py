@@ -356,7 +356,9 @@ def test_samplers_clip_x0_by_default_like_diffusers(sampler: str) -> None:
     assert unclipped.abs().max() > 2.0
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "ddpm-paper", "dpmpp-2m", "heun"])
+@pytest.mark.parametrize(
+    "sampler", ["ddpm", "ddim", "ddpm-paper", "dpmpp-2m", "dpmpp-2m-sde", "heun"]
+)
 def test_x0_rules_by_name_are_the_rules(sampler: str) -> None:
     """``clip="none"``/``"clip"`` (what ``--x0`` and sweeps pass) sample as ``clip=False``/
     ``True``; a rule a sampler cannot honour and an unknown name are refused before sampling."""
@@ -377,21 +379,58 @@ def test_x0_rules_by_name_are_the_rules(sampler: str) -> None:
     if sampler != "ddim":
         with pytest.raises(ValueError, match=f"x0 rule clip-reuse applies to .*ddim.*{sampler}"):
             run("clip-reuse")
+    if sampler.startswith("dpmpp"):
+        assert not torch.equal(run("clip-anchor"), run("clip"))
+    else:
+        why = "does this under clip already" if sampler == "ddim" else "does not implement it"
+        match = f"x0 rule clip-anchor applies to .*dpmpp-2m, dpmpp-2m-sde.*{sampler} .*{why}"
+        with pytest.raises(ValueError, match=match):
+            run("clip-anchor")
 
 
 def test_ddim_reusing_the_clipped_x0_is_first_order_dpm_solver() -> None:
     """With ``clip-reuse`` DDIM's noise estimate is re-derived from the clipped x_0, so its
-    step is DPM-Solver++(1)'s on the same x_0; plain clipping (diffusers' default) is not."""
+    step is DPM-Solver++(1)'s on the same x_0; plain clipping (diffusers' default) is not,
+    it is DPM-Solver++(1)'s under ``clip-anchor``."""
     from squeezed_diffusion.core.samplers import X0_RULES, ddim_step, dpmpp_2m_step
 
     proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "sdm", -0.8)
     x = torch.randn(2, 3, 8, 8, generator=_gen(5))
     out = -3.0 * x  # x_0 far outside [-1, 1]: clipping is active
     first = dpmpp_2m_step(proc, out, x, 600, 560, state={}).prev_sample  # no history: order 1
+    anchored = dpmpp_2m_step(proc, out, x, 600, 560, clip=X0_RULES["clip-anchor"], state={})
     reused = ddim_step(proc, out, x, 600, 560, clip=X0_RULES["clip-reuse"]).prev_sample
     plain = ddim_step(proc, out, x, 600, 560).prev_sample
     assert (reused - first).abs().max() < 1e-4
     assert (plain - first).abs().max() > 0.1
+    assert (plain - anchored.prev_sample).abs().max() < 1e-4
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])
+def test_anchored_dpm_solver_steps_from_the_reanchored_state(sampler: str) -> None:
+    """``clip-anchor`` is the clipped update applied to ``x + a_t (clip(x0hat) - x0hat)``, the
+    network's noise estimate around the clipped x_0, at every step of a squeezed run (both
+    orders, and the step to the data); with clipping active that differs from ``clip``."""
+    from squeezed_diffusion.core.samplers import X0_RULES, ode_timesteps, predict
+
+    proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "hdm", -0.8)
+    step = SAMPLERS[sampler].step
+    x = proc.prior((2, 3, 8, 8), generator=_gen(6))
+    states: tuple[dict, dict, dict] = ({}, {}, {})
+    for t, t_prev in ode_timesteps(1000, 6):
+        out = -2.0 * x + 0.3  # x_0 estimates beyond [-1, 1]: clipping is active
+        noise = torch.randn(x.shape, generator=_gen(t)) if sampler.endswith("sde") else None
+        anchored = step(proc, out, x, t, t_prev, clip=X0_RULES["clip-anchor"], state=states[0],
+                        noise=noise)  # fmt: skip
+        raw = predict(proc, out, x, t).x0
+        shifted = x + proc.alphas_cumprod[t].float() ** 0.5 * (raw.clamp(-1, 1) - raw)
+        stepped = step(proc, out, shifted, t, t_prev, state=states[1], noise=noise)
+        plain = step(proc, out, x, t, t_prev, state=states[2], noise=noise)
+        assert (anchored.prev_sample - stepped.prev_sample).abs().max() < 1e-4, (t, t_prev)
+        assert torch.equal(anchored.pred_original_sample, raw.clamp(-1, 1))
+        if t_prev >= 0:
+            assert (anchored.prev_sample - plain.prev_sample).abs().max() > 0.05, (t, t_prev)
+        x = anchored.prev_sample
 
 
 def data_directions(d: int) -> torch.Tensor:

@@ -75,6 +75,10 @@ class X0Rule:
     thresholding (Imagen) at this quantile of ``|x_0|`` per sample, clamped to
     ``[1, max_value]``; it replaces clipping, as in diffusers. ``reuse``: DDIM recomputes its
     noise estimate from the processed x_0 (diffusers' ``use_clipped_model_output``).
+    ``anchor``: the DPM-Solver++ samplers step from ``x_t + a_t (x0_processed - x0hat)``, the
+    network's own noise estimate around the processed x_0, which is what DDIM does by default;
+    otherwise they step with the processed x_0 alone and x_t keeps the signal the network
+    predicted beyond it.
     ``True``/``False`` passed as ``clip`` mean ``X0Rule()`` and ``X0Rule(None)``.
     """
 
@@ -82,6 +86,7 @@ class X0Rule:
     threshold: float | None = None
     max_value: float = 1.0
     reuse: bool = False
+    anchor: bool = False
 
     def __call__(self, x0: Tensor) -> Tensor:
         if self.threshold is not None:
@@ -114,11 +119,14 @@ X0_RULES: dict[str, X0Rule] = {
     "clip": X0Rule(),
     "none": X0Rule(None),
     "clip-reuse": X0Rule(reuse=True),
+    "clip-anchor": X0Rule(anchor=True),
 }
 X0_HELP = (
     "clip: clip x_0 to [-1, 1] (default; diffusers' clip_sample); none: leave it; clip-reuse: "
     "clip, and DDIM re-derives its noise estimate from the clipped x_0 (diffusers' "
-    "use_clipped_model_output), which makes DDIM with eta 0 DPM-Solver++(1) step for step"
+    "use_clipped_model_output), which makes DDIM with eta 0 DPM-Solver++(1) step for step; "
+    "clip-anchor: clip, and DPM-Solver++ re-anchors x_t at the clipped x_0 with the network's "
+    "own noise estimate, as DDIM does under clip (its first step is DDIM's)"
 )
 
 
@@ -149,7 +157,9 @@ class StepFunction(Protocol):
 
 def _refuse(sampler: str, **given: Any) -> None:
     """A step refuses the options it does not honour rather than ignore them."""
-    defaults = {"eta": 0.0, "noise": None, "variance": "fixed_small", "reuse": False}
+    defaults = {
+        "eta": 0.0, "noise": None, "variance": "fixed_small", "reuse": False, "anchor": False
+    }  # fmt: skip
     for name, value in given.items():
         if not (value is None if defaults[name] is None else value == defaults[name]):
             shown = "a noise tensor" if name == "noise" else repr(value)
@@ -317,7 +327,7 @@ def ddpm_step(
     """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)
     (``variance="fixed_large"``: the per-direction transition variance q_t,i instead)."""
     rule = as_rule(clip)
-    _refuse("ddpm", eta=eta, reuse=rule.reuse)
+    _refuse("ddpm", eta=eta, reuse=rule.reuse, anchor=rule.anchor)
 
     def coefs() -> tuple[Tensor, ...]:
         mean_x, mean_x0, var, q = _calibrated(_posterior, _level(proc, t), _level(proc, t_prev))
@@ -359,8 +369,8 @@ def ddim_step(
     epshat alone unless the rule says ``reuse``, and noise is drawn at every step when
     ``eta > 0``.
     """
-    _refuse("ddim", variance=variance)
     rule = as_rule(clip)
+    _refuse("ddim", variance=variance, anchor=rule.anchor)
     pred = predict(proc, model_output, x, t)
     x0 = rule(pred.x0)
     eps, unit = pred.noise, pred.unit
@@ -402,7 +412,7 @@ def ddpm_paper_step(
     ``A x_t + B S_t rule(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
     """
     rule = as_rule(clip)
-    _refuse("ddpm-paper", eta=eta, reuse=rule.reuse)
+    _refuse("ddpm-paper", eta=eta, reuse=rule.reuse, anchor=rule.anchor)
 
     def coefs() -> tuple[Tensor, ...]:
         (abar_t, c_t), (abar_prev, _) = _level(proc, t), _level(proc, t_prev)
@@ -440,9 +450,10 @@ def _ode_level(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 def _dpm_coefs(
     abar_t, c_t, abar_s0, c_s0, abar_s1=None, c_s1=None, solver: str = "midpoint", sde: bool = False
 ):
-    """``(coef of x, coef of m0, coef of m1, std of the fresh noise)`` of DPM-Solver++ (data
-    prediction), per direction: first order without ``s1``, else the 2M update with
-    ``r0 = h_0 / h``; ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in ``exp(-2h)``)."""
+    """``(coef of x, coef of m0, coef of m1, std of the fresh noise, coef of the anchor)`` of
+    DPM-Solver++ (data prediction), per direction: first order without ``s1``, else the 2M
+    update with ``r0 = h_0 / h``; ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in
+    ``exp(-2h)``). The anchor ``m0 - x0hat`` enters as x does, times ``a_s`` (``X0Rule.anchor``)."""
     (alpha_t, sigma_t), (alpha_s0, sigma_s0) = _ode_level(abar_t, c_t), _ode_level(abar_s0, c_s0)
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
@@ -454,13 +465,14 @@ def _dpm_coefs(
     else:
         ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
         std, heun_d1 = torch.zeros_like(d0), alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+    anchor = ratio * alpha_s0
     if abar_s1 is None:
-        return ratio, d0, torch.zeros_like(d0), std
+        return ratio, d0, torch.zeros_like(d0), std, anchor
     alpha_s1, sigma_s1 = _ode_level(abar_s1, c_s1)
     r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
     # D1 = (m0 - m1) / r0 enters with d0 / 2 (midpoint) or with heun_d1 (heun)
     d1 = (0.5 * d0 if solver == "midpoint" else heun_d1) / r0
-    return ratio, d0 + d1, -d1, std
+    return ratio, d0 + d1, -d1, std, anchor
 
 
 def _dpmpp(
@@ -474,9 +486,15 @@ def _dpmpp(
     state: dict[str, Any] | None,
     noise: Tensor | None = None,
 ) -> StepOutput:
-    """DPM-Solver++(2M), ODE (``noise is None``) or SDE (``noise``: this step's draw)."""
+    """DPM-Solver++(2M), ODE (``noise is None``) or SDE (``noise``: this step's draw).
+
+    With ``rule.anchor`` it steps from ``x + a_t (m0 - x0hat)`` instead of ``x``: the same
+    update, fused into one sum. Without it, whatever the network predicted beyond the clipped
+    x_0 stays in x_t and the next prediction starts from there; anchored, x_t holds the
+    clipped x_0 plus the network's noise estimate at every step, as under DDIM's stock rule."""
     state = {} if state is None else state
-    x0 = rule(predict(proc, model_output, x, t).x0)
+    raw = predict(proc, model_output, x, t).x0
+    x0 = rule(raw)
     prev = state.get("previous")
     second = prev is not None and t_prev >= 0 and not state.pop("first_order", False)
     solver, sde = state.get("solver_type", "midpoint"), noise is not None
@@ -486,8 +504,10 @@ def _dpmpp(
         return _calibrated(lambda *a: _dpm_coefs(*a, solver=solver, sde=sde), *levels)
 
     key = (name, t, t_prev, prev[0] if second else None, solver)
-    ratio, c0, c1, std = _cached(proc, key, x, coefs)
+    ratio, c0, c1, std, anchor = _cached(proc, key, x, coefs)
     terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
+    if rule.anchor:
+        terms.append((x0 - raw, anchor))
     if sde:
         terms.append((noise, std))
     state["previous"] = (t, x0)
@@ -513,7 +533,8 @@ def dpmpp_2m_step(
     steps (pass the same dict along a run); ``state["first_order"] = True`` forces the
     first-order update (diffusers' lower-order final steps), ``state["solver_type"]`` is
     'midpoint' (default) or 'heun'. The step to the data (``t_prev < 0``) is first order, as
-    diffusers' with ``final_sigmas_type="zero"``: it returns x0hat."""
+    diffusers' with ``final_sigmas_type="zero"``: it returns x0hat. ``clip`` with ``anchor``
+    (``clip-anchor``) makes its first step DDIM's (eta 0) under diffusers' default rule."""
     rule = as_rule(clip)
     _refuse("dpmpp-2m", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
     return _dpmpp("dpmpp-2m", proc, model_output, x, t, t_prev, rule, state)
@@ -584,7 +605,7 @@ def heun_step(
     ``(t_prev, t_prev)`` with the model evaluated there corrects it. Each direction moves
     along its own noise level ``sigma_t,i / a_t``; the step to the data is Euler alone."""
     rule = as_rule(clip)
-    _refuse("heun", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
+    _refuse("heun", eta=eta, noise=noise, variance=variance, reuse=rule.reuse, anchor=rule.anchor)
     if state is None:
         raise ValueError("the heun sampler needs a state dict carried from step to step")
     x0 = rule(predict(proc, model_output, x, t).x0)
@@ -719,11 +740,19 @@ def checked_sampler(sampler: str, eta: float = 0.0, x0: str = "clip") -> Sampler
         _refuse(sampler, eta=eta)
     elif not 0 <= eta <= 1:  # NaN included
         raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
-    if x0_rule(x0).reuse and not entry.reuses_x0:
+    rule = x0_rule(x0)
+    if rule.reuse and not entry.reuses_x0:
         takes = ", ".join(name for name, s in SAMPLERS.items() if s.reuses_x0)
         raise ValueError(
             f"x0 rule {x0} applies to samplers with a noise estimate to re-derive ({takes}); "
             f"the {sampler} sampler uses the clipped x_0 throughout: use clip"
+        )
+    if rule.anchor and not entry.anchors_x0:
+        takes = ", ".join(name for name, s in SAMPLERS.items() if s.anchors_x0)
+        why = "does this under clip already" if entry.reuses_x0 else "does not implement it"
+        raise ValueError(
+            f"x0 rule {x0} applies to the DPM-Solver++ samplers ({takes}); the {sampler} "
+            f"sampler {why}: use clip"
         )
     return entry
 
@@ -733,7 +762,8 @@ class Sampler:
     """A registered sampler: its step function, one line of help, its time-step schedule,
     whether it takes ``eta``, and the diffusers scheduler that runs it (``pipelines/``) with
     the config keys that make that scheduler run this sampler. ``reuses_x0``: it honours the
-    x_0 rule's ``reuse`` (it has a noise estimate apart from its x_0 estimate)."""
+    x_0 rule's ``reuse`` (it has a noise estimate apart from its x_0 estimate);
+    ``anchors_x0``: it honours the rule's ``anchor``."""
 
     name: str
     step: StepFunction
@@ -743,6 +773,7 @@ class Sampler:
     schedule: Callable[[int, int], list[tuple[int, int]]] = timesteps
     scheduler_config: Mapping[str, Any] = field(default_factory=dict)
     reuses_x0: bool = False
+    anchors_x0: bool = False
 
     @property
     def scheduler_keys(self) -> dict[str, Any]:
@@ -804,13 +835,13 @@ for _sampler in (
     Sampler(
         "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
         scheduler="dpmsolver", schedule=ode_timesteps,
-        scheduler_config={"algorithm_type": "dpmsolver++"},
+        scheduler_config={"algorithm_type": "dpmsolver++"}, anchors_x0=True,
     ),
     Sampler(
         "dpmpp-2m-sde", dpmpp_2m_sde_step,
         "DPM-Solver++(2M) SDE per direction: few-step, fresh noise each step",
         scheduler="dpmsolver", schedule=ode_timesteps,
-        scheduler_config={"algorithm_type": "sde-dpmsolver++"},
+        scheduler_config={"algorithm_type": "sde-dpmsolver++"}, anchors_x0=True,
     ),
     Sampler(
         "heun", heun_step, "EDM's 2nd-order Heun per direction (2 steps - 1 evaluations)",

@@ -43,7 +43,7 @@ def generate(
 
     ``compile`` (default: on with CUDA) compiles the UNet for the sampling loop, which on a
     GPU is launch-bound like training; the progress bar counts images per second. ``x0``
-    names the rule for the predicted x_0 (``X0_RULES``: clip, none, clip-reuse).
+    names the rule for the predicted x_0 (one of ``X0_RULES``).
     """
     if num < 1:
         raise ValueError(f"--num must be at least 1, got {num}")

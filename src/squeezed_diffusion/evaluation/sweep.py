@@ -21,7 +21,7 @@ strength, profile and basis: all such cells collapse into one ``isotropic`` cell
 remaining setting (reported with strength 0), the baseline of every variant.
 
 ``eval.sampler`` is one sampler or a list; an entry may be a mapping with its own
-``steps``, ``eta`` and ``x0`` (the rule for the predicted x_0: clip, none, clip-reuse;
+``steps``, ``eta`` and ``x0`` (the rule for the predicted x_0, one of ``X0_RULES``;
 ``{sampler: ddim, steps: 20, x0: none}``), otherwise ``eval.steps``, ``eval.eta`` and
 ``eval.x0`` apply. Every trained cell is evaluated with each of them (an *evaluation*).
 
