@@ -180,24 +180,25 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
             nfe_trained.parse_evaluation(bad)
 
 
-def _recomputed_study(name: str, study: Path = STUDY_CELLS) -> tuple[list[dict], dict[str, str]]:
+def _recomputed_study(
+    name: str, study: Path = STUDY_CELLS, changes_shown: bool = True
+) -> tuple[list[dict], dict[str, str]]:
     """The rows of FEW_STEP_DOCS/``name``, recomputed from the committed evaluations of the
-    cells under ``study`` and checked against the JSON and the docs' tables; with its paired
-    changes as printed."""
+    cells under ``study`` and checked against the JSON and the docs' tables (the changes'
+    table too unless ``changes_shown`` is False); with its paired changes as printed."""
     import nfe_trained
 
     committed = json.loads((FEW_STEP_DOCS / name).read_text())
+    metric = committed["metric"]
     evaluations = [nfe_trained.evaluation_of(r) for r in committed["rows"]]
-    rows = nfe_trained.summary_rows(
-        [study / c for c in committed["cells"]], "fd_effnet", evaluations
-    )
-    table = nfe_trained.format_table(rows, "fd_effnet")
-    assert table == nfe_trained.format_table(committed["rows"], "fd_effnet")
+    rows = nfe_trained.summary_rows([study / c for c in committed["cells"]], metric, evaluations)
+    table = nfe_trained.format_table(rows, metric)
+    assert table == nfe_trained.format_table(committed["rows"], metric)
     docs = (FEW_STEP_DOCS / "README.md").read_text()
     assert table in docs
     changed = nfe_trained.changes(rows)
     assert changed == committed["changes"]
-    assert nfe_trained.format_changes(changed, "fd_effnet") in docs
+    assert not changes_shown or nfe_trained.format_changes(changed, metric) in docs
     return rows, {c["change"]: f"{c['mean']:+.3g} ± {sig(c['ci'], 2)}" for c in changed}
 
 
@@ -294,6 +295,63 @@ def test_longer_training_study_is_the_committed_evaluations(tmp_path) -> None:
     d20 = by[("dpmpp-2m", 20, "clip")]  # "worse than ddim with 50": resolved, not a trend
     assert d20["paired_vs_ddim-50"] - d20["paired_ci_vs_ddim-50"] > 0
     assert "models trained three times as long it is worse than `ddim` with 50" in readme
+
+
+def test_clip_anchor_studies_are_the_committed_evaluations() -> None:
+    """The clip-anchor tables at both training lengths (fd_effnet with their changes, recall),
+    recomputed from the committed evaluations, are the JSONs' and the docs'; the sentences of
+    both READMEs quote their numbers."""
+    longer = FEW_STEP_DOCS / "longer-training" / "cells"
+    studies = {"1500": STUDY_CELLS, "4500": longer}
+    found = {}
+    for length, cells in studies.items():
+        name = "clip-anchor" + ("-longer" if length == "4500" else "")
+        rows, changes = _recomputed_study(f"{name}.json", cells)
+        recall, _ = _recomputed_study(f"{name}-recall.json", cells, changes_shown=False)
+        assert {r.get("x0", "clip") for r in rows} == {"clip", "clip-reuse", "clip-anchor"}
+        found[length] = (
+            {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in rows},
+            {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in recall},
+            changes,
+        )
+
+    def shown(row: dict, key: str = "") -> str:
+        if not key:
+            return f"{sig(row['mean'], 4)} ± {sig(row['ci'], 2)}"
+        return f"{row[key]:+.3g} ± {sig(row[key.replace('_vs', '_ci_vs')], 2)}"
+
+    anchor20 = ("dpmpp-2m", 20, "clip-anchor")
+    readme = " ".join(README.read_text().split())
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
+    (fd15, rc15, ch15), (fd45, rc45, ch45) = found["1500"], found["4500"]
+    within = [shown(fd[anchor20], "paired_vs_ddpm-50") for fd in (fd15, fd45)]
+    better = [shown(fd[anchor20], "paired_vs_ddim-50") for fd in (fd15, fd45)]
+    for fd in (fd15, fd45):  # "within the seed scatter": not resolved; "better": resolved
+        r = fd[anchor20]
+        assert abs(r["paired_vs_ddpm-50"]) < r["paired_ci_vs_ddpm-50"]
+        assert r["paired_vs_ddim-50"] + r["paired_ci_vs_ddim-50"] < 0
+    assert f"with 50: {within[0]} after 1,500 training steps, {within[1]} after 4,500" in readme
+    assert f"better than `ddim` with 50 ({better[0]} and {better[1]})" in readme
+    assert f"({within[0]} and {within[1]}), but more steps" in docs
+    assert f"{shown(fd15[anchor20])} after 1,500 steps (paired {within[0]} against" in docs
+    assert f"{shown(fd45[anchor20])} after 4,500 ({within[1]}, not resolved)" in docs
+    assert f"better than `ddim` with 50 ({better[0]} and {better[1]})" in docs
+    worse = "dpmpp-2m-50-x0clip-anchor − dpmpp-2m-20-x0clip-anchor"
+    assert f"worse ({ch45[worse]} after 4,500 training steps)" in readme
+    assert f"rises by {ch15[worse]} (1,500 steps) and {ch45[worse]} (4,500)" in docs
+    more = ch45["dpmpp-2m-100-x0clip-anchor − dpmpp-2m-50-x0clip-anchor"]
+    assert f"from 50 to 100 by {more} (4,500)" in docs
+    one_rule = ("ddim-50 − dpmpp-2m-50-x0clip-anchor", "ddim-50-x0clip-reuse − dpmpp-2m-50")
+    assert (
+        f"agree: `ddim` (clip) against `dpmpp-2m` (clip-anchor) {ch15[one_rule[0]]} after" in docs
+    )
+    assert f"{ch45[one_rule[0]]} after 4,500; `ddim` (clip-reuse)" in docs
+    assert f"+1.27 ± 0.17 and {ch45[one_rule[1]]}." in docs and ch15[one_rule[1]] == "+1.27 ± 0.17"
+    recall = f"recall {shown(rc15[anchor20])} against `ddpm`'s {shown(rc15[('ddpm', 50, 'clip')])}"
+    assert recall in docs and recall in readme
+    assert rc15[anchor20]["paired_vs_ddpm-50"] + rc15[anchor20]["paired_ci_vs_ddpm-50"] < 0
+    assert f"(paired {shown(rc15[anchor20], 'paired_vs_ddpm-50')})" in docs
+    assert f"near `ddpm`'s ({shown(rc45[anchor20])}, paired " in docs
 
 
 def test_benchmark_comparison_is_the_committed_runs() -> None:
