@@ -116,9 +116,9 @@ def _consistent(row: dict) -> str:
     """The row's x_0 rule named for what its steps do: "clip" is "clip-reuse" for samplers
     that have no separate noise estimate (they step with the clipped x_0 alone, as DDIM under
     clip-reuse) and "clip-anchor" for DDIM (it keeps the network's noise estimate, as
-    DPM-Solver++ under clip-anchor). Two rows with one name differ in the solver alone (DDIM
-    with eta 0 is DPM-Solver++(1) under either, so against ``dpmpp-2m`` it is one ODE at first
-    and second order)."""
+    DPM-Solver++ under clip-anchor). Two rows with one name and eta 0 differ in the solver
+    alone (DDIM with eta 0 is DPM-Solver++(1) under either, so against ``dpmpp-2m`` it is one
+    ODE at first and second order)."""
     rule = row.get("x0", "clip")
     if rule != "clip":
         return rule

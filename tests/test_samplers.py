@@ -382,7 +382,7 @@ def test_x0_rules_by_name_are_the_rules(sampler: str) -> None:
     if sampler.startswith("dpmpp"):
         assert not torch.equal(run("clip-anchor"), run("clip"))
     else:
-        why = "does this under clip already" if sampler == "ddim" else "does not implement it"
+        why = "keeps the network's noise estimate under clip" if sampler == "ddim" else "does not"
         match = f"x0 rule clip-anchor applies to .*dpmpp-2m, dpmpp-2m-sde.*{sampler} .*{why}"
         with pytest.raises(ValueError, match=match):
             run("clip-anchor")
@@ -391,8 +391,13 @@ def test_x0_rules_by_name_are_the_rules(sampler: str) -> None:
 def test_ddim_reusing_the_clipped_x0_is_first_order_dpm_solver() -> None:
     """With ``clip-reuse`` DDIM's noise estimate is re-derived from the clipped x_0, so its
     step is DPM-Solver++(1)'s on the same x_0; plain clipping (diffusers' default) is not,
-    it is DPM-Solver++(1)'s under ``clip-anchor``."""
-    from squeezed_diffusion.core.samplers import X0_RULES, ddim_step, dpmpp_2m_step
+    it is DPM-Solver++(1)'s under ``clip-anchor``, and with eta 1 it is the SDE form's."""
+    from squeezed_diffusion.core.samplers import (
+        X0_RULES,
+        ddim_step,
+        dpmpp_2m_sde_step,
+        dpmpp_2m_step,
+    )
 
     proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "sdm", -0.8)
     x = torch.randn(2, 3, 8, 8, generator=_gen(5))
@@ -404,6 +409,13 @@ def test_ddim_reusing_the_clipped_x0_is_first_order_dpm_solver() -> None:
     assert (reused - first).abs().max() < 1e-4
     assert (plain - first).abs().max() > 0.1
     assert (plain - anchored.prev_sample).abs().max() < 1e-4
+    z = torch.randn(x.shape, generator=_gen(6))
+    sde = dpmpp_2m_sde_step(proc, out, x, 600, 560, clip=X0_RULES["clip-anchor"], noise=z, state={})
+    assert (
+        ddim_step(proc, out, x, 600, 560, eta=1.0, noise=z).prev_sample - sde[0]
+    ).abs().max() < 1e-4
+    sde_plain = dpmpp_2m_sde_step(proc, out, x, 600, 560, noise=z, state={}).prev_sample
+    assert (sde_plain - sde[0]).abs().max() > 0.1
 
 
 @pytest.mark.parametrize("sampler", ["dpmpp-2m", "dpmpp-2m-sde"])

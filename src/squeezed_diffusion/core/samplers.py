@@ -126,7 +126,8 @@ X0_HELP = (
     "clip, and DDIM re-derives its noise estimate from the clipped x_0 (diffusers' "
     "use_clipped_model_output), which makes DDIM with eta 0 DPM-Solver++(1) step for step; "
     "clip-anchor: clip, and DPM-Solver++ re-anchors x_t at the clipped x_0 with the network's "
-    "own noise estimate, as DDIM does under clip (its first step is DDIM's)"
+    "own noise estimate, as DDIM does under clip (from the same t, dpmpp-2m's first step is "
+    "DDIM's with eta 0, dpmpp-2m-sde's DDIM's with eta 1)"
 )
 
 
@@ -490,8 +491,8 @@ def _dpmpp(
 
     With ``rule.anchor`` it steps from ``x + a_t (m0 - x0hat)`` instead of ``x``: the same
     update, fused into one sum. Without it, whatever the network predicted beyond the clipped
-    x_0 stays in x_t and the next prediction starts from there; anchored, x_t holds the
-    clipped x_0 plus the network's noise estimate at every step, as under DDIM's stock rule."""
+    x_0 stays in x_t and the next prediction starts from there; anchored, each step starts
+    from ``a_t clip(x0hat) + sigma_t epshat``, as DDIM's does under its stock rule."""
     state = {} if state is None else state
     raw = predict(proc, model_output, x, t).x0
     x0 = rule(raw)
@@ -749,7 +750,11 @@ def checked_sampler(sampler: str, eta: float = 0.0, x0: str = "clip") -> Sampler
         )
     if rule.anchor and not entry.anchors_x0:
         takes = ", ".join(name for name, s in SAMPLERS.items() if s.anchors_x0)
-        why = "does this under clip already" if entry.reuses_x0 else "does not implement it"
+        why = (
+            "keeps the network's noise estimate under clip already"
+            if entry.reuses_x0
+            else "does not implement it"
+        )
         raise ValueError(
             f"x0 rule {x0} applies to the DPM-Solver++ samplers ({takes}); the {sampler} "
             f"sampler {why}: use clip"
