@@ -94,6 +94,16 @@ def _name(row: dict) -> str:
     return f"`{row['sampler']}`" + (f" (x0 {x0})" if x0 != "clip" else "")
 
 
+def level(mean: float, ci: float) -> str:
+    """A mean and its 95 % interval as the tables (and the docs' sentences) print them."""
+    return f"{sig(mean, 4)} ± {sig(ci, 2)}"
+
+
+def difference(mean: float, ci: float) -> str:
+    """A signed (paired) difference and its 95 % interval as the tables print them."""
+    return f"{mean:+.3g} ± {sig(ci, 2)}"
+
+
 def format_table(rows: list[dict], metric: str) -> str:
     """The markdown table the README shows."""
     lines = [
@@ -102,12 +112,12 @@ def format_table(rows: list[dict], metric: str) -> str:
         "|---|---|---|---|---|",
     ]
     for r in rows:
-        mean = f"{sig(r['mean'], 4)} ± {sig(r['ci'], 2)}"
         paired = [
             "" if evaluation_of(r).label == base
-            else f"{r[f'paired_vs_{base}']:+.3g} ± {sig(r[f'paired_ci_vs_{base}'], 2)}"
+            else difference(r[f"paired_vs_{base}"], r[f"paired_ci_vs_{base}"])
             for base in ("ddpm-50", "ddim-50")
         ]  # fmt: skip
+        mean = level(r["mean"], r["ci"])
         lines.append(f"| {_name(r)} | {r['nfe']} | {mean} | {' | '.join(paired)} |")
     return "\n".join(lines)
 
@@ -161,7 +171,7 @@ def changes(rows: list[dict]) -> list[dict]:
 def format_changes(changed: list[dict], metric: str) -> str:
     """The markdown table of :func:`changes`."""
     lines = [f"| change | paired difference in {metric} (mean ± 95 %) |", "|---|---|"]
-    lines += [f"| {c['change']} | {c['mean']:+.3g} ± {sig(c['ci'], 2)} |" for c in changed]
+    lines += [f"| {c['change']} | {difference(c['mean'], c['ci'])} |" for c in changed]
     return "\n".join(lines)
 
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.evaluation.report.stats import sig
 from squeezed_diffusion.evaluation.sweep import Evaluation
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -199,7 +198,12 @@ def _recomputed_study(
     changed = nfe_trained.changes(rows)
     assert changed == committed["changes"]
     assert not changes_shown or nfe_trained.format_changes(changed, metric) in docs
-    return rows, {c["change"]: f"{c['mean']:+.3g} ± {sig(c['ci'], 2)}" for c in changed}
+    return rows, {c["change"]: nfe_trained.difference(c["mean"], c["ci"]) for c in changed}
+
+
+def _keyed(rows: list[dict]) -> dict[tuple, dict]:
+    """A study's rows by (sampler, steps, x_0 rule)."""
+    return {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in rows}
 
 
 def test_ode_limit_table_is_the_committed_evaluations() -> None:
@@ -214,7 +218,7 @@ def test_ode_limit_table_is_the_committed_evaluations() -> None:
     by = {(r["sampler"], r["steps"]): r for r in rows}  # the README's sentence
     for key, base in ((("dpmpp-2m", 200), "ddpm-50"), (("ddim", 200), "ddim-50")):
         r = by[key]
-        shown = f"{r[f'paired_vs_{base}']:+.3g} ± {sig(r[f'paired_ci_vs_{base}'], 2)} "
+        shown = nfe_trained.difference(r[f"paired_vs_{base}"], r[f"paired_ci_vs_{base}"]) + " "
         assert shown in README.read_text().replace("\n", " "), shown
 
 
@@ -277,17 +281,20 @@ def test_longer_training_study_is_the_committed_evaluations(tmp_path) -> None:
         assert differ == {"steps", "out"} and ours["steps"] == 3 * theirs["steps"], differ
     spec, base = (dataclasses.asdict(s.eval) for s in (longer, study))
     assert {k for k in spec if spec[k] != base[k]} == {"sampler"}
+    import nfe_trained
+
     rows, _ = _recomputed_study("longer-training.json", FEW_STEP_DOCS / "longer-training" / "cells")
-    by = {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in rows}
+    by = _keyed(rows)
 
     def paired(key: tuple) -> str:
-        r = by[key]
-        return f"{r['paired_vs_ddpm-50']:+.3g} ± {sig(r['paired_ci_vs_ddpm-50'], 2)}"
+        return nfe_trained.difference(by[key]["paired_vs_ddpm-50"], by[key]["paired_ci_vs_ddpm-50"])
 
     ddpm = by[("ddpm", 50, "clip")]
     readme = " ".join(README.read_text().split())
     docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
-    assert f"`ddpm` with 50 steps improves to {ddpm['mean']:.4g} ± {sig(ddpm['ci'], 2)}" in readme
+    assert (
+        f"`ddpm` with 50 steps improves to {nfe_trained.level(ddpm['mean'], ddpm['ci'])}" in readme
+    )
     for text in (readme, docs):
         assert f"20 evaluations is then {paired(('dpmpp-2m', 20, 'clip'))} above" in text
         assert f"({paired(('dpmpp-2m-sde', 20, 'clip'))}" in text
@@ -301,6 +308,8 @@ def test_clip_anchor_studies_are_the_committed_evaluations() -> None:
     """The clip-anchor tables at both training lengths (fd_effnet with their changes, recall),
     recomputed from the committed evaluations, are the JSONs' and the docs'; the sentences of
     both READMEs quote their numbers."""
+    import nfe_trained
+
     longer = FEW_STEP_DOCS / "longer-training" / "cells"
     studies = {"1500": STUDY_CELLS, "4500": longer}
     found = {}
@@ -309,16 +318,12 @@ def test_clip_anchor_studies_are_the_committed_evaluations() -> None:
         rows, changes = _recomputed_study(f"{name}.json", cells)
         recall, _ = _recomputed_study(f"{name}-recall.json", cells, changes_shown=False)
         assert {r.get("x0", "clip") for r in rows} == {"clip", "clip-reuse", "clip-anchor"}
-        found[length] = (
-            {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in rows},
-            {(r["sampler"], r["steps"], r.get("x0", "clip")): r for r in recall},
-            changes,
-        )
+        found[length] = (_keyed(rows), _keyed(recall), changes)
 
     def shown(row: dict, key: str = "") -> str:
         if not key:
-            return f"{sig(row['mean'], 4)} ± {sig(row['ci'], 2)}"
-        return f"{row[key]:+.3g} ± {sig(row[key.replace('_vs', '_ci_vs')], 2)}"
+            return nfe_trained.level(row["mean"], row["ci"])
+        return nfe_trained.difference(row[key], row[key.replace("_vs", "_ci_vs")])
 
     anchor20 = ("dpmpp-2m", 20, "clip-anchor")
     readme = " ".join(README.read_text().split())
