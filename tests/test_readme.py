@@ -179,6 +179,31 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
             nfe_trained.parse_evaluation(bad)
 
 
+def test_anchor_drift_measures_what_clipping_removes() -> None:
+    """The diagnostic's per-step correction is a_t times the RMS of x0hat beyond [-1, 1], at
+    each of the sampler's timesteps, and its image statistics are what they say."""
+    import anchor_drift
+    import torch
+
+    from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
+
+    proc = SqueezedDiffusion(prediction_type="sample")  # the output is x0hat itself
+    ev = Evaluation("dpmpp-2m", 10, x0="clip-anchor")
+    ts = [t for t, _ in SAMPLERS["dpmpp-2m"].schedule(1000, 10)]
+    beyond = anchor_drift.trace(lambda x, t: torch.full_like(x, 3.0), proc, (4, 3, 8, 8), ev, 0)
+    assert [t for t, *_ in beyond["steps"]] == ts and beyond["clipping_nfe"] == 10
+    expected = sum(2 * float(proc.alphas_cumprod[t].sqrt()) for t in ts)  # 3 clipped to 1
+    assert beyond["correction"] == pytest.approx(expected, rel=1e-9)
+    inside = anchor_drift.trace(lambda x, t: torch.full_like(x, 0.5), proc, (4, 3, 8, 8), ev, 0)
+    assert inside["clipping_nfe"] == 0 and inside["correction"] == 0
+    flat = torch.arange(6, dtype=torch.uint8).mul(50).repeat_interleave(3 * 4 * 4)
+    stats = anchor_drift.image_stats(flat.reshape(6, 3, 4, 4))  # one colour per image
+    assert stats["hf"] == 0
+    assert stats["colour_spread"] == pytest.approx(float(torch.arange(6.0).mul(50 / 127.5).std()))
+    stripes = torch.tensor([0, 255]).repeat(2, 3, 4, 2).to(torch.uint8)  # columns 0, 255, 0, ...
+    assert anchor_drift.image_stats(stripes)["hf"] == pytest.approx(2**0.5)  # dx = 2, dy = 0
+
+
 def _recomputed_study(
     name: str, study: Path = STUDY_CELLS, changes_shown: bool = True
 ) -> tuple[list[dict], dict[str, str]]:

@@ -1,0 +1,269 @@
+"""Why the anchored DPM-Solver++ gets worse with more steps: what clipping adds per step.
+
+    python benchmarks/anchor_drift.py SWEEP_DIR [--sweep local-cifar10-samplers]
+        [--cells isotropic_seed0 ...] [--evals dpmpp-2m-20-x0clip-anchor ...] [--num 500]
+        [--seed 0] [--json PATH] [--plot PNG] [--quiet]
+
+Under ``--x0 clip-anchor`` (and DDIM under ``clip``) every step moves x_t by
+a_t (clip(x0hat) - x0hat): an O(1) correction per step, not O(step size), so it does not
+vanish as steps are added, while an ODE solver's error does. For each trained cell of the
+sweep whose id contains a ``--cells`` substring, and each ``--evals`` label (SAMPLER-STEPS
+[-x0RULE], as in ``nfe_trained.py``), this draws ``--num`` samples from the EMA weights and
+records at every network evaluation the share of x0hat's pixels beyond [-1, 1] and the size
+of that correction, a_t * RMS(x0hat - clip(x0hat)); then two statistics of the samples (as
+uint8 images, as they are scored): their high-frequency energy (RMS difference of
+neighbouring pixels, in [-1, 1] units) and their colour spread (the standard deviation over
+samples of each image's mean colour, averaged over channels), beside the same two of the
+training data. Prints per label the mean over the models with its 95 % interval, the
+seed-paired changes from one step count to the next, and writes every number to JSON
+(``--plot``: the correction against t, and the high-frequency energy against NFE). Only the
+anchored rules (and DDIM under ``clip``) add the correction to x_t; for the others it is
+what they clip away.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from nfe_trained import difference, level, parse_evaluation
+from tqdm import tqdm
+
+from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
+from squeezed_diffusion.core.samplers import predict
+from squeezed_diffusion.data import to_uint8
+from squeezed_diffusion.evaluation.report.stats import interval95, sig
+from squeezed_diffusion.evaluation.sweep import Evaluation, load_sweep
+from squeezed_diffusion.training.checkpoint import list_checkpoints
+from squeezed_diffusion.training.run import Run
+
+EVALS = [
+    "ddpm-50", "ddim-50", "dpmpp-2m-20", "dpmpp-2m-50", "dpmpp-2m-10-x0clip-anchor",
+    "dpmpp-2m-20-x0clip-anchor", "dpmpp-2m-50-x0clip-anchor", "dpmpp-2m-100-x0clip-anchor",
+]  # fmt: skip
+CLIPPING = 0.01  # a network evaluation "clips" when more than 1 % of x0hat's pixels exceed 1
+MEASURES = {  # key: (column heading, digits)
+    "clipping_nfe": ("evaluations clipping > 1 % of pixels", 3),
+    "correction": ("sum of a_t RMS(x0hat - clip(x0hat))", 3),
+    "hf": ("high-frequency energy", 3),
+    "colour_spread": ("colour spread", 3),
+}
+
+
+def image_stats(images: torch.Tensor) -> dict[str, float]:
+    """High-frequency energy and colour spread of uint8 ``[N, C, H, W]`` images (module doc)."""
+    x = images.double() / 127.5 - 1
+    dx, dy = x.diff(dim=3), x.diff(dim=2)
+    hf = ((dx.pow(2).mean() + dy.pow(2).mean()) / 2).sqrt()
+    spread = x.mean(dim=(2, 3)).std(dim=0).mean()
+    return {"hf": float(hf), "colour_spread": float(spread)}
+
+
+def trace(
+    network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    proc: SqueezedDiffusion,
+    shape: tuple[int, ...],
+    ev: Evaluation,
+    seed: int,
+) -> dict:
+    """Sample ``shape`` with ``ev`` through ``network`` (the model output); per network
+    evaluation (t, share of x0hat clipped, a_t RMS of the clipped part), their counts and
+    sums, and the samples' statistics."""
+    steps: list[tuple[int, float, float]] = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        out = network(x, t)
+        step = int(t[0])
+        x0 = predict(proc, out, x, step).x0
+        beyond = (x0 - x0.clamp(-1, 1)).double()
+        share = float((beyond != 0).double().mean())
+        steps.append(
+            (step, share, float(proc.alphas_cumprod[step].sqrt() * beyond.pow(2).mean().sqrt()))
+        )
+        return out
+
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        x = proc.sample(
+            model, shape, ev.steps, ev.sampler, generator=generator, eta=ev.eta, progress=False,
+            clip=ev.x0,
+        )  # fmt: skip
+    return {
+        "steps": steps,
+        "clipping_nfe": sum(share > CLIPPING for _, share, _ in steps),
+        "correction": sum(c for *_, c in steps),
+        **image_stats(to_uint8(x)),
+    }
+
+
+def trace_run(run: Path, ev: Evaluation, num: int, seed: int) -> dict:
+    """:func:`trace` of a run's EMA weights, ``num`` samples."""
+    unet, proc = Run(run).load()
+    shape = (num, unet.config.in_channels, unet.config.sample_size, unet.config.sample_size)
+    return trace(lambda x, t: unet(x, t).sample, proc, shape, ev, seed)
+
+
+def summary_rows(per: dict[str, list[dict]]) -> list[dict]:
+    """Per label, each measure's values over the models, mean and 95 % interval."""
+    rows = []
+    for label, traces in per.items():
+        ev = Evaluation.from_label(label)
+        row = {"label": label, "nfe": SAMPLERS[ev.sampler].nfe(ev.steps), "models": len(traces)}
+        for key in MEASURES:
+            values = [t[key] for t in traces]
+            row[key] = {
+                "values": values,
+                "mean": statistics.fmean(values),
+                "ci": interval95(values),
+            }
+        rows.append(row)
+    return rows
+
+
+def changes(rows: list[dict]) -> list[dict]:
+    """Seed-paired changes of each measure from one step count to the next, per sampler and
+    x_0 rule."""
+    series: dict[tuple[str, str], list[tuple[Evaluation, dict]]] = {}
+    for r in rows:
+        ev = Evaluation.from_label(r["label"])
+        series.setdefault((ev.sampler, ev.x0), []).append((ev, r))
+    out = []
+    for runs in series.values():
+        runs.sort(key=lambda p: p[0].steps)
+        for (_, earlier), (_, later) in itertools.pairwise(runs):
+            change = {"change": f"{later['label']} − {earlier['label']}"}
+            for key in MEASURES:
+                diffs = [
+                    a - b for a, b in zip(later[key]["values"], earlier[key]["values"], strict=True)
+                ]
+                change[key] = {"mean": statistics.fmean(diffs), "ci": interval95(diffs)}
+            out.append(change)
+    return out
+
+
+def format_tables(rows: list[dict], changed: list[dict], data: dict[str, float]) -> str:
+    """The two markdown tables the docs show: the measures per label (with the training data's
+    statistics as the last row) and their seed-paired changes."""
+    heads = " | ".join(f"{MEASURES[k][0]}" for k in MEASURES)
+    lines = [
+        f"| sampler | NFE | {heads} |",
+        "|---|---|" + "---|" * len(MEASURES),
+    ]
+    for r in rows:
+        cells = " | ".join(level(r[k]["mean"], r[k]["ci"]) for k in MEASURES)
+        lines.append(f"| {r['label']} | {r['nfe']} | {cells} |")
+    lines.append(
+        f"| training data |  |  |  | {sig(data['hf'], 4)} | {sig(data['colour_spread'], 4)} |"
+    )
+    lines += ["", f"| change | {heads} |", "|---|" + "---|" * len(MEASURES)]
+    for c in changed:
+        cells = " | ".join(difference(c[k]["mean"], c[k]["ci"]) for k in MEASURES)
+        lines.append(f"| {c['change']} | {cells} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], per: dict[str, list[dict]], data: dict[str, float]) -> bytes:
+    """Left: the correction per network evaluation against t, mean over the models, for each
+    anchored step count (the same curve, sampled more densely, so its sum grows). Right: the
+    samples' high-frequency energy against NFE per sampler and rule, the data's as a line."""
+    from matplotlib.figure import Figure
+
+    from squeezed_diffusion.evaluation.report.render import png
+
+    fig = Figure(figsize=(10, 3.6))
+    left, right = fig.subplots(1, 2)
+    for label, traces in per.items():
+        if Evaluation.from_label(label).x0 != "clip-anchor":
+            continue
+        ts = [t for t, *_ in traces[0]["steps"]]
+        mean = [statistics.fmean(tr["steps"][i][2] for tr in traces) for i in range(len(ts))]
+        left.plot(ts, mean, marker=".", label=label)
+    left.set(
+        xlabel="timestep t", ylabel="a_t RMS(x0hat - clip(x0hat))", xlim=(1000, 0), yscale="log"
+    )
+    left.set_title("the anchored correction at each network evaluation", fontsize=10)
+    left.legend(fontsize=7)
+    series: dict[str, list[dict]] = {}
+    for r in rows:
+        ev = Evaluation.from_label(r["label"])
+        name = ev.sampler + (f" ({ev.x0})" if ev.x0 != "clip" else "")
+        series.setdefault(name, []).append(r)
+    for name, pts in series.items():
+        pts = sorted(pts, key=lambda r: r["nfe"])
+        right.errorbar(
+            [r["nfe"] for r in pts], [r["hf"]["mean"] for r in pts],
+            yerr=[r["hf"]["ci"] for r in pts], marker="o", capsize=3, label=name,
+        )  # fmt: skip
+    right.axhline(data["hf"], color="0.4", lw=1, ls="--", label="training data")
+    right.set(xscale="log", xlabel="network evaluations (NFE)", ylabel="high-frequency energy")
+    right.set_title(f"samples' high-frequency energy, {rows[0]['models']} models", fontsize=10)
+    right.legend(fontsize=7)
+    fig.tight_layout()
+    return png(fig)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("folder", type=Path, metavar="SWEEP_DIR", help="the sweep's folder")
+    parser.add_argument(
+        "--sweep", default="local-cifar10-samplers", help="sweep YAML file or shipped sweep"
+    )
+    parser.add_argument(
+        "--cells", nargs="+", default=["isotropic"], help="cells whose id contains any of these"
+    )
+    parser.add_argument("--evals", nargs="+", default=EVALS, help="SAMPLER-STEPS[-x0RULE] labels")
+    parser.add_argument("--num", type=int, default=500, help="samples per model and label")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the sampling noise")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--plot", type=Path, help="write the figure as a PNG here")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args()
+    try:
+        if args.num < 2:
+            raise ValueError(
+                f"--num must be at least 2 (a spread needs two samples), got {args.num}"
+            )
+        labels = list(dict.fromkeys(parse_evaluation(label).label for label in args.evals))
+        sweep = load_sweep(args.sweep, args.folder)
+    except (ValueError, FileNotFoundError) as err:
+        raise SystemExit(f"error: {err}") from None
+    cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
+    untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]
+    if len(cells) < 2 or untrained:
+        problem = f"{', '.join(untrained)} not trained" if untrained else "fewer than 2 cells"
+        raise SystemExit(
+            f"error: {problem} under {args.folder}: give a sweep folder with at least two "
+            "trained cells matching --cells (train them with nfe_trained.py --train)"
+        )
+    start = time.perf_counter()
+    per: dict[str, list[dict]] = {label: [] for label in labels}
+    jobs = list(itertools.product(cells, labels))
+    for cell, label in tqdm(jobs, desc="sampling", disable=args.quiet):
+        per[label].append(
+            trace_run(Path(cell.config.out), parse_evaluation(label), args.num, args.seed)
+        )
+    data = image_stats(Run(cells[0].config.out).reference().images)
+    rows = summary_rows(per)
+    changed = changes(rows)
+    print(format_tables(rows, changed, data))
+    wall = time.perf_counter() - start
+    print(f"({wall:.0f} s; {args.num} samples per model and label)", file=sys.stderr)
+    if args.plot:
+        args.plot.write_bytes(plot(rows, per, data))
+    if args.json:
+        args.json.write_text(json.dumps({
+            "cells": [c.id for c in cells], "num": args.num, "seed": args.seed, "data": data,
+            "rows": rows, "changes": changed, "traces": per, "wall_s": wall,
+        }, indent=1) + "\n")  # fmt: skip
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
