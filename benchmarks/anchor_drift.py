@@ -169,6 +169,36 @@ def format_tables(rows: list[dict], changed: list[dict], data: dict[str, float])
     return "\n".join(lines)
 
 
+def quoted(rows: list[dict], changed: list[dict]) -> dict[str, str]:
+    """The numbers the docs' sentences quote from one study, as they print them: per anchored
+    step count (ascending) the evaluations that clip and the colour spread; the summed
+    correction added per evaluation past 20 steps; the seed-paired changes of high-frequency
+    energy from one anchored step count to the next and of ``dpmpp-2m`` under ``clip`` from
+    20 to 50 steps; ``ddpm``'s high-frequency energy."""
+    anchored = sorted((r for r in rows if "-x0clip-anchor" in r["label"]), key=lambda r: r["nfe"])
+    past_20 = [r for r in anchored if r["nfe"] >= 20]
+    by_change = {c["change"]: c for c in changed}
+
+    def hf_change(later: str, earlier: str) -> str:
+        c = by_change[f"{later} − {earlier}"]["hf"]
+        return difference(c["mean"], c["ci"])
+
+    (ddpm,) = [r for r in rows if r["label"] == "ddpm-50"]
+    return {
+        "clipping": ", ".join(sig(r["clipping_nfe"]["mean"], 4) for r in anchored),
+        "spread": ", ".join(sig(r["colour_spread"]["mean"], 3) for r in anchored),
+        "per_evaluation": " and ".join(
+            sig((b["correction"]["mean"] - a["correction"]["mean"]) / (b["nfe"] - a["nfe"]), 2)
+            for a, b in itertools.pairwise(past_20)
+        ),
+        "hf_changes": ", ".join(
+            hf_change(b["label"], a["label"]) for a, b in itertools.pairwise(anchored)
+        ),
+        "hf_clip": hf_change("dpmpp-2m-50", "dpmpp-2m-20"),
+        "hf_ddpm": sig(ddpm["hf"]["mean"], 4),
+    }
+
+
 def plot(rows: list[dict], per: dict[str, list[dict]], data: dict[str, float]) -> bytes:
     """Left: the correction per network evaluation against t, mean over the models, for each
     anchored step count (the same curve, sampled more densely, so its sum grows). Right: the

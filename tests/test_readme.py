@@ -204,6 +204,31 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     assert anchor_drift.image_stats(stripes)["hf"] == pytest.approx(2**0.5)  # dx = 2, dy = 0
 
 
+def test_anchor_drift_tables_are_the_committed_traces() -> None:
+    """The diagnostic's tables, recomputed from the per-model traces it committed, are the
+    JSON's and the docs', with the numbers its sentences quote (each trace's counts and sums
+    from its own steps)."""
+    import anchor_drift
+
+    docs = (FEW_STEP_DOCS / "README.md").read_text()
+    for name in ("anchor-drift.json", "anchor-drift-longer.json"):
+        committed = json.loads((FEW_STEP_DOCS / name).read_text())
+        for traces in committed["traces"].values():
+            assert len(traces) == len(committed["cells"]) >= 2
+            for tr in traces:
+                shares = [share for _, share, _ in tr["steps"]]
+                assert tr["clipping_nfe"] == sum(s > anchor_drift.CLIPPING for s in shares)
+                assert tr["correction"] == pytest.approx(sum(c for *_, c in tr["steps"]))
+        rows = anchor_drift.summary_rows(committed["traces"])
+        assert rows == committed["rows"]
+        changed = anchor_drift.changes(rows)
+        assert changed == committed["changes"]
+        assert anchor_drift.format_tables(rows, changed, committed["data"]) in docs, name
+        for key, quoted in anchor_drift.quoted(rows, changed).items():  # the sentences' numbers
+            assert quoted in docs, (name, key, quoted)
+    assert anchor_drift.plot(rows, committed["traces"], committed["data"]).startswith(b"\x89PNG")
+
+
 def _recomputed_study(
     name: str, study: Path = STUDY_CELLS, changes_shown: bool = True
 ) -> tuple[list[dict], dict[str, str]]:
