@@ -33,7 +33,13 @@ from pathlib import Path
 
 from squeezed_diffusion import SAMPLERS
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
-from squeezed_diffusion.evaluation.sweep import Evaluation, evaluation_folder, load_sweep, run_cell
+from squeezed_diffusion.evaluation.sweep import (
+    Evaluation,
+    check_steps,
+    evaluation_folder,
+    load_sweep,
+    run_cell,
+)
 from squeezed_diffusion.training.checkpoint import list_checkpoints
 
 FEW_STEP = [
@@ -122,7 +128,7 @@ def format_table(rows: list[dict], metric: str) -> str:
     return "\n".join(lines)
 
 
-def _consistent(row: dict) -> str:
+def consistent_rule(row: dict) -> str:
     """The row's x_0 rule named for what its steps do: "clip" is "clip-reuse" for samplers
     that have no separate noise estimate (they step with the clipped x_0 alone, as DDIM under
     clip-reuse) and "clip-anchor" for DDIM (it keeps the network's noise estimate, as
@@ -152,7 +158,7 @@ def changes(rows: list[dict]) -> list[dict]:
     pairs += [
         (a, b) for a, b in itertools.combinations(by_name, 2)
         if a["nfe"] == b["nfe"] and a["sampler"] != b["sampler"]
-        and (a.get("x0", "clip") == b.get("x0", "clip") or _consistent(a) == _consistent(b))
+        and (a.get("x0", "clip") == b.get("x0", "clip") or consistent_rule(a) == consistent_rule(b))
     ]  # fmt: skip
     pairs += [
         (a, b) for a, b in itertools.combinations(by_name, 2)
@@ -231,9 +237,10 @@ def main() -> int:
         sweep = load_sweep(args.sweep, args.folder)
         wanted = [e.record() for e in BASELINES + evaluations]
         spec = dataclasses.replace(sweep.eval, sampler=tuple(wanted)).validate()
+        cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
+        check_steps(evaluations, cells)  # a step count the process refuses, before training
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
     if not cells:
         raise SystemExit(f"error: no cell of {sweep.name} has {' or '.join(args.cells)} in its id")
     untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]

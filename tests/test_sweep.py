@@ -105,6 +105,17 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
             {"grid": {"variant": ["sdm"]}, "eval": {"sampler": "ddim", "x0": "clamp"}},
             "unknown x0 rule",
         ),
+        (  # at load, not after training: the ODE solvers take at most T - 1 steps
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": "dpmpp-2m", "steps": 1000}},
+            "eval.sampler dpmpp-2m-1000: num_steps must be an integer in \\[1, 999\\]",
+        ),
+        (
+            {
+                "grid": {"variant": ["sdm"], "num_train_timesteps": [1000, 100]},
+                "eval": {"sampler": "ddim", "steps": 200},
+            },
+            "eval.sampler ddim-200: num_steps must be an integer in \\[1, 100\\]",
+        ),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:

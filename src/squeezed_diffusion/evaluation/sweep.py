@@ -268,7 +268,24 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
             eval_values[key] = (value,) if isinstance(value, str) else tuple(value)
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
     cells = expand(spec.get("preset"), dict(spec.get("base") or {}), grids, Path(out) / "cells")
-    return Sweep(name, cells, EvalSpec(**eval_values).validate())
+    spec_eval = EvalSpec(**eval_values).validate()
+    try:
+        check_steps(spec_eval.evaluations, cells)
+    except ValueError as err:
+        raise ValueError(f"{source}: eval.sampler {err}") from None
+    return Sweep(name, cells, spec_eval)
+
+
+def check_steps(evaluations: list[Evaluation], cells: list[Cell]) -> None:
+    """Each evaluation's step count against the cells' processes (the ODE solvers take at most
+    T - 1): a one-line ValueError naming the evaluation now, not after the cells trained."""
+    for ev, timesteps in itertools.product(
+        evaluations, sorted({c.config.num_train_timesteps for c in cells})
+    ):
+        try:
+            SAMPLERS.get(ev.sampler).schedule(timesteps, ev.steps)
+        except ValueError as err:
+            raise ValueError(f"{ev.label}: {err}") from None
 
 
 def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[str, Any]:
