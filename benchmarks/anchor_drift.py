@@ -1,21 +1,23 @@
-"""Why the anchored DPM-Solver++ gets worse with more steps: what clipping adds per step.
+"""What clipping adds at each step of the anchored DPM-Solver++, against the step count.
 
     python benchmarks/anchor_drift.py SWEEP_DIR [--sweep local-cifar10-samplers]
         [--cells isotropic_seed0 ...] [--evals dpmpp-2m-20-x0clip-anchor ...] [--num 500]
         [--seed 0] [--json PATH] [--plot PNG] [--quiet]
 
-Under ``--x0 clip-anchor`` (and DDIM under ``clip``) every step moves x_t by
-a_t (clip(x0hat) - x0hat): an O(1) correction per step, not O(step size), so it does not
-vanish as steps are added, while an ODE solver's error does. For each trained cell of the
+Under ``--x0 clip-anchor`` (and DDIM under ``clip``) every step starts from x_t moved by
+a_t (clip(x0hat) - x0hat): a correction that is not multiplied by the step size, so it does
+not vanish as steps are added, as an ODE solver's error does. For each trained cell of the
 sweep whose id contains a ``--cells`` substring, and each ``--evals`` label (SAMPLER-STEPS
 [-x0RULE], as in ``nfe_trained.py``), this draws ``--num`` samples from the EMA weights and
 records at every network evaluation the share of x0hat's pixels beyond [-1, 1] and the size
-of that correction, a_t * RMS(x0hat - clip(x0hat)); then two statistics of the samples (as
+of that shift of the step's start, a_t * RMS(x0hat - clip(x0hat)) (the last step returns
+the clipped x0hat, so its shift is counted but not passed on); then two statistics of the samples (as
 uint8 images, as they are scored): their high-frequency energy (RMS difference of
 neighbouring pixels, in [-1, 1] units) and their colour spread (the standard deviation over
 samples of each image's mean colour, averaged over channels), beside the same two of the
 training data. Prints per label the mean over the models with its 95 % interval, the
-seed-paired changes from one step count to the next, and writes every number to JSON
+seed-paired changes from one step count to the next and between samplers at equal NFE
+whose rules agree (``nfe_trained.consistent_rule``), and writes every number to JSON
 (``--plot``: the correction against t, and the high-frequency energy against NFE). Only the
 anchored rules (and DDIM under ``clip``) add the correction to x_t; for the others it is
 what they clip away.
@@ -33,14 +35,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from nfe_trained import difference, level, parse_evaluation
+from nfe_trained import consistent_rule, difference, level, parse_evaluation
 from tqdm import tqdm
 
 from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
-from squeezed_diffusion.core.samplers import predict
+from squeezed_diffusion.core.samplers import checked_sampler, predict
 from squeezed_diffusion.data import to_uint8
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
-from squeezed_diffusion.evaluation.sweep import Evaluation, load_sweep
+from squeezed_diffusion.evaluation.sweep import Evaluation, check_steps, load_sweep
 from squeezed_diffusion.training.checkpoint import list_checkpoints
 from squeezed_diffusion.training.run import Run
 
@@ -48,12 +50,12 @@ EVALS = [
     "ddpm-50", "ddim-50", "dpmpp-2m-20", "dpmpp-2m-50", "dpmpp-2m-10-x0clip-anchor",
     "dpmpp-2m-20-x0clip-anchor", "dpmpp-2m-50-x0clip-anchor", "dpmpp-2m-100-x0clip-anchor",
 ]  # fmt: skip
-CLIPPING = 0.01  # a network evaluation "clips" when more than 1 % of x0hat's pixels exceed 1
-MEASURES = {  # key: (column heading, digits)
-    "clipping_nfe": ("evaluations clipping > 1 % of pixels", 3),
-    "correction": ("sum of a_t RMS(x0hat - clip(x0hat))", 3),
-    "hf": ("high-frequency energy", 3),
-    "colour_spread": ("colour spread", 3),
+CLIPPING = 0.01  # an evaluation "clips" when over 1 % of x0hat's pixels lie beyond [-1, 1]
+MEASURES = {  # key: column heading; the last two are the images' (the data row has them)
+    "clipping_nfe": "evaluations clipping > 1 % of pixels",
+    "correction": "sum of a_t RMS(x0hat - clip(x0hat))",
+    "hf": "high-frequency energy",
+    "colour_spread": "colour spread",
 }
 
 
@@ -128,30 +130,43 @@ def summary_rows(per: dict[str, list[dict]]) -> list[dict]:
 
 
 def changes(rows: list[dict]) -> list[dict]:
-    """Seed-paired changes of each measure from one step count to the next, per sampler and
-    x_0 rule."""
-    series: dict[tuple[str, str], list[tuple[Evaluation, dict]]] = {}
+    """Seed-paired changes of each measure from one step count to the next (per sampler, eta
+    and x_0 rule), then between two samplers at equal NFE whose x_0 rules do the same
+    (``consistent_rule``: DDIM under clip against DPM-Solver++ under clip-anchor)."""
+    evs = {r["label"]: Evaluation.from_label(r["label"]) for r in rows}
+    series: dict[tuple, list[dict]] = {}
     for r in rows:
-        ev = Evaluation.from_label(r["label"])
-        series.setdefault((ev.sampler, ev.x0), []).append((ev, r))
-    out = []
+        ev = evs[r["label"]]
+        series.setdefault((ev.sampler, ev.eta, ev.x0), []).append(r)
+    pairs = []
     for runs in series.values():
-        runs.sort(key=lambda p: p[0].steps)
-        for (_, earlier), (_, later) in itertools.pairwise(runs):
-            change = {"change": f"{later['label']} − {earlier['label']}"}
-            for key in MEASURES:
-                diffs = [
-                    a - b for a, b in zip(later[key]["values"], earlier[key]["values"], strict=True)
-                ]
-                change[key] = {"mean": statistics.fmean(diffs), "ci": interval95(diffs)}
-            out.append(change)
+        runs.sort(key=lambda r: evs[r["label"]].steps)
+        pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+
+    def rule(r: dict) -> str:
+        return consistent_rule({"sampler": evs[r["label"]].sampler, "x0": evs[r["label"]].x0})
+
+    pairs += [
+        (b, a) for a, b in itertools.combinations(rows, 2)
+        if a["nfe"] == b["nfe"] and evs[a["label"]].sampler != evs[b["label"]].sampler
+        and rule(a) == rule(b)
+    ]  # fmt: skip
+    out = []
+    for later, earlier in pairs:
+        change = {"change": f"{later['label']} − {earlier['label']}"}
+        for key in MEASURES:
+            diffs = [
+                a - b for a, b in zip(later[key]["values"], earlier[key]["values"], strict=True)
+            ]
+            change[key] = {"mean": statistics.fmean(diffs), "ci": interval95(diffs)}
+        out.append(change)
     return out
 
 
 def format_tables(rows: list[dict], changed: list[dict], data: dict[str, float]) -> str:
     """The two markdown tables the docs show: the measures per label (with the training data's
     statistics as the last row) and their seed-paired changes."""
-    heads = " | ".join(f"{MEASURES[k][0]}" for k in MEASURES)
+    heads = " | ".join(MEASURES.values())
     lines = [
         f"| sampler | NFE | {heads} |",
         "|---|---|" + "---|" * len(MEASURES),
@@ -169,56 +184,31 @@ def format_tables(rows: list[dict], changed: list[dict], data: dict[str, float])
     return "\n".join(lines)
 
 
-def quoted(rows: list[dict], changed: list[dict]) -> dict[str, str]:
-    """The numbers the docs' sentences quote from one study, as they print them: per anchored
-    step count (ascending) the evaluations that clip and the colour spread; the summed
-    correction added per evaluation past 20 steps; the seed-paired changes of high-frequency
-    energy from one anchored step count to the next and of ``dpmpp-2m`` under ``clip`` from
-    20 to 50 steps; ``ddpm``'s high-frequency energy."""
-    anchored = sorted((r for r in rows if "-x0clip-anchor" in r["label"]), key=lambda r: r["nfe"])
-    past_20 = [r for r in anchored if r["nfe"] >= 20]
-    by_change = {c["change"]: c for c in changed}
-
-    def hf_change(later: str, earlier: str) -> str:
-        c = by_change[f"{later} − {earlier}"]["hf"]
-        return difference(c["mean"], c["ci"])
-
-    (ddpm,) = [r for r in rows if r["label"] == "ddpm-50"]
-    return {
-        "clipping": ", ".join(sig(r["clipping_nfe"]["mean"], 4) for r in anchored),
-        "spread": ", ".join(sig(r["colour_spread"]["mean"], 3) for r in anchored),
-        "per_evaluation": " and ".join(
-            sig((b["correction"]["mean"] - a["correction"]["mean"]) / (b["nfe"] - a["nfe"]), 2)
-            for a, b in itertools.pairwise(past_20)
-        ),
-        "hf_changes": ", ".join(
-            hf_change(b["label"], a["label"]) for a, b in itertools.pairwise(anchored)
-        ),
-        "hf_clip": hf_change("dpmpp-2m-50", "dpmpp-2m-20"),
-        "hf_ddpm": sig(ddpm["hf"]["mean"], 4),
-    }
-
-
-def plot(rows: list[dict], per: dict[str, list[dict]], data: dict[str, float]) -> bytes:
+def plot(
+    rows: list[dict], per: dict[str, list[dict]], data: dict[str, float], trained: int
+) -> bytes:
     """Left: the correction per network evaluation against t, mean over the models, for each
-    anchored step count (the same curve, sampled more densely, so its sum grows). Right: the
-    samples' high-frequency energy against NFE per sampler and rule, the data's as a line."""
+    anchored step count (shades of one colour, darker with more steps). Right: the samples'
+    high-frequency energy against NFE per sampler and rule, the data's as a line. Titled with
+    the models' ``trained`` steps."""
+    from matplotlib import colormaps
     from matplotlib.figure import Figure
 
     from squeezed_diffusion.evaluation.report.render import png
 
-    fig = Figure(figsize=(10, 3.6))
+    fig = Figure(figsize=(11.5, 3.8))
     left, right = fig.subplots(1, 2)
-    for label, traces in per.items():
-        if Evaluation.from_label(label).x0 != "clip-anchor":
-            continue
+    anchored = [label for label in per if Evaluation.from_label(label).x0 == "clip-anchor"]
+    for n, label in enumerate(anchored):
+        traces = per[label]
         ts = [t for t, *_ in traces[0]["steps"]]
         mean = [statistics.fmean(tr["steps"][i][2] for tr in traces) for i in range(len(ts))]
-        left.plot(ts, mean, marker=".", label=label)
+        shade = colormaps["Reds"](0.35 + 0.65 * n / max(1, len(anchored) - 1))
+        left.plot(ts, mean, marker=".", color=shade, label=label)
     left.set(
         xlabel="timestep t", ylabel="a_t RMS(x0hat - clip(x0hat))", xlim=(1000, 0), yscale="log"
     )
-    left.set_title("the anchored correction at each network evaluation", fontsize=10)
+    left.set_title(f"anchored correction per evaluation\n{trained} training steps", fontsize=10)
     left.legend(fontsize=7)
     series: dict[str, list[dict]] = {}
     for r in rows:
@@ -233,8 +223,11 @@ def plot(rows: list[dict], per: dict[str, list[dict]], data: dict[str, float]) -
         )  # fmt: skip
     right.axhline(data["hf"], color="0.4", lw=1, ls="--", label="training data")
     right.set(xscale="log", xlabel="network evaluations (NFE)", ylabel="high-frequency energy")
-    right.set_title(f"samples' high-frequency energy, {rows[0]['models']} models", fontsize=10)
-    right.legend(fontsize=7)
+    right.set_title(
+        f"samples' high-frequency energy\n{rows[0]['models']} models, {trained} training steps",
+        fontsize=10,
+    )
+    right.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1))
     fig.tight_layout()
     return png(fig)
 
@@ -260,11 +253,17 @@ def main() -> int:
             raise ValueError(
                 f"--num must be at least 2 (a spread needs two samples), got {args.num}"
             )
-        labels = list(dict.fromkeys(parse_evaluation(label).label for label in args.evals))
+        evaluations = list(dict.fromkeys(parse_evaluation(label) for label in args.evals))
         sweep = load_sweep(args.sweep, args.folder)
+        cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
+        for ev in evaluations:  # everything sampling would refuse, before minutes of sampling
+            checked_sampler(ev.sampler, ev.eta, ev.x0)
+        check_steps(evaluations, cells)
+        for out in (args.json, args.plot):
+            if out is not None and not out.parent.is_dir():
+                raise ValueError(f"{out}: folder {out.parent} does not exist; create it first")
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
     untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]
     if len(cells) < 2 or untrained:
         problem = f"{', '.join(untrained)} not trained" if untrained else "fewer than 2 cells"
@@ -273,23 +272,23 @@ def main() -> int:
             "trained cells matching --cells (train them with nfe_trained.py --train)"
         )
     start = time.perf_counter()
-    per: dict[str, list[dict]] = {label: [] for label in labels}
-    jobs = list(itertools.product(cells, labels))
-    for cell, label in tqdm(jobs, desc="sampling", disable=args.quiet):
-        per[label].append(
-            trace_run(Path(cell.config.out), parse_evaluation(label), args.num, args.seed)
-        )
+    per: dict[str, list[dict]] = {ev.label: [] for ev in evaluations}
+    jobs = list(itertools.product(cells, evaluations))
+    for cell, ev in tqdm(jobs, desc="sampling", disable=args.quiet):
+        per[ev.label].append(trace_run(Path(cell.config.out), ev, args.num, args.seed))
     data = image_stats(Run(cells[0].config.out).reference().images)
     rows = summary_rows(per)
     changed = changes(rows)
     print(format_tables(rows, changed, data))
     wall = time.perf_counter() - start
     print(f"({wall:.0f} s; {args.num} samples per model and label)", file=sys.stderr)
+    trained = cells[0].config.steps
     if args.plot:
-        args.plot.write_bytes(plot(rows, per, data))
+        args.plot.write_bytes(plot(rows, per, data, trained))
     if args.json:
         args.json.write_text(json.dumps({
-            "cells": [c.id for c in cells], "num": args.num, "seed": args.seed, "data": data,
+            "cells": [c.id for c in cells], "training_steps": trained, "num": args.num,
+            "seed": args.seed, "data": data,
             "rows": rows, "changes": changed, "traces": per, "wall_s": wall,
         }, indent=1) + "\n")  # fmt: skip
     return 0

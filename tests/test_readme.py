@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import re
@@ -186,6 +187,7 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     import torch
 
     from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
+    from squeezed_diffusion.core.samplers import predict
 
     proc = SqueezedDiffusion(prediction_type="sample")  # the output is x0hat itself
     ev = Evaluation("dpmpp-2m", 10, x0="clip-anchor")
@@ -196,6 +198,21 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     assert beyond["correction"] == pytest.approx(expected, rel=1e-9)
     inside = anchor_drift.trace(lambda x, t: torch.full_like(x, 0.5), proc, (4, 3, 8, 8), ev, 0)
     assert inside["clipping_nfe"] == 0 and inside["correction"] == 0
+    seen = []
+
+    def noise_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        seen.append(x)
+        return 5 * x  # an epsilon estimate whose x0hat lies far beyond [-1, 1] at large t
+
+    eps_proc = SqueezedDiffusion()
+    shifted = anchor_drift.trace(noise_net, eps_proc, (4, 3, 8, 8), ev, 0)
+    assert shifted["clipping_nfe"] > 0
+    for (t, share, size), x in zip(shifted["steps"], seen, strict=True):
+        x0 = predict(eps_proc, 5 * x, x, t).x0
+        abar = eps_proc.alphas_cumprod[t]
+        start = abar.sqrt() * x0.clamp(-1, 1) + (1 - abar).sqrt() * 5 * x  # the anchored start
+        assert size == pytest.approx(float((start - x).pow(2).mean().sqrt()), rel=1e-4, abs=1e-6)
+        assert share == float((x0.abs() > 1).double().mean())
     flat = torch.arange(6, dtype=torch.uint8).mul(50).repeat_interleave(3 * 4 * 4)
     stats = anchor_drift.image_stats(flat.reshape(6, 3, 4, 4))  # one colour per image
     assert stats["hf"] == 0
@@ -204,13 +221,80 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     assert anchor_drift.image_stats(stripes)["hf"] == pytest.approx(2**0.5)  # dx = 2, dy = 0
 
 
+def anchor_drift_quotes() -> dict[str, str]:
+    """The numbers the anchor-drift section quotes, from the committed JSON, as it prints them
+    (keys as its placeholders: ``CLIP_1500`` and ``CLIP_4500`` for the two training lengths),
+    after checking each verdict its sentences state."""
+    import anchor_drift
+    import nfe_trained
+
+    from squeezed_diffusion.evaluation.report.stats import sig
+
+    def resolved(c: dict) -> bool:
+        return abs(c["mean"]) > c["ci"]
+
+    quotes: dict[str, str] = {}
+    spread_clip: list[str] = []
+    studies = {"1500": ("anchor-drift.json", "clip-anchor.json"),
+               "4500": ("anchor-drift-longer.json", "clip-anchor-longer.json")}  # fmt: skip
+    for length, (drift_name, fd_name) in studies.items():
+        drift = json.loads((FEW_STEP_DOCS / drift_name).read_text())
+        rows = {r["label"]: r for r in drift["rows"]}
+        changed = {c["change"]: c for c in drift["changes"]}
+        data = drift["data"]
+        anchored = sorted((r for r in drift["rows"] if "x0clip-anchor" in r["label"]),
+                          key=lambda r: r["nfe"])  # fmt: skip
+        assert [r["nfe"] for r in anchored] == [10, 20, 50, 100]
+        steps = [changed[f"{b['label']} − {a['label']}"] for a, b in itertools.pairwise(anchored)]
+        assert all(resolved(c["hf"]) and c["hf"]["mean"] > 0 for c in steps)
+        assert all(0.27 <= r["clipping_nfe"]["mean"] / r["nfe"] <= 0.4 for r in anchored)
+        assert anchored[1]["hf"]["mean"] < data["hf"] < anchored[3]["hf"]["mean"]
+        spreads = [r["colour_spread"]["mean"] / data["colour_spread"] for r in anchored]
+        assert max(spreads) < 1 and max(spreads[1:]) < 0.5
+        one_rule = changed["dpmpp-2m-50-x0clip-anchor − ddim-50"]
+        assert all(resolved(one_rule[k]) and one_rule[k]["mean"] > 0 for k in ("correction", "hf"))
+        assert 0.5 < one_rule["hf"]["mean"] / steps[0]["hf"]["mean"] < 2  # "the size of" 10 -> 20
+        under_clip = changed["dpmpp-2m-50 − dpmpp-2m-20"]["hf"]
+        assert not resolved(under_clip)
+        assert rows["dpmpp-2m-20"]["colour_spread"]["mean"] > 2 * data["colour_spread"]
+        fd = {c["change"]: c for c in json.loads((FEW_STEP_DOCS / fd_name).read_text())["changes"]}
+        fd_10_20 = fd["dpmpp-2m-20-x0clip-anchor − dpmpp-2m-10-x0clip-anchor"]
+        fd_rule = fd["ddim-50 − dpmpp-2m-50-x0clip-anchor"]
+        assert fd_10_20["mean"] < 0 and abs(fd_rule["mean"]) < 1
+
+        def diff(c: dict) -> str:
+            return nfe_trained.difference(c["mean"], c["ci"])
+
+        past_20 = [r for r in anchored if r["nfe"] >= 20]
+        per_eval = [(b["correction"]["mean"] - a["correction"]["mean"]) / (b["nfe"] - a["nfe"])
+                    for a, b in itertools.pairwise(past_20)]  # fmt: skip
+        quotes |= {
+            f"TABLE_{length}": anchor_drift.format_tables(drift["rows"], drift["changes"], data),
+            f"CLIP_{length}": ", ".join(sig(r["clipping_nfe"]["mean"], 4) for r in anchored),
+            f"PER_{length}": " and ".join(sig(v, 2) for v in per_eval),
+            f"HF_CHANGES_{length}": ", ".join(diff(c["hf"]) for c in steps),
+            f"HF_100_{length}": sig(anchored[3]["hf"]["mean"], 4),
+            f"SPREAD_{length}": ", ".join(sig(r["colour_spread"]["mean"], 3) for r in anchored),
+            f"DDIM_CORR_{length}": diff(one_rule["correction"]),
+            f"DDIM_HF_{length}": diff(one_rule["hf"]),
+            f"FD_DDIM_{length}": diff(fd_rule),
+            f"HF_DDPM_{length}": sig(rows["ddpm-50"]["hf"]["mean"], 4),
+            f"HF_CLIP_{length}": diff(under_clip),
+            f"FD_10_20_{length}": diff(fd_10_20),
+        }
+        spread_clip.append(sig(rows["dpmpp-2m-20"]["colour_spread"]["mean"], 2))
+        quotes["HF_DATA"] = sig(data["hf"], 4)
+        quotes["SPREAD_DATA"] = sig(data["colour_spread"], 3)
+    return quotes | {"SPREAD_CLIP": " and ".join(spread_clip)}
+
+
 def test_anchor_drift_tables_are_the_committed_traces() -> None:
     """The diagnostic's tables, recomputed from the per-model traces it committed, are the
-    JSON's and the docs', with the numbers its sentences quote (each trace's counts and sums
-    from its own steps)."""
+    JSON's (each trace's counts and sums from its own steps); the docs' section quotes them,
+    and the verdicts of its sentences hold (``anchor_drift_quotes``)."""
     import anchor_drift
 
-    docs = (FEW_STEP_DOCS / "README.md").read_text()
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
     for name in ("anchor-drift.json", "anchor-drift-longer.json"):
         committed = json.loads((FEW_STEP_DOCS / name).read_text())
         for traces in committed["traces"].values():
@@ -221,12 +305,32 @@ def test_anchor_drift_tables_are_the_committed_traces() -> None:
                 assert tr["correction"] == pytest.approx(sum(c for *_, c in tr["steps"]))
         rows = anchor_drift.summary_rows(committed["traces"])
         assert rows == committed["rows"]
-        changed = anchor_drift.changes(rows)
-        assert changed == committed["changes"]
-        assert anchor_drift.format_tables(rows, changed, committed["data"]) in docs, name
-        for key, quoted in anchor_drift.quoted(rows, changed).items():  # the sentences' numbers
-            assert quoted in docs, (name, key, quoted)
-    assert anchor_drift.plot(rows, committed["traces"], committed["data"]).startswith(b"\x89PNG")
+        assert anchor_drift.changes(rows) == committed["changes"]
+        figure = anchor_drift.plot(
+            rows, committed["traces"], committed["data"], committed["training_steps"]
+        )
+        assert figure.startswith(b"\x89PNG")
+    q = anchor_drift_quotes()
+    fragments = [
+        q["TABLE_1500"], q["TABLE_4500"],
+        f"{q['CLIP_1500']} evaluations at 10, 20, 50 and 100 steps after 1,500 training steps, "
+        f"{q['CLIP_4500']} after 4,500",
+        f"({q['PER_1500']} after 1,500 training steps, {q['PER_4500']} after 4,500)",
+        f"({q['HF_CHANGES_1500']} after 1,500 training steps; {q['HF_CHANGES_4500']} after "
+        f"4,500): from below the training data's ({q['HF_DATA']}) at 10 and 20 steps to above "
+        f"it at 100 ({q['HF_100_1500']} and {q['HF_100_4500']})",
+        f"below the data's ({q['SPREAD_DATA']}) throughout, under half of it from 20 steps on",
+        f"({q['SPREAD_1500']}: the alike", f"after 4,500 ({q['SPREAD_4500']})",
+        f"{q['DDIM_CORR_1500']} and {q['DDIM_HF_1500']} after 1,500 training steps, "
+        f"{q['DDIM_CORR_4500']} and {q['DDIM_HF_4500']} after 4,500, all resolved",
+        f"({q['FD_DDIM_1500']} and {q['FD_DDIM_4500']}, DDIM minus anchored)",
+        f"smoother still ({q['HF_DDPM_1500']} and {q['HF_DDPM_4500']})",
+        f"colour spread ({q['SPREAD_CLIP']})",
+        f"({q['HF_CLIP_1500']} and {q['HF_CLIP_4500']}, against",
+        f"({q['FD_10_20_1500']} and {q['FD_10_20_4500']}) though both grow",
+    ]  # fmt: skip
+    for fragment in fragments:
+        assert " ".join(fragment.split()) in docs, fragment
 
 
 def _recomputed_study(
