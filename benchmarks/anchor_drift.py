@@ -264,12 +264,16 @@ def main() -> int:
                 raise ValueError(f"{out}: folder {out.parent} does not exist; create it first")
     except (ValueError, FileNotFoundError) as err:
         raise SystemExit(f"error: {err}") from None
-    untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]
-    if len(cells) < 2 or untrained:
-        problem = f"{', '.join(untrained)} not trained" if untrained else "fewer than 2 cells"
+    if len(cells) < 2:
         raise SystemExit(
-            f"error: {problem} under {args.folder}: give a sweep folder with at least two "
-            "trained cells matching --cells (train them with nfe_trained.py --train)"
+            f"error: {len(cells)} cell(s) of {sweep.name} match --cells {' '.join(args.cells)}; "
+            "the intervals need at least 2"
+        )
+    untrained = [c.id for c in cells if not list_checkpoints(c.config.out)]
+    if untrained:
+        raise SystemExit(
+            f"error: {', '.join(untrained)} not trained under {args.folder}: give the sweep's "
+            "folder, or train them with nfe_trained.py --train"
         )
     start = time.perf_counter()
     per: dict[str, list[dict]] = {ev.label: [] for ev in evaluations}

@@ -221,6 +221,33 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     assert anchor_drift.image_stats(stripes)["hf"] == pytest.approx(2**0.5)  # dx = 2, dy = 0
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--evals", "ddpm-50-x0clip-anchor"], "x0 rule clip-anchor applies to the DPM-Solver"),
+        (["--evals", "dpmpp-2m-1000"], "dpmpp-2m-1000: num_steps must be an integer in"),
+        (["--evals", "dpmpp-3m-20"], "SAMPLER-STEPS"),
+        (["--num", "1"], "--num must be at least 2"),
+        (["--json", "missing/out.json"], "folder missing does not exist"),
+        (["--cells", "isotropic_seed0"], "1 cell(s) of local-cifar10-samplers match --cells"),
+        ([], "imagefolder_isotropic_seed0, imagefolder_isotropic_seed1, "),  # not trained
+    ],
+)
+def test_anchor_drift_refuses_bad_input_before_sampling(
+    tmp_path, monkeypatch, capsys, args, message
+) -> None:
+    """Each bad option stops the diagnostic with one line naming it, before any sampling (the
+    sweep folder here holds no trained model, so reaching the sampling would fail otherwise)."""
+    import anchor_drift
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "argv", ["anchor_drift.py", str(tmp_path), *args])
+    with pytest.raises(SystemExit) as exit_info:
+        anchor_drift.main()
+    assert str(exit_info.value).startswith("error: ") and message in str(exit_info.value)
+    assert "\n" not in str(exit_info.value)
+
+
 def anchor_drift_quotes() -> dict[str, str]:
     """The numbers the anchor-drift section quotes, from the committed JSON, as it prints them
     (keys as its placeholders: ``CLIP_1500`` and ``CLIP_4500`` for the two training lengths),
