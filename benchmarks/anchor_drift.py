@@ -35,7 +35,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from nfe_trained import consistent_rule, difference, level, parse_evaluation
+from nfe_trained import consistent_rule, difference, level, parse_evaluation, step_pairs
 from tqdm import tqdm
 
 from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
@@ -134,14 +134,7 @@ def changes(rows: list[dict]) -> list[dict]:
     and x_0 rule), then between two samplers at equal NFE whose x_0 rules do the same
     (``consistent_rule``: DDIM under clip against DPM-Solver++ under clip-anchor)."""
     evs = {r["label"]: Evaluation.from_label(r["label"]) for r in rows}
-    series: dict[tuple, list[dict]] = {}
-    for r in rows:
-        ev = evs[r["label"]]
-        series.setdefault((ev.sampler, ev.eta, ev.x0), []).append(r)
-    pairs = []
-    for runs in series.values():
-        runs.sort(key=lambda r: evs[r["label"]].steps)
-        pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+    pairs = step_pairs(rows, lambda r: evs[r["label"]])
 
     def rule(r: dict) -> str:
         return consistent_rule({"sampler": evs[r["label"]].sampler, "x0": evs[r["label"]].x0})

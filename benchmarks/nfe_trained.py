@@ -29,6 +29,7 @@ import json
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from squeezed_diffusion import SAMPLERS
@@ -79,7 +80,9 @@ def summary_rows(
             "models": len(cells), "values": values, "mean": statistics.fmean(values),
             "ci": interval95(values),
         }  # fmt: skip
-        if ev.x0 != "clip":  # rows of the default rule read as they did before it was a setting
+        if ev.eta:  # rows of eta 0 and of the default rule read as before they were settings
+            row["eta"] = ev.eta
+        if ev.x0 != "clip":
             row["x0"] = ev.x0
         label = ev.label
         for base in ("ddpm-50", "ddim-50"):
@@ -91,13 +94,31 @@ def summary_rows(
 
 
 def evaluation_of(row: dict) -> Evaluation:
-    return Evaluation(row["sampler"], row["steps"], x0=row.get("x0", "clip"))
+    return Evaluation(row["sampler"], row["steps"], row.get("eta", 0.0), row.get("x0", "clip"))
 
 
 def _name(row: dict) -> str:
-    """A row's sampler as the tables show it, with its x_0 rule where that is not clip."""
-    x0 = row.get("x0", "clip")
-    return f"`{row['sampler']}`" + (f" (x0 {x0})" if x0 != "clip" else "")
+    """A row's sampler as the tables show it, with its eta and x_0 rule where not 0 and clip."""
+    ev = evaluation_of(row)
+    settings = ([f"eta {ev.eta:g}"] if ev.eta else []) + (
+        [f"x0 {ev.x0}"] if ev.x0 != "clip" else []
+    )
+    return f"`{ev.sampler}`" + (f" ({', '.join(settings)})" if settings else "")
+
+
+def step_pairs(
+    rows: list[dict], evaluation: Callable[[dict], Evaluation] = evaluation_of
+) -> list[tuple[dict, dict]]:
+    """``(later, earlier)`` rows at consecutive step counts of one sampler, eta and x_0 rule:
+    whether more steps still change the result."""
+    series: dict[Evaluation, list[dict]] = {}
+    for r in rows:
+        series.setdefault(dataclasses.replace(evaluation(r), steps=1), []).append(r)
+    pairs = []
+    for runs in series.values():
+        runs = sorted(runs, key=lambda r: evaluation(r).steps)
+        pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+    return pairs
 
 
 def level(mean: float, ci: float) -> str:
@@ -146,13 +167,7 @@ def changes(rows: list[dict]) -> list[dict]:
     its x_0 rule) against itself at its previous step count, two samplers against each other
     at equal NFE (with one x_0 rule, or both using the clipped x_0 throughout), and one
     sampler and step count under two x_0 rules."""
-    series: dict[tuple[str, str], list[dict]] = {}
-    for r in rows:
-        series.setdefault((r["sampler"], r.get("x0", "clip")), []).append(r)
-    pairs = []
-    for runs in series.values():
-        runs = sorted(runs, key=lambda r: r["steps"])
-        pairs += [(later, earlier) for earlier, later in itertools.pairwise(runs)]
+    pairs = step_pairs(rows)
     # "a − b" in name order, whatever the rows' order
     by_name = sorted(rows, key=lambda r: (r["sampler"], r.get("x0", "clip")))
     pairs += [

@@ -180,6 +180,30 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
             nfe_trained.parse_evaluation(bad)
 
 
+def test_nfe_trained_keeps_eta_apart(tmp_path) -> None:
+    """An evaluation with eta is its own row, named with it, and a step-count change pairs
+    only rows of one sampler, eta and x_0 rule (eta was once dropped from the rows)."""
+    import nfe_trained
+
+    from squeezed_diffusion.evaluation.sweep import evaluation_folder
+
+    labels = ["ddpm-50", "ddim-50", "ddim-20", "ddim-50-eta1", "ddim-20-eta1"]
+    cells = [tmp_path / f"cell{i}" for i in range(2)]
+    for i, cell in enumerate(cells):
+        for j, label in enumerate(labels):
+            folder = evaluation_folder(cell, label)
+            folder.mkdir(parents=True)
+            result = {"metrics": {"fd_effnet": 10.0 * j + i * (j + 1)}}
+            (folder / "result.json").write_text(json.dumps(result))
+    evaluations = [Evaluation.from_label(label) for label in labels[2:]]
+    rows = nfe_trained.summary_rows(cells, "fd_effnet", evaluations)
+    assert [nfe_trained.evaluation_of(r).label for r in rows] == labels
+    table = nfe_trained.format_table(rows, "fd_effnet")
+    assert "| `ddim` (eta 1) | 50 | 32 ± 25 |" in table  # 30 and 34: t(1) 12.7 x 2 / 1
+    steps = [c["change"] for c in nfe_trained.changes(rows)][:2]
+    assert steps == ["ddim-50 − ddim-20", "ddim-50-eta1 − ddim-20-eta1"]
+
+
 def test_anchor_drift_measures_what_clipping_removes() -> None:
     """The diagnostic's per-step correction is a_t times the RMS of x0hat beyond [-1, 1], at
     each of the sampler's timesteps, and its image statistics are what they say."""
