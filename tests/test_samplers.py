@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import numpy as np
 import pytest
@@ -422,27 +423,57 @@ def test_ddim_reusing_the_clipped_x0_is_first_order_dpm_solver() -> None:
 def test_anchored_dpm_solver_steps_from_the_reanchored_state(sampler: str) -> None:
     """``clip-anchor`` is the clipped update applied to ``x + a_t (clip(x0hat) - x0hat)``, the
     network's noise estimate around the clipped x_0, at every step of a squeezed run (both
-    orders, and the step to the data); with clipping active that differs from ``clip``."""
+    orders, and the step to the data); with clipping active that differs from ``clip``.
+    ``clip-anchor-scaled`` departs from ``clip`` by that departure times ``1 - exp(-h_i)``
+    per direction (the SDE: ``1 - exp(-2 h_i)``), h_i from the process' own levels."""
     from squeezed_diffusion.core.samplers import X0_RULES, ode_timesteps, predict
 
     proc = SqueezedDiffusion(ChannelBasis(torch.tensor([0.5, 0.6, 0.62])), "hdm", -0.8)
-    step = SAMPLERS[sampler].step
+    v = proc.basis.direction.double().view(1, 3, 1, 1)
+    abar = proc.alphas_cumprod.double()
+
+    def log_snr(t: int) -> list[float]:
+        """Principal direction, then the rest, at timestep t: log(a_t / sigma_t,i)."""
+        c = (float(proc.c[t, 0]), float(proc.c_rest[t]))
+        return [math.log(abar[t] ** 0.5 / ((1 - abar[t]) ** 0.5 * ci)) for ci in c]
+
+    step, k = SAMPLERS[sampler].step, 2.0 if sampler.endswith("sde") else 1.0
     x = proc.prior((2, 3, 8, 8), generator=_gen(6))
-    states: tuple[dict, dict, dict] = ({}, {}, {})
+    states: tuple[dict, ...] = ({}, {}, {}, {})
+    weights = []
     for t, t_prev in ode_timesteps(1000, 6):
         out = -2.0 * x + 0.3  # x_0 estimates beyond [-1, 1]: clipping is active
         noise = torch.randn(x.shape, generator=_gen(t)) if sampler.endswith("sde") else None
-        anchored = step(proc, out, x, t, t_prev, clip=X0_RULES["clip-anchor"], state=states[0],
-                        noise=noise)  # fmt: skip
+
         raw = predict(proc, out, x, t).x0
         shifted = x + proc.alphas_cumprod[t].float() ** 0.5 * (raw.clamp(-1, 1) - raw)
-        stepped = step(proc, out, shifted, t, t_prev, state=states[1], noise=noise)
-        plain = step(proc, out, x, t, t_prev, state=states[2], noise=noise)
+        anchored, stepped, plain, scaled = (
+            step(proc, out, start, t, t_prev, clip=X0_RULES[rule], state=state, noise=noise)
+            for rule, start, state in zip(
+                ("clip-anchor", "clip", "clip", "clip-anchor-scaled"), (x, shifted, x, x), states,
+                strict=True,
+            )
+        )  # fmt: skip
         assert (anchored.prev_sample - stepped.prev_sample).abs().max() < 1e-4, (t, t_prev)
         assert torch.equal(anchored.pred_original_sample, raw.clamp(-1, 1))
+        assert torch.equal(scaled.pred_original_sample, raw.clamp(-1, 1))
         if t_prev >= 0:
             assert (anchored.prev_sample - plain.prev_sample).abs().max() > 0.05, (t, t_prev)
+            w = [
+                1.0 - math.exp(-k * (b - a))
+                for a, b in zip(log_snr(t), log_snr(t_prev), strict=True)
+            ]
+            weights.append(w)
+        else:  # the step to the data (h infinite) takes all of x_0: the full shift
+            w = [1.0, 1.0]
+        d = (anchored.prev_sample - plain.prev_sample).double()
+        along = (d * v).sum(dim=1, keepdim=True) * v
+        expected = plain.prev_sample.double() + w[1] * d + (w[0] - w[1]) * along
+        assert (scaled.prev_sample - expected).abs().max() < 1e-4, (t, t_prev)
         x = anchored.prev_sample
+    # partial shifts before the last step, different per direction: a test that can fail
+    assert all(0.05 < w < 0.99 for pair in weights for w in pair), weights
+    assert any(abs(a - b) > 1e-3 for a, b in weights), weights
 
 
 def data_directions(d: int) -> torch.Tensor:
@@ -560,3 +591,11 @@ def test_sampler_for_scheduler_is_the_one_whose_scheduler_config_matches() -> No
     assert Sampler("mine", ddim_step, "help", scheduler="ddim").scheduler_keys == {}
     with pytest.raises(ValueError, match="sampler 'mine' registered as 'yours': register it under"):
         SAMPLERS.register("yours", renamed)
+
+
+def test_scaled_anchor_needs_the_anchor() -> None:
+    """A scale for an anchor that is not applied would be an option silently ignored."""
+    from squeezed_diffusion.core.samplers import X0Rule
+
+    with pytest.raises(ValueError, match="anchor_scaled scales the anchor: pass anchor=True"):
+        X0Rule(anchor_scaled=True)

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, NamedTuple, Protocol
 
 import numpy as np
@@ -78,7 +79,11 @@ class X0Rule:
     ``anchor``: the DPM-Solver++ samplers step from ``x_t + a_t (x0_processed - x0hat)``, the
     network's own noise estimate around the processed x_0, which is what DDIM does by default;
     otherwise they step with the processed x_0 alone and x_t keeps the signal the network
-    predicted beyond it.
+    predicted beyond it. ``anchor_scaled``: the anchor's shift is multiplied by the share of
+    x_0 the step's first-order update mixes in (``1 - exp(-h_i)``, the SDE's
+    ``1 - exp(-2 h_i)``): the plain anchor adds one full shift per step, so more steps add
+    more; scaled, the shifts of a run sum to at most the log-SNR range's worth, however many
+    steps are taken (an experiment on why the plain anchor worsens with the steps).
     ``True``/``False`` passed as ``clip`` mean ``X0Rule()`` and ``X0Rule(None)``.
     """
 
@@ -87,6 +92,11 @@ class X0Rule:
     max_value: float = 1.0
     reuse: bool = False
     anchor: bool = False
+    anchor_scaled: bool = False
+
+    def __post_init__(self) -> None:
+        if self.anchor_scaled and not self.anchor:
+            raise ValueError("anchor_scaled scales the anchor: pass anchor=True with it")
 
     def __call__(self, x0: Tensor) -> Tensor:
         if self.threshold is not None:
@@ -120,6 +130,7 @@ X0_RULES: dict[str, X0Rule] = {
     "none": X0Rule(None),
     "clip-reuse": X0Rule(reuse=True),
     "clip-anchor": X0Rule(anchor=True),
+    "clip-anchor-scaled": X0Rule(anchor=True, anchor_scaled=True),
 }
 X0_HELP = (
     "clip: clip x_0 to [-1, 1] (default; diffusers' clip_sample); none: leave it; clip-reuse: "
@@ -127,7 +138,9 @@ X0_HELP = (
     "use_clipped_model_output), which makes DDIM with eta 0 DPM-Solver++(1) step for step; "
     "clip-anchor: clip, and DPM-Solver++ re-anchors x_t at the clipped x_0 with the network's "
     "own noise estimate, as DDIM does under clip (from the same t, dpmpp-2m's first step is "
-    "DDIM's with eta 0, dpmpp-2m-sde's DDIM's with eta 1)"
+    "DDIM's with eta 0, dpmpp-2m-sde's DDIM's with eta 1); clip-anchor-scaled: clip-anchor "
+    "with each step's shift scaled by the share of x_0 its first-order update mixes in, so "
+    "that the shifts do not add up with the step count (an experiment)"
 )
 
 
@@ -449,12 +462,21 @@ def _ode_level(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _dpm_coefs(
-    abar_t, c_t, abar_s0, c_s0, abar_s1=None, c_s1=None, solver: str = "midpoint", sde: bool = False
+    abar_t,
+    c_t,
+    abar_s0,
+    c_s0,
+    abar_s1=None,
+    c_s1=None,
+    solver: str = "midpoint",
+    sde: bool = False,
+    scaled: bool = False,
 ):
     """``(coef of x, coef of m0, coef of m1, std of the fresh noise, coef of the anchor)`` of
     DPM-Solver++ (data prediction), per direction: first order without ``s1``, else the 2M
     update with ``r0 = h_0 / h``; ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in
-    ``exp(-2h)``). The anchor ``m0 - x0hat`` enters as x does, times ``a_s`` (``X0Rule.anchor``)."""
+    ``exp(-2h)``). The anchor ``m0 - x0hat`` enters as x does, times ``a_s`` (``X0Rule.anchor``),
+    and ``scaled`` times the first-order share of m0, ``d0 / alpha_t`` (``anchor_scaled``)."""
     (alpha_t, sigma_t), (alpha_s0, sigma_s0) = _ode_level(abar_t, c_t), _ode_level(abar_s0, c_s0)
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
@@ -466,7 +488,7 @@ def _dpm_coefs(
     else:
         ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
         std, heun_d1 = torch.zeros_like(d0), alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
-    anchor = ratio * alpha_s0
+    anchor = ratio * alpha_s0 * (d0 / alpha_t if scaled else 1.0)
     if abar_s1 is None:
         return ratio, d0, torch.zeros_like(d0), std, anchor
     alpha_s1, sigma_s1 = _ode_level(abar_s1, c_s1)
@@ -502,9 +524,10 @@ def _dpmpp(
     levels = [_level(proc, t_prev), _level(proc, t)] + ([_level(proc, prev[0])] if second else [])
 
     def coefs() -> list[Tensor]:
-        return _calibrated(lambda *a: _dpm_coefs(*a, solver=solver, sde=sde), *levels)
+        fn = partial(_dpm_coefs, solver=solver, sde=sde, scaled=rule.anchor_scaled)
+        return _calibrated(fn, *levels)
 
-    key = (name, t, t_prev, prev[0] if second else None, solver)
+    key = (name, t, t_prev, prev[0] if second else None, solver, rule.anchor_scaled)
     ratio, c0, c1, std, anchor = _cached(proc, key, x, coefs)
     terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
     if rule.anchor:
