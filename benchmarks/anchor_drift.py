@@ -39,7 +39,7 @@ from nfe_trained import consistent_rule, difference, level, parse_evaluation, st
 from tqdm import tqdm
 
 from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
-from squeezed_diffusion.core.samplers import checked_sampler, predict
+from squeezed_diffusion.core.samplers import checked_sampler, predict, x0_rule
 from squeezed_diffusion.data import to_uint8
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
 from squeezed_diffusion.evaluation.sweep import Evaluation, check_steps, load_sweep
@@ -53,7 +53,7 @@ EVALS = [
 CLIPPING = 0.01  # an evaluation "clips" when over 1 % of x0hat's pixels lie beyond [-1, 1]
 MEASURES = {  # key: column heading; the last two are the images' (the data row has them)
     "clipping_nfe": "evaluations clipping > 1 % of pixels",
-    "correction": "sum of a_t RMS(x0hat - clip(x0hat))",
+    "correction": "sum of a_t RMS(x0hat - clip(x0hat))",  # times w under clip-anchor-scaled
     "hf": "high-frequency energy",
     "colour_spread": "colour spread",
 }
@@ -68,6 +68,22 @@ def image_stats(images: torch.Tensor) -> dict[str, float]:
     return {"hf": float(hf), "colour_spread": float(spread)}
 
 
+def anchor_shares(proc: SqueezedDiffusion, ev: Evaluation) -> dict[int, tuple[torch.Tensor, float]]:
+    """Per time point of ``ev``'s run, what ``clip-anchor-scaled`` multiplies the anchor's
+    shift by in each direction (groups ``[1, K]``, then the rest): the share of x_0 a
+    first-order step mixes in, ``1 - exp(-h_i)`` (SDE: ``1 - exp(-2 h_i)``) with h_i the
+    step's rise in half-log-SNR; 1 at the step to the data. Computed from the process' own
+    log-SNR table, apart from the sampler's coefficients, so the two can disagree."""
+    log_snr, k = proc.log_snr_table(), 2.0 if ev.sampler.endswith("sde") else 1.0
+    shares = {}
+    for t, t_prev in SAMPLERS[ev.sampler].schedule(proc.num_train_timesteps, ev.steps):
+        w = torch.ones(log_snr.shape[1], dtype=torch.float64)
+        if t_prev >= 0:
+            w = 1.0 - torch.exp(-k * (log_snr[t_prev] - log_snr[t]) / 2)
+        shares[t] = (w[None, :-1].float(), float(w[-1]))
+    return shares
+
+
 def trace(
     network: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     proc: SqueezedDiffusion,
@@ -76,19 +92,22 @@ def trace(
     seed: int,
 ) -> dict:
     """Sample ``shape`` with ``ev`` through ``network`` (the model output); per network
-    evaluation (t, share of x0hat clipped, a_t RMS of the clipped part), their counts and
+    evaluation (t, share of x0hat clipped, a_t RMS of the clipped part, under
+    ``clip-anchor-scaled`` scaled per direction as the rule scales it), their counts and
     sums, and the samples' statistics."""
     steps: list[tuple[int, float, float]] = []
+    shares = anchor_shares(proc, ev) if x0_rule(ev.x0).anchor_scaled else None
 
     def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
         out = network(x, t)
         step = int(t[0])
         x0 = predict(proc, out, x, step).x0
-        beyond = (x0 - x0.clamp(-1, 1)).double()
+        beyond = x0 - x0.clamp(-1, 1)
         share = float((beyond != 0).double().mean())
-        steps.append(
-            (step, share, float(proc.alphas_cumprod[step].sqrt() * beyond.pow(2).mean().sqrt()))
-        )
+        if shares is not None:
+            beyond = proc.basis.scale(beyond, *shares[step])
+        size = proc.alphas_cumprod[step].sqrt() * beyond.double().pow(2).mean().sqrt()
+        steps.append((step, share, float(size)))
         return out
 
     generator = torch.Generator().manual_seed(seed)
