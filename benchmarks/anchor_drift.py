@@ -39,7 +39,7 @@ from nfe_trained import consistent_rule, difference, level, parse_evaluation, st
 from tqdm import tqdm
 
 from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
-from squeezed_diffusion.core.samplers import checked_sampler, predict, x0_rule
+from squeezed_diffusion.core.samplers import X0_RULES, checked_sampler, predict, x0_rule
 from squeezed_diffusion.data import to_uint8
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
 from squeezed_diffusion.evaluation.sweep import Evaluation, check_steps, load_sweep
@@ -200,9 +200,9 @@ def plot(
     rows: list[dict], per: dict[str, list[dict]], data: dict[str, float], trained: int
 ) -> bytes:
     """Left: the correction per network evaluation against t, mean over the models, for each
-    anchored step count (shades of one colour, darker with more steps). Right: the samples'
-    high-frequency energy against NFE per sampler and rule, the data's as a line. Titled with
-    the models' ``trained`` steps."""
+    anchored step count (shades of one colour per anchored rule, darker with more steps).
+    Right: the samples' high-frequency energy against NFE per sampler and rule, the data's as
+    a line. Titled with the models' ``trained`` steps."""
     from matplotlib import colormaps
     from matplotlib.figure import Figure
 
@@ -210,13 +210,15 @@ def plot(
 
     fig = Figure(figsize=(11.5, 3.8))
     left, right = fig.subplots(1, 2)
-    anchored = [label for label in per if Evaluation.from_label(label).x0 == "clip-anchor"]
-    for n, label in enumerate(anchored):
-        traces = per[label]
-        ts = [t for t, *_ in traces[0]["steps"]]
-        mean = [statistics.fmean(tr["steps"][i][2] for tr in traces) for i in range(len(ts))]
-        shade = colormaps["Reds"](0.35 + 0.65 * n / max(1, len(anchored) - 1))
-        left.plot(ts, mean, marker=".", color=shade, label=label)
+    anchoring = [name for name, rule in X0_RULES.items() if rule.anchor]
+    for rule, colours in zip(anchoring, ("Reds", "Blues", "Greens", "Purples"), strict=False):
+        anchored = [label for label in per if Evaluation.from_label(label).x0 == rule]
+        for n, label in enumerate(anchored):
+            traces = per[label]
+            ts = [t for t, *_ in traces[0]["steps"]]
+            mean = [statistics.fmean(tr["steps"][i][2] for tr in traces) for i in range(len(ts))]
+            shade = colormaps[colours](0.35 + 0.65 * n / max(1, len(anchored) - 1))
+            left.plot(ts, mean, marker=".", color=shade, label=label)
     left.set(
         xlabel="timestep t", ylabel="a_t RMS(x0hat - clip(x0hat))", xlim=(1000, 0), yscale="log"
     )

@@ -599,3 +599,23 @@ def test_scaled_anchor_needs_the_anchor() -> None:
 
     with pytest.raises(ValueError, match="anchor_scaled scales the anchor: pass anchor=True"):
         X0Rule(anchor_scaled=True)
+
+
+def test_scaled_anchor_steps_with_the_reflected_x0() -> None:
+    """What ``clip-anchor-scaled`` converges to, as the docs say: a first-order step under it
+    is the unclipped step with x0hat replaced by ``(1 + e^-h) clip(x0hat) - e^-h x0hat``,
+    which tends to the reflection ``2 clip(x0hat) - x0hat`` as the steps shrink (h -> 0)."""
+    from squeezed_diffusion.core.samplers import X0_RULES, dpmpp_2m_step
+
+    proc = SqueezedDiffusion(prediction_type="sample")  # the output is x0hat itself
+    x0hat = 2.5 * torch.randn(2, 3, 8, 8, generator=_gen(8))
+    x = torch.randn(2, 3, 8, 8, generator=_gen(9))
+    abar = proc.alphas_cumprod
+    for t, t_prev in ((600, 560), (300, 290)):
+        h = 0.5 * float((abar[t_prev] / (1 - abar[t_prev])).log() - (abar[t] / (1 - abar[t])).log())
+        scaled = dpmpp_2m_step(proc, x0hat, x, t, t_prev, clip=X0_RULES["clip-anchor-scaled"])
+        target = (1 + math.exp(-h)) * x0hat.clamp(-1, 1) - math.exp(-h) * x0hat
+        unclipped = dpmpp_2m_step(proc, target, x, t, t_prev, clip=X0_RULES["none"])
+        assert (scaled.prev_sample - unclipped.prev_sample).abs().max() < 1e-4, (t, h)
+        plain = dpmpp_2m_step(proc, x0hat, x, t, t_prev, clip=X0_RULES["clip"])
+        assert (scaled.prev_sample - plain.prev_sample).abs().max() > 1e-2, (t, h)

@@ -81,9 +81,11 @@ class X0Rule:
     otherwise they step with the processed x_0 alone and x_t keeps the signal the network
     predicted beyond it. ``anchor_scaled``: the anchor's shift is multiplied by the share of
     x_0 the step's first-order update mixes in (``1 - exp(-h_i)``, the SDE's
-    ``1 - exp(-2 h_i)``): the plain anchor adds one full shift per step, so more steps add
-    more; scaled, the shifts of a run sum to at most the log-SNR range's worth, however many
-    steps are taken (an experiment on why the plain anchor worsens with the steps).
+    ``1 - exp(-2 h_i)``). The plain anchor adds one full shift per step however small the
+    step, so more steps add more; scaled, a first-order ODE step uses
+    ``(1 + e^-h) clip(x0hat) - e^-h x0hat`` as its x_0, which tends to the reflection
+    ``2 clip(x0hat) - x0hat`` as the steps shrink: the solver then converges, to the ODE
+    driven by that estimate (docs/results/few-step-samplers).
     ``True``/``False`` passed as ``clip`` mean ``X0Rule()`` and ``X0Rule(None)``.
     """
 
@@ -140,7 +142,8 @@ X0_HELP = (
     "own noise estimate, as DDIM does under clip (from the same t, dpmpp-2m's first step is "
     "DDIM's with eta 0, dpmpp-2m-sde's DDIM's with eta 1); clip-anchor-scaled: clip-anchor "
     "with each step's shift scaled by the share of x_0 its first-order update mixes in, so "
-    "that the shifts do not add up with the step count (an experiment)"
+    "that more steps converge (to the ODE driven by 2 clip(x0hat) - x0hat) rather than add "
+    "shifts"
 )
 
 
