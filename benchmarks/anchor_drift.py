@@ -211,7 +211,8 @@ def plot(
     fig = Figure(figsize=(11.5, 3.8))
     left, right = fig.subplots(1, 2)
     anchoring = [name for name, rule in X0_RULES.items() if rule.anchor]
-    for rule, colours in zip(anchoring, ("Reds", "Blues", "Greens", "Purples"), strict=False):
+    families = dict(zip(anchoring, ("Reds", "Blues", "Greens", "Purples"), strict=False))
+    for rule, colours in families.items():
         anchored = [label for label in per if Evaluation.from_label(label).x0 == rule]
         for n, label in enumerate(anchored):
             traces = per[label]
@@ -220,20 +221,22 @@ def plot(
             shade = colormaps[colours](0.35 + 0.65 * n / max(1, len(anchored) - 1))
             left.plot(ts, mean, marker=".", color=shade, label=label)
     left.set(
-        xlabel="timestep t", ylabel="a_t RMS(x0hat - clip(x0hat))", xlim=(1000, 0), yscale="log"
-    )
+        xlabel="timestep t", ylabel="a_t RMS(x0hat - clip(x0hat)) (x w if scaled)",
+        xlim=(1000, 0), yscale="log",
+    )  # fmt: skip
     left.set_title(f"anchored correction per evaluation\n{trained} training steps", fontsize=10)
     left.legend(fontsize=7)
-    series: dict[str, list[dict]] = {}
+    series: dict[tuple[str, str], list[dict]] = {}
     for r in rows:
         ev = Evaluation.from_label(r["label"])
-        name = ev.sampler + (f" ({ev.x0})" if ev.x0 != "clip" else "")
-        series.setdefault(name, []).append(r)
-    for name, pts in series.items():
+        series.setdefault((ev.sampler, ev.x0), []).append(r)
+    for (sampler, rule), pts in series.items():
         pts = sorted(pts, key=lambda r: r["nfe"])
         right.errorbar(
             [r["nfe"] for r in pts], [r["hf"]["mean"] for r in pts],
-            yerr=[r["hf"]["ci"] for r in pts], marker="o", capsize=3, label=name,
+            yerr=[r["hf"]["ci"] for r in pts], marker="o", capsize=3,
+            label=sampler + (f" ({rule})" if rule != "clip" else ""),
+            color=colormaps[families[rule]](0.8) if rule in families else None,
         )  # fmt: skip
     right.axhline(data["hf"], color="0.4", lw=1, ls="--", label="training data")
     right.set(xscale="log", xlabel="network evaluations (NFE)", ylabel="high-frequency energy")

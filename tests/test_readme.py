@@ -378,8 +378,15 @@ def test_anchor_drift_tables_are_the_committed_traces() -> None:
     import anchor_drift
 
     docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
-    for name in ("anchor-drift.json", "anchor-drift-longer.json"):
+    for name in (
+        "anchor-drift.json", "anchor-drift-longer.json",
+        "anchor-drift-scaled.json", "anchor-drift-scaled-longer.json",
+    ):  # fmt: skip
         committed = json.loads((FEW_STEP_DOCS / name).read_text())
+        table = anchor_drift.format_tables(
+            committed["rows"], committed["changes"], committed["data"]
+        )
+        assert " ".join(table.split()) in docs, name
         for traces in committed["traces"].values():
             assert len(traces) == len(committed["cells"]) >= 2
             for tr in traces:
@@ -631,6 +638,165 @@ def test_clip_anchor_studies_are_the_committed_evaluations() -> None:
     assert (
         f"training steps (paired {sde[0]}; after 1,500 its recall is lower, paired {sde[1]})"
         in docs
+    )
+
+
+def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
+    """The clip-anchor-scaled tables at both training lengths (fd_effnet with their changes,
+    recall), recomputed from the committed evaluations, are the JSONs' and the docs'; the
+    bullets quote them, and their verdicts (converging, resolved or not, lowest) hold."""
+    import nfe_trained
+
+    longer = FEW_STEP_DOCS / "longer-training" / "cells"
+    found = {}
+    for length, cells in {"1500": STUDY_CELLS, "4500": longer}.items():
+        name = "anchor-scaled" + ("-longer" if length == "4500" else "")
+        rows, changes = _recomputed_study(f"{name}.json", cells)
+        recall, _ = _recomputed_study(f"{name}-recall.json", cells, changes_shown=False)
+        assert {r.get("x0", "clip") for r in rows} == {"clip", "clip-anchor", "clip-anchor-scaled"}
+        found[length] = (_keyed(rows), _keyed(recall), changes)
+    (fd15, rc15, ch15), (fd45, rc45, ch45) = found["1500"], found["4500"]
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
+
+    def shown(row: dict, key: str = "") -> str:
+        if not key:
+            return nfe_trained.level(row["mean"], row["ci"])
+        return nfe_trained.difference(row[key], row[key.replace("_vs", "_ci_vs")])
+
+    def resolved(text: str) -> int:
+        """-1 or +1 where the interval excludes 0, else 0."""
+        mean, ci = (float(v) for v in text.split(" ± "))
+        return 0 if abs(mean) < ci else (1 if mean > 0 else -1)
+
+    scaled, plain = "dpmpp-2m-{}-x0clip-anchor-scaled", "dpmpp-2m-{}-x0clip-anchor"
+
+    def step(ch: dict, label: str, a: int, b: int) -> str:
+        return ch[f"{label.format(b)} − {label.format(a)}"]
+
+    converging = [(step(ch, scaled, 20, 50), step(ch, scaled, 50, 100)) for ch in (ch15, ch45)]
+    for first, second in converging:  # falls, by less each time
+        assert resolved(first) == resolved(second) == -1
+        assert abs(float(second.split(" ± ")[0])) < abs(float(first.split(" ± ")[0]))
+    assert (
+        f"({converging[0][0]} then {converging[0][1]} after 1,500 training steps; "
+        f"{converging[1][0]} then {converging[1][1]} after 4,500)" in docs
+    )
+    worse = [step(ch15, plain, 20, 50), step(ch45, plain, 20, 50), step(ch45, plain, 50, 100)]
+    assert all(resolved(w) == 1 for w in worse)
+    assert (
+        f"({worse[0]} from 20 to 50 after 1,500; {worse[1]} and then {worse[2]} after 4,500)"
+        in docs
+    )
+    better = [shown(fd15[("dpmpp-2m", n, "clip-anchor-scaled")], "paired_vs_ddpm-50")
+              for n in (50, 100)]  # fmt: skip
+    assert all(resolved(b) == -1 for b in better)
+    assert f"better than `ddpm` with 50 ({better[0]} and {better[1]})" in docs
+    others = [  # every other sampler measured on the 1,500-step models
+        r for name in ("trained", "ode-limit", "x0-rules", "clip-anchor")
+        for r in json.loads((FEW_STEP_DOCS / f"{name}.json").read_text())["rows"]
+    ]  # fmt: skip
+    best = min(others, key=lambda r: r["mean"])
+    top = fd15[("dpmpp-2m", 100, "clip-anchor-scaled")]
+    assert top["mean"] < best["mean"]
+    assert (
+        f"({shown(top)}; before it `{best['sampler']}` with {best['steps']}, {shown(best)})" in docs
+    )
+    r100 = rc15[("dpmpp-2m", 100, "clip-anchor-scaled")]
+    assert resolved(shown(r100, "paired_vs_ddpm-50")) == 1
+    assert f"({shown(r100)}, paired {shown(r100, 'paired_vs_ddpm-50')})" in docs
+    assert f"({shown(rc15[('dpmpp-2m', 20, 'clip-anchor')])} at 20)" in docs
+    within = [shown(fd45[("dpmpp-2m", n, "clip-anchor-scaled")], "paired_vs_ddpm-50")
+              for n in (50, 100)]  # fmt: skip
+    assert all(resolved(w) == 0 for w in within)
+    assert f"({within[0]} at 50, {within[1]} at 100, wide" in docs
+    vs_ddim = shown(fd45[("dpmpp-2m", 100, "clip-anchor-scaled")], "paired_vs_ddim-50")
+    assert resolved(vs_ddim) == 0 and f"with 50 ({vs_ddim} at 100)" in docs
+    r45 = rc45[("dpmpp-2m", 100, "clip-anchor-scaled")]
+    assert resolved(shown(r45, "paired_vs_ddpm-50")) == 1
+    assert (
+        f"({shown(r45)} against {shown(rc45[('ddpm', 50, 'clip')])}, paired "
+        f"{shown(r45, 'paired_vs_ddpm-50')})" in docs
+    )
+    at20 = [ch[f"{plain.format(20)} − {scaled.format(20)}"] for ch in (ch15, ch45)]
+    s20 = [shown(fd[("dpmpp-2m", 20, "clip-anchor-scaled")], "paired_vs_ddpm-50")
+           for fd in (fd15, fd45)]  # fmt: skip
+    assert [resolved(a) for a in at20] == [0, -1] and [resolved(v) for v in s20] == [0, 1]
+    assert f"(plain minus scaled {at20[0]}; scaled against `ddpm` {s20[0]}, within" in docs
+    assert f"better ({at20[1]}) and the scaled one is {s20[1]} against `ddpm`, resolvably" in docs
+    deterministic = [  # every deterministic sampler measured on the 4,500-step models
+        r for name in ("longer-training", "clip-anchor-longer", "anchor-scaled-longer")
+        for r in json.loads((FEW_STEP_DOCS / f"{name}.json").read_text())["rows"]
+        if r["sampler"] not in ("ddpm", "dpmpp-2m-sde") and not r.get("eta")
+    ]  # fmt: skip
+    lowest = min(deterministic, key=lambda r: r["mean"])
+    assert (lowest["sampler"], lowest["steps"], lowest.get("x0")) == ("dpmpp-2m", 20, "clip-anchor")
+    assert f"plain anchor's at 20 ({shown(lowest)})" in docs
+    from squeezed_diffusion.evaluation.report.stats import sig
+
+    def q(x: dict) -> str:
+        return nfe_trained.difference(x["mean"], x["ci"])
+
+    def counts(dch: dict, label: str, key: str) -> list[dict]:
+        """The changes of ``key`` from 20 to 50 and from 50 to 100 steps."""
+        pairs = ((20, 50), (50, 100))
+        return [dch[f"{label.format(b)} − {label.format(a)}"][key] for a, b in pairs]
+
+    drift_quotes = []
+    for length, plain_name in (("", "anchor-drift"), ("-longer", "anchor-drift-longer")):
+        drift = json.loads((FEW_STEP_DOCS / f"anchor-drift-scaled{length}.json").read_text())
+        before = json.loads((FEW_STEP_DOCS / f"{plain_name}.json").read_text())["traces"]
+        for label, traces in drift["traces"].items():  # the plain anchor's: the same traces
+            assert "scaled" in label or traces == before[label], label
+        drows = {r["label"]: r for r in drift["rows"]}
+        dch = {c["change"]: c for c in drift["changes"]}
+        shift, plain_shift = counts(dch, scaled, "correction"), counts(dch, plain, "correction")
+        hf, plain_hf = counts(dch, scaled, "hf"), counts(dch, plain, "hf")
+        assert shift[1]["mean"] < shift[0]["mean"] < plain_shift[0]["mean"] / 10  # levels off
+        assert all(h["mean"] < p["mean"] / 10 for h, p in zip(hf, plain_hf, strict=True))
+        spreads = [sig(drows[scaled.format(n)]["colour_spread"]["mean"], 4) for n in (20, 50, 100)]
+        hfs = [sig(drows[scaled.format(n)]["hf"]["mean"], 4) for n in (20, 100)]
+        data = drift["data"]
+        assert all(abs(float(v) - data["colour_spread"]) < 0.1 for v in spreads)
+        drift_quotes.append({
+            "shift": f"{q(shift[0])} then {q(shift[1])}",
+            "plain_shift": f"{q(plain_shift[0])} then {q(plain_shift[1])}",
+            "hf": f"{q(hf[0])} then {q(hf[1])}", "plain_hf": f"{q(plain_hf[0])} then {q(plain_hf[1])}",
+            "hf_range": f"{hfs[0]} to {hfs[1]}", "spreads": spreads,
+            "plain_spread": sig(drows[plain.format(20)]["colour_spread"]["mean"], 4),
+            "clips": [sig(drows[scaled.format(n)]["clipping_nfe"]["mean"], 4) for n in (20, 100)],
+            "data": (sig(data["hf"], 4), sig(data["colour_spread"], 4)),
+        })  # fmt: skip
+    d15, d45 = drift_quotes
+    assert abs(float(d15["hf"].split(" then ")[1].split(" ± ")[0])) < float(
+        d15["hf"].split(" then ")[1].split(" ± ")[1]
+    )  # "(not resolved)"
+    for fragment in (
+        f"grows by {d15['shift']} after 1,500 training steps (the plain anchor's by "
+        f"{d15['plain_shift']}) and by {d45['shift']} after 4,500",
+        f"high-frequency energy by {d15['hf']} (not resolved) after 1,500 (the plain anchor's "
+        f"by {d15['plain_hf']}), staying a little above the data's ({d15['hf_range']} after "
+        f"1,500, {d45['hf_range']} after 4,500, against {d15['data'][0]})",
+        f"({', '.join(d15['spreads'][:2])} and {d15['spreads'][2]} after 1,500 training steps; "
+        f"{', '.join(d45['spreads'][:2])} and {d45['spreads'][2]} after 4,500; the data's "
+        f"{d15['data'][1]}), where the plain anchor's at 20 is {d15['plain_spread']} and "
+        f"{d45['plain_spread']}",
+        f"({d15['clips'][0]} of 20 and {d15['clips'][1]} of 100 after 1,500 training steps)",
+    ):
+        assert fragment in docs, fragment
+    readme = " ".join(README.read_text().split())
+    at100 = [shown(fd[("dpmpp-2m", 100, "clip-anchor-scaled")], "paired_vs_ddpm-50")
+             for fd in (fd15, fd45)]  # fmt: skip
+    assert [resolved(a) for a in at100] == [-1, 0]
+    assert f"beats DDPM-50 after 1,500 training steps ({at100[0]}) and is within" in docs
+    assert f"its scatter after 4,500 ({at100[1]}), with higher recall at both" in docs
+    recall100 = [shown(rc[("dpmpp-2m", 100, "clip-anchor-scaled")], "paired_vs_ddpm-50")
+                 for rc in (rc15, rc45)]  # fmt: skip
+    assert (
+        f"(from 20 to 50 to 100 evaluations: {converging[0][0]} then {converging[0][1]} after "
+        f"1,500 training steps, {converging[1][0]} then {converging[1][1]} after 4,500): with "
+        f"100 evaluations it is better than `ddpm` with 50 after 1,500 training steps "
+        f"({at100[0]}) and within its scatter after 4,500 ({at100[1]}), with higher recall at "
+        f"both (paired {recall100[0]} and {recall100[1]})" in readme
     )
 
 
