@@ -7,6 +7,7 @@ import json
 import math
 import re
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
@@ -647,6 +648,8 @@ def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
     bullets quote them, and their verdicts (converging, resolved or not, lowest) hold."""
     import nfe_trained
 
+    from squeezed_diffusion.evaluation.report.stats import interval95, sig
+
     longer = FEW_STEP_DOCS / "longer-training" / "cells"
     found = {}
     for length, cells in {"1500": STUDY_CELLS, "4500": longer}.items():
@@ -662,6 +665,11 @@ def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
         if not key:
             return nfe_trained.level(row["mean"], row["ci"])
         return nfe_trained.difference(row[key], row[key.replace("_vs", "_ci_vs")])
+
+    def paired(a: dict, b: dict) -> str:
+        """Seed-paired ``a - b`` of two rows over the same models, as the tables print it."""
+        diffs = [x - y for x, y in zip(a["values"], b["values"], strict=True)]
+        return nfe_trained.difference(statistics.fmean(diffs), interval95(diffs))
 
     def resolved(text: str) -> int:
         """-1 or +1 where the interval excludes 0, else 0."""
@@ -698,8 +706,10 @@ def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
     best = min(others, key=lambda r: r["mean"])
     top = fd15[("dpmpp-2m", 100, "clip-anchor-scaled")]
     assert top["mean"] < best["mean"]
+    assert resolved(paired(top, best)) == -1
     assert (
-        f"({shown(top)}; before it `{best['sampler']}` with {best['steps']}, {shown(best)})" in docs
+        f"({shown(top)}; before it `{best['sampler']}` with {best['steps']}, {shown(best)}, "
+        f"paired {paired(top, best)})" in docs
     )
     r100 = rc15[("dpmpp-2m", 100, "clip-anchor-scaled")]
     assert resolved(shown(r100, "paired_vs_ddpm-50")) == 1
@@ -730,8 +740,13 @@ def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
     ]  # fmt: skip
     lowest = min(deterministic, key=lambda r: r["mean"])
     assert (lowest["sampler"], lowest["steps"], lowest.get("x0")) == ("dpmpp-2m", 20, "clip-anchor")
-    assert f"plain anchor's at 20 ({shown(lowest)})" in docs
-    from squeezed_diffusion.evaluation.report.stats import sig
+    close = paired(lowest, fd45[("dpmpp-2m", 100, "clip-anchor-scaled")])
+    assert resolved(close) == 0
+    assert f"plain anchor's at 20 ({shown(lowest)}), a count found by trying counts," in docs
+    assert f"not resolved from the scaled rule at 100 (paired {close})" in docs
+    recall20 = rc15[("dpmpp-2m", 20, "clip-anchor")], rc15[("dpmpp-2m", 20, "clip-anchor-scaled")]
+    assert resolved(paired(*recall20)) == -1
+    assert f"after 1,500 training steps: plain minus scaled {paired(*recall20)})" in docs
 
     def q(x: dict) -> str:
         return nfe_trained.difference(x["mean"], x["ci"])
@@ -778,8 +793,9 @@ def test_scaled_anchor_study_is_the_committed_evaluations() -> None:
         f"1,500, {d45['hf_range']} after 4,500, against {d15['data'][0]})",
         f"({', '.join(d15['spreads'][:2])} and {d15['spreads'][2]} after 1,500 training steps; "
         f"{', '.join(d45['spreads'][:2])} and {d45['spreads'][2]} after 4,500; the data's "
-        f"{d15['data'][1]}), where the plain anchor's at 20 is {d15['plain_spread']} and "
-        f"{d45['plain_spread']}",
+        f"{d15['data'][1]}), where the plain anchor's at 20 is {d15['plain_spread']} after 1,500 "
+        f"training steps (a sixth of the data's, where its recall collapsed) and "
+        f"{d45['plain_spread']} after 4,500",
         f"({d15['clips'][0]} of 20 and {d15['clips'][1]} of 100 after 1,500 training steps)",
     ):
         assert fragment in docs, fragment
