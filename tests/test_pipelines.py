@@ -26,7 +26,7 @@ from diffusers import (
 
 from squeezed_diffusion import SAMPLERS, ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
 from squeezed_diffusion.core.process import BETA_SCHEDULES, TARGETS
-from squeezed_diffusion.core.samplers import Sampler
+from squeezed_diffusion.core.samplers import X0_RULES, Sampler
 from squeezed_diffusion.pipelines import (
     SqueezedDDIMScheduler,
     SqueezedDDPMPipeline,
@@ -35,6 +35,7 @@ from squeezed_diffusion.pipelines import (
     scheduler_from_process,
 )
 from squeezed_diffusion.pipelines._base import config_defaults
+from squeezed_diffusion.pipelines.pipeline_squeezed_ddpm import SCHEDULER_KINDS
 
 DIRECTION = [0.62, 0.55, 0.56]
 SHAPE = (2, 3, 8, 8)
@@ -801,6 +802,30 @@ def test_dpmsolver_final_sigmas_type_is_where_the_last_step_lands(final) -> None
     assert (scheduler.step(target, 300, x_t).prev_sample - landing).abs().max() < 1e-5
 
 
+def test_dpmsolver_anchor_keys_need_clipping_and_survive_a_round_trip(tmp_path) -> None:
+    """``anchor_x0`` / ``anchor_x0_scaled`` are refused where they would do nothing, reload
+    as saved, and are another scheduler's setting that DDIM refuses unless at the default."""
+    with pytest.raises(ValueError, match="does not clip: set clip_sample=True"):
+        DPM(anchor_x0=True)
+    with pytest.raises(ValueError, match="set anchor_x0=True too"):
+        DPM(clip_sample=True, anchor_x0_scaled=True)
+    with pytest.raises(ValueError, match="anchor_x0='yes' is not supported"):
+        DPM(clip_sample=True, anchor_x0="yes")
+    assert DPM(thresholding=True, anchor_x0=True)._x0_rule().anchor  # thresholding clips too
+    scheduler = _squeezed(DPM, **DPM.x0_config("clip-anchor-scaled"))
+    scheduler.save_pretrained(tmp_path)
+    loaded = DPM.from_pretrained(tmp_path)
+    assert loaded._x0_rule() == scheduler._x0_rule() == X0_RULES["clip-anchor-scaled"]
+    with pytest.raises(ValueError, match="anchor_x0=True is a setting of"):
+        DDIM.from_config(scheduler.config)
+    assert DDIM.from_config(_squeezed(DPM, clip_sample=True).config).config.clip_sample
+    for cls in (DDPM, DDIM):
+        with pytest.raises(ValueError, match="re-anchors DPM-Solver"):
+            cls.x0_config("clip-anchor")
+    with pytest.raises(ValueError, match="use_clipped_model_output=True"):
+        DDIM.x0_config("clip-reuse")
+
+
 def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:
     clip = -3.0
     ours = _squeezed(DPM, lambda_min_clipped=clip)
@@ -886,32 +911,38 @@ def test_a_0_1_0_scheduler_config_loads(tmp_path, cls, target) -> None:
 
 # == the pipeline ===========================================================================
 @pytest.mark.parametrize(
-    ("sampler", "eta", "clip"),
+    ("sampler", "eta", "x0"),
     [
-        ("ddpm", 0.0, False),
-        ("ddpm", 0.0, True),
-        ("ddpm-paper", 0.0, True),
-        ("ddim", 0.0, False),
-        ("ddim", 1.0, True),
-        ("dpmpp-2m", 0.0, False),
-        ("dpmpp-2m", 0.0, True),
-        ("dpmpp-2m-sde", 0.0, False),
-        ("dpmpp-2m-sde", 0.0, True),
+        ("ddpm", 0.0, "none"),
+        ("ddpm", 0.0, "clip"),
+        ("ddpm-paper", 0.0, "clip"),
+        ("ddim", 0.0, "none"),
+        ("ddim", 1.0, "clip"),
+        ("ddim", 0.0, "clip-reuse"),
+        ("dpmpp-2m", 0.0, "none"),
+        ("dpmpp-2m", 0.0, "clip"),
+        ("dpmpp-2m", 0.0, "clip-anchor"),
+        ("dpmpp-2m", 0.0, "clip-anchor-scaled"),
+        ("dpmpp-2m-sde", 0.0, "none"),
+        ("dpmpp-2m-sde", 0.0, "clip"),
+        ("dpmpp-2m-sde", 0.0, "clip-anchor-scaled"),
     ],
 )
-def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: bool) -> None:
-    from squeezed_diffusion import SAMPLERS
-
+def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, x0: str) -> None:
+    """Under every x_0 rule a sampler takes, the scheduler the rule's config keys build
+    (``x0_config``; clip-reuse: the call's ``use_clipped_model_output``) samples what the
+    core samples under that rule."""
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
     entry = SAMPLERS[sampler]
-    scheduler = scheduler_from_process(
-        proc, entry.scheduler, clip_sample=clip, **entry.scheduler_keys
-    )
+    reuse = x0 == "clip-reuse"
+    config = SCHEDULER_KINDS[entry.scheduler].x0_config("clip" if reuse else x0)
+    scheduler = scheduler_from_process(proc, entry.scheduler, **config, **entry.scheduler_keys)
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=scheduler)
     pipe.set_progress_bar_config(disable=True)
     ours = pipe(
-        batch_size=2, generator=_gen(3), num_inference_steps=10, output_type="latent", eta=eta
-    ).images
+        batch_size=2, generator=_gen(3), num_inference_steps=10, output_type="latent", eta=eta,
+        **({"use_clipped_model_output": True} if reuse else {}),
+    ).images  # fmt: skip
     core = proc.sample(
         lambda x, t: unet(x, t).sample,
         SHAPE,
@@ -919,7 +950,7 @@ def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, clip: boo
         sampler,
         generator=_gen(3),
         progress=False,
-        clip=clip,
+        clip=x0,
         **({"eta": eta} if sampler == "ddim" else {}),
     )
     assert ours.shape == SHAPE
@@ -956,6 +987,40 @@ def test_from_run_picks_the_scheduler_its_sampler_names(monkeypatch, unet) -> No
     assert (images.images - core).abs().max() < 1e-5
     with pytest.raises(ValueError, match="'heun' has no diffusers scheduler"):
         SqueezedDDPMPipeline.from_run("run", sampler="heun")
+
+
+def test_from_run_takes_the_x0_rule_by_name(monkeypatch, unet) -> None:
+    """``x0`` configures the rule ``sqdm sample --x0`` names; a rule the sampler or its
+    scheduler cannot take, or ``x0`` beside 0.1.0's ``clip_sample``, fails before loading."""
+    _fake_run(monkeypatch, unet)
+    cfg = SqueezedDDPMPipeline.from_run(
+        "run", sampler="dpmpp-2m", x0="clip-anchor"
+    ).scheduler.config
+    assert (cfg.clip_sample, cfg.anchor_x0, cfg.anchor_x0_scaled) == (True, True, False)
+    for kwargs, clipped in [({}, True), ({"x0": "none"}, False), ({"clip_sample": False}, False)]:
+        pipe = SqueezedDDPMPipeline.from_run("run", sampler="ddim", **kwargs)
+        assert pipe.scheduler.config.clip_sample is clipped
+
+    class Unloadable:
+        def __init__(self, path) -> None:
+            pass
+
+        def load(self, ema: bool = True):
+            raise AssertionError("loaded the run before refusing")
+
+    monkeypatch.setattr("squeezed_diffusion.training.run.Run", Unloadable)
+    for kwargs, message in [
+        ({"sampler": "ddpm", "x0": "clip-anchor"}, "applies to the DPM-Solver"),
+        ({"sampler": "dpmpp-2m", "x0": "clip-reuse"}, "noise estimate to re-derive"),
+        ({"sampler": "ddim", "x0": "clip-reuse"}, "use_clipped_model_output=True"),
+        ({"x0": "clip", "clip_sample": True}, "not both"),
+        ({"x0": "clamp"}, "unknown x0 rule 'clamp'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            SqueezedDDPMPipeline.from_run("run", **kwargs)
+    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DPM())
+    with pytest.raises(ValueError, match="use_clipped_model_output=True applies to DDIM"):
+        pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=True)
 
 
 def test_pipeline_output_types(unet) -> None:

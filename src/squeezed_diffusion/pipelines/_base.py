@@ -24,7 +24,14 @@ import torch
 from diffusers.utils import BaseOutput
 
 from ..core import BASES, Basis, ChannelBasis, SqueezedDiffusion, load_basis
-from ..core.samplers import SPACINGS, Sampler, X0Rule, sampler_for_scheduler, spaced_timesteps
+from ..core.samplers import (
+    SPACINGS,
+    Sampler,
+    X0Rule,
+    sampler_for_scheduler,
+    spaced_timesteps,
+    x0_rule,
+)
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
@@ -346,6 +353,31 @@ class SqueezedSchedulerMixin:
         return self._on(device).prior(shape, generator=generator, device=device, dtype=dtype)
 
     # -- stepping ---------------------------------------------------------------------
+    @classmethod
+    def x0_config(cls, name: str) -> dict[str, Any]:
+        """The config keys that make this scheduler apply the named x_0 rule (``sqdm sample
+        --x0``, ``X0_RULES``): clipping, and for DPM-Solver++ the anchor. A rule this class
+        cannot hold in its config raises: ``clip-reuse`` is a step argument (DDIM's
+        ``use_clipped_model_output``), the anchored rules need the DPM-Solver++ scheduler."""
+        rule = x0_rule(name)
+        if rule.reuse:
+            raise ValueError(
+                f"x0 rule {name} is DDIM's use_clipped_model_output, an argument of step() "
+                "and of the pipeline call, not a config key: configure clip and pass "
+                "use_clipped_model_output=True"
+            )
+        config: dict[str, Any] = {"clip_sample": rule.clip_range is not None}
+        if rule.clip_range is not None:
+            config["clip_sample_range"] = rule.clip_range
+        anchors = {"anchor_x0": rule.anchor, "anchor_x0_scaled": rule.anchor_scaled}
+        own = config_defaults(cls)
+        if any(on and key not in own for key, on in anchors.items()):
+            raise ValueError(
+                f"x0 rule {name} re-anchors DPM-Solver++ steps (SqueezedDPMSolverMultistep"
+                f"Scheduler's anchor_x0), which {cls.__name__} does not take: use clip"
+            )
+        return config | {key: on for key, on in anchors.items() if key in own}
+
     def _x0_rule(self, reuse: bool = False) -> X0Rule:
         """The config's x_0 rule: dynamic thresholding replaces clipping, as in diffusers."""
         cfg = self.config

@@ -15,7 +15,8 @@ from typing import Any
 import torch
 from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
-from ..core import SAMPLERS, SqueezedDiffusion
+from ..core import SqueezedDiffusion
+from ..core.samplers import checked_sampler
 from ._base import basis_fields
 from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
 from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
@@ -88,20 +89,31 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         run_dir: str | Path,
         ema: bool = True,
         sampler: str = "ddpm",
-        clip_sample: bool = True,
+        clip_sample: bool | None = None,
+        x0: str | None = None,
     ) -> SqueezedDDPMPipeline:
         """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
 
         ``sampler`` is a registered sampler; its ``scheduler`` names the class ('ddpm',
         'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m', 'dpmpp-2m-sde':
         :class:`SqueezedDPMSolverMultistepScheduler`, configured by the sampler's
-        ``scheduler_keys``). With the same ``clip_sample`` (on by
-        default in both) the pipeline draws what ``SqueezedDiffusion.sample`` draws.
+        ``scheduler_keys``). ``x0`` names the x_0 rule as ``sqdm sample --x0`` does (default
+        'clip'; the scheduler's :meth:`x0_config`; 'clip-reuse' is the call's
+        ``use_clipped_model_output``); 0.1.0's ``clip_sample`` (True: 'clip', False: 'none')
+        still works, not with ``x0``. With the same rule the pipeline draws what
+        ``SqueezedDiffusion.sample`` draws.
         """
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..training.run import Run
 
-        entry = SAMPLERS.get(sampler)  # an unknown name fails before loading anything
+        if clip_sample is not None and x0 is not None:
+            raise ValueError(
+                f"pass x0 or 0.1.0's clip_sample, not both (clip_sample={clip_sample} is "
+                f"x0={'clip' if clip_sample else 'none'!r})"
+            )
+        rule = x0 or ("none" if clip_sample is False else "clip")
+        # an unknown name, or a rule the sampler cannot take, fails before loading anything
+        entry = checked_sampler(sampler, x0=rule)
         kind = entry.scheduler
         if not kind:
             raise ValueError(
@@ -109,10 +121,9 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
                 f"SqueezedDiffusion.sample(..., sampler={sampler!r}) (Run(run_dir).load() "
                 "gives the UNet and the process)"
             )
+        config = SCHEDULER_KINDS[kind].x0_config(rule)
         unet, process = Run(run_dir).load(ema=ema)
-        scheduler = scheduler_from_process(
-            process, kind, clip_sample=clip_sample, **entry.scheduler_keys
-        )
+        scheduler = scheduler_from_process(process, kind, **config, **entry.scheduler_keys)
         return cls(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()
@@ -124,12 +135,15 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         output_type: str = "pil",
         return_dict: bool = True,
         eta: float = 0.0,
+        use_clipped_model_output: bool | None = None,
     ) -> ImagePipelineOutput | tuple:
         """Generate ``batch_size`` images.
 
         ``output_type``: 'pil', 'np' (NHWC in [0, 1]), 'pt' (NCHW in [0, 1]) or
         'latent' (the raw final sample in [-1, 1], unclamped: what
-        ``SqueezedDiffusion.sample`` returns). ``eta`` is DDIM's and needs the DDIM scheduler.
+        ``SqueezedDiffusion.sample`` returns). ``eta`` and ``use_clipped_model_output`` (the
+        ``clip-reuse`` rule) are DDIM's, as in stock ``DDIMPipeline``, and need the DDIM
+        scheduler.
         ``num_inference_steps`` defaults to the scheduler's full schedule (every training
         timestep, as stock DDPMPipeline; one fewer with DPM-Solver, which would repeat one).
         """
@@ -137,12 +151,15 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
             raise ValueError(
                 f"unknown output_type {output_type!r}; choose one of: {', '.join(OUTPUT_TYPES)}"
             )
-        takes_eta = "eta" in inspect.signature(self.scheduler.step).parameters
-        if eta and not takes_eta:
-            raise ValueError(
-                f"eta={eta} applies to DDIM; {type(self.scheduler).__name__} has no eta "
-                "(use SqueezedDDIMScheduler)"
-            )
+        takes = inspect.signature(self.scheduler.step).parameters
+        given = {"eta": eta, "use_clipped_model_output": use_clipped_model_output}
+        for name, value in given.items():
+            if value and name not in takes:
+                raise ValueError(
+                    f"{name}={value} applies to DDIM; {type(self.scheduler).__name__} has no "
+                    f"{name} (use SqueezedDDIMScheduler)"
+                )
+        step_kwargs = {k: v for k, v in given.items() if k in takes and v is not None}
         size = self.unet.config.sample_size
         spatial = (size, size) if isinstance(size, int) else tuple(size)
         shape = (batch_size, self.unet.config.in_channels, *spatial)
@@ -154,7 +171,6 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         if num_inference_steps is None:
             num_inference_steps = self.scheduler.default_inference_steps()
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        step_kwargs = {"eta": eta} if takes_eta else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_output = self.unet(image, t).sample
             image = self.scheduler.step(

@@ -3,6 +3,7 @@ squeezed process (the core's ``dpmpp-2m`` and ``dpmpp-2m-sde`` samplers)."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -11,6 +12,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..core import SAMPLERS, Basis, SqueezedDiffusion
+from ..core.samplers import X0Rule
 from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require
 
 Tensor = torch.Tensor
@@ -79,8 +81,13 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     the timesteps where any direction's lambda is below it), ``timestep_spacing``,
     ``steps_offset``, the prediction types, thresholding and ``rescale_betas_zero_snr``.
     ``clip_sample`` and ``clip_sample_range`` (off by default: stock DPM-Solver has no
-    clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here. Everything else of the
-    stock class is refused. At ``strength=0`` this is stock ``DPMSolverMultistepScheduler``.
+    clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here.
+    ``anchor_x0`` and ``anchor_x0_scaled`` (not stock's; off by default) are the core's
+    anchored x_0 rules, ``--x0 clip-anchor`` and ``clip-anchor-scaled``: each step starts
+    from x_t moved by ``a_t (clip(x0hat) - x0hat)`` (scaled: times the share of x_0 the
+    step mixes in), which on weakly trained models decides what few steps give
+    (docs/results/few-step-samplers). Everything else of the stock class is refused. At
+    ``strength=0`` with the anchor off this is stock ``DPMSolverMultistepScheduler``.
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -119,6 +126,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         time_shift_type: str = "exponential",
         clip_sample: bool = False,
         clip_sample_range: float = 1.0,
+        anchor_x0: bool = False,
+        anchor_x0_scaled: bool = False,
         variant: str = "sdm",
         strength: float | list[float] = 0.0,
         profile: str = "beta",
@@ -159,6 +168,17 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             require(flag, self.config[flag], (False,), why)
         require("flow_shift", flow_shift, (1.0,), "it shifts flow sigmas, which are refused")
         require("time_shift_type", time_shift_type, ("exponential",))
+        for flag in ("anchor_x0", "anchor_x0_scaled"):
+            require(flag, self.config[flag], (False, True))
+        if anchor_x0 and not (clip_sample or thresholding):
+            raise ValueError(
+                "anchor_x0=True re-anchors each step at the clipped x_0, but this config does "
+                "not clip: set clip_sample=True (or thresholding=True)"
+            )
+        if anchor_x0_scaled and not anchor_x0:
+            raise ValueError(
+                "anchor_x0_scaled=True scales the anchor of anchor_x0: set anchor_x0=True too"
+            )
         self._setup()
         self._restart()
 
@@ -246,6 +266,13 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         return -1 if self.config.final_sigmas_type == "zero" else 0
 
     # -- stepping ---------------------------------------------------------------------
+    def _x0_rule(self, reuse: bool = False) -> X0Rule:
+        """The shared rule plus the anchor keys."""
+        cfg = self.config
+        return dataclasses.replace(
+            super()._x0_rule(reuse), anchor=cfg.anchor_x0, anchor_scaled=cfg.anchor_x0_scaled
+        )
+
     def step(
         self,
         model_output: Tensor,
