@@ -39,7 +39,13 @@ from nfe_trained import consistent_rule, difference, level, parse_evaluation, st
 from tqdm import tqdm
 
 from squeezed_diffusion import SAMPLERS, SqueezedDiffusion
-from squeezed_diffusion.core.samplers import X0_RULES, checked_sampler, predict, x0_rule
+from squeezed_diffusion.core.samplers import (
+    X0_RULES,
+    checked_sampler,
+    dpmpp_2m_sde_step,
+    predict,
+    x0_rule,
+)
 from squeezed_diffusion.data import to_uint8
 from squeezed_diffusion.evaluation.report.stats import interval95, sig
 from squeezed_diffusion.evaluation.sweep import Evaluation, check_steps, load_sweep
@@ -74,7 +80,8 @@ def anchor_shares(proc: SqueezedDiffusion, ev: Evaluation) -> dict[int, tuple[to
     first-order step mixes in, ``1 - exp(-h_i)`` (SDE: ``1 - exp(-2 h_i)``) with h_i the
     step's rise in half-log-SNR; 1 at the step to the data. Computed from the process' own
     log-SNR table, apart from the sampler's coefficients, so the two can disagree."""
-    log_snr, k = proc.log_snr_table(), 2.0 if ev.sampler.endswith("sde") else 1.0
+    sde = SAMPLERS[ev.sampler].step is dpmpp_2m_sde_step
+    log_snr, k = proc.log_snr_table(), 2.0 if sde else 1.0
     shares = {}
     for t, t_prev in SAMPLERS[ev.sampler].schedule(proc.num_train_timesteps, ev.steps):
         w = torch.ones(log_snr.shape[1], dtype=torch.float64)

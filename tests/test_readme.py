@@ -223,7 +223,8 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     assert beyond["correction"] == pytest.approx(expected, rel=1e-9)
     inside = anchor_drift.trace(lambda x, t: torch.full_like(x, 0.5), proc, (4, 3, 8, 8), ev, 0)
     assert inside["clipping_nfe"] == 0 and inside["correction"] == 0
-    # clip-anchor-scaled: each direction's shift times 1 - exp(-h_i); squeezed, so they differ
+    # clip-anchor-scaled: each direction's shift times 1 - exp(-h_i) (the SDE's 1 - exp(-2 h_i));
+    # squeezed, so the directions differ
     from squeezed_diffusion import ChannelBasis
 
     squeezed = SqueezedDiffusion(
@@ -235,26 +236,29 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     def half_log_snr(t: int, c: float) -> float:
         return float((abar[t].sqrt() / ((1 - abar[t]).sqrt() * c)).log())
 
-    scaled = anchor_drift.trace(
-        lambda x, t: torch.full_like(x, 3.0), squeezed, (4, 3, 8, 8),
-        Evaluation("dpmpp-2m", 10, x0="clip-anchor-scaled"), 0,
-    )  # fmt: skip
-    for (t, t_prev), (t_seen, _, size) in zip(
-        SAMPLERS["dpmpp-2m"].schedule(1000, 10), scaled["steps"], strict=True
-    ):
-        w_main, w_rest = (
-            (1 - math.exp(half_log_snr(t, c) - half_log_snr(t_prev, c_prev)) if t_prev >= 0 else 1)
-            for c, c_prev in (
-                (float(squeezed.c[t, 0]), float(squeezed.c[max(t_prev, 0), 0])),
-                (float(squeezed.c_rest[t]), float(squeezed.c_rest[max(t_prev, 0)])),
-            )
+    for sampler, k in (("dpmpp-2m", 1), ("dpmpp-2m-sde", 2)):
+        scaled = anchor_drift.trace(
+            lambda x, t: torch.full_like(x, 3.0), squeezed, (4, 3, 8, 8),
+            Evaluation(sampler, 10, x0="clip-anchor-scaled"), 0,
         )  # fmt: skip
-        b = 2 * torch.ones(3, dtype=torch.float64)  # 3 clipped to 1 in every channel
-        shifted = w_rest * b + (w_main - w_rest) * (v @ b) * v
-        assert t_seen == t
-        assert size == pytest.approx(float(abar[t].sqrt() * shifted.pow(2).mean().sqrt()), rel=1e-5)
-        partial = min(w_main, w_rest) > 0.05 and max(w_main, w_rest) < 0.99
-        assert t_prev < 0 or (partial and abs(w_main - w_rest) > 1e-3)  # and not uniform
+        for (t, t_prev), (t_seen, _, size) in zip(
+            SAMPLERS[sampler].schedule(1000, 10), scaled["steps"], strict=True
+        ):
+            w_main, w_rest = (
+                1 - math.exp(k * (half_log_snr(t, c) - half_log_snr(t_prev, c_prev)))
+                if t_prev >= 0 else 1
+                for c, c_prev in (
+                    (float(squeezed.c[t, 0]), float(squeezed.c[max(t_prev, 0), 0])),
+                    (float(squeezed.c_rest[t]), float(squeezed.c_rest[max(t_prev, 0)])),
+                )
+            )  # fmt: skip
+            b = 2 * torch.ones(3, dtype=torch.float64)  # 3 clipped to 1 in every channel
+            shifted = w_rest * b + (w_main - w_rest) * (v @ b) * v
+            assert t_seen == t
+            expected = float(abar[t].sqrt() * shifted.pow(2).mean().sqrt())
+            assert size == pytest.approx(expected, rel=1e-5)
+            partial = min(w_main, w_rest) > 0.05 and max(w_main, w_rest) < 0.99
+            assert t_prev < 0 or (partial and abs(w_main - w_rest) > 1e-3)  # and not uniform
     seen = []
 
     def noise_net(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
