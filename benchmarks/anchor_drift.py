@@ -43,6 +43,7 @@ from squeezed_diffusion.core.samplers import (
     X0_RULES,
     checked_sampler,
     dpmpp_2m_sde_step,
+    dpmpp_2m_step,
     predict,
     x0_rule,
 )
@@ -57,6 +58,9 @@ EVALS = [
     "dpmpp-2m-20-x0clip-anchor", "dpmpp-2m-50-x0clip-anchor", "dpmpp-2m-100-x0clip-anchor",
 ]  # fmt: skip
 CLIPPING = 0.01  # an evaluation "clips" when over 1 % of x0hat's pixels lie beyond [-1, 1]
+# The anchored steps' x_0 share is 1 - exp(-k h): k per step function (the SDE's terms are in
+# exp(-2h)), so that a sampler registered under another name is still recognised.
+SHARE_EXPONENTS = {dpmpp_2m_step: 1.0, dpmpp_2m_sde_step: 2.0}
 MEASURES = {  # key: column heading; the last two are the images' (the data row has them)
     "clipping_nfe": "evaluations clipping > 1 % of pixels",
     "correction": "sum of a_t RMS(x0hat - clip(x0hat))",  # times w under clip-anchor-scaled
@@ -74,14 +78,26 @@ def image_stats(images: torch.Tensor) -> dict[str, float]:
     return {"hf": float(hf), "colour_spread": float(spread)}
 
 
+def share_exponent(sampler: str) -> float:
+    """k of the anchored steps' x_0 share ``1 - exp(-k h)`` for ``sampler``, by its step
+    function (:data:`SHARE_EXPONENTS`); a one-line error for a step it does not know."""
+    step = SAMPLERS[sampler].step
+    if step not in SHARE_EXPONENTS:
+        known = ", ".join(f.__name__ for f in SHARE_EXPONENTS)
+        raise ValueError(
+            f"the {sampler} sampler steps with {step.__name__}, whose x_0 share this "
+            f"diagnostic does not know (it knows {known}): leave out its clip-anchor-scaled label"
+        )
+    return SHARE_EXPONENTS[step]
+
+
 def anchor_shares(proc: SqueezedDiffusion, ev: Evaluation) -> dict[int, tuple[torch.Tensor, float]]:
     """Per time point of ``ev``'s run, what ``clip-anchor-scaled`` multiplies the anchor's
     shift by in each direction (groups ``[1, K]``, then the rest): the share of x_0 a
     first-order step mixes in, ``1 - exp(-h_i)`` (SDE: ``1 - exp(-2 h_i)``) with h_i the
     step's rise in half-log-SNR; 1 at the step to the data. Computed from the process' own
     log-SNR table, apart from the sampler's coefficients, so the two can disagree."""
-    sde = SAMPLERS[ev.sampler].step is dpmpp_2m_sde_step
-    log_snr, k = proc.log_snr_table(), 2.0 if sde else 1.0
+    log_snr, k = proc.log_snr_table(), share_exponent(ev.sampler)
     shares = {}
     for t, t_prev in SAMPLERS[ev.sampler].schedule(proc.num_train_timesteps, ev.steps):
         w = torch.ones(log_snr.shape[1], dtype=torch.float64)
@@ -282,6 +298,8 @@ def main() -> int:
         cells = [c for c in sweep.cells if any(s in c.id for s in args.cells)]
         for ev in evaluations:  # everything sampling would refuse, before minutes of sampling
             checked_sampler(ev.sampler, ev.eta, ev.x0)
+            if x0_rule(ev.x0).anchor_scaled:
+                share_exponent(ev.sampler)
         check_steps(evaluations, cells)
         for out in (args.json, args.plot):
             if out is not None and not out.parent.is_dir():

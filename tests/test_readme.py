@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import math
@@ -205,7 +206,7 @@ def test_nfe_trained_keeps_eta_apart(tmp_path) -> None:
     assert steps == ["ddim-50 − ddim-20", "ddim-50-eta1 − ddim-20-eta1"]
 
 
-def test_anchor_drift_measures_what_clipping_removes() -> None:
+def test_anchor_drift_measures_what_clipping_removes(monkeypatch) -> None:
     """The diagnostic's per-step correction is a_t times the RMS of x0hat beyond [-1, 1], at
     each of the sampler's timesteps, and its image statistics are what they say."""
     import anchor_drift
@@ -236,7 +237,14 @@ def test_anchor_drift_measures_what_clipping_removes() -> None:
     def half_log_snr(t: int, c: float) -> float:
         return float((abar[t].sqrt() / ((1 - abar[t]).sqrt() * c)).log())
 
-    for sampler, k in (("dpmpp-2m", 1), ("dpmpp-2m-sde", 2)):
+    # a renamed SDE sampler is still one (the share goes by the step function, not the name)
+    renamed = dataclasses.replace(SAMPLERS["dpmpp-2m-sde"], name="dpmpp-2m-stochastic")
+    monkeypatch.setitem(SAMPLERS._entries, renamed.name, renamed)
+    odd = dataclasses.replace(SAMPLERS["dpmpp-2m"], name="dpmpp-odd", step=lambda *a, **k: None)
+    monkeypatch.setitem(SAMPLERS._entries, odd.name, odd)
+    with pytest.raises(ValueError, match="dpmpp-odd sampler steps with <lambda>, whose x_0 share"):
+        anchor_drift.share_exponent(odd.name)
+    for sampler, k in (("dpmpp-2m", 1), ("dpmpp-2m-sde", 2), (renamed.name, 2)):
         scaled = anchor_drift.trace(
             lambda x, t: torch.full_like(x, 3.0), squeezed, (4, 3, 8, 8),
             Evaluation(sampler, 10, x0="clip-anchor-scaled"), 0,
