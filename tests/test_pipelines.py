@@ -26,7 +26,7 @@ from diffusers import (
 
 from squeezed_diffusion import SAMPLERS, ChannelBasis, DCTBasis, PixelPCABasis, SqueezedDiffusion
 from squeezed_diffusion.core.process import BETA_SCHEDULES, TARGETS
-from squeezed_diffusion.core.samplers import X0_RULES, Sampler
+from squeezed_diffusion.core.samplers import X0_RULES, Sampler, checked_sampler
 from squeezed_diffusion.pipelines import (
     SqueezedDDIMScheduler,
     SqueezedDDPMPipeline,
@@ -822,8 +822,21 @@ def test_dpmsolver_anchor_keys_need_clipping_and_survive_a_round_trip(tmp_path) 
     for cls in (DDPM, DDIM):
         with pytest.raises(ValueError, match="re-anchors DPM-Solver"):
             cls.x0_config("clip-anchor")
+    for cls, rule in [(DDPM, "none"), (DDIM, "clip"), (DPM, "clip-anchor"), (DPM, "none")]:
+        thresholding = cls(thresholding=True, clip_sample=True).config  # replaces clipping
+        assert cls.from_config(thresholding, **cls.x0_config(rule))._x0_rule() == X0_RULES[rule]
     with pytest.raises(ValueError, match="use_clipped_model_output=True"):
         DDIM.x0_config("clip-reuse")
+
+
+def test_a_ddpm_config_brings_its_clipping_where_it_holds_it(tmp_path) -> None:
+    """docs/diffusers.md: DDPM's clipping reaches DPM-Solver from a file or when set, not as
+    an in-memory default (diffusers' ``_use_default_values``)."""
+    ddpm = DDPM(strength=-0.4)
+    assert not DPM.from_config(ddpm.config).config.clip_sample
+    assert DPM.from_config(DDPM(strength=-0.4, clip_sample=True).config).config.clip_sample
+    ddpm.save_pretrained(tmp_path)
+    assert DPM.from_pretrained(tmp_path).config.clip_sample
 
 
 def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:
@@ -910,24 +923,21 @@ def test_a_0_1_0_scheduler_config_loads(tmp_path, cls, target) -> None:
 
 
 # == the pipeline ===========================================================================
-@pytest.mark.parametrize(
-    ("sampler", "eta", "x0"),
-    [
-        ("ddpm", 0.0, "none"),
-        ("ddpm", 0.0, "clip"),
-        ("ddpm-paper", 0.0, "clip"),
-        ("ddim", 0.0, "none"),
-        ("ddim", 1.0, "clip"),
-        ("ddim", 0.0, "clip-reuse"),
-        ("dpmpp-2m", 0.0, "none"),
-        ("dpmpp-2m", 0.0, "clip"),
-        ("dpmpp-2m", 0.0, "clip-anchor"),
-        ("dpmpp-2m", 0.0, "clip-anchor-scaled"),
-        ("dpmpp-2m-sde", 0.0, "none"),
-        ("dpmpp-2m-sde", 0.0, "clip"),
-        ("dpmpp-2m-sde", 0.0, "clip-anchor-scaled"),
-    ],
-)
+def _rules_each_sampler_takes() -> list[tuple[str, float, str]]:
+    """(sampler, eta, x_0 rule) for every registered sampler with a scheduler and every rule
+    it takes (``checked_sampler``), plus DDIM with eta 1."""
+    cases = [("ddim", 1.0, "clip")]
+    for name, entry in SAMPLERS.items():
+        for rule in X0_RULES:
+            try:
+                checked_sampler(name, x0=rule)
+            except ValueError:
+                continue
+            cases += [(name, 0.0, rule)] if entry.scheduler else []
+    return cases
+
+
+@pytest.mark.parametrize(("sampler", "eta", "x0"), _rules_each_sampler_takes())
 def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, x0: str) -> None:
     """Under every x_0 rule a sampler takes, the scheduler the rule's config keys build
     (``x0_config``; clip-reuse: the call's ``use_clipped_model_output``) samples what the
@@ -957,8 +967,9 @@ def test_pipeline_equals_core_sampling(unet, sampler: str, eta: float, x0: str) 
     assert (ours - core).abs().max() < 1e-5
 
 
-def _fake_run(monkeypatch, unet) -> SqueezedDiffusion:
-    """``from_run`` loads ``unet`` and the returned process, without training a run."""
+def _fake_run(monkeypatch, unet, loadable: bool = True) -> SqueezedDiffusion:
+    """``from_run`` loads ``unet`` and the returned process, without training a run
+    (``loadable=False``: loading fails the test, for what must be refused before it)."""
     proc = SqueezedDiffusion(ChannelBasis(DIRECTION), "sdm", -0.8)
 
     class FakeRun:
@@ -966,6 +977,7 @@ def _fake_run(monkeypatch, unet) -> SqueezedDiffusion:
             pass
 
         def load(self, ema: bool = True):
+            assert loadable, "loaded the run before refusing"
             return unet, proc
 
     monkeypatch.setattr("squeezed_diffusion.training.run.Run", FakeRun)
@@ -997,29 +1009,26 @@ def test_from_run_takes_the_x0_rule_by_name(monkeypatch, unet) -> None:
         "run", sampler="dpmpp-2m", x0="clip-anchor"
     ).scheduler.config
     assert (cfg.clip_sample, cfg.anchor_x0, cfg.anchor_x0_scaled) == (True, True, False)
-    for kwargs, clipped in [({}, True), ({"x0": "none"}, False), ({"clip_sample": False}, False)]:
+    cases = [({}, True), ({"x0": "none"}, False), ({"clip_sample": False}, False)]
+    for kwargs, clipped in [*cases, ({"clip_sample": 0}, False)]:  # 0.1.0 read it as truth
         pipe = SqueezedDDPMPipeline.from_run("run", sampler="ddim", **kwargs)
         assert pipe.scheduler.config.clip_sample is clipped
-
-    class Unloadable:
-        def __init__(self, path) -> None:
-            pass
-
-        def load(self, ema: bool = True):
-            raise AssertionError("loaded the run before refusing")
-
-    monkeypatch.setattr("squeezed_diffusion.training.run.Run", Unloadable)
+    _fake_run(monkeypatch, unet, loadable=False)
     for kwargs, message in [
         ({"sampler": "ddpm", "x0": "clip-anchor"}, "applies to the DPM-Solver"),
         ({"sampler": "dpmpp-2m", "x0": "clip-reuse"}, "noise estimate to re-derive"),
         ({"sampler": "ddim", "x0": "clip-reuse"}, "use_clipped_model_output=True"),
         ({"x0": "clip", "clip_sample": True}, "not both"),
         ({"x0": "clamp"}, "unknown x0 rule 'clamp'"),
+        ({"x0": ""}, "unknown x0 rule ''"),
     ]:
         with pytest.raises(ValueError, match=message):
             SqueezedDDPMPipeline.from_run("run", **kwargs)
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DPM())
     with pytest.raises(ValueError, match="use_clipped_model_output=True applies to DDIM"):
+        pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=True)
+    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DDIM(clip_sample=False))
+    with pytest.raises(ValueError, match="does not clip: configure clip_sample=True"):
         pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=True)
 
 

@@ -366,7 +366,8 @@ class SqueezedSchedulerMixin:
                 "and of the pipeline call, not a config key: configure clip and pass "
                 "use_clipped_model_output=True"
             )
-        config: dict[str, Any] = {"clip_sample": rule.clip_range is not None}
+        # thresholding would replace the rule's clipping, so the named rule turns it off
+        config: dict[str, Any] = {"clip_sample": rule.clip_range is not None, "thresholding": False}
         if rule.clip_range is not None:
             config["clip_sample_range"] = rule.clip_range
         anchors = {"anchor_x0": rule.anchor, "anchor_x0_scaled": rule.anchor_scaled}

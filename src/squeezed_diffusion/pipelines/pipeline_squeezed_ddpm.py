@@ -106,12 +106,13 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..training.run import Run
 
+        legacy = "clip" if clip_sample is None or clip_sample else "none"
         if clip_sample is not None and x0 is not None:
             raise ValueError(
                 f"pass x0 or 0.1.0's clip_sample, not both (clip_sample={clip_sample} is "
-                f"x0={'clip' if clip_sample else 'none'!r})"
+                f"x0={legacy!r})"
             )
-        rule = x0 or ("none" if clip_sample is False else "clip")
+        rule = x0 if x0 is not None else legacy
         # an unknown name, or a rule the sampler cannot take, fails before loading anything
         entry = checked_sampler(sampler, x0=rule)
         kind = entry.scheduler
@@ -159,6 +160,12 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
                     f"{name}={value} applies to DDIM; {type(self.scheduler).__name__} has no "
                     f"{name} (use SqueezedDDIMScheduler)"
                 )
+        cfg = self.scheduler.config
+        if use_clipped_model_output and not (cfg.clip_sample or cfg.thresholding):
+            raise ValueError(
+                "use_clipped_model_output=True re-derives the noise from the clipped x_0, but "
+                "the scheduler does not clip: configure clip_sample=True (or thresholding=True)"
+            )
         step_kwargs = {k: v for k, v in given.items() if k in takes and v is not None}
         size = self.unet.config.sample_size
         spatial = (size, size) if isinstance(size, int) else tuple(size)

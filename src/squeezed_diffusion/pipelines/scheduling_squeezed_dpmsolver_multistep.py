@@ -84,8 +84,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here.
     ``anchor_x0`` and ``anchor_x0_scaled`` (not stock's; off by default) are the core's
     anchored x_0 rules, ``--x0 clip-anchor`` and ``clip-anchor-scaled``: each step starts
-    from x_t moved by ``a_t (clip(x0hat) - x0hat)`` (scaled: times the share of x_0 the
-    step mixes in), which on weakly trained models decides what few steps give
+    from x_t moved by ``a_t`` times the clipped (or thresholded) x0hat minus x0hat (scaled:
+    times the share of x_0 the step mixes in), which on weakly trained models decides what few steps give
     (docs/results/few-step-samplers). Everything else of the stock class is refused. At
     ``strength=0`` with the anchor off this is stock ``DPMSolverMultistepScheduler``.
     """
