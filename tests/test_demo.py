@@ -41,6 +41,7 @@ def test_demo_page_has_three_sections_from_the_trained_runs(demo) -> None:
             (True, torch.get_num_threads() // 2) if torch.get_num_threads() > 1 else (False, 1)
         )
     for row in results["trained"]:  # what the page reports is what the runs trained
+        assert row["trained_steps"] == TOY["steps"] and row["train_s"] > 0
         proc = Run(out / row["run"]).process()
         assert (proc.variant, float(proc.strength[0])) == (row["variant"], row["strength"])
         assert (out / row["run"] / "samples" / "final.png").is_file()
@@ -73,8 +74,15 @@ def test_demo_page_has_three_sections_from_the_trained_runs(demo) -> None:
 def test_demo_reruns_reuse_the_finished_runs(demo) -> None:
     out, page = demo
     before = {p: p.stat().st_mtime_ns for p in out.glob("*/checkpoints/*/state.json")}
+    assert "s per model" in page.read_text() and "reused" not in page.read_text()
     assert before and run_demo(out, progress=False, **TOY) == page
     assert before == {p: p.stat().st_mtime_ns for p in before}
+    # and the page does not pass the reuse off as training time
+    results = json.loads((out / "results.json").read_text())
+    assert [r["trained_steps"] for r in results["trained"]] == [0, 0]
+    html = page.read_text()
+    assert "reused from an earlier sqdm demo" in html and "s per model" not in html
+    assert html.count("<td>reused</td>") == 2
 
 
 def test_demo_command_prints_the_page(tmp_path, capsys, monkeypatch) -> None:
@@ -165,3 +173,16 @@ def test_an_error_in_one_side_by_side_run_stops_the_other_and_is_raised(demo, tm
     with pytest.raises(ValueError, match="differs from the run's saved"):
         run_demo(out, progress=False, **{**TOY, "steps": 5000})
     assert all(record["step"] < 5000 for record in Run(out / "isotropic").log())
+
+
+def test_demo_page_times_only_the_steps_it_trained() -> None:
+    """Runs trained in full are timed; reused or resumed ones say so instead."""
+    from squeezed_diffusion.demo import _train_cell, training_time
+
+    def rows(*steps: int) -> list[dict]:
+        return [{"trained_steps": n, "train_s": 10.0 * n, "side_by_side": True} for n in steps]
+
+    assert training_time(rows(3, 3), 3) == "here 30 s per model, trained at the same time"
+    assert training_time(rows(0, 0), 3).startswith("reused from an earlier sqdm demo")
+    assert training_time(rows(3, 1), 3).startswith("partly reused")
+    assert [_train_cell(r, 3) for r in rows(3, 1, 0)] == ["30", "10 (1 of 3 steps)", "reused"]

@@ -192,7 +192,8 @@ def oracle_figure(rows: list[dict[str, Any]]) -> bytes:
 
 
 # -- 3. a short training run -----------------------------------------------------------------
-Drawn = tuple[torch.Tensor, float, float]  # samples, training seconds, sampling seconds
+# samples, training seconds, sampling seconds, steps trained now (0: a finished run reused)
+Drawn = tuple[torch.Tensor, float, float, int]
 
 
 def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict[str, Any]]:
@@ -219,26 +220,48 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
         drawn = [_train_and_draw(cfg, settings.num_samples, progress) for cfg in configs]
     reference = base.load_data().images
     rows = []
-    for cfg, (images, train_s, sample_s) in zip(configs, drawn, strict=True):
+    for cfg, (images, train_s, sample_s, steps_now) in zip(configs, drawn, strict=True):
         run = Run(cfg.out)
         proc, log = run.process(), [r for r in run.log() if "loss" in r]
         rows.append({
             "name": "isotropic" if cfg.variant == "isotropic" else f"{cfg.variant.upper()} s = {cfg.strength:g}",
             "run": Path(cfg.out).name, "variant": proc.variant, "strength": float(proc.strength[0]),
             "fd_pixels8": fd_pixels(images, reference), "final_loss": float(np.mean([r["loss"] for r in log[-5:]])),
-            "train_s": train_s, "sample_s": sample_s, "side_by_side": parallel,
-            "threads": per_run,
+            "train_s": train_s, "trained_steps": steps_now, "sample_s": sample_s,
+            "side_by_side": parallel, "threads": per_run,
         })  # fmt: skip
     return rows
 
 
+def training_time(trained: list[dict[str, Any]], steps: int) -> str:
+    """What the page says about the training time: measured for the runs trained in full by
+    this call; a rerun that reuses or resumes runs says so rather than time the rest."""
+    fresh = [r for r in trained if r["trained_steps"] == steps]
+    if len(fresh) < len(trained):
+        return (
+            "reused from an earlier sqdm demo in this folder, so not timed now"
+            if not any(r["trained_steps"] for r in trained)
+            else "partly reused from an earlier sqdm demo in this folder: see the table"
+        )
+    side = ", trained at the same time" if trained[0]["side_by_side"] else ""
+    return f"here {np.mean([r['train_s'] for r in fresh]):.0f} s per model{side}"
+
+
+def _train_cell(row: dict[str, Any], steps: int) -> str:
+    """The table's training seconds: "reused", or the steps they cover when resumed."""
+    if row["trained_steps"] == 0:
+        return "reused"
+    resumed = f" ({row['trained_steps']} of {steps} steps)" if row["trained_steps"] < steps else ""
+    return f"{row['train_s']:.0f}{resumed}"
+
+
 def _train_and_draw(cfg: TrainConfig, num_samples: int, progress: bool) -> Drawn:
-    """One configuration trained and sampled."""
+    """One configuration trained (or resumed, or reused when finished) and sampled."""
     start = time.perf_counter()
-    train_to_completion(cfg, progress)
+    steps_now = cfg.steps - train_to_completion(cfg, progress)
     train_s = time.perf_counter() - start
     _, images = generate(cfg.out, num_samples, 50, "ddpm", seed=1, progress=progress)
-    return images, train_s, time.perf_counter() - start - train_s
+    return images, train_s, time.perf_counter() - start - train_s, steps_now
 
 
 def _side_by_side(
@@ -305,9 +328,9 @@ def _worker(index: int, cfg: TrainConfig, num_samples: int, threads: int, queue:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # signals arrive as SIGTERM, from the parent
     torch.set_num_threads(threads)
     try:
-        images, train_s, sample_s = _train_and_draw(cfg, num_samples, False)
+        images, *times = _train_and_draw(cfg, num_samples, False)
         # as numpy: torch would share the tensor's memory, which ends with this process
-        outcome: Any = (images.numpy(), train_s, sample_s)
+        outcome: Any = (images.numpy(), *times)
     except KeyboardInterrupt:  # the Trainer saved a checkpoint on the signal
         sys.exit(130)
     except Exception as err:  # raised again in the parent, or its text if it cannot travel
@@ -436,10 +459,9 @@ def blocks(
         ),
         Heading(2, "3. Training: isotropic against SDM"),
         Text(
-            f"The same {settings.model} UNet, seed and data order, {settings.steps} steps of 64 "
-            "procedural coloured shapes at 16 px (here "
-            f"{np.mean([r['train_s'] for r in trained]):.0f} s per model"
-            f"{', trained at the same time' if trained[0]['side_by_side'] else ''}; photographs would "
+            f"The same {settings.model} UNet, seed and data order, {settings.steps} steps of "
+            "batches of 64 procedural coloured shapes at 16 px "
+            f"({training_time(trained, settings.steps)}; photographs would "
             "need hours to give recognisable samples), then 50 exact DDPM steps from the EMA "
             "weights. The squeeze changes the training target, not the network. At this scale "
             "both learn the shapes; differences in the numbers below are not evidence about "
@@ -453,7 +475,7 @@ def blocks(
                     r["name"],
                     f"{r['fd_pixels8']:.3f}",
                     f"{r['final_loss']:.4f}",
-                    f"{r['train_s']:.0f}",
+                    _train_cell(r, settings.steps),
                     f"{r['sample_s']:.0f}",
                 ]
                 for r in trained
