@@ -189,6 +189,17 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
     assert features.shape == (2, 1280)
 
 
+def test_verbose_evaluation_names_results_by_their_features(capsys) -> None:
+    """torch-fidelity's summary calls any Frechet distance "Frechet Inception Distance"; the
+    verbose output names each by our result key instead (its progress passes through)."""
+    photos = load_dataset("photos", resolution=16, subset=32, seed=0).images
+    result = evaluate(photos[:16], photos[16:], ("fd_effnet", "prc_effnet"), verbose=True)
+    err = capsys.readouterr().err
+    assert "Inception" not in err and "Extracting features" in err
+    for key in ("fd_effnet", "precision_effnet", "recall_effnet"):
+        assert f"{key}: {result[key]:.7g}" in err
+
+
 def test_run_reference_is_what_the_trainer_trained_on(tmp_path) -> None:
     """The evaluation reference of a run is the Trainer's own dataset, also for `photos`,
     whose crops depend on the data seed (not on the run's seed)."""

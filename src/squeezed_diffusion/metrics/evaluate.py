@@ -6,16 +6,25 @@ reference images' content hash and the weights file's hash.
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 
 from ..core.fileio import sha256
 from ..data import ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
-from .table import DEFAULT_PRC_EXTRACTOR, METRICS, OFFLINE_METRICS, check_metrics, result_keys
+from .table import (
+    DEFAULT_PRC_EXTRACTOR,
+    METRICS,
+    OFFLINE_METRICS,
+    Metric,
+    check_metrics,
+    result_keys,
+)
 from .weights import EXTRACTORS, FeatureWeightsError, resolve_weights
 
 
@@ -105,7 +114,7 @@ def evaluate(
     spaces: dict[str, str] = {}
     for extractor, names in groups.items():
         raw = _torch_fidelity(
-            extractor, [METRICS.get(n).flag for n in names], samples, reference, weights[extractor],
+            extractor, [METRICS.get(n) for n in names], samples, reference, weights[extractor],
             cache_name=f"ref-{reference_id}-w{sha256(weights[extractor])[:12]}",
             batch_size=batch_size, seed=seed, verbose=verbose,
         )  # fmt: skip
@@ -128,9 +137,38 @@ def evaluate(
     }
 
 
+# How torch-fidelity's verbose summary names its outputs ("LABEL: value" lines on stderr):
+# "Frechet Inception Distance" whatever the features, so they are renamed to our result keys.
+_FIDELITY_LABELS = {
+    "frechet_inception_distance": "Frechet Inception Distance",
+    "kernel_inception_distance_mean": "Kernel Inception Distance",
+    "inception_score_mean": "Inception Score",
+    "precision": "Precision",
+    "recall": "Recall",
+}
+
+
+class _Relabelled:
+    """``stream`` with each write that starts with a torch-fidelity label renamed (``names``:
+    label -> result key); everything else, progress bars included, passes unchanged."""
+
+    def __init__(self, stream: TextIO, names: Mapping[str, str]) -> None:
+        self.stream, self.names = stream, names
+
+    def write(self, text: str) -> int:
+        for label, ours in self.names.items():
+            if text.startswith(f"{label}: "):
+                text = f"{ours}{text[len(label) :]}"
+                break
+        return self.stream.write(text)
+
+    def __getattr__(self, name: str) -> Any:  # flush, isatty, encoding, ... of the stream
+        return getattr(self.stream, name)
+
+
 def _torch_fidelity(
     extractor: str,
-    flags: list[str],
+    metrics: list[Metric],
     samples: torch.Tensor,
     reference: torch.Tensor,
     weights: Path,
@@ -140,28 +178,38 @@ def _torch_fidelity(
     seed: int,
     verbose: bool,
 ) -> dict[str, float]:
+    """torch-fidelity's ``metrics`` in the ``extractor``'s features, its verbose summary named
+    by our result keys."""
     import torch_fidelity
 
     if extractor == "effnet":
         register_effnet()
     name = EXTRACTORS[extractor].fidelity_name
+    flags = [metric.flag for metric in metrics]
+    labels = {
+        _FIDELITY_LABELS[raw]: ours
+        for metric in metrics
+        for raw, ours in metric.outputs.items()
+        if raw in _FIDELITY_LABELS
+    }
     try:
-        return torch_fidelity.calculate_metrics(
-            input1=_Uint8Images(samples),  # torch-fidelity >= 0.4: input1 is the generated set
-            input2=_Uint8Images(reference),
-            input2_cache_name=cache_name,
-            cache_root=str(cache_dir() / "fidelity"),
-            feature_extractor=name,
-            feature_extractor_weights_path=str(weights),
-            cuda=torch.cuda.is_available(),
-            batch_size=batch_size,
-            rng_seed=seed,
-            verbose=verbose,
-            save_cpu_ram=True,  # no DataLoader workers for in-memory tensors; blockwise distances
-            isc_splits=min(10, len(samples)),
-            kid_subset_size=min(1000, len(samples), len(reference)),
-            **dict.fromkeys(flags, True),
-        )
+        with contextlib.redirect_stderr(_Relabelled(sys.stderr, labels)):
+            return torch_fidelity.calculate_metrics(
+                input1=_Uint8Images(samples),  # torch-fidelity >= 0.4: input1 is the generated set
+                input2=_Uint8Images(reference),
+                input2_cache_name=cache_name,
+                cache_root=str(cache_dir() / "fidelity"),
+                feature_extractor=name,
+                feature_extractor_weights_path=str(weights),
+                cuda=torch.cuda.is_available(),
+                batch_size=batch_size,
+                rng_seed=seed,
+                verbose=verbose,
+                save_cpu_ram=True,  # no DataLoader workers for in-memory tensors; blockwise distances
+                isc_splits=min(10, len(samples)),
+                kid_subset_size=min(1000, len(samples), len(reference)),
+                **dict.fromkeys(flags, True),
+            )
     except RuntimeError as err:
         if "state_dict" not in str(err):
             raise
