@@ -123,6 +123,16 @@ def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path
     assert stderr.startswith("sqdm: error:") and "\n" not in stderr
     assert "weights-inception-2015-12-05-6726825d.pth" in stderr
 
+    # a run is sampled only once the weights are there: the error comes before the sampling
+    import squeezed_diffusion.evaluation.generate as generate_module
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before fetching the feature weights")
+
+    monkeypatch.setattr(generate_module, "generate", no_sampling)
+    with pytest.raises(FeatureWeightsError, match="weights-inception"):
+        generate_module.evaluate_run("a-run", 8, reference=images(4, 1), metrics=("fid",))
+
     missing = tmp_path / "nowhere.pth"
     argv = ["evaluate", str(samples), "--reference", str(ref), "--metrics", "fid"]
     assert main([*argv, "--feature-weights", str(missing)]) == 2

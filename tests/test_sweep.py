@@ -17,10 +17,12 @@ from squeezed_diffusion.evaluation.sweep import (
     is_finished,
     load_sweep,
     parse_shard,
+    run_sweep,
     shard,
     shard_from_environment,
     sweep_names,
 )
+from squeezed_diffusion.metrics import FeatureWeightsError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -190,6 +192,30 @@ CELLS = [
     "array_isotropic_seed42",
     "array_sdm_s-0.4_beta_channel_seed42",
 ]
+
+
+def test_a_sweep_fetches_the_feature_weights_before_it_trains(tmp_path, monkeypatch) -> None:
+    """Offline and without InceptionV3 weights, a FID sweep stops at once, not after
+    training and sampling its first cell."""
+    import urllib.error
+
+    import squeezed_diffusion.training.trainer as trainer
+
+    def offline(*args, **kwargs):
+        raise urllib.error.URLError("no network")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before fetching the feature weights")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    monkeypatch.setattr(trainer, "train_to_completion", no_training)
+    sweep_file, _ = _tiny_sweep(tmp_path, "ddim")
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["eval"]["metrics"] = ["fid"]
+    sweep_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(FeatureWeightsError, match="weights-inception"):
+        run_sweep(load_sweep(sweep_file, tmp_path / "out"), tmp_path / "out", progress=False)
 
 
 def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:

@@ -19,7 +19,14 @@ from tqdm.auto import tqdm
 from ..core.fileio import atomic_path
 from ..core.samplers import checked_sampler
 from ..data import ImageDataset, to_uint8
-from ..metrics import DEFAULT_PRC_EXTRACTOR, OFFLINE_METRICS, check_metrics, evaluate
+from ..metrics import (
+    DEFAULT_PRC_EXTRACTOR,
+    OFFLINE_METRICS,
+    check_metrics,
+    evaluate,
+    extractors_for,
+    fetch_weights,
+)
 from ..training.run import Run
 
 
@@ -132,7 +139,10 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Sample ``num`` images from a run (EMA weights) and :func:`evaluate` them against
     ``reference`` (default: the run's own training images). ``kwargs`` go to :func:`evaluate`."""
-    metrics = check_metrics(metrics, kwargs.get("prc_extractor", DEFAULT_PRC_EXTRACTOR))
+    prc_extractor = kwargs.get("prc_extractor", DEFAULT_PRC_EXTRACTOR)
+    metrics = check_metrics(metrics, prc_extractor)
+    extractors = extractors_for(metrics, prc_extractor)
+    kwargs["feature_weights"] = fetch_weights(extractors, kwargs.get("feature_weights"))
     reference = reference if reference is not None else Run(run_dir).reference()
     _, images = generate(
         run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,

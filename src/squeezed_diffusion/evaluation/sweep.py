@@ -62,6 +62,8 @@ from ..metrics import (
     OFFLINE_METRICS,
     check_metrics,
     evaluate,
+    extractors_for,
+    fetch_weights,
     load_samples,
     result_keys,
 )
@@ -522,9 +524,11 @@ def run_sweep(
     """
     out = Path(out)
     references: dict[str, Any] = {}
-    for cell in sorted(shard(sweep.cells, index, count), key=lambda c: (c.config.seed, c.id)):
-        if is_finished(cell, sweep.eval):
-            continue
+    cells = sorted(shard(sweep.cells, index, count), key=lambda c: (c.config.seed, c.id))
+    cells = [cell for cell in cells if not is_finished(cell, sweep.eval)]
+    if cells:  # the feature weights before hours of training and sampling, not after
+        fetch_weights(extractors_for(sweep.eval.metrics, sweep.eval.prc_extractor))
+    for cell in cells:
         for result in run_cell(cell, sweep.eval, progress=progress, references=references):
             if progress:
                 scores = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())

@@ -15,7 +15,13 @@ from .table import (
     extractors_for,
     result_keys,
 )
-from .weights import EXTRACTORS, FeatureWeightsError, parse_feature_weights, resolve_weights
+from .weights import (
+    EXTRACTORS,
+    FeatureWeightsError,
+    fetch_weights,
+    parse_feature_weights,
+    resolve_weights,
+)
 
 __all__ = [
     "DEFAULT_PRC_EXTRACTOR",
@@ -29,6 +35,7 @@ __all__ = [
     "evaluate",
     "extractors_for",
     "fd_pixels",
+    "fetch_weights",
     "frechet_distance",
     "load_samples",
     "parse_feature_weights",

