@@ -301,6 +301,11 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ),
         (["sample", str(tmp_path), "--out", str(tmp_path / "s.npz")], "is not a run folder"),
         (["sample", str(run), "--out", str(data / "x.npz")], "not a writable folder"),
+        *(  # a folder that refuses files even to root, whatever its permission bits say
+            [(["sample", str(run), "--out", "/proc/sqdm/x.npz"], "not a writable folder")]
+            if Path("/proc/self").is_dir()
+            else []
+        ),
         ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
         (["fit-basis", str(empty)], "no images"),
         *[

@@ -13,6 +13,7 @@ import json
 import os
 import re
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -293,14 +294,21 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _check_writable(path: Path) -> None:
-    """Fail before any work unless the nearest existing ancestor is a writable folder."""
+    """Fail before any work unless the nearest existing ancestor is a writable folder: tried
+    with a temporary file, since permission bits do not stop root and some folders (``/proc``,
+    read-only mounts) refuse files whatever they say."""
     parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if parent == path and path.is_file():
         parent = path.parent  # overwriting an existing output file
-    if not parent.is_dir() or not os.access(parent, os.W_OK):
+    try:
+        if not parent.is_dir():
+            raise NotADirectoryError(parent)
+        with tempfile.TemporaryFile(dir=parent):
+            pass
+    except OSError:
         raise PermissionError(
             f"cannot write to {path}: {parent} is not a writable folder; choose another output path"
-        )
+        ) from None
 
 
 def _choices(names: Sequence[str]) -> str:
