@@ -299,7 +299,14 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             ["sample", str(run), "--sampler", "euler", "--out", str(tmp_path / "s.npz")],
             "unknown sampler 'euler'",
         ),
-        (["sample", str(tmp_path), "--out", str(tmp_path / "s.npz")], "is not a run folder"),
+        (
+            ["sample", str(tmp_path), "--out", str(tmp_path / "s.npz")],
+            f"is not a run folder (no config.yaml); it holds the runs run: pass one, e.g. {run}",
+        ),
+        (
+            ["sample", str(empty), "--out", str(tmp_path / "s.npz")],
+            "is not a run folder (no config.yaml); pass the --out of `sqdm train`",
+        ),
         (["sample", str(run), "--out", str(data / "x.npz")], "not a writable folder"),
         *(  # a folder that refuses files even to root, whatever its permission bits say
             [(["sample", str(run), "--out", "/proc/sqdm/x.npz"], "not a writable folder")]

@@ -60,9 +60,17 @@ class Run:
     def config(self) -> TrainConfig:
         """The resolved config the run was trained with."""
         if not self.exists():
-            raise CheckpointError(
-                f"{self.path} is not a run folder (no config.yaml); pass the --out of `sqdm train`"
+            inside = (
+                sorted(p.parent.name for p in self.path.glob("*/config.yaml"))
+                if self.path.is_dir()
+                else []
             )
+            fix = (
+                f"it holds the runs {', '.join(inside)}: pass one, e.g. {self.path / inside[0]}"
+                if inside
+                else "pass the --out of `sqdm train`"
+            )
+            raise CheckpointError(f"{self.path} is not a run folder (no config.yaml); {fix}")
         return TrainConfig.load(self.config_path)
 
     def basis(self) -> Basis:
