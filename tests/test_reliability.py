@@ -315,6 +315,8 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ),
         ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
         (["fit-basis", str(empty)], "no images"),
+        (["demo", "--fast"], "unrecognized arguments: --fast (see sqdm demo --help)"),
+        (["sample", "--num", "2"], "required: run, --out (see sqdm sample --help)"),
         *[
             ([*t, *arr, flag, *value.split()], f"{flag[2:].replace('-', '_')} must be {allowed}")
             for flag, value, allowed in (
@@ -409,6 +411,7 @@ def test_bad_input_gives_one_line_and_exit_2(data, trained, tmp_path, capsys) ->
         assert main(argv) == 2, argv
         err = capsys.readouterr().err.strip()
         assert err.startswith("sqdm: error:") and pattern in err, (argv, err)
+        assert not err.startswith("sqdm: error: sqdm"), err  # said once
         assert "\n" not in err and "Traceback" not in err, err
         after = sorted(p for p in tmp_path.rglob("*") if "sqdm-cache" not in str(p))
         assert after == before, (argv, set(after) - set(before))  # nothing left behind

@@ -595,7 +595,7 @@ class _Parser(argparse.ArgumentParser):
         self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def error(self, message: str) -> NoReturn:
-        raise ValueError(f"{self.prog}: {message} (see {self.prog} --help)")
+        raise ValueError(f"{message} (see {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -618,7 +618,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args, unknown = build_parser().parse_known_args(argv)
+        if unknown:  # named with the command they were given to, whose help lists its options
+            raise ValueError(
+                f"unrecognized arguments: {' '.join(unknown)} (see sqdm {args.command} --help)"
+            )
         return args.func(args)
     except (ValueError, OSError) as err:  # user errors: one line, no traceback
         if os.environ.get("SQDM_DEBUG"):
