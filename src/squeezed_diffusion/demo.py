@@ -356,7 +356,8 @@ def _collect(
     progress bar over the training steps their runs have logged; ``stop`` on an error."""
     outcomes: dict[int, Any] = {}
     total = sum(cfg.steps for cfg in configs)
-    with tqdm(total=total, desc="training side by side", unit="step", disable=not progress) as bar:
+    desc = f"training {len(configs)} runs side by side (steps of all)"
+    with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
         while len(outcomes) < len(workers):
             try:
                 index, outcome = queue.get(timeout=1.0)
