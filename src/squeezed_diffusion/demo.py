@@ -131,18 +131,22 @@ def noising_figure(basis: ChannelBasis, x0: torch.Tensor) -> tuple[bytes, list[d
 
 
 def log_snr_figure(basis: ChannelBasis) -> bytes:
-    """log SNR over t of the principal colour direction and of its orthogonal complement."""
+    """log SNR over t of the principal colour direction and of its orthogonal complement.
+    Colour is the strength, line style the variant: along the principal direction SDM and HDM
+    scale the noise alike, so their lines coincide there (the title says so)."""
     fig = MplFigure(figsize=(9, 3.4))
     axes = fig.subplots(1, 2)
     for ax, j, title in (
-        (axes[0], 0, "principal colour direction"),
-        (axes[1], 1, "orthogonal directions"),
+        (axes[0], 0, "principal colour direction (SDM = HDM)"),
+        (axes[1], 1, "orthogonal directions (SDM = isotropic)"),
     ):
         for variant, strength in NOISED:
             table = SqueezedDiffusion(basis, variant, strength).log_snr_table()[:, j].numpy()
-            style = "-" if variant != "hdm" else "--"
+            style = "--" if variant == "hdm" else "-"
+            colour = "black" if strength == 0 else ("tab:blue" if strength < 0 else "tab:red")
             label = "isotropic" if variant == "isotropic" else f"{variant.upper()} {strength:+g}"
-            ax.plot(table, style, label=label, lw=2.5 if variant == "isotropic" else 1.2)
+            width = 2.5 if variant == "isotropic" else 1.2
+            ax.plot(table, style, color=colour, label=label, lw=width)
         ax.set(xlabel="t", ylabel="log SNR", title=title)
         ax.legend(fontsize=7)
     fig.tight_layout()
