@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import yaml
+from PIL import Image
 from safetensors.torch import load_file
 
 from squeezed_diffusion.cli import main
@@ -90,6 +91,13 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
         == 0
     )
     assert len(list(folder.glob("*.png"))) == 3
+    grid = tmp_path / "grid.png"  # one image: the samples tiled, 1-pixel white gaps
+    assert main([*argv, "--out", str(grid), "--quiet"]) == 0
+    tiled = np.asarray(Image.open(grid))
+    assert tiled.shape == (1 + 2 * 9, 1 + 3 * 9, 3)  # 5 samples of 8 px: 2 rows of 3
+    for i, image in enumerate(imgs[0]):
+        top, left = 1 + 9 * (i // 3), 1 + 9 * (i % 3)
+        assert np.array_equal(tiled[top : top + 8, left : left + 8], image)
 
 
 def test_resume_continues_with_saved_optimizer_ema_and_rng(array_data, tmp_path) -> None:

@@ -152,12 +152,14 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a trained run to PNG files or an .npz."""
-    from .evaluation.generate import generate_all, save_samples
+    from .evaluation.generate import GRID_SUFFIXES, generate_all, save_samples
 
     out = Path(args.out)
     _check_writable(out)
-    if out.is_file() and out.suffix not in (".npz", ".npy"):
-        raise FileExistsError(f"{out} is a file; --out takes a folder (PNGs) or a .npz/.npy file")
+    if out.is_file() and out.suffix.lower() not in (".npz", ".npy", *GRID_SUFFIXES):
+        raise FileExistsError(
+            f"{out} is a file; --out takes a folder (PNGs), a .npz/.npy file or a .png/.jpg grid"
+        )
     _fill_sampling_defaults(args)
     start = time.perf_counter()
     images = generate_all(
@@ -492,7 +494,11 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("run", help="run folder written by sqdm train")
     _add_sampling_options(sm, num=64, least=1, batch_flags=("--batch-size", "--sample-batch-size"))
     sm.add_argument("--no-ema", action="store_true", help="use the raw weights")
-    sm.add_argument("--out", required=True, help="folder for PNGs, or a .npz or .npy file")
+    sm.add_argument(
+        "--out", required=True,
+        help="folder for PNGs, a .npz or .npy file (what sqdm evaluate scores), or a .png/.jpg "
+        "file: one grid of all samples, to look at",
+    )  # fmt: skip
     sm.add_argument("--quiet", action="store_true")
     sm.set_defaults(func=cmd_sample)
 

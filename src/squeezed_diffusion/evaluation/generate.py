@@ -7,6 +7,7 @@ depend on the batch order, on resuming, or on how many processes share the work.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -104,10 +105,21 @@ def generate_all(run_dir: str | Path, num: int, **kwargs) -> torch.Tensor | None
     return torch.cat([imgs for _, imgs in parts])[order]
 
 
+GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # ``--out`` as one image: a grid to look at
+
+
 def save_samples(images: torch.Tensor, out: str | Path) -> Path:
     """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``) or
-    ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read."""
+    ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read; or, for a
+    :data:`GRID_SUFFIXES` path, one square-ish grid image (to look at, not to score)."""
     out = Path(out)
+    if out.suffix.lower() in GRID_SUFFIXES:
+        from torchvision.utils import make_grid
+
+        grid = make_grid(images, nrow=math.ceil(len(images) ** 0.5), padding=1, pad_value=255)
+        with atomic_path(out) as tmp:  # the temporary name keeps the suffix: PIL's format
+            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
+        return out
     nhwc = images.permute(0, 2, 3, 1).numpy()
     if out.suffix in (".npz", ".npy"):
         with atomic_path(out) as tmp:
