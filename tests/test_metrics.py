@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import urllib.error
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from squeezed_diffusion.data import load_dataset
 from squeezed_diffusion.metrics import (
     FeatureWeightsError,
     evaluate,
+    fetch_weights,
     frechet_distance,
     parse_feature_weights,
     reference_subset,
@@ -129,9 +131,14 @@ def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path
     def no_sampling(*args, **kwargs):
         raise AssertionError("sampled before fetching the feature weights")
 
+    evaluate_run, checks = generate_module.evaluate_run, []
+    with pytest.raises(ValueError, match="unknown sampler 'euler'"):  # cheap checks come first
+        evaluate_run("a-run", 8, sampler="euler", reference=images(4, 1), metrics=("fid",))
+    monkeypatch.setattr(generate_module, "check_sampling", lambda *args: checks.append(args))
     monkeypatch.setattr(generate_module, "generate", no_sampling)
     with pytest.raises(FeatureWeightsError, match="weights-inception"):
-        generate_module.evaluate_run("a-run", 8, reference=images(4, 1), metrics=("fid",))
+        evaluate_run("a-run", 8, reference=images(4, 1), metrics=("fid",))
+    assert len(checks) == 1
 
     missing = tmp_path / "nowhere.pth"
     argv = ["evaluate", str(samples), "--reference", str(ref), "--metrics", "fid"]
@@ -199,6 +206,30 @@ def test_effnet_loads_offline_and_separates_distributions() -> None:
     assert features.shape == (2, 1280)
 
 
+def test_weights_are_checked_once_per_file_and_unknown_names_refused(
+    inception_weights, tmp_path, monkeypatch
+) -> None:
+    """A command that fetches the weights before sampling and again when scoring unpickles
+    each file once (VGG16 is 528 MB), again once the file changes; names that are no
+    feature extractor are refused before anything is loaded."""
+    import squeezed_diffusion.metrics.weights as weights
+
+    loads = []
+    real = weights.load_state_dict
+    monkeypatch.setattr(weights, "load_state_dict", lambda *a: loads.append(a) or real(*a))
+    copy = tmp_path / "inception.pth"
+    copy.write_bytes(inception_weights.read_bytes())
+    for _ in range(2):
+        assert fetch_weights(["inception"], {"inception": str(copy)})["inception"] == copy
+    assert len(loads) == 1
+    os.utime(copy, ns=(0, 0))  # the file changed: checked again
+    resolve_weights("inception", copy)
+    assert len(loads) == 2
+    with pytest.raises(ValueError, match=r"unknown feature extractor\(s\) incept in"):
+        fetch_weights(["inception"], {"incept": copy})
+    assert len(loads) == 2
+
+
 def test_verbose_evaluation_names_results_by_their_features(capsys) -> None:
     """torch-fidelity's summary calls any Frechet distance "Frechet Inception Distance"; the
     verbose output names each by our result key instead (its progress passes through)."""
@@ -208,6 +239,7 @@ def test_verbose_evaluation_names_results_by_their_features(capsys) -> None:
     assert "Inception" not in err and "Extracting features" in err
     for key in ("fd_effnet", "precision_effnet", "recall_effnet"):
         assert f"{key}: {result[key]:.7g}" in err
+    assert "F-score (effnet features): " in err
 
 
 def test_run_reference_is_what_the_trainer_trained_on(tmp_path) -> None:

@@ -307,6 +307,8 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             ["sample", str(empty), "--out", str(tmp_path / "s.npz")],
             "is not a run folder (no config.yaml); pass the --out of `sqdm train`",
         ),
+        (["evaluate", str(tmp_path)], "is not a run folder: it holds the runs run: pass one"),
+        (["evaluate", str(empty)], "is not a run folder: pass --reference DATASET_OR_PATH"),
         (["sample", str(run), "--out", str(data / "x.npz")], "not a writable folder"),
         *(  # a folder that refuses files even to root, whatever its permission bits say
             [(["sample", str(run), "--out", "/proc/sqdm/x.npz"], "not a writable folder")]
@@ -316,6 +318,7 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
         (["fit-basis", str(empty)], "no images"),
         (["demo", "--fast"], "unrecognized arguments: --fast (see sqdm demo --help)"),
+        (["--quiet", "demo"], "--quiet; a command's options go after it (sqdm demo ...)"),
         (["sample", "--num", "2"], "required: run, --out (see sqdm sample --help)"),
         *[
             ([*t, *arr, flag, *value.split()], f"{flag[2:].replace('-', '_')} must be {allowed}")
@@ -353,6 +356,8 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
     other.mkdir(parents=True)
     notes = tmp_path / "notes.txt"
     notes.write_text("not samples")
+    empty_png = tmp_path / "grid.png"  # what 0.1.0 made of --out grid.png: a folder
+    empty_png.mkdir()
     t0 = [a for a in t if a not in ("--steps", "1")]
     out = ["--out", str(tmp_path / "s.npz")]
     samples = ["evaluate", str(data), "--reference", str(data)]
@@ -390,6 +395,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["sample", str(run), "--x0", "clamp", *out], "argument --x0: invalid choice: 'clamp'"),
         ([*samples, "--x0", "none"], "--x0 apply to sampling a run"),
         (["sample", str(run), "--out", str(notes)], "is a file; --out takes a folder"),
+        (["sample", str(run), "--out", str(empty_png)], "is a folder, but a .png --out is one"),
         ([*samples, "--steps", "3"], "--steps apply to sampling a run"),
         ([*samples, "--prc-extractor", "inception"], "applies to the prc metric only"),
         ([*samples, "--feature-weights", "inception=/nowhere.pt"], "no requested metric uses inception"),
@@ -434,6 +440,23 @@ def test_a_copied_run_resumes_in_its_own_folder_from_anywhere(data, tmp_path, mo
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == original
     assert Run(copy).config().out == str(copy) and Run(copy).config().steps == 3
     assert list_checkpoints(copy)[-1].name.endswith("3")
+
+
+def test_an_output_folder_is_tried_not_trusted(tmp_path, monkeypatch) -> None:
+    """Writability is tried with a temporary file (and nothing is left): permission bits that
+    say yes, as for root, a read-only mount or /proc, do not decide."""
+    from squeezed_diffusion import cli
+
+    cli._check_writable(tmp_path / "new" / "x.npz")
+    assert list(tmp_path.iterdir()) == []
+
+    def read_only(*args, **kwargs):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
+    monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
+    with pytest.raises(PermissionError, match="is not a writable folder; choose another"):
+        cli._check_writable(tmp_path / "x.npz")
 
 
 def test_wandb_without_a_login_is_one_line(data, tmp_path) -> None:

@@ -214,8 +214,12 @@ def test_a_sweep_fetches_the_feature_weights_before_it_trains(tmp_path, monkeypa
     spec = yaml.safe_load(sweep_file.read_text())
     spec["eval"]["metrics"] = ["fid"]
     sweep_file.write_text(yaml.safe_dump(spec))
-    with pytest.raises(FeatureWeightsError, match="weights-inception"):
+    with pytest.raises(FeatureWeightsError, match="weights-inception") as err:
         run_sweep(load_sweep(sweep_file, tmp_path / "out"), tmp_path / "out", progress=False)
+    # the fixes a sweep takes: it has no --feature-weights
+    assert "--feature-weights" not in str(err.value) and "from the sweep's eval (fid)" in str(
+        err.value
+    )
 
 
 def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:

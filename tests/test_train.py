@@ -91,13 +91,17 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
         == 0
     )
     assert len(list(folder.glob("*.png"))) == 3
-    grid = tmp_path / "grid.png"  # one image: the samples tiled, 1-pixel white gaps
+    grid = tmp_path / "grid.PNG"  # one image: the samples tiled as save_image does
     assert main([*argv, "--out", str(grid), "--quiet"]) == 0
     tiled = np.asarray(Image.open(grid))
-    assert tiled.shape == (1 + 2 * 9, 1 + 3 * 9, 3)  # 5 samples of 8 px: 2 rows of 3
+    assert tiled.shape == (2 + 3 * 10, 2 + 2 * 10, 3)  # 5 samples of 8 px: 3 rows of 2
     for i, image in enumerate(imgs[0]):
-        top, left = 1 + 9 * (i // 3), 1 + 9 * (i % 3)
+        top, left = 2 + 10 * (i // 2), 2 + 10 * (i % 2)
         assert np.array_equal(tiled[top : top + 8, left : left + 8], image)
+    upper = tmp_path / "upper.NPZ"  # any case, and numpy adds no suffix of its own
+    assert main([*argv, "--out", str(upper), "--quiet"]) == 0
+    assert np.array_equal(np.load(upper)["images"], imgs[0])
+    assert sorted(p.name for p in tmp_path.glob("upper*")) == ["upper.NPZ"]
 
 
 def test_resume_continues_with_saved_optimizer_ema_and_rng(array_data, tmp_path) -> None:

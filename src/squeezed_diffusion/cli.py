@@ -152,13 +152,20 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a trained run to PNG files or an .npz."""
+    from .data import ARRAY_SUFFIXES
     from .evaluation.generate import GRID_SUFFIXES, generate_all, save_samples
 
     out = Path(args.out)
     _check_writable(out)
-    if out.is_file() and out.suffix.lower() not in (".npz", ".npy", *GRID_SUFFIXES):
+    one_file = out.suffix.lower() in (*ARRAY_SUFFIXES, *GRID_SUFFIXES)
+    if out.is_file() and not one_file:
         raise FileExistsError(
             f"{out} is a file; --out takes a folder (PNGs), a .npz/.npy file or a .png/.jpg grid"
+        )
+    if out.is_dir() and one_file:
+        raise IsADirectoryError(
+            f"{out} is a folder, but a {out.suffix} --out is one file: remove the folder or "
+            "choose another name"
         )
     _fill_sampling_defaults(args)
     start = time.perf_counter()
@@ -208,7 +215,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     is_run = Run(args.source).exists()
     if not is_run and args.reference is None:
-        raise ValueError(f"{args.source} is not a run folder: pass --reference DATASET_OR_PATH")
+        fix = Run(args.source).runs_inside_hint() or "pass --reference DATASET_OR_PATH"
+        raise ValueError(f"{args.source} is not a run folder: {fix}")
     if args.reference is None and (args.data_dir or args.resolution):
         raise ValueError(
             "--data-dir and --resolution describe --reference (a run's default reference is "
@@ -624,10 +632,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
+        argv = list(sys.argv[1:] if argv is None else argv)
         args, unknown = build_parser().parse_known_args(argv)
         if unknown:  # named with the command they were given to, whose help lists its options
+            early = set(argv[: argv.index(args.command)]) & set(unknown)
+            where = f"; a command's options go after it (sqdm {args.command} ...)" if early else ""
             raise ValueError(
-                f"unrecognized arguments: {' '.join(unknown)} (see sqdm {args.command} --help)"
+                f"unrecognized arguments: {' '.join(unknown)}{where} "
+                f"(see sqdm {args.command} --help)"
             )
         return args.func(args)
     except (ValueError, OSError) as err:  # user errors: one line, no traceback

@@ -540,6 +540,10 @@ def _load_shapes(req: _Request) -> np.ndarray:
     return out
 
 
+# What the ``array`` dataset reads (and ``sqdm sample --out`` writes), in any case.
+ARRAY_SUFFIXES = (".npz", ".npy")
+
+
 def _load_array(req: _Request) -> np.ndarray:
     """A .npy or .npz file; see ``_images_from_array`` for the accepted layouts and ranges."""
     path = _existing(req)

@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core.fileio import atomic_path
 from ..core.samplers import checked_sampler
-from ..data import ImageDataset, to_uint8
+from ..data import ARRAY_SUFFIXES, ImageDataset, to_uint8
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
@@ -29,6 +29,19 @@ from ..metrics import (
     fetch_weights,
 )
 from ..training.run import Run
+
+
+def check_sampling(
+    run_dir: str | Path, num: int, steps: int, sampler: str, batch_size: int, eta: float, x0: str
+) -> None:
+    """What :func:`generate` would refuse, checked without loading any weights: the counts,
+    the sampler with its eta and x_0 rule, the run folder and the step count for its T."""
+    if num < 1:
+        raise ValueError(f"--num must be at least 1, got {num}")
+    if batch_size < 1:
+        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    entry = checked_sampler(sampler, eta, x0)
+    entry.schedule(Run(run_dir).config().num_train_timesteps, steps)
 
 
 def generate(
@@ -53,11 +66,7 @@ def generate(
     GPU is launch-bound like training; the progress bar counts images per second. ``x0``
     names the rule for the predicted x_0 (one of ``X0_RULES``).
     """
-    if num < 1:
-        raise ValueError(f"--num must be at least 1, got {num}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
-    checked_sampler(sampler, eta, x0)  # fail on a bad name, eta or rule before loading
+    check_sampling(run_dir, num, steps, sampler, batch_size, eta, x0)
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet, proc = Run(run_dir).load(ema=ema)
     unet.to(device)
@@ -111,22 +120,23 @@ GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # ``--out`` as one image: a grid to l
 def save_samples(images: torch.Tensor, out: str | Path) -> Path:
     """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``) or
     ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read; or, for a
-    :data:`GRID_SUFFIXES` path, one square-ish grid image (to look at, not to score)."""
+    :data:`GRID_SUFFIXES` path, one grid image to look at (torchvision's ``save_image``,
+    about square, as training's sample grids). Suffixes in any case; written atomically."""
     out = Path(out)
-    if out.suffix.lower() in GRID_SUFFIXES:
-        from torchvision.utils import make_grid
+    suffix = out.suffix.lower()
+    if suffix in GRID_SUFFIXES:
+        from torchvision.utils import save_image
 
-        grid = make_grid(images, nrow=math.ceil(len(images) ** 0.5), padding=1, pad_value=255)
         with atomic_path(out) as tmp:  # the temporary name keeps the suffix: PIL's format
-            Image.fromarray(grid.permute(1, 2, 0).numpy()).save(tmp)
+            save_image(images.float() / 255, tmp, nrow=int(math.sqrt(len(images))) or 1)
         return out
     nhwc = images.permute(0, 2, 3, 1).numpy()
-    if out.suffix in (".npz", ".npy"):
-        with atomic_path(out) as tmp:
-            if out.suffix == ".npz":
-                np.savez_compressed(tmp, images=nhwc)
+    if suffix in ARRAY_SUFFIXES:
+        with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file: numpy adds no suffix
+            if suffix == ".npz":
+                np.savez_compressed(f, images=nhwc)
             else:
-                np.save(tmp, nhwc)
+                np.save(f, nhwc)
         return out
     out.mkdir(parents=True, exist_ok=True)
     for i, img in enumerate(nhwc):
@@ -153,6 +163,7 @@ def evaluate_run(
     ``reference`` (default: the run's own training images). ``kwargs`` go to :func:`evaluate`."""
     prc_extractor = kwargs.get("prc_extractor", DEFAULT_PRC_EXTRACTOR)
     metrics = check_metrics(metrics, prc_extractor)
+    check_sampling(run_dir, num, steps, sampler, sample_batch_size, eta, x0)  # before fetching
     extractors = extractors_for(metrics, prc_extractor)
     kwargs["feature_weights"] = fetch_weights(extractors, kwargs.get("feature_weights"))
     reference = reference if reference is not None else Run(run_dir).reference()

@@ -60,6 +60,7 @@ from ..core.samplers import X0_RULES, checked_sampler
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
+    FeatureWeightsError,
     check_metrics,
     evaluate,
     extractors_for,
@@ -449,8 +450,6 @@ def _samples(
 ) -> tuple[torch.Tensor, bool]:
     """The evaluation's samples, and whether they were drawn now: reused when drawn with
     these settings before, else drawn and saved."""
-    from torchvision.utils import save_image
-
     from .generate import generate, save_samples
 
     folder = eval_dir(cell, ev)
@@ -463,8 +462,7 @@ def _samples(
     )  # fmt: skip
     save_samples(images, folder / "samples.npz")
     atomic_write(folder / "samples.json", json.dumps(drawn_with))
-    grid = images[: spec.grid_images].float() / 255
-    save_image(grid, folder / "samples.png", nrow=int(len(grid) ** 0.5) or 1)
+    save_samples(images[: spec.grid_images], folder / "samples.png")
     return images, True
 
 
@@ -527,7 +525,13 @@ def run_sweep(
     cells = sorted(shard(sweep.cells, index, count), key=lambda c: (c.config.seed, c.id))
     cells = [cell for cell in cells if not is_finished(cell, sweep.eval)]
     if cells:  # the feature weights before hours of training and sampling, not after
-        fetch_weights(extractors_for(sweep.eval.metrics, sweep.eval.prc_extractor))
+        try:
+            fetch_weights(extractors_for(sweep.eval.metrics, sweep.eval.prc_extractor))
+        except FeatureWeightsError as err:  # sqdm sweep has no --feature-weights
+            metrics = ", ".join(sweep.eval.metrics)
+            raise err.instead(
+                f"drop the metrics that use it from the sweep's eval ({metrics})"
+            ) from None
     for cell in cells:
         for result in run_cell(cell, sweep.eval, progress=progress, references=references):
             if progress:

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import torch
 
 from ..core.fileio import sha256
-from ..data import ImageDataset, cache_dir, load_dataset
+from ..data import ARRAY_SUFFIXES, ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
 from .table import (
     DEFAULT_PRC_EXTRACTOR,
@@ -25,7 +25,7 @@ from .table import (
     check_metrics,
     result_keys,
 )
-from .weights import EXTRACTORS, FeatureWeightsError, resolve_weights
+from .weights import EXTRACTORS, FeatureWeightsError, fetch_weights
 
 
 class _Uint8Images(torch.utils.data.Dataset):
@@ -103,12 +103,8 @@ def evaluate(
             f"samples are {tuple(samples.shape[1:])} but the reference is {tuple(reference.shape[1:])}; "
             "load the reference at the samples' resolution (--resolution)"
         )
-    feature_weights = dict(feature_weights or {})
-    unused = sorted(set(feature_weights) - set(EXTRACTORS))
-    if unused:
-        raise ValueError(f"unknown feature extractor(s) {', '.join(unused)} in --feature-weights")
     groups = _fidelity_groups(metrics, prc_extractor)
-    weights = {ex: resolve_weights(ex, feature_weights.get(ex)) for ex in groups}
+    weights = fetch_weights(list(groups), feature_weights)
     reference_id = ImageDataset(reference, "reference").fingerprint
     results: dict[str, float] = {}
     spaces: dict[str, str] = {}
@@ -192,6 +188,8 @@ def _torch_fidelity(
         for raw, ours in metric.outputs.items()
         if raw in _FIDELITY_LABELS
     }
+    if "prc" in flags:  # printed beside precision and recall, which we keep; say whose it is
+        labels["F-score"] = f"F-score ({extractor} features)"
     try:
         with contextlib.redirect_stderr(_Relabelled(sys.stderr, labels)):
             return torch_fidelity.calculate_metrics(
@@ -222,5 +220,5 @@ def _torch_fidelity(
 def load_samples(path: str | Path) -> torch.Tensor:
     """Samples written by ``sqdm sample``: a folder of images or an .npz/.npy array."""
     path = Path(path)
-    kind = "array" if path.suffix in (".npz", ".npy") else "imagefolder"
+    kind = "array" if path.suffix.lower() in ARRAY_SUFFIXES else "imagefolder"
     return load_dataset(kind, path).images

@@ -21,6 +21,13 @@ from ..core.fileio import load_tensors_only
 class FeatureWeightsError(ValueError):
     """Feature-extractor weights that are missing or unusable; one line naming the file and fix."""
 
+    FLAG_FIX = " or pass --feature-weights PATH"  # the advice for commands with that option
+
+    def instead(self, fix: str) -> FeatureWeightsError:
+        """This error advising ``fix`` in place of ``--feature-weights``, for a command (train,
+        sweep) that has no such option."""
+        return FeatureWeightsError(f"{str(self).removesuffix(self.FLAG_FIX)}, or {fix}")
+
 
 @dataclass(frozen=True)
 class Extractor:
@@ -84,9 +91,14 @@ def resolve_weights(extractor: str, path: str | Path | None = None) -> Path:
         path = effnet_weights_path()
     else:
         path = _download_default(extractor)
-    if extractor != "effnet":  # the effnet extractor loads with weights_only itself
+    stamp = (str(path.resolve()), path.stat().st_size, path.stat().st_mtime_ns)
+    if extractor != "effnet" and stamp not in _VERIFIED:  # effnet loads weights_only itself
         load_state_dict(path, EXTRACTORS[extractor].label)
+        _VERIFIED.add(stamp)  # a command that fetches first, then scores, loads VGG16 once
     return path
+
+
+_VERIFIED: set[tuple[str, int, int]] = set()  # files checked by resolve_weights, as they were
 
 
 def _download_default(extractor: str) -> Path:
@@ -101,19 +113,26 @@ def _download_default(extractor: str) -> Path:
     except Exception as err:  # URLError, HTTPError, OSError, timeouts: all mean "not here"
         raise FeatureWeightsError(
             f"{label} weights {path.name} are not in {folder} and could not be downloaded "
-            f"({type(err).__name__}); copy the file there (from {url}) "
-            "or pass --feature-weights PATH"
+            f"({type(err).__name__}); copy the file there (from {url})"
+            + FeatureWeightsError.FLAG_FIX
         ) from None
     return path
 
 
 def fetch_weights(
     extractors: list[str], given: Mapping[str, str | Path] | None = None
-) -> dict[str, Path]:
-    """:func:`resolve_weights` of each extractor (``given`` paths first): what a command that
-    samples before it scores calls first, so that a missing download fails before minutes
-    of sampling rather than after."""
+) -> dict[str, str | Path]:
+    """:func:`resolve_weights` of each extractor (``given`` paths first), after refusing
+    names in ``given`` that are no extractor. :func:`evaluate` calls it, and so does a command
+    that samples before it scores, first, so that a missing download fails before minutes of
+    sampling rather than after."""
     given = dict(given or {})
+    unknown = sorted(set(given) - set(EXTRACTORS))
+    if unknown:
+        raise ValueError(
+            f"unknown feature extractor(s) {', '.join(unknown)} in --feature-weights; choose "
+            f"from {', '.join(EXTRACTORS)}"
+        )
     return {**given, **{ex: resolve_weights(ex, given.get(ex)) for ex in extractors}}
 
 

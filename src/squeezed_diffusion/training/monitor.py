@@ -144,13 +144,10 @@ def check_eval_weights(cfg: TrainConfig) -> None:
         try:
             resolve_weights(extractor)
         except FeatureWeightsError as err:
-            users = [m for m in cfg.eval_metrics if extractor in extractors_for([m])]
+            users = ", ".join(m for m in cfg.eval_metrics if extractor in extractors_for([m]))
             # sqdm train reads the weights from the cache only: it has no --feature-weights.
-            fix = str(err).removesuffix(" or pass --feature-weights PATH")
-            raise FeatureWeightsError(
-                f"--eval-metrics {', '.join(users)}: {fix}, or drop {', '.join(users)} from "
-                "--eval-metrics"
-            ) from None
+            fix = err.instead(f"drop {users} from --eval-metrics")
+            raise FeatureWeightsError(f"--eval-metrics {users}: {fix}") from None
 
 
 def evaluate_ema(

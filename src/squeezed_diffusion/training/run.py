@@ -57,19 +57,22 @@ class Run:
         """Whether the folder holds a run (its config.yaml)."""
         return self.config_path.is_file()
 
+    def runs_inside_hint(self) -> str:
+        """For a folder of runs given where one run is expected (``runs/demo``): the runs it
+        holds and one to pass; empty otherwise."""
+        inside = (
+            sorted(p.parent.name for p in self.path.glob("*/config.yaml"))
+            if self.path.is_dir()
+            else []
+        )
+        if not inside:
+            return ""
+        return f"it holds the runs {', '.join(inside)}: pass one, e.g. {self.path / inside[0]}"
+
     def config(self) -> TrainConfig:
         """The resolved config the run was trained with."""
         if not self.exists():
-            inside = (
-                sorted(p.parent.name for p in self.path.glob("*/config.yaml"))
-                if self.path.is_dir()
-                else []
-            )
-            fix = (
-                f"it holds the runs {', '.join(inside)}: pass one, e.g. {self.path / inside[0]}"
-                if inside
-                else "pass the --out of `sqdm train`"
-            )
+            fix = self.runs_inside_hint() or "pass the --out of `sqdm train`"
             raise CheckpointError(f"{self.path} is not a run folder (no config.yaml); {fix}")
         return TrainConfig.load(self.config_path)
 
