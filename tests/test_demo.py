@@ -140,7 +140,7 @@ def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> 
     script = (
         "import sys\nfrom squeezed_diffusion.demo import run_demo\ntry:\n"
         f"    run_demo(sys.argv[1], progress=False, **{ {**TOY, 'steps': 2000}!r})\n"
-        "except KeyboardInterrupt:\n    sys.exit(130)\n"
+        "except KeyboardInterrupt as err:\n    sys.exit(128 + err.signum)\n"  # as sqdm does
     )
     out = tmp_path / "demo"
     demo = subprocess.Popen([sys.executable, "-c", script, str(out)], stderr=subprocess.PIPE)
@@ -152,7 +152,7 @@ def test_a_signal_to_the_demo_stops_the_runs_training_side_by_side(tmp_path) -> 
             assert time.monotonic() < deadline, "the runs did not start training side by side"
             time.sleep(0.2)
         demo.send_signal(signal.SIGTERM)
-        assert demo.wait(timeout=60) == 130
+        assert demo.wait(timeout=60) == 128 + signal.SIGTERM
     finally:
         demo.kill()
     saved = {r: [p.name for p in list_checkpoints(r)] for r in runs}

@@ -23,6 +23,7 @@ from squeezed_diffusion.evaluation.sweep import (
     sweep_names,
 )
 from squeezed_diffusion.metrics import FeatureWeightsError
+from squeezed_diffusion.training.checkpoint import list_checkpoints
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -222,8 +223,8 @@ def test_a_sweep_fetches_the_feature_weights_before_it_trains(tmp_path, monkeypa
     )
 
 
-def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
-    _, argv = _tiny_sweep(tmp_path, "ddim")
+def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path, capsys) -> None:
+    sweep_file, argv = _tiny_sweep(tmp_path, "ddim")
     out = tmp_path / "out"
     assert main([*argv, "--shard", "0/2"]) == 0
     first = json.loads((out / "results.json").read_text())
@@ -266,6 +267,51 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path) -> None:
     assert main(["report", str(out)]) == 0  # the log-SNR panels come from the cells' saved bases
     report = (out / "report.md").read_text()
     assert "## Samples" in report and "figures/log-snr-0.png" in report
+
+    # an edited training setting: the folder's runs are of the old one, so every command
+    # that would list, collect or extend them says what changed, and touches nothing
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["base"].update(steps=3, lr=1e-3)
+    sweep_file.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    table = (out / "results.csv").read_bytes()
+    for extra in ([], ["--list"], ["--collect"]):
+        assert main([*argv, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "was trained with steps=2, lr=0.0001, the sweep now says steps=3, lr=0.001" in err
+        assert "another --out" in err and "\n" not in err
+    assert (out / "results.csv").read_bytes() == table
+    untouched = {c: p.stat().st_mtime_ns for c, p in results.items() if c != CELLS[2]}
+    assert untouched == {c: t for c, t in finished.items() if c != CELLS[2]}  # redone above
+
+
+def test_sigterm_stops_a_sweep_with_143_and_a_rerun_resumes(tmp_path) -> None:
+    """A scheduler's SIGTERM to a sweep task: the training cell saves a checkpoint and the task
+    exits with 128 + 15, as ``sqdm train`` does, so the scheduler sees it unfinished."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    sweep_file, argv = _tiny_sweep(tmp_path, "ddim")
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["base"].update(steps=100_000, checkpoint_every=100_000)
+    spec["grid"] = {"variant": ["isotropic"]}
+    sweep_file.write_text(yaml.safe_dump(spec))
+    task = subprocess.Popen(
+        [sys.executable, "-m", "squeezed_diffusion.cli", *argv],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = tmp_path / "out" / "cells" / CELLS[1] / "run" / "log.jsonl"
+    deadline = time.monotonic() + 90
+    while not log.is_file() or not log.read_text():  # training, past its first log step
+        assert task.poll() is None and time.monotonic() < deadline, task.stderr.read()
+        time.sleep(0.1)
+    task.send_signal(signal.SIGTERM)
+    _, err = task.communicate(timeout=90)
+    assert task.returncode == 128 + signal.SIGTERM, err
+    assert "stopped by signal 15 with a checkpoint saved" in err and "Traceback" not in err
+    assert list_checkpoints(log.parent)  # what the rerun resumes from
 
 
 def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(

@@ -12,6 +12,7 @@ import argparse
 import json
 import os
 import re
+import signal
 import sys
 import tempfile
 import time
@@ -255,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train, sample and evaluate this shard's cells of a sweep; rebuild the results table."""
     from .evaluation.sweep import (
+        check_trained,
         collect,
         is_finished,
         load_sweep,
@@ -275,6 +277,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         index, count = (0, 1) if args.collect else shard_from_environment(os.environ)
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
     sweep = load_sweep(args.sweep, out)
+    check_trained(sweep.cells)  # the folder's runs are this file's, before any listing or work
     mine = shard(sweep.cells, index, count)
     if args.list:
         for cell in mine:
@@ -647,9 +650,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"sqdm: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("sqdm: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as err:  # Ctrl-C, or training.trainer.Stopped by a signal
+        signum = getattr(err, "signum", None)
+        if signum is None:
+            print("sqdm: interrupted", file=sys.stderr)
+            return 128 + signal.SIGINT
+        print(
+            f"sqdm: stopped by signal {signum} with a checkpoint saved; run the same command "
+            "again to resume",
+            file=sys.stderr,
+        )
+        return 128 + signum
 
 
 if __name__ == "__main__":

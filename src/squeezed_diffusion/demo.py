@@ -50,7 +50,7 @@ from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, 
 from .metrics import fd_pixels
 from .training.config import TrainConfig, resolve_config
 from .training.run import Run
-from .training.trainer import train_to_completion
+from .training.trainer import Stopped, train_to_completion
 
 NOISED = (("isotropic", 0.0), ("sdm", -1.5), ("sdm", 1.5), ("hdm", -1.5), ("hdm", 1.5))
 TIMES = (50, 150, 250, 400)  # beyond about 500 the photograph is gone under any noise
@@ -313,7 +313,7 @@ def _side_by_side(
         for s, handler in previous.items():
             signal.signal(s, handler)
     if received:
-        raise KeyboardInterrupt(f"signal {received[0]}; rerun to resume")
+        raise Stopped(received[0])
     for outcome in outcomes.values():  # an error first: it stopped the others
         if isinstance(outcome, BaseException):
             raise outcome

@@ -68,7 +68,13 @@ from ..metrics import (
     load_samples,
     result_keys,
 )
-from ..training.config import TrainConfig, load_preset, resolve_config, without_squeezing
+from ..training.config import (
+    TrainConfig,
+    load_preset,
+    resolve_config,
+    training_differences,
+    without_squeezing,
+)
 from ..training.run import Run
 
 AXES = ("dataset", "variant", "strength", "profile", "basis", "seed")
@@ -277,6 +283,26 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
     except ValueError as err:
         raise ValueError(f"{source}: eval.sampler {err}") from None
     return Sweep(name, cells, spec_eval)
+
+
+def check_trained(cells: list[Cell]) -> None:
+    """Each cell whose folder holds a run was trained with the cell's settings. A sweep
+    folder holds one setting: after an edit of the sweep's training settings (model, steps,
+    learning rate, ...) its finished evaluations are of the old setting, so this is a one-line
+    error naming what changed, not the old results under the new file."""
+    for cell in cells:
+        run = Run(cell.config.out)
+        if not run.exists():
+            continue
+        saved = run.config()
+        changed = training_differences(saved, cell.config)
+        if changed:
+            was = ", ".join(f"{k}={getattr(saved, k)!r}" for k in changed)
+            now = ", ".join(f"{k}={getattr(cell.config, k)!r}" for k in changed)
+            raise ValueError(
+                f"{cell.id} was trained with {was}, the sweep now says {now}: give the changed "
+                f"sweep another --out, or delete {Path(cell.config.out).parent} to redo the cell"
+            )
 
 
 def check_steps(evaluations: list[Evaluation], cells: list[Cell]) -> None:

@@ -298,6 +298,19 @@ def _canonical(config: TrainConfig, name: str) -> Any:
     return value
 
 
+def training_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
+    """The fields, in canonical form, whose values make ``saved`` and ``wanted`` train
+    different models: all but the folder and the bookkeeping that :data:`RESUMABLE` allows to
+    change (logging, checkpoints, sample grids, evaluation during training), length included."""
+    bookkeeping = RESUMABLE - {"steps", "epochs"}
+    names = [f.name for f in fields(TrainConfig) if f.name != "out"]
+    return [
+        name
+        for name in names
+        if name not in bookkeeping and _canonical(saved, name) != _canonical(wanted, name)
+    ]
+
+
 def _changed_flags(config: TrainConfig, names: Iterable[str]) -> list[str]:
     """The flags of the fields ``names`` whose values in ``config`` are not the defaults."""
     default = TrainConfig()

@@ -266,7 +266,10 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
                 _evaluate(trainer, bar)
             window_start += time.perf_counter() - paused
         if stop:
-            bar.write(f"signal {stop}: saved step {step}; resume with --resume latest")
+            bar.write(
+                f"signal {stop}: saved step {step}; to resume, run the command again "
+                "(sqdm train: with --resume latest)"
+            )
             break
 
 
@@ -299,12 +302,21 @@ def _diverged_message(trainer: Trainer) -> str:
     )
 
 
+class Stopped(KeyboardInterrupt):
+    """Training stopped by a signal after saving a checkpoint: what ``sqdm`` exits with
+    128 + ``signum`` for (143 for SIGTERM), so a scheduler sees an unfinished task."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(f"signal {signum}; rerun to resume")
+        self.signum = signum
+
+
 def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     """Train ``cfg`` to its last step, resuming from the run's latest checkpoint when it has
     one (a finished run is left as it is); returns the step training started from.
 
-    SIGINT/SIGTERM save a checkpoint and raise ``KeyboardInterrupt``, so a demo or a sweep
-    stops as a whole and its rerun resumes.
+    SIGINT/SIGTERM save a checkpoint and raise :class:`Stopped` (a ``KeyboardInterrupt``), so
+    a demo or a sweep stops as a whole and its rerun resumes.
     """
     resume = "latest" if list_checkpoints(cfg.out) else None
     if resume is not None:  # the folder's run must be this config (its length may grow)
@@ -316,5 +328,5 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     elif not trainer.run_dir.final_samples_path.is_file():  # a signal after the last checkpoint
         trainer.write_final_samples()
     if trainer.stop_signal is not None:
-        raise KeyboardInterrupt(f"signal {trainer.stop_signal}; rerun to resume")
+        raise Stopped(trainer.stop_signal)
     return start
