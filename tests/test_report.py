@@ -151,7 +151,10 @@ def test_bad_results_are_one_line_errors(tmp_path, capsys) -> None:
     assert "results.json does not exist" in capsys.readouterr().err
     (tmp_path / "results.json").write_text("[]")
     assert main(["report", str(tmp_path)]) == 2
-    assert "no sweep rows" in capsys.readouterr().err
+    assert "is empty: the sweep has no finished evaluation yet" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('[{"cell": "a"}]')
+    assert main(["report", str(tmp_path)]) == 2
+    assert "no sweep rows (need columns" in capsys.readouterr().err
 
 
 CHROMIUM_FLAGS = (

@@ -13,6 +13,7 @@ import yaml
 
 from squeezed_diffusion.cli import main
 from squeezed_diffusion.evaluation.generate import generate
+from squeezed_diffusion.evaluation.report.stats import load_rows
 from squeezed_diffusion.evaluation.sweep import (
     is_finished,
     load_sweep,
@@ -439,3 +440,16 @@ def test_collect_writes_the_table_of_the_finished_cells(tmp_path) -> None:
     rows = json.loads((out / "results.json").read_text())
     assert [r["cell"] for r in rows] == CELLS[:1]
     assert not (out / "cells" / CELLS[1]).exists()  # --collect trains nothing
+    # a wrong --out, or edited eval settings, find nothing: an error, the tables kept
+    table = (out / "results.csv").read_bytes()
+    elsewhere = tmp_path / "elsewhere"
+    assert main([*argv[:-3], "--out", str(elsewhere), "--collect"]) == 2
+    assert not elsewhere.exists()
+    spec = yaml.safe_load(Path(argv[1]).read_text())
+    spec["eval"]["num"] = 5
+    Path(argv[1]).write_text(yaml.safe_dump(spec))
+    assert main([*argv, "--collect"]) == 2
+    assert (out / "results.csv").read_bytes() == table
+    (out / "results.json").write_text("[]")
+    with pytest.raises(ValueError, match="is empty: the sweep has no finished evaluation yet"):
+        load_rows(out)

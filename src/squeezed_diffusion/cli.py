@@ -258,6 +258,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .evaluation.sweep import (
         check_trained,
         collect,
+        finished_result,
         is_finished,
         load_sweep,
         parse_shard,
@@ -285,6 +286,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
     _check_writable(out)
+    if args.collect and not any(
+        finished_result(cell, ev, sweep.eval)
+        for cell in sweep.cells
+        for ev in sweep.eval.evaluations
+    ):  # a wrong --out or edited eval settings: keep the tables as they are
+        raise ValueError(
+            f"no finished evaluation of {sweep.name} under {out} with the sweep file's eval "
+            "settings: check --out and the file's eval section; nothing written"
+        )
     rows = (
         collect(sweep, out)
         if args.collect

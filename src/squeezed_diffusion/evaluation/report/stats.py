@@ -96,11 +96,12 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
         rows = json.loads(path.read_text())
     except json.JSONDecodeError:
         raise ValueError(f"{path} is not valid JSON; rebuild it with sqdm sweep") from None
-    if (
-        not isinstance(rows, list)
-        or not rows
-        or not all(set(NEEDED_COLUMNS) <= set(r) for r in rows)
-    ):
+    if rows == []:
+        raise ValueError(
+            f"{path} is empty: the sweep has no finished evaluation yet (run sqdm sweep, or "
+            "--collect with the sweep file it ran with)"
+        )
+    if not isinstance(rows, list) or not all(set(NEEDED_COLUMNS) <= set(r) for r in rows):
         raise ValueError(
             f"{path} holds no sweep rows (need columns {', '.join(sorted(NEEDED_COLUMNS))})"
         )
