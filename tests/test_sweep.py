@@ -316,7 +316,7 @@ def test_sigterm_stops_a_sweep_with_143_and_a_rerun_resumes(tmp_path) -> None:
 
 
 def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
-    tmp_path, monkeypatch
+    tmp_path, monkeypatch, capsys
 ) -> None:
     """Each evaluation is its own row set; adding a sampler to a finished sweep samples and
     scores only that one, without retraining; changed sampling settings never reuse samples."""
@@ -344,6 +344,10 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
         {"sampler": "ddim", "x0": "none"},
     ]
     sweep_file.write_text(yaml.safe_dump(spec))
+    capsys.readouterr()
+    assert main([*argv, "--list"]) == 0  # what is left: the new samplers only
+    left = "trained; to evaluate: ddim-3-eta1, ddpm-paper-2, ddim-2-x0none"
+    assert capsys.readouterr().out.count(left) == 3
     before = {p: p.stat().st_mtime_ns for p in out.glob("cells/*/evals/*/result.json")}
     assert main(argv) == 0
     assert before == {p: p.stat().st_mtime_ns for p in before}  # the finished ones untouched

@@ -256,6 +256,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Train, sample and evaluate this shard's cells of a sweep; rebuild the results table."""
     from .evaluation.sweep import (
+        cell_status,
         check_trained,
         collect,
         finished_result,
@@ -282,7 +283,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     mine = shard(sweep.cells, index, count)
     if args.list:
         for cell in mine:
-            print(f"{'done' if is_finished(cell, sweep.eval) else 'todo'}  {cell.id}")
+            status = cell_status(cell, sweep.eval)
+            print("done  " + cell.id if status == "done" else f"todo  {cell.id}  ({status})")
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
     _check_writable(out)

@@ -68,6 +68,7 @@ from ..metrics import (
     load_samples,
     result_keys,
 )
+from ..training.checkpoint import list_checkpoints
 from ..training.config import (
     TrainConfig,
     load_preset,
@@ -471,6 +472,20 @@ def is_finished(cell: Cell, spec: EvalSpec) -> bool:
     return all(is_done(cell, ev, spec) for ev in spec.evaluations)
 
 
+def cell_status(cell: Cell, spec: EvalSpec) -> str:
+    """What is left of a cell, as ``sqdm sweep --list`` and the progress lines say it."""
+    left = [ev.label for ev in spec.evaluations if not is_done(cell, ev, spec)]
+    if not left:
+        return "done"
+    run = Run(cell.config.out)
+    saved = list_checkpoints(run.path) if run.exists() else []
+    if run.final_samples_path.is_file():  # written once training has finished
+        training = "trained"
+    else:
+        training = f"to train (resuming at {saved[-1].name})" if saved else "to train"
+    return f"{training}; to evaluate: {', '.join(left)}"
+
+
 def _samples(
     cell: Cell, ev: Evaluation, spec: EvalSpec, progress: bool
 ) -> tuple[torch.Tensor, bool]:
@@ -558,7 +573,11 @@ def run_sweep(
             raise err.instead(
                 f"drop the metrics that use it from the sweep's eval ({metrics})"
             ) from None
-    for cell in cells:
+    for k, cell in enumerate(cells, 1):
+        if progress:
+            print(
+                f"cell {k}/{len(cells)} of this shard: {cell.id} ({cell_status(cell, sweep.eval)})"
+            )
         for result in run_cell(cell, sweep.eval, progress=progress, references=references):
             if progress:
                 scores = ", ".join(f"{k} {v:.4g}" for k, v in result["metrics"].items())
