@@ -146,6 +146,19 @@ def test_report_of_a_sweep_folder_includes_sample_grids(results_dir) -> None:
     assert (results_dir / "report.html").read_text().count("data:image/png") == 4
 
 
+def test_a_rewritten_report_leaves_no_figure_of_the_old_one(tmp_path) -> None:
+    """Figures are named by position; a report with fewer of them removes the rest of the
+    old report's, so the folder holds what the page shows and nothing else."""
+    from squeezed_diffusion.evaluation.report.render import Figure, Heading, write_document
+
+    png = b"\x89PNG fake"
+    figures = [Figure(f"f-{i}.png", png, "a figure") for i in range(3)]
+    write_document([Heading(1, "old"), *figures], tmp_path)
+    (tmp_path / "figures" / "notes.txt").write_text("not a figure")
+    write_document([Heading(1, "new"), figures[0]], tmp_path)
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["f-0.png", "notes.txt"]
+
+
 def test_bad_results_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json does not exist" in capsys.readouterr().err

@@ -377,6 +377,7 @@ def test_several_samplers_per_cell_skip_per_sampler_and_add_one_later(
     for label in ("ddpm-2", "ddim-2", "ddim-3-eta1", "ddpm-paper-2", "ddim-2-x0none"):
         assert f"sampler {label}" in report  # the paper-form and paired tables per sampler
     assert "the samplers side by side" in report and "paired-by-sampler" in report
+    assert report.count("figures/log-snr-") == 1  # one configuration: its log-SNR drawn once
 
     # the table holds the sweep's evaluations only: a sampler dropped from the spec leaves
     # its folders (nothing is deleted) but not its rows

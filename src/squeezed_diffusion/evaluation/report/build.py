@@ -53,8 +53,10 @@ def intro(metrics: set[str]) -> str:
 
 
 def _group_blocks(
-    i: int, group: Group, items: list[Summary], cells: list[str], cells_dir: Path
+    i: int, group: Group, items: list[Summary], cells: list[str], cells_dir: Path, snr: bool
 ) -> list[Block]:
+    """One sampler's section of a configuration: its tables and figures, and with ``snr``
+    the log-SNR figure (the same for every sampler, so drawn with the first)."""
     header, body = paper_table(items)
     blocks: list[Block] = [Heading(2, group.title()), Table(header, body)]
     header, body = paper_table(items, paired=True)
@@ -66,11 +68,11 @@ def _group_blocks(
     pr = pr_plot(items)
     if pr is not None:
         blocks.append(Figure(f"precision-recall-{i}.png", pr, "precision vs recall"))
-    strengths = sorted({s.strength for s in items})
-    snr = log_snr_plot(group, strengths, cells_dir, cells) if group.profile else None
-    if snr is not None:
-        caption = "per-direction log-SNR over t: isotropic vs SDM vs HDM (equal curves overlap)"
-        blocks.append(Figure(f"log-snr-{i}.png", snr, caption))
+    trained = {(s.variant, s.strength) for s in items}
+    figure = log_snr_plot(group, trained, cells_dir, cells) if snr and group.profile else None
+    if figure is not None:
+        caption = "per-direction log-SNR over t of the trained processes (equal curves overlap)"
+        blocks.append(Figure(f"log-snr-{i}.png", figure, caption))
     return blocks
 
 
@@ -100,7 +102,7 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         for group in groups:
             items = [s for s in summaries if s.group == group]
             cells = sorted({r["cell"] for r in rows if row_group(r) == group})
-            blocks += _group_blocks(i, group, items, cells, cells_dir)
+            blocks += _group_blocks(i, group, items, cells, cells_dir, group == groups[0])
             i += 1
         together = [s for s in summaries if s.group.base == base]
         if len(groups) > 1 and any(s.delta is not None for s in together):
@@ -126,7 +128,10 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     }
     if timing:
         body = [[c, e, *t] for (c, e), t in sorted(timing.items())]
-        title = "Wall time per cell and sampler (s; training is counted with the first sampler)"
+        title = (
+            "Wall time per cell and sampler (s; a cell's training is counted with the "
+            "evaluation it ran first)"
+        )
         blocks += [Heading(2, title), Table(["cell", "sampler", *TIMING], body)]
     return blocks
 

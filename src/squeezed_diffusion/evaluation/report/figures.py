@@ -86,6 +86,13 @@ def paired_plot(items: list[Summary]) -> bytes:
             ax.set(
                 xlabel="strength s", ylabel=f"{metric} - isotropic", title=f"{variant}: {metric}"
             )
+            # ticks at the strengths measured only: the samplers' shifts are not strengths
+            shown = sorted(
+                {s.strength for s in items if (s.metric, s.variant) == (metric, variant)}
+            )
+            ax.set_xticks(shown, [f"{v:g}" for v in shown])
+            if len(shown) == 1:
+                ax.set_xlim(shown[0] - 0.1, shown[0] + 0.1)
             ax.legend(fontsize=7)
     fig.tight_layout()
     return png(fig)
@@ -134,9 +141,10 @@ def _saved_setting(
 
 
 def log_snr_plot(
-    group: Group, strengths: list[float], cells_dir: Path, cell_ids: list[str]
+    group: Group, trained: set[tuple[str, float]], cells_dir: Path, cell_ids: list[str]
 ) -> bytes | None:
-    """Per-direction log-SNR over t for isotropic, SDM and HDM at each strength."""
+    """Per-direction log-SNR over t at each strength of the ``trained`` (variant, strength)
+    pairs: isotropic, and the squeezed variants the sweep trained at that strength."""
     setting = _saved_setting(group, cells_dir, cell_ids)
     if setting is None:
         return None
@@ -146,14 +154,14 @@ def log_snr_plot(
         return SqueezedDiffusion.from_fields(basis, dataclasses.replace(cfg, **change).to_dict())
 
     iso = process(variant="isotropic").log_snr_table()
-    strengths = [s for s in strengths if s != 0] or [0.0]
+    strengths = sorted({s for v, s in trained if v != "isotropic" and s != 0}) or [0.0]
     cols = min(4, len(strengths))
     fig = Figure(figsize=(3.6 * cols, 3.0 * math.ceil(len(strengths) / cols)))
     axes = fig.subplots(math.ceil(len(strengths) / cols), cols, squeeze=False).flatten()
     names = basis.group_names()
     for ax, strength in zip(axes, strengths, strict=False):
         ax.plot(iso[:, 0].numpy(), color=COLORS["isotropic"], lw=2.5, alpha=0.5, label="isotropic")
-        for variant in ("sdm", "hdm"):
+        for variant in (v for v in ("sdm", "hdm") if (v, strength) in trained):
             try:
                 table = (
                     process(variant=variant, strength=strength, profile=group.profile)

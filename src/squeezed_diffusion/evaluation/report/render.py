@@ -113,4 +113,8 @@ def write_document(blocks: list[Block], out: Path, stem: str = "report") -> tupl
     md, page = out / f"{stem}.md", out / f"{stem}.html"
     atomic_write(md, to_markdown(blocks, out / "figures"))
     atomic_write(page, to_html(blocks))
+    written = {block.name for block in blocks if isinstance(block, Figure)}
+    for stale in (out / "figures").glob("*.png"):  # an earlier report's (numbered by position)
+        if stale.name not in written:
+            stale.unlink()
     return md, page
