@@ -159,6 +159,15 @@ def test_a_rewritten_report_leaves_no_figure_of_the_old_one(tmp_path) -> None:
     assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["f-0.png", "notes.txt"]
 
 
+def test_a_sweep_without_its_isotropic_cells_says_why_nothing_is_paired(tmp_path) -> None:
+    rows = [r for r in fixture_rows() if r["variant"] != "isotropic"]
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    assert main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "report.md").read_text()
+    assert "No paired differences: they need the isotropic cell of each seed" in md
+    assert "Paired difference from strength 0" not in md
+
+
 def test_bad_results_are_one_line_errors(tmp_path, capsys) -> None:
     assert main(["report", str(tmp_path)]) == 2
     assert "results.json does not exist" in capsys.readouterr().err

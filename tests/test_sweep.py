@@ -143,6 +143,11 @@ def test_shards_partition_the_cells() -> None:
             parse_shard(bad)
 
 
+def test_a_negative_shard_reaches_its_own_check(capsys) -> None:
+    assert main(["sweep", "paper-cifar10", "--shard", "-1/2", "--list"]) == 2
+    assert "--shard -1/2: need 0 <= i < n" in capsys.readouterr().err
+
+
 def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert sweep_names() == [

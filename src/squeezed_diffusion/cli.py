@@ -610,7 +610,10 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     rp.set_defaults(func=cmd_report)
 
 
-_NEGATIVE_NUMBER = re.compile(r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$", re.I)
+# Negative numbers in every spelling, and a negative shard (-1/2, refused by its own check).
+_NEGATIVE_NUMBER = re.compile(
+    r"^-(\d+\.?\d*|\.\d+)(e[-+]?\d+)?$|^-(inf|infinity|nan)$|^-\d+/\d+$", re.I
+)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -33,6 +33,12 @@ VERDICT = (
 )
 
 
+NO_BASELINE = (
+    "No paired differences: they need the isotropic cell of each seed, which this sweep has not "
+    "finished (add variant isotropic, or strength 0, to its grid)."
+)
+
+
 def intro(metrics: set[str]) -> str:
     """How to read the tables, and what each metric in them is (from the metric table)."""
     lower = sorted(m for m in metrics if higher_is_better(m) is False)
@@ -62,6 +68,8 @@ def _group_blocks(
     header, body = paper_table(items, paired=True)
     if body:
         blocks += [Text(PAIRED), Table(header, body)]
+    elif any(s.variant != "isotropic" for s in items):
+        blocks.append(Text(NO_BASELINE))
     blocks.append(
         Figure(f"metrics-{i}.png", metric_plot(items), "metrics against strength (95 % intervals)")
     )
@@ -87,7 +95,8 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     blocks: list[Block] = [
         Heading(1, "Squeezed diffusion sweep"),
         Text(
-            f"{len(cell_ids)} finished cells, seeds {seeds}. {intro({r['metric'] for r in rows})}"
+            f"{len(cell_ids)} finished cell{'s' if len(cell_ids) != 1 else ''}, seeds {seeds}. "
+            f"{intro({r['metric'] for r in rows})}"
         ),
         Text("Feature extractors: " + "; ".join(extractors)),
     ]
