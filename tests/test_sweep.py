@@ -120,6 +120,10 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
             },
             "eval.sampler ddim-200: num_steps must be an integer in \\[1, 100\\]",
         ),
+        (  # at load, not when the cell is reached: SDM breaks above s = 4.5
+            {"grid": {"variant": ["sdm"], "strength": [-0.4, 6.0]}},
+            "cell photos_sdm_s\\+6_beta_channel_seed42: strength 6",
+        ),
     ],
 )
 def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:

@@ -54,7 +54,7 @@ from typing import Any
 import torch
 import yaml
 
-from ..core import SAMPLERS
+from ..core import BASES, SAMPLERS, ChannelBasis, SqueezedDiffusion
 from ..core.fileio import atomic_write
 from ..core.samplers import X0_RULES, checked_sampler
 from ..metrics import (
@@ -283,7 +283,22 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
         check_steps(spec_eval.evaluations, cells)
     except ValueError as err:
         raise ValueError(f"{source}: eval.sampler {err}") from None
+    check_processes(cells, source)
     return Sweep(name, cells, spec_eval)
+
+
+def check_processes(cells: list[Cell], source: object) -> None:
+    """Each channel-basis cell's process is valid (its strength within what its variant and
+    profile allow), checked with the luminance direction: for the channel basis validity does
+    not depend on the direction, so a bad strength fails at load, not when its cell is
+    reached hours into a cluster task. Other bases are checked when their cells train."""
+    for cell in cells:
+        if BASES.canonical(cell.config.basis) != ChannelBasis.name:
+            continue
+        try:
+            SqueezedDiffusion.from_fields(ChannelBasis.luminance(3), cell.config.to_dict())
+        except ValueError as err:
+            raise ValueError(f"{source}: cell {cell.id}: {err}") from None
 
 
 def check_trained(cells: list[Cell]) -> None:
