@@ -148,15 +148,35 @@ def test_report_of_a_sweep_folder_includes_sample_grids(results_dir) -> None:
 
 def test_a_rewritten_report_leaves_no_figure_of_the_old_one(tmp_path) -> None:
     """Figures are named by position; a report with fewer of them removes the rest of the
-    old report's, so the folder holds what the page shows and nothing else."""
+    old report's (those its report.md showed), and leaves every other file alone."""
     from squeezed_diffusion.evaluation.report.render import Figure, Heading, write_document
 
     png = b"\x89PNG fake"
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "architecture.png").write_bytes(png)  # the user's, not a report's
     figures = [Figure(f"f-{i}.png", png, "a figure") for i in range(3)]
     write_document([Heading(1, "old"), *figures], tmp_path)
-    (tmp_path / "figures" / "notes.txt").write_text("not a figure")
     write_document([Heading(1, "new"), figures[0]], tmp_path)
-    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == ["f-0.png", "notes.txt"]
+    kept = sorted(p.name for p in (tmp_path / "figures").iterdir())
+    assert kept == ["architecture.png", "f-0.png"]
+
+
+def test_the_log_snr_figure_shows_every_trained_process_once(tmp_path, monkeypatch) -> None:
+    """Drawn once per configuration, with the (variant, strength) pairs any of its samplers
+    scored: a sampler that scored fewer cells (added later, sorting first) hides none."""
+    import squeezed_diffusion.evaluation.report.build as build
+
+    drawn = []
+    monkeypatch.setattr(build, "log_snr_plot", lambda g, trained, *a: drawn.append(trained))
+    full = [{**r, "sampler": "ddpm", "steps": 2} for r in fixture_rows()]
+    few = [
+        {**r, "sampler": "ddim", "steps": 2}
+        for r in fixture_rows()
+        if (r["variant"], r["strength"]) in {("isotropic", 0.0), ("sdm", -0.8)}
+    ]
+    build.build_blocks(full + few, tmp_path)
+    pairs = {(v, s) for v, strengths in STRENGTHS.items() for s in strengths}
+    assert drawn == [pairs]
 
 
 def test_a_sweep_without_its_isotropic_cells_says_why_nothing_is_paired(tmp_path) -> None:

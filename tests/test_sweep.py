@@ -147,6 +147,16 @@ def test_shards_partition_the_cells() -> None:
             parse_shard(bad)
 
 
+def test_hdm_strengths_are_left_to_the_data_at_load(tmp_path) -> None:
+    """HDM's valid range depends on the channel count, which only the data tell: a strength
+    valid for 4 channels but not for RGB loads (its cell trains, or says why)."""
+    path = tmp_path / "hdm.yaml"
+    path.write_text(
+        yaml.safe_dump({"base": {"steps": 2}, "grid": {"variant": ["hdm"], "strength": [-12.0]}})
+    )
+    assert [c.config.strength for c in load_sweep(path).cells] == [-12.0]
+
+
 def test_a_negative_shard_reaches_its_own_check(capsys) -> None:
     assert main(["sweep", "paper-cifar10", "--shard", "-1/2", "--list"]) == 2
     assert "--shard -1/2: need 0 <= i < n" in capsys.readouterr().err
@@ -278,6 +288,14 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path, capsys) -> 
     report = (out / "report.md").read_text()
     assert "## Samples" in report and "figures/log-snr-0.png" in report
 
+    # the data moved (another machine, another working directory): the same training
+    moved = tmp_path / "moved.npy"
+    moved.write_bytes(Path(yaml.safe_load(sweep_file.read_text())["base"]["data_dir"]).read_bytes())
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["base"]["data_dir"] = str(moved)
+    sweep_file.write_text(yaml.safe_dump(spec))
+    assert main([*argv, "--list"]) == 0
+
     # an edited training setting: the folder's runs are of the old one, so every command
     # that would list, collect or extend them says what changed, and touches nothing
     spec = yaml.safe_load(sweep_file.read_text())
@@ -320,7 +338,7 @@ def test_sigterm_stops_a_sweep_with_143_and_a_rerun_resumes(tmp_path) -> None:
     task.send_signal(signal.SIGTERM)
     _, err = task.communicate(timeout=90)
     assert task.returncode == 128 + signal.SIGTERM, err
-    assert "stopped by signal 15 with a checkpoint saved" in err and "Traceback" not in err
+    assert "stopped by signal 15; run the same command again" in err and "Traceback" not in err
     assert list_checkpoints(log.parent)  # what the rerun resumes from
 
 

@@ -259,7 +259,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         cell_status,
         check_trained,
         collect,
-        finished_result,
+        collected_rows,
         is_finished,
         load_sweep,
         parse_shard,
@@ -288,11 +288,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
     _check_writable(out)
-    if args.collect and not any(
-        finished_result(cell, ev, sweep.eval)
-        for cell in sweep.cells
-        for ev in sweep.eval.evaluations
-    ):  # a wrong --out or edited eval settings: keep the tables as they are
+    if args.collect and not collected_rows(sweep):  # a wrong --out or edited eval settings
         raise ValueError(
             f"no finished evaluation of {sweep.name} under {out} with the sweep file's eval "
             "settings: check --out and the file's eval section; nothing written"
@@ -670,11 +666,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if signum is None:
             print("sqdm: interrupted", file=sys.stderr)
             return 128 + signal.SIGINT
-        print(
-            f"sqdm: stopped by signal {signum} with a checkpoint saved; run the same command "
-            "again to resume",
-            file=sys.stderr,
-        )
+        print(f"sqdm: stopped by signal {signum}; run the same command again to resume",
+              file=sys.stderr)  # fmt: skip
         return 128 + signum
 
 

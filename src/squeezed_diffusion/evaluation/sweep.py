@@ -288,12 +288,14 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
 
 
 def check_processes(cells: list[Cell], source: object) -> None:
-    """Each channel-basis cell's process is valid (its strength within what its variant and
-    profile allow), checked with the luminance direction: for the channel basis validity does
-    not depend on the direction, so a bad strength fails at load, not when its cell is
-    reached hours into a cluster task. Other bases are checked when their cells train."""
+    """Each SDM channel-basis cell's process is valid (its strength within what its profile
+    allows), so a bad strength fails at load, not when its cell is reached hours into a
+    cluster task. SDM squeezes the principal direction alone, so its validity depends on
+    neither the direction nor the number of channels, and the luminance direction of RGB
+    stands in for the data's; HDM's range depends on the channel count, which only the data
+    tell, so HDM cells (and other bases) are checked when they train."""
     for cell in cells:
-        if BASES.canonical(cell.config.basis) != ChannelBasis.name:
+        if cell.config.variant != "sdm" or BASES.canonical(cell.config.basis) != "channel":
             continue
         try:
             SqueezedDiffusion.from_fields(ChannelBasis.luminance(3), cell.config.to_dict())
@@ -623,21 +625,9 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
     """Rebuild ``results.json`` and ``results.csv`` under ``out`` from the sweep's finished
-    evaluations: its cells and samplers, scored with its settings (what other tools wrote
-    into a cell's folder, such as ``benchmarks/nfe_trained.py``'s few-step evaluations, and
-    evaluations of settings the sweep no longer asks for, are not the sweep's)."""
+    evaluations (:func:`collected_rows`); returns the rows."""
+    rows = collected_rows(sweep)
     out = Path(out)
-    pairs = sorted(
-        ((cell, ev) for cell in sweep.cells for ev in sweep.eval.evaluations),
-        key=lambda pair: eval_dir(*pair),
-    )
-    rows = [
-        {col: row[col] for col in TABLE_COLUMNS}
-        for cell, ev in pairs
-        if (result := finished_result(cell, ev, sweep.eval)) is not None
-        # the sweep's own id and axes label each row, whoever wrote the result
-        for row in table_rows({**result, "cell": cell.id, "axes": cell.axes})
-    ]
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(rows, indent=1))
     table = io.StringIO()
@@ -646,3 +636,21 @@ def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
     writer.writerows(rows)
     atomic_write(out / "results.csv", table.getvalue())
     return rows
+
+
+def collected_rows(sweep: Sweep) -> list[dict[str, Any]]:
+    """The table rows of the sweep's finished evaluations: its cells and samplers, scored with
+    its settings (what other tools wrote into a cell's folder, such as
+    ``benchmarks/nfe_trained.py``'s few-step evaluations, and evaluations of settings the
+    sweep no longer asks for, are not the sweep's)."""
+    pairs = sorted(
+        ((cell, ev) for cell in sweep.cells for ev in sweep.eval.evaluations),
+        key=lambda pair: eval_dir(*pair),
+    )
+    return [
+        {col: row[col] for col in TABLE_COLUMNS}
+        for cell, ev in pairs
+        if (result := finished_result(cell, ev, sweep.eval)) is not None
+        # the sweep's own id and axes label each row, whoever wrote the result
+        for row in table_rows({**result, "cell": cell.id, "axes": cell.axes})
+    ]

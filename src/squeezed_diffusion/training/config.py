@@ -300,9 +300,11 @@ def _canonical(config: TrainConfig, name: str) -> Any:
 
 def training_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     """The fields, in canonical form, whose values make ``saved`` and ``wanted`` train
-    different models: all but the folder and the bookkeeping that :data:`RESUMABLE` allows to
-    change (logging, checkpoints, sample grids, evaluation during training), length included."""
-    bookkeeping = RESUMABLE - {"steps", "epochs"}
+    different models: all but the folder, where the data lie (``data_dir``, ``download``: a
+    sweep run from elsewhere, or moved; the data themselves are checked on resume) and the
+    bookkeeping that :data:`RESUMABLE` allows to change (logging, checkpoints, sample grids,
+    evaluation during training), length included."""
+    bookkeeping = (RESUMABLE - {"steps", "epochs"}) | {"data_dir", "download"}
     names = [f.name for f in fields(TrainConfig) if f.name != "out"]
     return [
         name

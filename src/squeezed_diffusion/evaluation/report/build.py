@@ -59,10 +59,16 @@ def intro(metrics: set[str]) -> str:
 
 
 def _group_blocks(
-    i: int, group: Group, items: list[Summary], cells: list[str], cells_dir: Path, snr: bool
+    i: int,
+    group: Group,
+    items: list[Summary],
+    cells: list[str],
+    cells_dir: Path,
+    trained: set[tuple[str, float]] | None,
 ) -> list[Block]:
-    """One sampler's section of a configuration: its tables and figures, and with ``snr``
-    the log-SNR figure (the same for every sampler, so drawn with the first)."""
+    """One sampler's section of a configuration: its tables and figures, and given the
+    configuration's ``trained`` (variant, strength) pairs the log-SNR figure (the same for
+    every sampler, so drawn with the first)."""
     header, body = paper_table(items)
     blocks: list[Block] = [Heading(2, group.title()), Table(header, body)]
     header, body = paper_table(items, paired=True)
@@ -76,8 +82,7 @@ def _group_blocks(
     pr = pr_plot(items)
     if pr is not None:
         blocks.append(Figure(f"precision-recall-{i}.png", pr, "precision vs recall"))
-    trained = {(s.variant, s.strength) for s in items}
-    figure = log_snr_plot(group, trained, cells_dir, cells) if snr and group.profile else None
+    figure = log_snr_plot(group, trained, cells_dir, cells) if trained and group.profile else None
     if figure is not None:
         caption = "per-direction log-SNR over t of the trained processes (equal curves overlap)"
         blocks.append(Figure(f"log-snr-{i}.png", figure, caption))
@@ -111,7 +116,9 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         for group in groups:
             items = [s for s in summaries if s.group == group]
             cells = sorted({r["cell"] for r in rows if row_group(r) == group})
-            blocks += _group_blocks(i, group, items, cells, cells_dir, group == groups[0])
+            trained = {(s.variant, s.strength) for s in summaries if s.group.base == base}
+            first = group == groups[0]
+            blocks += _group_blocks(i, group, items, cells, cells_dir, trained if first else None)
             i += 1
         together = [s for s in summaries if s.group.base == base]
         if len(groups) > 1 and any(s.delta is not None for s in together):

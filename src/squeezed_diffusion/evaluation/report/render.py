@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import html
 import io
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,10 +112,13 @@ def write_document(blocks: list[Block], out: Path, stem: str = "report") -> tupl
     """``out/STEM.md`` (figures in ``out/figures``) and the self-contained ``out/STEM.html``."""
     out.mkdir(parents=True, exist_ok=True)
     md, page = out / f"{stem}.md", out / f"{stem}.html"
+    # figures are numbered by position: those the previous STEM.md showed and this one does
+    # not are removed; any other file in figures/ is not this document's and stays
+    before = (
+        set(re.findall(r"\]\(figures/([^)/]+\.png)\)", md.read_text())) if md.is_file() else set()
+    )
     atomic_write(md, to_markdown(blocks, out / "figures"))
     atomic_write(page, to_html(blocks))
-    written = {block.name for block in blocks if isinstance(block, Figure)}
-    for stale in (out / "figures").glob("*.png"):  # an earlier report's (numbered by position)
-        if stale.name not in written:
-            stale.unlink()
+    for stale in before - {block.name for block in blocks if isinstance(block, Figure)}:
+        (out / "figures" / stale).unlink(missing_ok=True)
     return md, page
