@@ -123,6 +123,8 @@ def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> 
     assert "| isotropic | 0 | 3 | 20 ± " in md
     assert "| variant | s | pairs | fd_effnet | precision_effnet | recall_effnet |" in md
     assert "| sdm | -0.4 | 3 | -4 ± 0 | -0.04 ± 0 | +0.04 ± 0 |" in md
+    # rows without a sampler (0.1.0's single evaluation): no empty sampler column
+    assert "## Wall time per cell (s)\n\n| cell | train_s | sample_s | eval_s | wall_s |" in md
     links = re.findall(r"!\[[^]]*\]\(([^)]+)\)", md)
     assert len(links) == 3  # metrics, precision-recall, log-SNR
     for link in links:

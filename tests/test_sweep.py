@@ -283,7 +283,16 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path, capsys) -> 
     assert main(argv) == 0  # trained already: resumes at the last step, samples and scores
     result = json.loads((redo / "evals" / "ddim-2" / "result.json").read_text())
     assert result["resumed_from_step"] == 2 and result["metrics"]["fd_pixels8"] > 0
+    (redo / "run" / "samples" / "final.png").unlink()  # as if stopped before its end
+    (redo / "evals" / "ddim-2" / "result.json").unlink()
+    capsys.readouterr()
     assert main([*argv, "--list"]) == 0
+    listed = capsys.readouterr().out
+    assert f"done  {CELLS[0]}\n" in listed
+    assert (
+        f"todo  {CELLS[2]}  (to train (resuming at step-00000002); to evaluate: ddim-2)" in listed
+    )
+    assert main(argv) == 0
     assert main(["report", str(out)]) == 0  # the log-SNR panels come from the cells' saved bases
     report = (out / "report.md").read_text()
     assert "## Samples" in report and "figures/log-snr-0.png" in report

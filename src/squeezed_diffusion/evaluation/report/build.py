@@ -143,12 +143,16 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         if set(TIMING) <= set(r)
     }
     if timing:
-        body = [[c, e, *t] for (c, e), t in sorted(timing.items())]
+        labelled = any(e for _, e in timing)  # 0.1.0's sweeps had one, unnamed, evaluation
+        body = [[c, *([e] if labelled else []), *t] for (c, e), t in sorted(timing.items())]
         title = (
             "Wall time per cell and sampler (s; a cell's training is counted with the "
             "evaluation it ran first)"
+            if labelled
+            else "Wall time per cell (s)"
         )
-        blocks += [Heading(2, title), Table(["cell", "sampler", *TIMING], body)]
+        header = ["cell", *(["sampler"] if labelled else []), *TIMING]
+        blocks += [Heading(2, title), Table(header, body)]
     return blocks
 
 
