@@ -258,7 +258,6 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from .evaluation.sweep import (
         cell_status,
         check_trained,
-        collect,
         collected_rows,
         is_finished,
         load_sweep,
@@ -266,6 +265,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         run_sweep,
         shard,
         shard_from_environment,
+        write_tables,
     )  # fmt: skip
 
     if args.collect and (args.list or args.shard):
@@ -288,16 +288,16 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
     _check_writable(out)
-    if args.collect and not collected_rows(sweep):  # a wrong --out or edited eval settings
-        raise ValueError(
-            f"no finished evaluation of {sweep.name} under {out} with the sweep file's eval "
-            "settings: check --out and the file's eval section; nothing written"
-        )
-    rows = (
-        collect(sweep, out)
-        if args.collect
-        else run_sweep(sweep, out, index, count, progress=not args.quiet)
-    )
+    if args.collect:
+        rows = collected_rows(sweep)
+        if not rows:  # a wrong --out or edited eval settings: keep the tables as they are
+            raise ValueError(
+                f"no finished evaluation of {sweep.name} under {out} with the sweep file's eval "
+                "settings: check --out and the file's eval section; nothing written"
+            )
+        write_tables(rows, out)
+    else:
+        rows = run_sweep(sweep, out, index, count, progress=not args.quiet)
     done = sum(is_finished(c, sweep.eval) for c in sweep.cells)
     print(f"{done} of {len(sweep.cells)} cells finished; {len(rows)} rows in {out / 'results.csv'}")
     return 0

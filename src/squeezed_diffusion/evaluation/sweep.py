@@ -626,7 +626,11 @@ def table_rows(result: dict[str, Any]) -> list[dict[str, Any]]:
 def collect(sweep: Sweep, out: str | Path) -> list[dict[str, Any]]:
     """Rebuild ``results.json`` and ``results.csv`` under ``out`` from the sweep's finished
     evaluations (:func:`collected_rows`); returns the rows."""
-    rows = collected_rows(sweep)
+    return write_tables(collected_rows(sweep), out)
+
+
+def write_tables(rows: list[dict[str, Any]], out: str | Path) -> list[dict[str, Any]]:
+    """``rows`` as ``out/results.json`` and ``out/results.csv`` (atomically); returns them."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "results.json", json.dumps(rows, indent=1))
