@@ -107,20 +107,20 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     ]
     i = 0
     for base in sorted({s.group.base for s in summaries}):
-        groups = sorted({s.group for s in summaries if s.group.base == base})
+        together = [s for s in summaries if s.group.base == base]  # every sampler's
+        groups = sorted({s.group for s in together})
         title = groups[0].title().rsplit(", sampler", 1)[0]  # the configuration, any sampler
-        header, body = verdict_table([s for s in summaries if s.group.base == base])
+        header, body = verdict_table(together)
         if body:
             blocks += [Heading(2, f"{title}: what this sweep resolves"), Text(VERDICT)]
             blocks.append(Table(header, body))
+        trained = {(s.variant, s.strength) for s in together}
         for group in groups:
             items = [s for s in summaries if s.group == group]
             cells = sorted({r["cell"] for r in rows if row_group(r) == group})
-            trained = {(s.variant, s.strength) for s in summaries if s.group.base == base}
             first = group == groups[0]
             blocks += _group_blocks(i, group, items, cells, cells_dir, trained if first else None)
             i += 1
-        together = [s for s in summaries if s.group.base == base]
         if len(groups) > 1 and any(s.delta is not None for s in together):
             caption = "paired difference from isotropic against strength, one line per sampler"
             blocks += [
