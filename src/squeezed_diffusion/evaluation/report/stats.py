@@ -15,7 +15,7 @@ import json
 import math
 import statistics
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -94,7 +94,7 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
         )
     try:
         rows = json.loads(path.read_text())
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise ValueError(f"{path} is not valid JSON; rebuild it with sqdm sweep") from None
     if rows == []:
         raise ValueError(
@@ -207,21 +207,38 @@ def _delta_text(s: Summary) -> str:
     return sign + sig(s.delta, 4) + (f" ± {sig(s.delta_ci, 2)}" if s.delta_ci is not None else "")
 
 
+def _by_metric(
+    items: list[Summary],
+    row: Callable[[Summary], tuple],
+    fmt: Callable[[Summary], str],
+    count: Callable[[Summary], int],
+) -> tuple[list[str], list[list[str]]]:
+    """The metrics, sorted, and one row per ``row(s)`` key (its fields, the count, then one
+    ``fmt(s)`` per metric); rows sorted by the key with variants in their usual order."""
+    metrics = sorted({s.metric for s in items}, key=metric_rank)
+    text = {(row(s), s.metric): fmt(s) for s in items}
+    counts = {row(s): count(s) for s in items}
+
+    def order(key: tuple) -> tuple:
+        return tuple(VARIANT_ORDER.get(v, 9) if v in VARIANT_ORDER else v for v in key)
+
+    rows = [
+        [*(v or "-" if isinstance(v, str) else f"{v:g}" for v in key), str(counts[key]),
+         *(text.get((key, m), "") for m in metrics)]
+        for key in sorted(counts, key=order)
+    ]  # fmt: skip
+    return metrics, rows
+
+
 def paper_table(items: list[Summary], paired: bool = False) -> tuple[list[str], list[list[str]]]:
     """The paper's layout: one row per (variant, strength), one column per metric; with
     ``paired`` the seed-matched differences from strength 0 instead of the means."""
-    metrics = sorted({s.metric for s in items}, key=metric_rank)
     if paired:
         items = [s for s in items if s.delta is not None]
-    fmt = _delta_text if paired else _cell_text
-    text = {(s.variant, s.strength, s.metric): fmt(s) for s in items}
-    seeds = {(s.variant, s.strength): s.pairs if paired else s.n for s in items}
-    rows = [
-        [variant, f"{strength:g}", str(n), *(text.get((variant, strength, m), "") for m in metrics)]
-        for (variant, strength), n in sorted(
-            seeds.items(), key=lambda kv: (VARIANT_ORDER.get(kv[0][0], 9), kv[0][1])
-        )
-    ]
+    metrics, rows = _by_metric(
+        items, lambda s: (s.variant, s.strength), _delta_text if paired else _cell_text,
+        lambda s: s.pairs if paired else s.n,
+    )  # fmt: skip
     return ["variant", "s", "pairs" if paired else "seeds", *metrics], rows
 
 
@@ -240,15 +257,8 @@ def verdict(s: Summary) -> str:
 def verdict_table(items: list[Summary]) -> tuple[list[str], list[list[str]]]:
     """Every configuration against isotropic, one row per (sampler, variant, strength) and one
     column per metric, each entry the paired difference with its verdict."""
-    metrics = sorted({s.metric for s in items}, key=metric_rank)
     paired = [s for s in items if s.delta is not None]
-    text = {(s.group.evaluation, s.variant, s.strength, s.metric): verdict(s) for s in paired}
-    pairs = {(s.group.evaluation, s.variant, s.strength): s.pairs for s in paired}
-    rows = [
-        [label or "-", variant, f"{strength:g}", str(n),
-         *(text.get((label, variant, strength, m), "") for m in metrics)]
-        for (label, variant, strength), n in sorted(
-            pairs.items(), key=lambda kv: (kv[0][0], VARIANT_ORDER.get(kv[0][1], 9), kv[0][2])
-        )
-    ]  # fmt: skip
+    metrics, rows = _by_metric(
+        paired, lambda s: (s.group.evaluation, s.variant, s.strength), verdict, lambda s: s.pairs
+    )
     return ["sampler", "variant", "s", "pairs", *metrics], rows
