@@ -148,6 +148,31 @@ def test_readme_sampler_study_is_the_committed_results() -> None:
             assert "| " + " | ".join(row) + " |" in text, (doc.name, row)
 
 
+def test_sampler_study_repeats_the_earlier_grid_as_its_readme_says() -> None:
+    """The ddpm-50 evaluations of seeds 0 and 1 against the earlier grid's, metric by metric,
+    rounded up as the study's README states them."""
+    earlier = json.loads((ROOT / "docs/results/local-cifar10/results.json").read_text())
+    study = STUDY_CELLS.parent / "results.json"
+
+    def key(r: dict) -> tuple:
+        return r["variant"], r["strength"], r["seed"], r["metric"]
+
+    before = {key(r): r["value"] for r in earlier}
+    gaps: dict[str, list[float]] = {}
+    for r in json.loads(study.read_text()):
+        if (r["sampler"], r["steps"]) == ("ddpm", 50) and key(r) in before:
+            gaps.setdefault(r["metric"], []).append(abs(r["value"] - before[key(r)]))
+    counted = sum(map(len, gaps.values()))
+    assert {r["seed"] for r in earlier} == {0, 1} and counted > 0
+    worst = {m: math.ceil(max(v) * 1e4 - 1e-3) / 1e4 for m, v in gaps.items()}  # float noise
+    text = " ".join((STUDY_CELLS.parent / "README.md").read_text().split())
+    assert f"the {counted} `ddpm-50` numbers of seeds 0 and 1 equal the earlier" in text
+    assert (
+        f"to within {worst['fd_effnet']:g} in fd_effnet (values near 120), "
+        f"{worst['precision_effnet']:g} in precision and {worst['recall_effnet']:g} in recall"
+    ) in text
+
+
 def test_readme_few_step_table_is_the_committed_evaluations() -> None:
     """The trained-model NFE table, recomputed from the committed result.json of each
     evaluation, is the README's, the few-step folder's and trained.json's."""
