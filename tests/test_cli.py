@@ -71,6 +71,16 @@ def test_fit_basis_on_folder_and_tar(tmp_path, capsys) -> None:
     assert isinstance(load_basis(a), PixelPCABasis)
 
 
+def test_fit_basis_takes_the_basis_option_spellings_of_train() -> None:
+    """``--basis-k`` and ``--subset`` as ``train`` spells them, beside ``--k``/``--max-images``."""
+    from squeezed_diffusion.cli import build_parser
+
+    parse = build_parser().parse_args
+    for argv in (["--k", "3", "--max-images", "5"], ["--basis-k", "3", "--subset", "5"]):
+        args = parse(["fit-basis", "x.npy", *argv])
+        assert (args.basis_opt_k, args.max_images) == (3, 5)
+
+
 @pytest.mark.parametrize(
     ("argv", "pattern"),
     [

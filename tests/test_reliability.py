@@ -318,7 +318,10 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ([*t[:1], "--out", str(data / "run"), "--steps", "1", *arr], "not a writable folder"),
         (["fit-basis", str(empty)], "no images"),
         (["demo", "--fast"], "unrecognized arguments: --fast (see sqdm demo --help)"),
-        (["--quiet", "demo"], "--quiet; a command's options go after it (sqdm demo ...)"),
+        (
+            ["--quiet", "demo"],
+            "--quiet given before the command: a command's options go after it (sqdm demo --quiet ...)",
+        ),
         (["sample", "--num", "2"], "required: run, --out (see sqdm sample --help)"),
         *[
             ([*t, *arr, flag, *value.split()], f"{flag[2:].replace('-', '_')} must be {allowed}")
@@ -358,6 +361,11 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
     notes.write_text("not samples")
     empty_png = tmp_path / "grid.png"  # what 0.1.0 made of --out grid.png: a folder
     empty_png.mkdir()
+    full = tmp_path / "full"  # a folder that holds something: new samples would mix in
+    full.mkdir()
+    (full / "old.png").write_bytes(b"")
+    blob = tmp_path / "results.json"
+    blob.write_bytes(bytes(range(256)))
     t0 = [a for a in t if a not in ("--steps", "1")]
     out = ["--out", str(tmp_path / "s.npz")]
     samples = ["evaluate", str(data), "--reference", str(data)]
@@ -394,8 +402,19 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*t, *arr, "--sample-x0", "clip-anchor"], "--sample-x0 clip-anchor with --sample-sampler ddpm: x0 rule clip-anchor applies to the DPM-Solver++ samplers (dpmpp-2m, dpmpp-2m-sde); the ddpm sampler does not implement it"),
         (["sample", str(run), "--x0", "clamp", *out], "argument --x0: invalid choice: 'clamp'"),
         ([*samples, "--x0", "none"], "--x0 apply to sampling a run"),
-        (["sample", str(run), "--out", str(notes)], "is a file; --out takes a folder"),
-        (["sample", str(run), "--out", str(empty_png)], "is a folder, but a .png --out is one"),
+        (["sample", str(run), "--out", str(notes)], "not .txt; name a folder without a suffix"),
+        (["sample", str(run), "--out", str(empty_png)], "is a folder, but this output is one file"),
+        (["sample", str(run), "--out", str(full)], "already holds files, which would be scored"),
+        (["train", "--out", str(notes), "--steps", "1", *arr], "is a file, but this output is a folder"),
+        ([*samples, "--out", str(tmp_path)], "is a folder, but this output is one file"),
+        (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
+        (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
+        (["report", str(blob)], "is not valid JSON"),
+        (["evaluate", str(run), "--metrics", "fd_pixels8", "--num", "2", "--num-reference", "1000000"], "ask for at most"),
+        (["--lr", "1", *t, *arr], "--lr 1 given before the command: a command's options go after it (sqdm train --lr 1 ...)"),
+        ([*t, *arr, "--eval-num", "500"], "--eval-num given without --eval-every"),
+        ([*t, *arr, "--variant", "isotropic", "--strength", "0"], "--strength given with variant isotropic"),
+        ([*t, *arr, "--no-compile", "--compile-mode", "default"], "--compile-mode given with --no-compile"),
         ([*samples, "--steps", "3"], "--steps apply to sampling a run"),
         ([*samples, "--prc-extractor", "inception"], "applies to the prc metric only"),
         ([*samples, "--feature-weights", "inception=/nowhere.pt"], "no requested metric uses inception"),
@@ -442,12 +461,30 @@ def test_a_copied_run_resumes_in_its_own_folder_from_anywhere(data, tmp_path, mo
     assert list_checkpoints(copy)[-1].name.endswith("3")
 
 
+def test_a_folder_is_written_whole_or_not_at_all(tmp_path) -> None:
+    """atomic_folder: a writer that fails leaves neither the folder nor its temporary one;
+    a destination that holds files is never overwritten."""
+    from squeezed_diffusion.core.fileio import atomic_folder
+
+    out = tmp_path / "samples"
+    with pytest.raises(RuntimeError, match="killed"), atomic_folder(out) as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+        raise RuntimeError("killed")
+    assert list(tmp_path.iterdir()) == []
+    with atomic_folder(out) as tmp:
+        (tmp / "a.png").write_bytes(b"x")
+    assert [p.name for p in tmp_path.iterdir()] == ["samples"]
+    with pytest.raises(OSError), atomic_folder(out) as tmp:
+        (tmp / "b.png").write_bytes(b"y")
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "samples"]
+
+
 def test_an_output_folder_is_tried_not_trusted(tmp_path, monkeypatch) -> None:
     """Writability is tried with a temporary file (and nothing is left): permission bits that
     say yes, as for root, a read-only mount or /proc, do not decide."""
     from squeezed_diffusion import cli
 
-    cli._check_writable(tmp_path / "new" / "x.npz")
+    cli._check_writable(tmp_path / "new" / "x.npz", "file")
     assert list(tmp_path.iterdir()) == []
 
     def read_only(*args, **kwargs):
@@ -456,7 +493,7 @@ def test_an_output_folder_is_tried_not_trusted(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(os, "access", lambda *args, **kwargs: True)
     monkeypatch.setattr(cli.tempfile, "TemporaryFile", read_only)
     with pytest.raises(PermissionError, match="is not a writable folder; choose another"):
-        cli._check_writable(tmp_path / "x.npz")
+        cli._check_writable(tmp_path / "x.npz", "file")
 
 
 def test_wandb_without_a_login_is_one_line(data, tmp_path) -> None:

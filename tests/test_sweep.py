@@ -120,6 +120,36 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
             },
             "eval.sampler ddim-200: num_steps must be an integer in \\[1, 100\\]",
         ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"num": "four"}},
+            "eval.num must be a whole number, got 'four'",
+        ),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"num": 2.5}}, "eval.num must be a whole number"),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"seed": -3}}, "eval.seed must be >= 0"),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"grid_images": 0}},
+            "eval.grid_images must be >= 1",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"num_reference": 1}},
+            "eval.num_reference must be >= 2",
+        ),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"eta": "x"}}, "eval.eta must be a number"),
+        (
+            {
+                "grid": {"variant": ["sdm"]},
+                "eval": {"sampler": {"sampler": "ddim", "steps": "ten"}},
+            },
+            "eval.sampler ddim: steps must be a whole number",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"prc_extractor": "inception"}},
+            "eval.prc_extractor applies to the prc metric only",
+        ),
+        (
+            {"base": {"steps": 2, "out": "x"}, "grid": {"variant": ["sdm"]}},
+            "base.out: each cell's run folder",
+        ),
         (  # at load, not when the cell is reached: SDM breaks above s = 4.5
             {"grid": {"variant": ["sdm"], "strength": [-0.4, 6.0]}},
             "cell photos_sdm_s\\+6_beta_channel_seed42: strength 6",
@@ -241,6 +271,29 @@ def test_a_sweep_fetches_the_feature_weights_before_it_trains(tmp_path, monkeypa
     assert "--feature-weights" not in str(err.value) and "from the sweep's eval (fid)" in str(
         err.value
     )
+
+
+def test_a_sweep_checks_its_reference_size_before_it_trains(tmp_path, monkeypatch) -> None:
+    """eval.num_reference above the training set's size stops the sweep at once, not after
+    training and sampling its first cell; nothing is written."""
+    import squeezed_diffusion.training.trainer as trainer
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the reference")
+
+    monkeypatch.setattr(trainer, "train_to_completion", no_training)
+    sweep_file, _ = _tiny_sweep(tmp_path, "ddim")
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["eval"]["num_reference"] = 65  # the tiny sweep's data: 64 images
+    sweep_file.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"eval\.num_reference: .* but the reference has 64"):
+        run_sweep(load_sweep(sweep_file, out), out, progress=False)
+    assert not out.exists()
+    spec["eval"]["num_reference"] = 64
+    sweep_file.write_text(yaml.safe_dump(spec))
+    with pytest.raises(AssertionError, match="trained before checking"):  # the whole set: fine
+        run_sweep(load_sweep(sweep_file, out), out, progress=False)
 
 
 def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path, capsys) -> None:

@@ -91,6 +91,11 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
         == 0
     )
     assert len(list(folder.glob("*.png"))) == 3
+    assert not list(tmp_path.glob(".pngs*"))  # filled under a temporary name, then renamed
+    empty = tmp_path / "empty"  # an existing empty folder is a new one
+    empty.mkdir()
+    assert main([*argv, "--num", "3", "--out", str(empty), "--quiet"]) == 0
+    assert len(list(empty.glob("*.png"))) == 3
     grid = tmp_path / "grid.PNG"  # one image: the samples tiled as save_image does
     assert main([*argv, "--out", str(grid), "--quiet"]) == 0
     tiled = np.asarray(Image.open(grid))

@@ -53,14 +53,16 @@ def _seed(text: str) -> int:
 def _dataset_from_arg(source: str, args: argparse.Namespace):
     """A path (folder, .tar[.gz], .npy/.npz) or a registered dataset name (``--data-dir``
     says where a named one lives, and applies to nothing else)."""
-    from .data import DATASETS, load_dataset
+    from .data import ARRAY_SUFFIXES, DATASETS, load_dataset
 
     path = Path(source)
     if source not in DATASETS and args.data_dir is not None:
         raise ValueError(
             f"--data-dir applies to a dataset name, not to the path {source}; drop --data-dir"
         )
-    if path.suffix in (".npy", ".npz"):
+    if path.suffix.lower() in ARRAY_SUFFIXES:
+        if not path.is_file():
+            raise FileNotFoundError(f"{source} does not exist; check the path")
         name, data_dir = "array", path
     elif path.exists():
         name, data_dir = "imagefolder", path
@@ -90,6 +92,7 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
     """Fit a basis on a dataset, save it, print its spectrum."""
     from .training.bases import fit_dataset_basis
 
+    _check_writable(Path(args.out or "."), "file" if args.out else "folder")
     ds = _dataset_from_arg(args.source, args)
     basis = fit_dataset_basis(ds, args.basis, _basis_options(args), None, args.batch_size)
     basis.metadata["num_images"] = len(ds)
@@ -138,7 +141,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(run.config(), overrides)
     else:
         cfg = resolve_config(args.preset, **overrides)
-    _check_writable(Path(cfg.out))
+    _refuse_inert_flags(cfg, overrides)
+    _check_writable(Path(cfg.out), "folder")
     trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
     try:
         out = trainer.run()
@@ -151,23 +155,38 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _refuse_inert_flags(cfg: Any, overrides: dict[str, Any]) -> None:
+    """Flags given that the resolved config would not use, even at their default values
+    (the config's own check sees only values that differ from the defaults)."""
+    from .training.config import EVAL_FIELDS, ISOTROPIC_IGNORES
+
+    def flags(names: Sequence[str]) -> list[str]:
+        given = [n for n in names if n in overrides and n != "basis_options"]
+        options = overrides.get("basis_options", {}) if "basis_options" in names else {}
+        return [f"--{n.replace('_', '-')}" for n in given] + [f"--basis-{k}" for k in options]
+
+    rules = (
+        (cfg.eval_every == 0, EVAL_FIELDS, "without --eval-every: add --eval-every N or drop them"),
+        (
+            cfg.variant == "isotropic",
+            ISOTROPIC_IGNORES,
+            "with variant isotropic, whose noise has no squeezing to shape: drop them or choose "
+            "--variant sdm/hdm",
+        ),
+        (cfg.compile is False, ("compile_mode",), "with --no-compile: drop one of the two"),
+    )
+    for applies, names, why in rules:
+        inert = flags(names) if applies else []
+        if inert:
+            raise ValueError(f"{', '.join(inert)} given {why}")
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     """Sample a trained run to PNG files or an .npz."""
-    from .data import ARRAY_SUFFIXES
-    from .evaluation.generate import GRID_SUFFIXES, generate_all, save_samples
+    from .evaluation.generate import generate_all, samples_format, save_samples
 
     out = Path(args.out)
-    _check_writable(out)
-    one_file = out.suffix.lower() in (*ARRAY_SUFFIXES, *GRID_SUFFIXES)
-    if out.is_file() and not one_file:
-        raise FileExistsError(
-            f"{out} is a file; --out takes a folder (PNGs), a .npz/.npy file or a .png/.jpg grid"
-        )
-    if out.is_dir() and one_file:
-        raise IsADirectoryError(
-            f"{out} is a folder, but a {out.suffix} --out is one file: remove the folder or "
-            "choose another name"
-        )
+    _check_writable(out, "folder" if samples_format(out) == "folder" else "file")
     _fill_sampling_defaults(args)
     start = time.perf_counter()
     images = generate_all(
@@ -187,7 +206,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     out = Path(args.out or ("runs/demo-full" if args.full else "runs/demo"))
-    _check_writable(out)
+    _check_writable(out, "folder")
     report = run_demo(out, full=args.full, progress=not args.quiet)
     print(f"report: {report.resolve()}")
     return 0
@@ -209,7 +228,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     prc_extractor = args.prc_extractor or DEFAULT_PRC_EXTRACTOR
     weights = parse_feature_weights(args.feature_weights, extractors_for(metrics, prc_extractor))
     if args.out:
-        _check_writable(Path(args.out))
+        _check_writable(Path(args.out), "file")
     if not Path(args.source).exists():
         raise FileNotFoundError(
             f"{args.source} does not exist; pass a run folder or a folder/.npz of samples"
@@ -287,7 +306,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
             print("done  " + cell.id if status == "done" else f"todo  {cell.id}  ({status})")
         print(f"{len(mine)} of {len(sweep.cells)} cells in shard {index}/{count}")
         return 0
-    _check_writable(out)
+    _check_writable(out, "folder")
     if args.collect:
         rows = collected_rows(sweep)
         if not rows:  # a wrong --out or edited eval settings: keep the tables as they are
@@ -308,16 +327,25 @@ def cmd_report(args: argparse.Namespace) -> int:
     from .evaluation.report import write_report
 
     if args.out:
-        _check_writable(Path(args.out))
+        _check_writable(Path(args.out), "folder")
     md, page = write_report(args.results, args.out)
     print(f"wrote {md} and {page}")
     return 0
 
 
-def _check_writable(path: Path) -> None:
-    """Fail before any work unless the nearest existing ancestor is a writable folder: tried
-    with a temporary file, since permission bits do not stop root and some folders (``/proc``,
-    read-only mounts) refuse files whatever they say."""
+def _check_writable(path: Path, kind: str) -> None:
+    """Fail before any work unless ``--out`` can be written as ``kind`` (``"file"`` or
+    ``"folder"``): not an existing entry of the other kind, and the nearest existing ancestor
+    a writable folder, tried with a temporary file, since permission bits do not stop root and
+    some folders (``/proc``, read-only mounts) refuse files whatever they say."""
+    if kind == "file" and path.is_dir():
+        raise IsADirectoryError(
+            f"--out {path} is a folder, but this output is one file: choose a file name"
+        )
+    if kind == "folder" and path.exists() and not path.is_dir():
+        raise NotADirectoryError(
+            f"--out {path} is a file, but this output is a folder: choose another name"
+        )
     parent = next((p for p in (path, *path.parents) if p.exists()), Path("."))
     if parent == path and path.is_file():
         parent = path.parent  # overwriting an existing output file
@@ -341,10 +369,13 @@ def _all_basis_options() -> dict:
     return {name: opt for _, cls in BASES.items() for name, opt in cls.options.items()}
 
 
-def _add_basis_options(parser: argparse.ArgumentParser, prefix: str) -> None:
+def _add_basis_options(parser: argparse.ArgumentParser, prefixes: Sequence[str]) -> None:
+    """One flag per basis option, under each prefix (``fit-basis`` takes ``--k`` and, as
+    ``train`` spells it, ``--basis-k``)."""
     for name, opt in _all_basis_options().items():
         parser.add_argument(
-            f"--{prefix}{name.replace('_', '-')}", dest=f"basis_opt_{name}", type=opt.type,
+            *(f"--{prefix}{name.replace('_', '-')}" for prefix in prefixes),
+            dest=f"basis_opt_{name}", type=opt.type,
             nargs="+" if opt.multiple else None, help=f"{opt.help}; default {opt.default}",
         )  # fmt: skip
 
@@ -419,11 +450,17 @@ def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
         "source", help="image folder, .tar/.tar.gz of images, .npy/.npz array, or dataset name"
     )
     fit.add_argument("--basis", choices=BASES.names(), default="channel", help=BASES.help())
-    _add_basis_options(fit, prefix="")
+    _add_basis_options(fit, prefixes=("", "basis-"))
     fit.add_argument("--data-dir", help="where a named dataset lives")
     fit.add_argument("--resolution", type=_at_least(1), help="resize images to R x R first")
-    fit.add_argument("--max-images", type=_at_least(2), help="use at most N images (paper: 50,000)")
-    fit.add_argument("--batch-size", type=_at_least(1), default=1000)
+    fit.add_argument(
+        "--max-images", "--subset", type=_at_least(2),
+        help="use the first N images (paper: all 50,000)",
+    )  # fmt: skip
+    fit.add_argument(
+        "--batch-size", type=_at_least(1), default=1000,
+        help="images per batch of the fit's running sums (default 1000)",
+    )  # fmt: skip
     fit.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable files (counted)"
     )
@@ -455,7 +492,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
         "--target",
         help="0.1.0's name of --prediction-type (squeezed = epsilon, unit = unit_epsilon)",
     )
-    _add_basis_options(tr, prefix="basis-")
+    _add_basis_options(tr, prefixes=("basis-",))
     switches = {
         "--no-hflip": ("hflip", False, "no random flips"),
         "--download": ("download", True, "download torchvision datasets"),
@@ -558,7 +595,10 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         "--prc-extractor", choices=PRC_EXTRACTORS,
         help=f"features for prc (default: {DEFAULT_PRC_EXTRACTOR}, torch-fidelity's)",
     )  # fmt: skip
-    ev.add_argument("--batch-size", type=_at_least(1), default=64, help="feature-extraction batch")
+    ev.add_argument(
+        "--batch-size", type=_at_least(1), default=64,
+        help="images per feature-extraction batch (default 64; sampling: --sample-batch-size)",
+    )  # fmt: skip
     ev.add_argument("--out", help="write the results as JSON")
     ev.add_argument("--quiet", action="store_true")
     ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
@@ -644,16 +684,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _refuse_options_before_command(parser: argparse.ArgumentParser, argv: list[str]) -> None:
+    """``sqdm --lr 1 train ...``: argparse would read ``1`` as the command and call it an
+    invalid choice; say instead where a command's options go."""
+    commands = next(a.choices for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    first = next((i for i, arg in enumerate(argv) if arg in commands), None)
+    early = [
+        a for a in argv[:first] if a.startswith("-") and a not in ("-h", "--help", "--version")
+    ]
+    if first is not None and early:
+        raise ValueError(
+            f"{' '.join(argv[:first])} given before the command: a command's options go after "
+            f"it (sqdm {argv[first]} {' '.join(argv[:first])} ...)"
+        )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
-        args, unknown = build_parser().parse_known_args(argv)
+        parser = build_parser()
+        _refuse_options_before_command(parser, argv)
+        args, unknown = parser.parse_known_args(argv)
         if unknown:  # named with the command they were given to, whose help lists its options
-            early = set(argv[: argv.index(args.command)]) & set(unknown)
-            where = f"; a command's options go after it (sqdm {args.command} ...)" if early else ""
             raise ValueError(
-                f"unrecognized arguments: {' '.join(unknown)}{where} "
-                f"(see sqdm {args.command} --help)"
+                f"unrecognized arguments: {' '.join(unknown)} (see sqdm {args.command} --help)"
             )
         return args.func(args)
     except (ValueError, OSError) as err:  # user errors: one line, no traceback

@@ -172,7 +172,7 @@ def _existing(req: _Request) -> Path:
     if req.root is None:
         raise DataError(f"{req.name} needs a data path; pass --data-dir PATH")
     if not req.root.exists():
-        raise DataError(f"{req.name}: {req.root} does not exist; pass --data-dir pointing at it")
+        raise DataError(f"{req.name}: {req.root} does not exist; check the data path")
     return req.root
 
 
@@ -253,7 +253,7 @@ def _decode_all(
 
 def _no_images(path: Path) -> DataError:
     kinds = ", ".join(s.lstrip(".") for s in IMAGE_SUFFIXES)
-    return DataError(f"no images ({kinds}) found in {path}; point --data-dir at images")
+    return DataError(f"no images ({kinds}) found in {path}; give a folder or archive of images")
 
 
 def _decode_archive(

@@ -1,5 +1,5 @@
-"""The file operations the whole package shares: an atomic write, a content hash and a
-``torch.load`` that can run no code.
+"""The file operations the whole package shares: an atomic write (of a file or a folder), a
+content hash and a ``torch.load`` that can run no code.
 
 They live in ``core`` because ``core`` imports nothing else from the package and bases are
 saved from here; training, evaluation and the CLI use the same functions.
@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -33,6 +35,22 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def atomic_folder(path: str | Path) -> Iterator[Path]:
+    """Yield a new temporary folder beside ``path``; on success rename it onto ``path``, which
+    must not exist or be empty. A killed writer leaves no half-filled folder under the name."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.is_dir():
+            path.rmdir()  # empty, else OSError: nothing is overwritten
+        tmp.rename(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object]) -> Path:

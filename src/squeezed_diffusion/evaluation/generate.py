@@ -17,13 +17,14 @@ import torch
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ..core.fileio import atomic_path
+from ..core.fileio import atomic_folder, atomic_path
 from ..core.samplers import checked_sampler
 from ..data import ARRAY_SUFFIXES, ImageDataset, to_uint8
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
     check_metrics,
+    check_reference,
     evaluate,
     extractors_for,
     fetch_weights,
@@ -117,30 +118,55 @@ def generate_all(run_dir: str | Path, num: int, **kwargs) -> torch.Tensor | None
 GRID_SUFFIXES = (".png", ".jpg", ".jpeg")  # ``--out`` as one image: a grid to look at
 
 
-def save_samples(images: torch.Tensor, out: str | Path) -> Path:
-    """uint8 ``[N, C, H, W]`` to a folder of PNGs, or one ``.npz`` (key ``images``) or
-    ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read; or, for a
-    :data:`GRID_SUFFIXES` path, one grid image to look at (torchvision's ``save_image``,
-    about square, as training's sample grids). Suffixes in any case; written atomically."""
+def samples_format(out: str | Path) -> str:
+    """What :func:`save_samples` writes at ``out``: ``"grid"``, ``"array"`` or ``"folder"``
+    (of PNGs). A folder must be new or empty, since images already there would be scored with
+    the new ones; another file suffix is refused rather than made a folder's name."""
     out = Path(out)
     suffix = out.suffix.lower()
     if suffix in GRID_SUFFIXES:
+        return "grid"
+    if suffix in ARRAY_SUFFIXES:
+        return "array"
+    if suffix and not out.is_dir():
+        formats = ", ".join((*ARRAY_SUFFIXES, *GRID_SUFFIXES))
+        raise ValueError(
+            f"{out}: samples are written as {formats} or a folder of PNGs, not {suffix}; name "
+            "a folder without a suffix (or create it first)"
+        )
+    if out.is_dir() and any(out.iterdir()):
+        raise FileExistsError(
+            f"{out} already holds files, which would be scored with the new samples: choose a "
+            "new or empty folder"
+        )
+    return "folder"
+
+
+def save_samples(images: torch.Tensor, out: str | Path) -> Path:
+    """uint8 ``[N, C, H, W]`` to a new folder of PNGs, or one ``.npz`` (key ``images``) or
+    ``.npy`` file (NHWC): what ``sqdm evaluate`` and the ``array`` dataset read; or, for a
+    :data:`GRID_SUFFIXES` path, one grid image to look at (torchvision's ``save_image``,
+    about square, as training's sample grids). Suffixes in any case; written atomically (a
+    folder is filled under a temporary name, then renamed)."""
+    out = Path(out)
+    kind = samples_format(out)
+    if kind == "grid":
         from torchvision.utils import save_image
 
         with atomic_path(out) as tmp:  # the temporary name keeps the suffix: PIL's format
             save_image(images.float() / 255, tmp, nrow=int(math.sqrt(len(images))) or 1)
         return out
     nhwc = images.permute(0, 2, 3, 1).numpy()
-    if suffix in ARRAY_SUFFIXES:
+    if kind == "array":
         with atomic_path(out) as tmp, open(tmp, "wb") as f:  # a file: numpy adds no suffix
-            if suffix == ".npz":
+            if out.suffix.lower() == ".npz":
                 np.savez_compressed(f, images=nhwc)
             else:
                 np.save(f, nhwc)
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    for i, img in enumerate(nhwc):
-        Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(out / f"{i:06d}.png")
+    with atomic_folder(out) as tmp:
+        for i, img in enumerate(nhwc):
+            Image.fromarray(img[..., 0] if img.shape[-1] == 1 else img).save(tmp / f"{i:06d}.png")
     return out
 
 
@@ -167,6 +193,7 @@ def evaluate_run(
     extractors = extractors_for(metrics, prc_extractor)
     kwargs["feature_weights"] = fetch_weights(extractors, kwargs.get("feature_weights"))
     reference = reference if reference is not None else Run(run_dir).reference()
+    check_reference(reference, kwargs.get("num_reference"), Run(run_dir).image_shape())
     _, images = generate(
         run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,
         progress=progress, x0=x0,

@@ -62,6 +62,7 @@ from ..metrics import (
     OFFLINE_METRICS,
     FeatureWeightsError,
     check_metrics,
+    check_reference,
     evaluate,
     extractors_for,
     fetch_weights,
@@ -179,18 +180,27 @@ class EvalSpec:
                     f"steps, eta and x0{f' (not {unknown})' if unknown else ''}"
                 )
             name = SAMPLERS.canonical(entry["sampler"])
-            eta = float(entry.get("eta", self.eta if SAMPLERS.get(name).uses_eta else 0.0))
-            steps, x0 = int(entry.get("steps", self.steps)), str(entry.get("x0", self.x0))
-            out.append(Evaluation(name, steps, eta, x0))
+            eta = _number(entry.get("eta", self.eta if SAMPLERS.get(name).uses_eta else 0.0),
+                          f"eval.sampler {name}: eta")  # fmt: skip
+            steps = _whole(entry.get("steps", self.steps), f"eval.sampler {name}: steps")
+            out.append(Evaluation(name, steps, float(eta), str(entry.get("x0", self.x0))))
         return list(dict.fromkeys(out))
 
     def validate(self) -> EvalSpec:
+        least = {"num": 2, "steps": 1, "seed": 0, "batch_size": 1, "sample_batch_size": 1,
+                 "grid_images": 1, "num_reference": 2}  # fmt: skip
+        for name, low in least.items():
+            value = getattr(self, name)
+            if name == "num_reference" and value is None:
+                continue
+            _whole(value, f"eval.{name}")
+            if value < low:
+                raise ValueError(f"eval.{name} must be >= {low}, got {value}")
+        _number(self.eta, "eval.eta")
+        for name in ("x0", "prc_extractor"):
+            if not isinstance(getattr(self, name), str):
+                raise ValueError(f"eval.{name} must be a name, got {getattr(self, name)!r}")
         check_metrics(self.metrics, self.prc_extractor)
-        for name in ("num", "steps", "batch_size", "sample_batch_size"):
-            if int(getattr(self, name)) < 1:
-                raise ValueError(f"eval.{name} must be >= 1, got {getattr(self, name)}")
-        if self.num < 2:
-            raise ValueError(f"eval.num must be >= 2 to compute statistics, got {self.num}")
         evaluations = self.evaluations
         for ev in evaluations:
             if ev.steps < 1:
@@ -208,6 +218,20 @@ class EvalSpec:
         """The settings a result was scored with: a result made otherwise is redone."""
         keys = ("num", "seed", "metrics", "num_reference", "prc_extractor")
         return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
+
+
+def _whole(value: Any, what: str) -> int:
+    """``value`` if it is a whole number (YAML's ``4``; not ``4.5``, ``"four"`` or ``true``)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{what} must be a whole number, got {value!r}")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    """``value`` if it is a number (not a string or a boolean)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{what} must be a number, got {value!r}")
+    return value
 
 
 @dataclass
@@ -276,9 +300,21 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
         ):
             value = eval_values[key]
             eval_values[key] = (value,) if isinstance(value, str) else tuple(value)
+    if "prc_extractor" in eval_values and "prc" not in eval_values.get("metrics", OFFLINE_METRICS):
+        raise ValueError(
+            f"{source}: eval.prc_extractor applies to the prc metric only; add prc or drop it"
+        )
+    base = dict(spec.get("base") or {})
+    if "out" in base:
+        raise ValueError(
+            f"{source}: base.out: each cell's run folder is under the sweep's --out; drop it"
+        )
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
-    cells = expand(spec.get("preset"), dict(spec.get("base") or {}), grids, Path(out) / "cells")
-    spec_eval = EvalSpec(**eval_values).validate()
+    cells = expand(spec.get("preset"), base, grids, Path(out) / "cells")
+    try:
+        spec_eval = EvalSpec(**eval_values).validate()
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     try:
         check_steps(spec_eval.evaluations, cells)
     except ValueError as err:
@@ -524,6 +560,12 @@ def _samples(
     return images, True
 
 
+def _reference_key(cell: Cell) -> str:
+    """The cells with one key share their reference images (their training data)."""
+    cfg = cell.config
+    return json.dumps([cfg.dataset, cfg.data_dir, cfg.resolution, cfg.subset])
+
+
 def run_cell(
     cell: Cell, spec: EvalSpec, progress: bool = True, references: dict | None = None
 ) -> list[dict[str, Any]]:
@@ -535,9 +577,7 @@ def run_cell(
     resumed_at = train_to_completion(cell.config, progress)
     train_s = time.perf_counter() - start
     references = {} if references is None else references
-    key = json.dumps(
-        [cell.config.dataset, cell.config.data_dir, cell.config.resolution, cell.config.subset]
-    )
+    key = _reference_key(cell)
     results = []
     for ev in spec.evaluations:
         if is_done(cell, ev, spec):
@@ -546,7 +586,7 @@ def run_cell(
         images, drawn = _samples(cell, ev, spec, progress)
         sample_s = time.perf_counter() - start
         if key not in references:
-            references[key] = Run(cell.config.out).reference()
+            references[key] = cell.config.load_data()  # the run's reference: its training data
         start = time.perf_counter()
         scores = evaluate(
             images, references[key], spec.metrics, num_reference=spec.num_reference,
@@ -590,6 +630,14 @@ def run_sweep(
             raise err.instead(
                 f"drop the metrics that use it from the sweep's eval ({metrics})"
             ) from None
+    for cell in cells:  # loaded once, and eval.num_reference checked, before any training
+        key = _reference_key(cell)
+        if key not in references:
+            references[key] = cell.config.load_data()
+            try:
+                check_reference(references[key], sweep.eval.num_reference)
+            except ValueError as err:
+                raise ValueError(f"{sweep.name}: eval.num_reference: {err}") from None
     for k, cell in enumerate(cells, 1):
         if progress:
             print(

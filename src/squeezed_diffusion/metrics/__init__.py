@@ -3,7 +3,7 @@
 weights (``weights.py``) and scoring (``evaluate.py``).
 """
 
-from .evaluate import evaluate, load_samples, reference_subset
+from .evaluate import check_reference, evaluate, load_samples, reference_subset
 from .frechet import fd_pixels, frechet_distance
 from .table import (
     DEFAULT_PRC_EXTRACTOR,
@@ -32,6 +32,7 @@ __all__ = [
     "FeatureWeightsError",
     "Metric",
     "check_metrics",
+    "check_reference",
     "evaluate",
     "extractors_for",
     "fd_pixels",

@@ -53,15 +53,32 @@ def _as_images(images: torch.Tensor | ImageDataset, what: str) -> torch.Tensor:
     return images
 
 
+def check_reference(
+    reference: torch.Tensor | ImageDataset,
+    num_reference: int | None,
+    shape: Sequence[int] | None = None,
+) -> None:
+    """What :func:`evaluate` would refuse about a reference, checked before samples are drawn:
+    a subset larger than the reference, or images of another shape than the samples'."""
+    if num_reference is not None and not 1 <= num_reference <= len(reference):
+        raise ValueError(
+            f"a reference subset of {num_reference} images was asked for, but the reference "
+            f"has {len(reference)}: ask for at most {len(reference)}"
+        )
+    have = tuple(reference.shape[1:] if isinstance(reference, torch.Tensor) else reference.shape)
+    if shape is not None and tuple(shape) != have:
+        raise ValueError(
+            f"samples are {tuple(shape)} but the reference is {have}; load the reference at "
+            "the samples' resolution (--resolution)"
+        )
+
+
 def reference_subset(images: torch.Tensor, num: int | None, seed: int = 0) -> torch.Tensor:
     """``num`` images drawn without replacement by a seeded permutation (not the first
     ``num``: image folders sort by class), in their original order; all when ``num`` is None."""
+    check_reference(images, num)
     if num is None or num == len(images):
         return images
-    if not 1 <= num <= len(images):
-        raise ValueError(
-            f"reference subset of {num} images requested, but the reference has {len(images)}"
-        )
     pick = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:num]
     return images[pick.sort().values]
 
@@ -97,12 +114,9 @@ def evaluate(
     """
     metrics = check_metrics(metrics, prc_extractor)
     samples = _as_images(samples, "samples")
-    reference = reference_subset(_as_images(reference, "reference"), num_reference)
-    if samples.shape[1:] != reference.shape[1:]:
-        raise ValueError(
-            f"samples are {tuple(samples.shape[1:])} but the reference is {tuple(reference.shape[1:])}; "
-            "load the reference at the samples' resolution (--resolution)"
-        )
+    reference = _as_images(reference, "reference")
+    check_reference(reference, num_reference, samples.shape[1:])
+    reference = reference_subset(reference, num_reference)
     groups = _fidelity_groups(metrics, prc_extractor)
     weights = fetch_weights(list(groups), feature_weights)
     reference_id = ImageDataset(reference, "reference").fingerprint

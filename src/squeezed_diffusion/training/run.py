@@ -87,12 +87,17 @@ class Run:
     def unet(self, ema: bool = True, checkpoint: str = "latest") -> UNet2DModel:
         """The UNet of a checkpoint (the newest that verifies by default), in eval mode."""
         cfg = self.config()
-        shape = self.basis().metadata["image_shape"]
+        shape = self.image_shape()
         ckpt = find_checkpoint(self.path, checkpoint)
         unet = build_model(cfg.model, shape[0], shape[-1])
         weights = load_file(str(ckpt / ("ema.safetensors" if ema else "model.safetensors")))
         load_weights(unet, weights, ckpt)
         return unet.eval()
+
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(C, H, W)`` of the run's images (and samples), read without loading weights."""
+        c, h, w = self.basis().metadata["image_shape"]
+        return c, h, w
 
     def load(
         self, ema: bool = True, checkpoint: str = "latest"
