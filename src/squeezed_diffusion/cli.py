@@ -552,10 +552,10 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     sm.add_argument("--no-ema", action="store_true", help="use the raw weights")
     sm.add_argument(
         "--out", required=True,
-        help="folder for PNGs, a .npz or .npy file (what sqdm evaluate scores), or a .png/.jpg "
-        "file: one grid of all samples, to look at",
+        help="a new (or empty) folder for PNGs, a .npz or .npy file (what sqdm evaluate "
+        "scores), or a .png/.jpg/.jpeg file: one grid of all samples, to look at",
     )  # fmt: skip
-    sm.add_argument("--quiet", action="store_true")
+    sm.add_argument("--quiet", action="store_true", help="no progress bar")
     sm.set_defaults(func=cmd_sample)
 
 
@@ -600,7 +600,9 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help="images per feature-extraction batch (default 64; sampling: --sample-batch-size)",
     )  # fmt: skip
     ev.add_argument("--out", help="write the results as JSON")
-    ev.add_argument("--quiet", action="store_true")
+    ev.add_argument(
+        "--quiet", action="store_true", help="no progress bars or torch-fidelity output"
+    )
     ev.set_defaults(func=cmd_evaluate, max_images=None, skip_bad_images=False)
 
 
@@ -616,7 +618,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         help="longer training (3 x 5,000 steps of the tiny UNet), more strengths (about 40 min "
         "on 2 cores)",
     )
-    dm.add_argument("--quiet", action="store_true")
+    dm.add_argument("--quiet", action="store_true", help="no progress bars")
     dm.set_defaults(func=cmd_demo)
 
 
@@ -637,7 +639,7 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
     )
     sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
     sw.add_argument("--list", action="store_true", help="list this shard's cells and stop")
-    sw.add_argument("--quiet", action="store_true")
+    sw.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     sw.set_defaults(func=cmd_sweep)
 
     rp = sub.add_parser("report", help="markdown + HTML report of a sweep's results")
