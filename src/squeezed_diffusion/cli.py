@@ -437,7 +437,11 @@ def _train_flags() -> dict[str, tuple[type, str]]:
         "eval_steps": (int, "sampling steps per evaluation (default 50)"),
         "eval_sampler": (str, "sampler of the evaluations (default ddpm)"),
         "eval_x0": (str, "the evaluations' rule for the predicted x_0: " + _choices(X0_RULES)),
-        "eval_num_reference": (int, "training images the evaluations compare with (default 5000)"),
+        "eval_num_reference": (
+            int,
+            "training images the evaluations compare with (default 5000; all of them when "
+            "the data has fewer, as log.jsonl records)",
+        ),
     }
 
 

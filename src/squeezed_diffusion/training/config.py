@@ -157,7 +157,7 @@ class TrainConfig:
     eval_steps: int = 50
     eval_sampler: str = "ddpm"
     eval_x0: str = "clip"
-    eval_num_reference: int | None = 5000
+    eval_num_reference: int | None = 5000  # at most: all the images where there are fewer
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the bad value and what is allowed."""
