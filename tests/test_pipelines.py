@@ -1169,6 +1169,7 @@ def test_from_basis_file(tmp_path) -> None:
         (DPM, {"variance_type": "fixed_large"}, "variance_type='fixed_large'"),
         (DDIM, {"trained_betas": [0.01] * 10}, "trained_betas has 10 entries but num_train_"),
         (DPM, {"trained_betas": TRAINED_BETAS, "num_train_timesteps": 100}, "has 1000 entries"),
+        (DDPM, {"trained_betas": [0.01] * 12, "num_train_timesteps": 10}, r"trained_betas\[:10\]"),
     ],
 )
 def test_config_errors(cls, config, pattern) -> None:
@@ -1176,13 +1177,97 @@ def test_config_errors(cls, config, pattern) -> None:
         cls(**config)
 
 
+STOCK = {DDPM: DDPMScheduler, DDIM: DDIMScheduler, DPM: DPMSolverMultistepScheduler}
+
+
+@pytest.mark.parametrize(
+    ("cls", "change"),
+    [
+        (DDPM, {"prediction_type": "v_prediction"}),
+        (DDIM, {"prediction_type": "v_prediction"}),
+        (DPM, {"prediction_type": "v_prediction"}),
+        (DPM, {"algorithm_type": "sde-dpmsolver++"}),
+        (DPM, {"solver_order": 1}),
+        (DDPM, {"variance_type": "fixed_large"}),
+    ],
+)
+def test_a_config_change_after_construction_is_what_the_scheduler_does(cls, change) -> None:
+    """diffusers' training scripts call register_to_config(prediction_type=...) on a built
+    scheduler; stock reads its config at each step, so the change must take effect here too
+    (and survive a reload)."""
+    ours, stock = cls(), STOCK[cls]()
+    ours.register_to_config(**change)
+    stock.register_to_config(**change)
+    _assert_loops_equal(ours, stock, 10)
+    _assert_loops_equal(cls.from_config(ours.config), stock, 10)
+
+
+def test_a_config_change_keeps_the_schedule_and_a_refused_one_changes_nothing() -> None:
+    ddim = DDIM()
+    ddim.set_timesteps(10)
+    before = ddim.timesteps.clone()
+    ddim.register_to_config(prediction_type="sample")
+    assert torch.equal(ddim.timesteps, before) and ddim.num_inference_steps == 10
+    assert ddim.process.prediction_type == "sample"
+    dpm = DPM()
+    with pytest.raises(ValueError, match="use_karras_sigmas=True is not supported"):
+        dpm.register_to_config(use_karras_sigmas=True)
+    assert dpm.config.use_karras_sigmas is False
+    _assert_loops_equal(dpm, DPMSolverMultistepScheduler(), 10)
+
+
+def test_sde_noise_is_drawn_as_stock_draws_it_for_float64_samples() -> None:
+    """Stock DPM-Solver draws its SDE noise in float32 whatever the sample's dtype: the same
+    seed must give the same noise here."""
+    ours = DPM(algorithm_type="sde-dpmsolver++")
+    stock = DPMSolverMultistepScheduler(algorithm_type="sde-dpmsolver++")
+    x = torch.randn(SHAPE, generator=_gen(1), dtype=torch.float64)
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(10)
+    t = int(stock.timesteps[0])
+    out = [
+        s.step(_oracle(s, x.float(), t).double(), t, x, generator=_gen(0)).prev_sample
+        for s in (ours, stock)
+    ]
+    assert out[0].dtype == torch.float64 and (out[0] - out[1]).abs().max() < 1e-5
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_step_counts_may_be_numpy_or_tensor_integers(cls) -> None:
+    ref = cls()
+    ref.set_timesteps(10)
+    for n in (np.int64(10), np.int32(10), torch.tensor(10)):
+        scheduler = cls()
+        scheduler.set_timesteps(n)
+        assert torch.equal(scheduler.timesteps, ref.timesteps)
+        assert scheduler.num_inference_steps == 10
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_trailing_counts_stock_rounds_past_zero_are_refused_naming_counts_that_work(cls) -> None:
+    stock = STOCK[cls](timestep_spacing="trailing")
+    stock.set_timesteps(61)
+    assert int(stock.timesteps[-1]) == -1  # stock would step from outside the training range
+    with pytest.raises(ValueError, match="use 60 or 62 steps"):
+        cls(timestep_spacing="trailing").set_timesteps(61)
+    for n in (60, 62):
+        ours, stock = cls(timestep_spacing="trailing"), STOCK[cls](timestep_spacing="trailing")
+        ours.set_timesteps(n)
+        stock.set_timesteps(n)
+        assert torch.equal(ours.timesteps, stock.timesteps)
+
+
 def test_step_errors() -> None:
     ddim = DDIM()
     with pytest.raises(ValueError, match="call set_timesteps"):
         ddim.step(torch.zeros(SHAPE), 5, torch.zeros(SHAPE))
     ddim.set_timesteps(10)
-    with pytest.raises(ValueError, match="noise tensor is used only with eta > 0"):
+    with pytest.raises(ValueError, match="variance_noise is used only with eta > 0"):
         ddim.step(torch.zeros(SHAPE), 500, torch.zeros(SHAPE), variance_noise=torch.zeros(SHAPE))
+    with pytest.raises(ValueError, match="noise tensor is used only with eta > 0"):  # the core's
+        SAMPLERS["ddim"](
+            ddim.process, torch.zeros(SHAPE), torch.zeros(SHAPE), 500, 400, noise=torch.zeros(SHAPE)
+        )
     dpm = DPM()
     dpm.set_timesteps(10)
     with pytest.raises(ValueError, match="the dpmpp-2m sampler takes no noise"):

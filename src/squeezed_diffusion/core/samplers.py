@@ -244,10 +244,19 @@ def _combine(proc: SqueezedDiffusion, terms: Sequence[tuple[Tensor, Coef]]) -> T
     return out
 
 
-def _noise(x: Tensor, generator: torch.Generator | None, noise: Tensor | None) -> Tensor:
+def _noise(
+    x: Tensor,
+    generator: torch.Generator | None,
+    noise: Tensor | None,
+    dtype: torch.dtype | None = None,
+) -> Tensor:
+    """``noise``, or a fresh draw shaped like ``x``, drawn in ``dtype`` (default ``x``'s): the
+    dtype a stock scheduler draws in decides which numbers a seeded generator gives."""
     if noise is not None:
         return noise
-    return randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+    return randn_tensor(x.shape, generator=generator, device=x.device, dtype=dtype or x.dtype).to(
+        x.dtype
+    )
 
 
 # -- reading the model ----------------------------------------------------------------------
@@ -588,7 +597,7 @@ def dpmpp_2m_sde_step(
     carries them to the end. ``state`` as for :func:`dpmpp_2m_step`."""
     rule = as_rule(clip)
     _refuse("dpmpp-2m-sde", eta=eta, variance=variance, reuse=rule.reuse)
-    draw = _noise(x, generator, noise)
+    draw = _noise(x, generator, noise, torch.float32)  # stock draws float32 for any sample
     return _dpmpp("dpmpp-2m-sde", proc, model_output, x, t, t_prev, rule, state, draw)
 
 
@@ -676,8 +685,38 @@ def spaced_timesteps(
     if spacing == "linspace":
         return np.linspace(0, big_t - 1, num_steps).round()[::-1].astype(np.int64).tolist()
     if spacing == "trailing":
-        return (np.round(np.arange(big_t, 0, -big_t / num_steps)).astype(np.int64) - 1).tolist()
+        return trailing_timesteps(big_t, num_steps)
     raise ValueError(f"unknown timestep spacing {spacing!r}; choose one of: {', '.join(SPACINGS)}")
+
+
+def trailing_timesteps(
+    num_train_timesteps: int, num_steps: int, start: int | None = None
+) -> list[int]:
+    """diffusers' "trailing" spacing: a ``T / num_steps`` stride down from ``start`` (T), minus 1.
+
+    At some step counts (61 and 103 of T = 1000, ...) the float stride leaves one point more,
+    -1, from which stock steps outside the training range (its samples are garbage there);
+    refused, naming the nearest counts that work.
+    """
+    big_t = num_train_timesteps
+
+    def points(n: int) -> np.ndarray:
+        return (
+            np.round(np.arange(big_t if start is None else start, 0, -big_t / n)).astype(np.int64)
+            - 1
+        )
+
+    ts = points(num_steps)
+    if len(ts) != num_steps:
+        near = [
+            n for n in (num_steps - 1, num_steps + 1) if 1 <= n <= big_t and len(points(n)) == n
+        ]
+        raise ValueError(
+            f"trailing spacing over {big_t} timesteps gives {num_steps} steps an extra timestep, "
+            f"-1, outside the training range (diffusers' float stride; stock samples garbage "
+            f"there): use {' or '.join(map(str, near)) or 'another number of'} steps"
+        )
+    return ts.tolist()
 
 
 def timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:

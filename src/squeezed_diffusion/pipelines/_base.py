@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import inspect
+import operator
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -114,6 +115,15 @@ def require(key: str, value: Any, allowed: tuple[Any, ...], why: str = "") -> No
         shown = ", ".join(repr(a) for a in allowed)
         reason = f": {why}" if why else ""
         raise ValueError(f"{key}={value!r} is not supported{reason} (supported: {shown})")
+
+
+def step_count(value: Any) -> Any:
+    """A step count as stock takes it: a Python, numpy or 0-d tensor integer, as ``int``
+    (None and anything else pass through, for the range checks to name)."""
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
 
 
 def _plain(value: Any) -> Any:
@@ -218,9 +228,14 @@ class SqueezedSchedulerMixin:
         return init, {}, hidden
 
     # -- construction -----------------------------------------------------------------
+    def _check(self) -> None:
+        """Refuse the config values this class cannot honour (the shared ones: :meth:`_setup`)."""
+
     def _setup(self) -> None:
-        """Normalise the config, build the basis and the process, pick the registered sampler
-        the config asks for, reset the schedule."""
+        """Check and normalise the config, build the basis and the process, pick the
+        registered sampler the config asks for, reset the schedule."""
+        self._built = False  # register_to_config below is part of the build
+        self._check()
         self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
         cfg = self.config
         if self._BETA_SCHEDULES is not None:
@@ -234,10 +249,16 @@ class SqueezedSchedulerMixin:
         if not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
             raise ValueError(f"steps_offset must be an integer >= 0, got {cfg.steps_offset!r}")
         betas = cfg.trained_betas
-        if betas is not None and len(betas) != cfg.num_train_timesteps:  # else IndexError in step
+        big_t = cfg.num_train_timesteps
+        if betas is not None and len(betas) != big_t:  # stock: IndexError in step, or unused
             raise ValueError(
-                f"trained_betas has {len(betas)} entries but num_train_timesteps is "
-                f"{cfg.num_train_timesteps}; pass num_train_timesteps={len(betas)}"
+                f"trained_betas has {len(betas)} entries but num_train_timesteps is {big_t}; "
+                + (
+                    f"pass trained_betas[:{big_t}] (all stock uses) or "
+                    if len(betas) > big_t
+                    else "pass "
+                )
+                + f"num_train_timesteps={len(betas)}"
             )
         legacy = {k: cfg[k] for k in self._LEGACY_BASIS_FIELDS}
         basis = build_basis(cfg.basis, cfg.basis_config, legacy)
@@ -249,6 +270,37 @@ class SqueezedSchedulerMixin:
         self.alphas_cumprod = self._process.alphas_cumprod.float()
         self.num_inference_steps: int | None = None
         self._use_timesteps(list(range(cfg.num_train_timesteps - 1, -1, -1)))
+        self._built = True
+
+    def register_to_config(self, **kwargs: Any) -> None:
+        """diffusers' ``register_to_config``; a change of this class' keys after construction
+        (diffusers' training scripts set ``prediction_type`` so) rebuilds the scheduler, with
+        the same checks, so that it does what ``.config`` says, as stock schedulers, which
+        read their config at each step. A value it refuses leaves the config as it was. A
+        changed key leaves ``_use_default_values``, so that ``from_config(scheduler.config)``
+        keeps the change (stock's drops it there, while a save and load keeps it)."""
+        if not getattr(self, "_built", False) or not kwargs.keys() & config_defaults(type(self)):
+            super().register_to_config(**kwargs)  # type: ignore[misc]  # building, or other keys
+            return
+        before, schedule = self._internal_dict, (self.num_inference_steps, self.timesteps)
+        if "_use_default_values" in self.config:
+            defaults = [k for k in self.config["_use_default_values"] if k not in kwargs]
+            kwargs = {**kwargs, "_use_default_values": defaults}
+        super().register_to_config(**kwargs)  # type: ignore[misc]
+        try:
+            self._rebuild(*schedule)
+        except Exception:
+            self._internal_dict = before
+            self._rebuild(*schedule)
+            raise
+
+    def _rebuild(self, steps: int | None, timesteps: Tensor) -> None:
+        """:meth:`_setup` again, keeping the schedule ``set_timesteps`` made (``steps`` of
+        ``timesteps``), as stock does until the next ``set_timesteps``."""
+        self._setup()
+        if steps is not None:
+            self._use_timesteps(timesteps.tolist(), timesteps.device)
+            self.num_inference_steps = steps
 
     def _make_process(self, basis: Basis) -> SqueezedDiffusion:
         return SqueezedDiffusion.from_fields(basis, self.config)

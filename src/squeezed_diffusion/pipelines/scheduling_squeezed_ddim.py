@@ -7,7 +7,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, step_count
 
 Tensor = torch.Tensor
 
@@ -61,6 +61,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
         """Use ``num_inference_steps`` steps with ``timestep_spacing``."""
+        num_inference_steps = step_count(num_inference_steps)
         self._use_timesteps(self._spaced_timesteps(num_inference_steps), device)
         self.num_inference_steps = num_inference_steps
 
@@ -93,6 +94,11 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         """
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("pass generator or variance_noise, not both (as stock DDIM)")
+        if eta <= 0 and variance_noise is not None:
+            raise ValueError(
+                "variance_noise is used only with eta > 0 (stock DDIM ignores it at eta = 0): "
+                "pass eta > 0 or leave variance_noise out"
+            )
         return self._step(
             DDIMSchedulerOutput,
             model_output,

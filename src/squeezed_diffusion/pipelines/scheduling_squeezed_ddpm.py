@@ -11,7 +11,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from ..core import SAMPLERS
 from ..core.samplers import VARIANCES
-from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require, step_count
 
 Tensor = torch.Tensor
 
@@ -78,20 +78,24 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         cutoffs: list[float] | None = None,
         sampler: str = "ddpm",
     ) -> None:
-        if sampler not in ddpm_samplers():
+        self._setup()
+
+    def _check(self) -> None:
+        """The sampler is a registered DDPM one; ``variance_type`` one the core has."""
+        cfg = self.config
+        if cfg.sampler not in ddpm_samplers():
             raise ValueError(
-                f"unknown DDPM sampler {sampler!r}; choose one of: {', '.join(ddpm_samplers())} "
-                "(for DDIM use SqueezedDDIMScheduler)"
+                f"unknown DDPM sampler {cfg.sampler!r}; choose one of: "
+                f"{', '.join(ddpm_samplers())} (for DDIM use SqueezedDDIMScheduler)"
             )
         # None is what a DPMSolverMultistepScheduler config holds; stock DDPM reads it as
         # fixed_small, and so does this.
         require(
             "variance_type",
-            variance_type,
+            cfg.variance_type,
             (None, *VARIANCES),
-            _REFUSED_VARIANCES.get(variance_type, ""),
+            _REFUSED_VARIANCES.get(cfg.variance_type, ""),
         )
-        self._setup()
 
     def set_timesteps(
         self,
@@ -104,7 +108,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         if (num_inference_steps is None) == (timesteps is None):
             raise ValueError("pass exactly one of num_inference_steps and timesteps")
         if timesteps is None:
-            steps = self._spaced_timesteps(num_inference_steps)
+            steps = self._spaced_timesteps(step_count(num_inference_steps))
         else:
             steps = [int(t) for t in timesteps]
             if any(a <= b for a, b in pairwise(steps)):

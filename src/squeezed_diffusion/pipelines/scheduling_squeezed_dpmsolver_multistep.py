@@ -12,8 +12,8 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutput
 
 from ..core import SAMPLERS, Basis, SqueezedDiffusion
-from ..core.samplers import X0Rule
-from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require
+from ..core.samplers import X0Rule, trailing_timesteps
+from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require, step_count
 
 Tensor = torch.Tensor
 
@@ -57,7 +57,7 @@ def solver_timesteps(
     elif spacing == "leading":
         ts = (np.arange(0, num_steps + 1) * (last // (num_steps + 1)))[::-1][:-1] + offset
     else:
-        ts = np.arange(last, 0, -num_train_timesteps / num_steps).round() - 1
+        ts = np.array(trailing_timesteps(num_train_timesteps, num_steps, last))
     if len(np.unique(ts)) < len(ts):  # stock steps h = 0 there and returns NaN
         raise ValueError(
             f"num_inference_steps={num_steps} repeats a timestep ({spacing} spacing over "
@@ -140,47 +140,61 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         cutoffs: list[float] | None = None,
     ) -> None:
         """Stock's keys in stock's order (diffusers' register_to_config records each one, so
-        the signature is long by design); the body only refuses what the core cannot honour.
+        the signature is long by design); :meth:`_check` refuses what the core cannot honour.
         What each key does here is in the class docstring and docs/diffusers.md."""
+        self._setup()
+        self._restart()
+
+    def _check(self) -> None:
+        """Refuse what the core cannot honour (the class docstring says what each key does)."""
+        cfg = self.config
         require(
             "algorithm_type",
-            algorithm_type,
+            cfg.algorithm_type,
             algorithm_types(),
             f"{_NOT_IN_CORE} (stock also maps 'deis' to 'dpmsolver++' silently)",
         )
-        require("solver_order", solver_order, (1, 2), _NOT_IN_CORE)
+        require("solver_order", cfg.solver_order, (1, 2), _NOT_IN_CORE)
         require(
             "solver_type",
-            solver_type,
+            cfg.solver_type,
             ("midpoint", "heun"),
             "stock maps 'logrho', 'bh1' and 'bh2' to 'midpoint' silently",
         )
-        require("final_sigmas_type", final_sigmas_type, ("zero", "sigma_min"))
+        require("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
         # DDPM's default stands for "no learned variance", which is what this assumes.
         require(
             "variance_type",
-            variance_type,
+            cfg.variance_type,
             (None, "fixed_small"),
             "a learned variance needs a model that predicts it, and DDPM's other variance "
             "types are ancestral noise, which DPM-Solver++ does not add",
         )
         for flag, why in _REFUSED_FLAGS.items():
-            require(flag, self.config[flag], (False,), why)
-        require("flow_shift", flow_shift, (1.0,), "it shifts flow sigmas, which are refused")
-        require("time_shift_type", time_shift_type, ("exponential",))
+            require(flag, cfg[flag], (False,), why)
+        require("flow_shift", cfg.flow_shift, (1.0,), "it shifts flow sigmas, which are refused")
+        require(
+            "time_shift_type",
+            cfg.time_shift_type,
+            ("exponential",),
+            "it shifts the sigmas of dynamic shifting, which is refused",
+        )
         for flag in ("anchor_x0", "anchor_x0_scaled"):
-            require(flag, self.config[flag], (False, True))
-        if anchor_x0 and not (clip_sample or thresholding):
+            require(flag, cfg[flag], (False, True))
+        if cfg.anchor_x0 and not (cfg.clip_sample or cfg.thresholding):
             raise ValueError(
                 "anchor_x0=True re-anchors each step at the clipped x_0, but this config does "
                 "not clip: set clip_sample=True (or thresholding=True)"
             )
-        if anchor_x0_scaled and not anchor_x0:
+        if cfg.anchor_x0_scaled and not cfg.anchor_x0:
             raise ValueError(
                 "anchor_x0_scaled=True scales the anchor of anchor_x0: set anchor_x0=True too"
             )
-        self._setup()
-        self._restart()
+
+    def _rebuild(self, steps: int | None, timesteps: Tensor) -> None:
+        """The shared rebuild; the solver keeps its history, with the new ``solver_type``."""
+        super()._rebuild(steps, timesteps)
+        self._state["solver_type"] = self.config.solver_type
 
     def _make_process(self, basis: Basis) -> SqueezedDiffusion:
         """The process, with stock DPM-Solver's terminal fix: a zero-terminal-SNR schedule's
@@ -218,7 +232,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             cfg = self.config
             timesteps = solver_timesteps(
                 cfg.num_train_timesteps,
-                num_inference_steps,
+                step_count(num_inference_steps),
                 cfg.timestep_spacing,
                 cfg.steps_offset,
                 self._last_timestep(),
