@@ -356,12 +356,19 @@ def test_pipeline_at_zero_strength_equals_stock_pipeline(unet, cls) -> None:
     assert abs(images[0] - images[1]).max() < 1e-5
 
 
+@pytest.mark.parametrize("one", [True, False])
+def test_ddim_final_alpha_cumprod_is_stocks(one) -> None:
+    ours, stock = DDIM(set_alpha_to_one=one), DDIMScheduler(set_alpha_to_one=one)
+    assert torch.equal(ours.final_alpha_cumprod, stock.final_alpha_cumprod)
+
+
 @pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
 def test_every_stock_key_is_a_key_with_the_stock_default(cls) -> None:
     ours, stock = config_defaults(cls), config_defaults(STOCK[cls])
     assert {k: ours.get(k, "missing") for k in stock} == stock
     scheduler = cls(strength=0.0)
-    assert torch.equal(scheduler.alphas_cumprod, STOCK[cls]().alphas_cumprod)
+    for table in ("betas", "alphas", "alphas_cumprod"):  # for code that reads stock's tables
+        assert torch.equal(getattr(scheduler, table), getattr(STOCK[cls](), table)), table
     assert torch.equal(scheduler.timesteps, STOCK[cls]().timesteps.long())
     assert len(scheduler) == 1000 and scheduler.init_noise_sigma == 1.0
     assert scheduler.process.is_isotropic
@@ -1175,9 +1182,6 @@ def test_from_basis_file(tmp_path) -> None:
 def test_config_errors(cls, config, pattern) -> None:
     with pytest.raises(ValueError, match=pattern):
         cls(**config)
-
-
-STOCK = {DDPM: DDPMScheduler, DDIM: DDIMScheduler, DPM: DPMSolverMultistepScheduler}
 
 
 @pytest.mark.parametrize(

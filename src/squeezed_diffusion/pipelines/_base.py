@@ -267,6 +267,7 @@ class SqueezedSchedulerMixin:
         self._sampler: Sampler = sampler_for_scheduler(self._KIND, cfg)
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         self.betas = self._process.betas.float()
+        self.alphas = 1.0 - self.betas
         self.alphas_cumprod = self._process.alphas_cumprod.float()
         self.num_inference_steps: int | None = None
         self._use_timesteps(list(range(cfg.num_train_timesteps - 1, -1, -1)))

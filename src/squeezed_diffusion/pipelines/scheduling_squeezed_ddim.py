@@ -57,6 +57,12 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     ) -> None:
         self._setup()
 
+    @property
+    def final_alpha_cumprod(self) -> Tensor:
+        """Stock's ``abar`` past timestep 0: 1 (the data) or, without ``set_alpha_to_one``,
+        timestep 0's (isotropic; the squeezed step uses each direction's level there)."""
+        return torch.tensor(1.0) if self.config.set_alpha_to_one else self.alphas_cumprod[0]
+
     def set_timesteps(
         self, num_inference_steps: int, device: str | torch.device | None = None
     ) -> None:
