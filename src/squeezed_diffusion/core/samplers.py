@@ -413,7 +413,10 @@ def ddim_step(
     if eta > 0:
         terms.append((_noise(x, generator, noise), std))
     elif noise is not None:
-        raise ValueError("a noise tensor is used only with eta > 0")
+        raise ValueError(
+            "a noise tensor is used only with eta > 0 (the schedulers' variance_noise; stock "
+            "DDIM ignores it at eta = 0): pass eta > 0 or leave the noise out"
+        )
     return StepOutput(_combine(proc, terms), x0)
 
 

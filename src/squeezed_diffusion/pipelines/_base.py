@@ -251,14 +251,10 @@ class SqueezedSchedulerMixin:
         betas = cfg.trained_betas
         big_t = cfg.num_train_timesteps
         if betas is not None and len(betas) != big_t:  # stock: IndexError in step, or unused
+            fix = f"trained_betas[:{big_t}] (all stock uses) or " if len(betas) > big_t else ""
             raise ValueError(
                 f"trained_betas has {len(betas)} entries but num_train_timesteps is {big_t}; "
-                + (
-                    f"pass trained_betas[:{big_t}] (all stock uses) or "
-                    if len(betas) > big_t
-                    else "pass "
-                )
-                + f"num_train_timesteps={len(betas)}"
+                f"pass {fix}num_train_timesteps={len(betas)}"
             )
         legacy = {k: cfg[k] for k in self._LEGACY_BASIS_FIELDS}
         basis = build_basis(cfg.basis, cfg.basis_config, legacy)

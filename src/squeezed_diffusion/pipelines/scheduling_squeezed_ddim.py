@@ -100,11 +100,6 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         """
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("pass generator or variance_noise, not both (as stock DDIM)")
-        if eta <= 0 and variance_noise is not None:
-            raise ValueError(
-                "variance_noise is used only with eta > 0 (stock DDIM ignores it at eta = 0): "
-                "pass eta > 0 or leave variance_noise out"
-            )
         return self._step(
             DDIMSchedulerOutput,
             model_output,
