@@ -1218,6 +1218,15 @@ def test_a_config_change_keeps_the_schedule_and_a_refused_one_changes_nothing() 
         dpm.register_to_config(use_karras_sigmas=True)
     assert dpm.config.use_karras_sigmas is False
     _assert_loops_equal(dpm, DPMSolverMultistepScheduler(), 10)
+    # keys of no scheduler, or another scheduler's settings, raise as they do when loading
+    ddpm = DDPM()
+    with pytest.raises(ValueError, match="use_karras_sigmas=True is a setting of"):
+        ddpm.register_to_config(use_karras_sigmas=True)
+    with pytest.raises(ValueError, match="unknown config key 'foo'"):
+        ddpm.register_to_config(foo=1)
+    assert "use_karras_sigmas" not in ddpm.config and "foo" not in ddpm.config
+    ddpm.register_to_config(use_karras_sigmas=False)  # at its default: kept aside, as loading
+    assert ddpm.config.use_karras_sigmas is False
 
 
 def test_sde_noise_is_drawn_as_stock_draws_it_for_float64_samples() -> None:

@@ -275,9 +275,15 @@ class SqueezedSchedulerMixin:
         the same checks, so that it does what ``.config`` says, as stock schedulers, which
         read their config at each step. A value it refuses leaves the config as it was. A
         changed key leaves ``_use_default_values``, so that ``from_config(scheduler.config)``
-        keeps the change (stock's drops it there, while a save and load keeps it)."""
-        if not getattr(self, "_built", False) or not kwargs.keys() & config_defaults(type(self)):
-            super().register_to_config(**kwargs)  # type: ignore[misc]  # building, or other keys
+        keeps the change (stock's drops it there, while a save and load keeps it). Other keys
+        pass the checks of config loading (:meth:`extract_init_dict`): another scheduler's
+        setting at its default is kept aside, anything else raises."""
+        if not getattr(self, "_built", False):  # diffusers' own call, before __init__'s body
+            super().register_to_config(**kwargs)  # type: ignore[misc]
+            return
+        type(self).extract_init_dict(kwargs)  # raises on a key this class would not load
+        if not kwargs.keys() & config_defaults(type(self)):
+            super().register_to_config(**kwargs)  # type: ignore[misc]  # kept aside, as loading
             return
         before, schedule = self._internal_dict, (self.num_inference_steps, self.timesteps)
         if "_use_default_values" in self.config:
