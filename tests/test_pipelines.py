@@ -8,6 +8,7 @@ strength -0.4 each option does what docs/diffusers.md says (closed forms where t
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 
@@ -1399,3 +1400,61 @@ def test_a_sampler_its_scheduler_cannot_tell_apart_raises(monkeypatch, unet, sch
             SqueezedDDPMPipeline.from_run("run", sampler=name)
     finally:
         SAMPLERS.unregister(name)
+
+
+# == (e) half precision, as diffusers pipelines run in it =================================
+HALF = [torch.float16, torch.bfloat16]
+DTYPES = [*HALF, torch.float32, torch.float64]
+
+
+def _half_loop(scheduler, dtype: torch.dtype, model_dtype: torch.dtype | None = None):
+    """:func:`_loop` with the sample in ``dtype`` and the model output in ``model_dtype``
+    (default ``dtype``), as a pipeline whose UNet runs in that dtype; the last sample."""
+    scheduler.set_timesteps(10)
+    gen, x = _gen(0), torch.randn(SHAPE, generator=_gen(1)).to(dtype)
+    for t in scheduler.timesteps:
+        out = _oracle(scheduler, x.float(), t).to(model_dtype or dtype)
+        x = scheduler.step(out, t, x, generator=gen).prev_sample
+    return x
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_step_returns_the_dtype_stock_returns(cls) -> None:
+    """Stock's arithmetic promotes the sample and the model output (DPM-Solver casts back to
+    that after upcasting): a pipeline in half precision stays there, a float32 sample with a
+    half-precision model output stays float32."""
+    kinds = [{}, {"algorithm_type": "sde-dpmsolver++"} if cls is DPM else {"thresholding": True}]
+    for config in kinds:
+        for sample_dtype in DTYPES:
+            for model_dtype in DTYPES:
+                got = [
+                    _half_loop(scheduler(**config), sample_dtype, model_dtype).dtype
+                    for scheduler in (cls, STOCK[cls])
+                ]
+                assert got[0] == got[1] == torch.promote_types(sample_dtype, model_dtype)
+
+
+@pytest.mark.parametrize("dtype", HALF)
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_half_precision_loops_at_zero_strength_stay_at_stocks_rounding(cls, dtype) -> None:
+    """In half precision stock rounds at every step; ours (DPM-Solver: in float32 inside the
+    step) ends no further from the float32 loop than a few of stock's half-precision steps."""
+    exact = _loop(STOCK[cls](), 10)
+    stock, ours = (_half_loop(s(), dtype).float() for s in (STOCK[cls], cls))
+    assert (stock - exact).abs().max() > 0  # the dtype rounds at all
+    assert (ours - exact).abs().max() < 2 * (stock - exact).abs().max() + torch.finfo(dtype).eps
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_pipeline_in_bfloat16_gives_every_output_type(unet, cls) -> None:
+    """A bfloat16 UNet samples in bfloat16; numpy has no bfloat16 (stock's conversion fails
+    there), so 'np' and 'pil' go through float32 and equal the 'pt' images."""
+    pipe = SqueezedDDPMPipeline(unet=copy.deepcopy(unet).to(torch.bfloat16), scheduler=cls())
+    pipe.set_progress_bar_config(disable=True)
+    run = {"batch_size": 2, "num_inference_steps": 5}
+    assert pipe(generator=_gen(0), output_type="latent", **run).images.dtype == torch.bfloat16
+    pt = pipe(generator=_gen(0), output_type="pt", **run).images
+    np_images = pipe(generator=_gen(0), output_type="np", **run).images
+    assert np_images.dtype == np.float32
+    assert abs(np_images - pt.float().permute(0, 2, 3, 1).numpy()).max() == 0
+    assert len(pipe(generator=_gen(0), **run).images) == 2  # PIL

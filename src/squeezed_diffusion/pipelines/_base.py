@@ -456,12 +456,13 @@ class SqueezedSchedulerMixin:
         **options: Any,
     ) -> BaseOutput | tuple[Tensor, Tensor]:
         """One step of the registered sampler from ``timestep`` to :meth:`previous_timestep`,
-        in diffusers' format."""
+        in diffusers' format, in the dtype stock's arithmetic gives (the two inputs' promoted)."""
         t = int(timestep)
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)
         out = self._sampler.step(
             self._on(sample.device),
-            model_output,
-            sample,
+            model_output.to(dtype),
+            sample.to(dtype),
             t,
             self.previous_timestep(t),
             clip=self._x0_rule(reuse),

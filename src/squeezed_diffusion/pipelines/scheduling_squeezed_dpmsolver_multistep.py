@@ -312,16 +312,22 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         cfg, index, n = self.config, self._step_index, len(self.timesteps)
         final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
         self._state["first_order"] = cfg.solver_order == 1 or final
+        # In float32 at least, whatever the pipeline's dtype (stock upcasts the sample; here
+        # the model output and the solver's x_0 history too, whose half-precision rounding
+        # stock carries from step to step), returned in the dtype stock returns: the inputs'.
+        dtype = torch.promote_types(sample.dtype, model_output.dtype)
+        work = torch.promote_types(dtype, torch.float32)
         out = self._sampler.step(
             self._on(sample.device),
-            model_output,
-            sample,
+            model_output.to(work),
+            sample.to(work),
             int(self.timesteps[index]),
             self._landing(index),
             generator=generator,
             clip=self._x0_rule(),
-            noise=variance_noise,
+            noise=None if variance_noise is None else variance_noise.to(work),
             state=self._state,
         )
         self._step_index += 1
-        return SchedulerOutput(prev_sample=out.prev_sample) if return_dict else (out.prev_sample,)
+        prev_sample = out.prev_sample.to(dtype)
+        return SchedulerOutput(prev_sample=prev_sample) if return_dict else (prev_sample,)
