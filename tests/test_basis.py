@@ -141,6 +141,15 @@ def test_load_rejects_missing_and_corrupt_files(tmp_path) -> None:
         load_basis(truncated)
 
 
+def test_save_errors_name_the_path_and_leave_nothing(tmp_path) -> None:
+    basis = ChannelBasis.luminance()
+    with pytest.raises(IsADirectoryError, match=r"is a folder; .* e\.g\. .*basis\.safetensors"):
+        basis.save(tmp_path)
+    with pytest.raises(OSError, match=r"cannot write the basis to /proc/b\.safetensors"):
+        basis.save("/proc/b.safetensors")  # safetensors' own error, raised as an OSError
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_direction_validation() -> None:
     with pytest.raises(ValueError, match="finite non-zero"):
         ChannelBasis([0.0, 0.0, 0.0])

@@ -241,8 +241,16 @@ class Basis(ABC):
             "config": json.dumps(self._config()),
             "metadata": json.dumps(self.metadata),
         }
-        with atomic_path(path) as tmp:
-            save_file(tensors, str(tmp), metadata=header)
+        if Path(path).is_dir():
+            raise IsADirectoryError(
+                f"{path} is a folder; save the basis to a file in it, e.g. "
+                f"{Path(path) / 'basis.safetensors'}"
+            )
+        try:
+            with atomic_path(path) as tmp:
+                save_file(tensors, str(tmp), metadata=header)
+        except SafetensorError as err:  # safetensors' own I/O errors, as the OSError they are
+            raise OSError(f"cannot write the basis to {path}: {err}") from None
         return Path(path)
 
     def __repr__(self) -> str:
