@@ -88,10 +88,14 @@ def _oracle(scheduler, x: torch.Tensor, t) -> torch.Tensor:
     x0, eps = abar.sqrt() * 0.25 * k * mixed, (1 - abar).sqrt() * k * mixed
     kind = scheduler.config.prediction_type
     if kind == "sample":
-        return x0
-    if kind == "v_prediction":
-        return abar.sqrt() * eps - (1 - abar).sqrt() * x0
-    return eps
+        out = x0
+    elif kind == "v_prediction":
+        out = abar.sqrt() * eps - (1 - abar).sqrt() * x0
+    else:
+        out = eps
+    if scheduler.config.get("variance_type") in ("learned", "learned_range"):
+        return torch.cat([out, torch.full_like(out, 0.5)], dim=1)  # and a variance prediction
+    return out
 
 
 def _loop(scheduler, num_steps=None, *, timesteps=None, noise_arg=False, **step_kwargs):
@@ -455,7 +459,10 @@ SAVED = {
         ({"flow_shift": 3.0}, "flow_shift"),
         ({"final_sigmas_type": "sigma_min"}, None),
         ({"lambda_min_clipped": -3.0}, None),
-        ({"variance_type": "learned_range"}, "variance_type"),
+        ({"variance_type": "learned_range"}, None),
+        ({"variance_type": "learned"}, None),
+        ({"variance_type": "fixed_large"}, None),
+        ({"variance_type": "custom"}, "variance_type"),
         ({"timestep_spacing": "leading"}, None),
         ({"timestep_spacing": "trailing"}, None),
         ({"steps_offset": 1, "timestep_spacing": "leading"}, None),
@@ -847,6 +854,26 @@ def test_a_ddpm_config_brings_its_clipping_where_it_holds_it(tmp_path) -> None:
     assert DPM.from_pretrained(tmp_path).config.clip_sample
 
 
+def test_dpmsolver_takes_ddpm_variance_types_as_stock_does(tmp_path) -> None:
+    """To DPM-Solver ``variance_type`` only says whether the model output holds a variance:
+    a DDPM config with fixed_large swaps in as in stock (google/ddpm-cifar10-32's case), and
+    a learned variance is dropped from an output of twice the sample's channels."""
+    # without clipping, which ours would carry over (stock DPM-Solver drops it)
+    DDPMScheduler(variance_type="fixed_large", clip_sample=False).save_pretrained(tmp_path)
+    ours, stock = (
+        DPM.from_pretrained(tmp_path),
+        DPMSolverMultistepScheduler.from_pretrained(tmp_path),
+    )
+    _assert_loops_equal(ours, stock, 10)
+    learned = _squeezed(DPM, variance_type="learned_range")
+    plain = _squeezed(DPM)
+    _assert_loops_equal(learned, plain, 10)  # _oracle appends a variance half for "learned"
+    learned.set_timesteps(10)
+    x = torch.randn(SHAPE)
+    with pytest.raises(ValueError, match=r"expects a model output of 6 channels .* got 3"):
+        learned.step(x, learned.timesteps[0], x)
+
+
 def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:
     clip = -3.0
     ours = _squeezed(DPM, lambda_min_clipped=clip)
@@ -1174,7 +1201,7 @@ def test_from_basis_file(tmp_path) -> None:
         (DDIM, {"prediction_type": "sample", "target": "unit"}, "contradicts"),
         (DPM, {"algorithm_type": "deis"}, "maps 'deis'"),
         (DPM, {"solver_type": "bh2"}, "solver_type='bh2'"),
-        (DPM, {"variance_type": "fixed_large"}, "variance_type='fixed_large'"),
+        (DPM, {"variance_type": "fixed"}, "variance_type='fixed'.*also predicts a variance"),
         (DDIM, {"trained_betas": [0.01] * 10}, "trained_betas has 10 entries but num_train_"),
         (DPM, {"trained_betas": TRAINED_BETAS, "num_train_timesteps": 100}, "has 1000 entries"),
         (DDPM, {"trained_betas": [0.01] * 12, "num_train_timesteps": 10}, r"trained_betas\[:10\]"),

@@ -33,6 +33,13 @@ _REFUSED_FLAGS = {
 }
 
 
+# variance_type is only "does the model output hold a variance too?" to DPM-Solver, which uses
+# the mean: DDPM's fixed types say no (so a DDPM config swaps in as in stock), the learned
+# ones say the output's second half of channels is the variance, which the step drops.
+_NO_VARIANCE = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+_LEARNED = ("learned", "learned_range")
+
+
 def algorithm_types() -> tuple[str, ...]:
     """The ``algorithm_type`` values this scheduler runs: those the samplers registered with
     ``scheduler='dpmsolver'`` select it with (``scheduler_keys``)."""
@@ -79,7 +86,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
     'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
     the timesteps where any direction's lambda is below it), ``timestep_spacing``,
-    ``steps_offset``, the prediction types, thresholding and ``rescale_betas_zero_snr``.
+    ``steps_offset``, the prediction types, thresholding, ``rescale_betas_zero_snr`` and
+    ``variance_type`` (the learned types: the step drops the output's variance half).
     ``clip_sample`` and ``clip_sample_range`` (off by default: stock DPM-Solver has no
     clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here.
     ``anchor_x0`` and ``anchor_x0_scaled`` (not stock's; off by default) are the core's
@@ -162,13 +170,11 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             "stock maps 'logrho', 'bh1' and 'bh2' to 'midpoint' silently",
         )
         require("final_sigmas_type", cfg.final_sigmas_type, ("zero", "sigma_min"))
-        # DDPM's default stands for "no learned variance", which is what this assumes.
         require(
             "variance_type",
             cfg.variance_type,
-            (None, "fixed_small"),
-            "a learned variance needs a model that predicts it, and DDPM's other variance "
-            "types are ancestral noise, which DPM-Solver++ does not add",
+            _NO_VARIANCE + _LEARNED,
+            "it says whether the model also predicts a variance, as stock's DDPM types do",
         )
         for flag, why in _REFUSED_FLAGS.items():
             require(flag, cfg[flag], (False,), why)
@@ -280,6 +286,19 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         return -1 if self.config.final_sigmas_type == "zero" else 0
 
     # -- stepping ---------------------------------------------------------------------
+    def _mean_of(self, model_output: Tensor, sample: Tensor) -> Tensor:
+        """The mean channels of a model output that also holds a learned variance (stock
+        takes the first 3, which is this for images; its other prediction types fail)."""
+        channels = sample.shape[1]
+        if model_output.shape[1] != 2 * channels:
+            raise ValueError(
+                f"variance_type={self.config.variance_type!r} expects a model output of "
+                f"{2 * channels} channels (mean, then variance) for a {channels}-channel "
+                f"sample, got {model_output.shape[1]}; a model that predicts no variance "
+                "needs variance_type=None"
+            )
+        return model_output[:, :channels]
+
     def _x0_rule(self, reuse: bool = False) -> X0Rule:
         """The shared rule plus the anchor keys."""
         cfg = self.config
@@ -310,6 +329,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
                 else self._begin_index
             )
         cfg, index, n = self.config, self._step_index, len(self.timesteps)
+        if cfg.variance_type in _LEARNED:
+            model_output = self._mean_of(model_output, sample)
         final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
         self._state["first_order"] = cfg.solver_order == 1 or final
         # In float32 at least, whatever the pipeline's dtype (stock upcasts the sample; here
