@@ -872,6 +872,7 @@ def test_dpmsolver_takes_ddpm_variance_types_as_stock_does(tmp_path) -> None:
     x = torch.randn(SHAPE)
     with pytest.raises(ValueError, match=r"expects a model output of 6 channels .* got 3"):
         learned.step(x, learned.timesteps[0], x)
+    assert learned.step_index is None  # the refused step moved nothing
 
 
 def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:

@@ -322,6 +322,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         registered sampler's step decides both)."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step(), as with stock DPM-Solver")
+        if self.config.variance_type in _LEARNED:  # before any state changes
+            model_output = self._mean_of(model_output, sample)
         if self._step_index is None:
             self._step_index = (
                 self.index_for_timestep(timestep)
@@ -329,8 +331,6 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
                 else self._begin_index
             )
         cfg, index, n = self.config, self._step_index, len(self.timesteps)
-        if cfg.variance_type in _LEARNED:
-            model_output = self._mean_of(model_output, sample)
         final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
         self._state["first_order"] = cfg.solver_order == 1 or final
         # In float32 at least, whatever the pipeline's dtype (stock upcasts the sample; here
