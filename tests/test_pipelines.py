@@ -295,6 +295,23 @@ def test_custom_timesteps_at_zero_strength_equal_stock(cls, num_steps) -> None:
     _assert_loops_equal(cls(), STOCK[cls](), timesteps=timesteps)
 
 
+def test_ddpm_public_state_follows_stocks() -> None:
+    """Stock DDPM keeps ``variance_type`` and ``custom_timesteps`` as attributes, which
+    code written for it reads."""
+    ours, stock = DDPM(variance_type="fixed_large"), DDPMScheduler(variance_type="fixed_large")
+    for call in (
+        {"num_inference_steps": 10},
+        {"timesteps": [900, 500, 100]},
+        {"num_inference_steps": 5},
+    ):
+        for scheduler in (ours, stock):
+            scheduler.set_timesteps(**call)
+        assert (ours.custom_timesteps, ours.variance_type) == (
+            stock.custom_timesteps,
+            stock.variance_type,
+        )
+
+
 def test_ddim_steps_from_any_timestep_as_stock() -> None:
     """Stock DDIM lands on t - T // n even from a timestep off the schedule."""
     ours, stock = DDIM(clip_sample=False), DDIMScheduler(clip_sample=False)

@@ -79,6 +79,12 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         sampler: str = "ddpm",
     ) -> None:
         self._setup()
+        self.custom_timesteps = False  # stock's public flag: set_timesteps(timesteps=...) used
+
+    @property
+    def variance_type(self) -> str | None:
+        """The configured ``variance_type``, where stock keeps it as an attribute too."""
+        return self.config.variance_type
 
     def _check(self) -> None:
         """The sampler is a registered DDPM one; ``variance_type`` one the core has."""
@@ -115,6 +121,7 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
                 raise ValueError(f"custom timesteps must be strictly descending, got {steps}")
         self._use_timesteps(steps, device)
         self.num_inference_steps = len(steps)
+        self.custom_timesteps = timesteps is not None
 
     def _use_timesteps(
         self, timesteps: list[int], device: str | torch.device | None = None
