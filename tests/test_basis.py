@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -145,9 +146,10 @@ def test_save_errors_name_the_path_and_leave_nothing(tmp_path) -> None:
     basis = ChannelBasis.luminance()
     with pytest.raises(IsADirectoryError, match=r"is a folder; .* e\.g\. .*basis\.safetensors"):
         basis.save(tmp_path)
-    with pytest.raises(OSError, match=r"cannot write the basis to /proc/b\.safetensors"):
-        basis.save("/proc/b.safetensors")  # safetensors' own error, raised as an OSError
-    assert list(tmp_path.iterdir()) == []
+    assert list(tmp_path.iterdir()) == []  # refused before a temporary file was written
+    if Path("/proc").is_dir():  # refuses new files whatever the user, root included
+        with pytest.raises(OSError, match=r"cannot write the basis to /proc/b\.safetensors"):
+            basis.save("/proc/b.safetensors")  # safetensors' own error, raised as an OSError
 
 
 def test_direction_validation() -> None:

@@ -310,6 +310,8 @@ def test_ddpm_public_state_follows_stocks() -> None:
             stock.custom_timesteps,
             stock.variance_type,
         )
+    with pytest.raises(AttributeError, match=r"register_to_config\(variance_type=\.\.\.\)"):
+        ours.variance_type = "fixed_small"  # stock stores it and samples with its config's
 
 
 def test_ddim_steps_from_any_timestep_as_stock() -> None:
@@ -887,9 +889,13 @@ def test_dpmsolver_takes_ddpm_variance_types_as_stock_does(tmp_path) -> None:
     _assert_loops_equal(learned, plain, 10)  # _oracle appends a variance half for "learned"
     learned.set_timesteps(10)
     x = torch.randn(SHAPE)
-    with pytest.raises(ValueError, match=r"expects a model output of 6 channels .* got 3"):
+    with pytest.raises(ValueError, match="has 3 channels for a 3-channel sample under varian"):
         learned.step(x, learned.timesteps[0], x)
     assert learned.step_index is None  # the refused step moved nothing
+    plain.set_timesteps(10)
+    with pytest.raises(ValueError, match=r"has 6 channels .* set variance_type='learned_range'"):
+        plain.step(torch.cat([x, x], dim=1), plain.timesteps[0], x)
+    assert plain.step_index is None
 
 
 def test_dpmsolver_lambda_min_clipped_keeps_every_direction_above_it() -> None:
@@ -1219,7 +1225,7 @@ def test_from_basis_file(tmp_path) -> None:
         (DDIM, {"prediction_type": "sample", "target": "unit"}, "contradicts"),
         (DPM, {"algorithm_type": "deis"}, "maps 'deis'"),
         (DPM, {"solver_type": "bh2"}, "solver_type='bh2'"),
-        (DPM, {"variance_type": "fixed"}, "variance_type='fixed'.*also predicts a variance"),
+        (DPM, {"variance_type": "fixed"}, "variance_type='fixed'.*use None or a fixed type"),
         (DDIM, {"trained_betas": [0.01] * 10}, "trained_betas has 10 entries but num_train_"),
         (DPM, {"trained_betas": TRAINED_BETAS, "num_train_timesteps": 100}, "has 1000 entries"),
         (DDPM, {"trained_betas": [0.01] * 12, "num_train_timesteps": 10}, r"trained_betas\[:10\]"),
@@ -1464,19 +1470,30 @@ def _half_loop(scheduler, dtype: torch.dtype, model_dtype: torch.dtype | None = 
 
 
 @pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
-def test_step_returns_the_dtype_stock_returns(cls) -> None:
-    """Stock's arithmetic promotes the sample and the model output (DPM-Solver casts back to
-    that after upcasting): a pipeline in half precision stays there, a float32 sample with a
-    half-precision model output stays float32."""
-    kinds = [{}, {"algorithm_type": "sde-dpmsolver++"} if cls is DPM else {"thresholding": True}]
+def test_step_returns_the_dtypes_stock_returns(cls) -> None:
+    """Stock's arithmetic promotes the sample and the model output, except that x_0 is the
+    model output under ``sample`` prediction (and DPM-Solver returns its step in x_0's
+    dtype): a half-precision pipeline stays there, a float32 sample stays float32 with a
+    half-precision model output."""
+    kinds = [
+        {},
+        {"prediction_type": "sample"},
+        {"algorithm_type": "sde-dpmsolver++"} if cls is DPM else {"thresholding": True},
+    ]
     for config in kinds:
         for sample_dtype in DTYPES:
             for model_dtype in DTYPES:
-                got = [
-                    _half_loop(scheduler(**config), sample_dtype, model_dtype).dtype
-                    for scheduler in (cls, STOCK[cls])
-                ]
-                assert got[0] == got[1] == torch.promote_types(sample_dtype, model_dtype)
+                outputs = []
+                for scheduler in (cls(**config), STOCK[cls](**config)):
+                    scheduler.set_timesteps(10)
+                    x = torch.randn(SHAPE, generator=_gen(1)).to(sample_dtype)
+                    for t in scheduler.timesteps[:3]:
+                        out = _oracle(scheduler, x.float(), t).to(model_dtype)
+                        step = scheduler.step(out, t, x, generator=_gen(0))
+                        x = step.prev_sample.to(sample_dtype)
+                    x0 = getattr(step, "pred_original_sample", None)
+                    outputs.append((step.prev_sample.dtype, x0 if x0 is None else x0.dtype))
+                assert outputs[0] == outputs[1], (config, sample_dtype, model_dtype)
 
 
 @pytest.mark.parametrize("dtype", HALF)

@@ -456,7 +456,9 @@ class SqueezedSchedulerMixin:
         **options: Any,
     ) -> BaseOutput | tuple[Tensor, Tensor]:
         """One step of the registered sampler from ``timestep`` to :meth:`previous_timestep`,
-        in diffusers' format, in the dtype stock's arithmetic gives (the two inputs' promoted)."""
+        in diffusers' format and the dtypes stock's arithmetic gives: computed in the two
+        inputs' promoted dtype, x_0 in :meth:`_x0_dtype`. (Where the model output has the
+        lower precision, stock draws its noise in that and a seed gives other numbers.)"""
         t = int(timestep)
         dtype = torch.promote_types(sample.dtype, model_output.dtype)
         out = self._sampler.step(
@@ -468,4 +470,14 @@ class SqueezedSchedulerMixin:
             clip=self._x0_rule(reuse),
             **options,
         )
+        out = out._replace(
+            pred_original_sample=out.pred_original_sample.to(self._x0_dtype(sample, model_output))
+        )
         return output_cls(**out._asdict()) if return_dict else tuple(out)
+
+    def _x0_dtype(self, sample: Tensor, model_output: Tensor) -> torch.dtype:
+        """The dtype of stock's x_0 prediction: the model output's for ``sample`` prediction,
+        else the inputs' promoted (DPM-Solver returns its step in it)."""
+        if self.config.prediction_type == "sample":
+            return model_output.dtype
+        return torch.promote_types(sample.dtype, model_output.dtype)

@@ -188,8 +188,9 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         if output_type != "latent":
             image = (image / 2 + 0.5).clamp(0, 1)
             if output_type != "pt":
-                # float32 for numpy, which has no bfloat16 (stock fails there)
-                image = image.float().cpu().permute(0, 2, 3, 1).numpy()
+                if image.dtype == torch.bfloat16:  # numpy has none (stock fails there)
+                    image = image.float()
+                image = image.cpu().permute(0, 2, 3, 1).numpy()
                 if output_type == "pil":
                     image = self.numpy_to_pil(image)
         return ImagePipelineOutput(images=image) if return_dict else (image,)

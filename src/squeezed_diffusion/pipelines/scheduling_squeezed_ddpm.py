@@ -86,6 +86,14 @@ class SqueezedDDPMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         """The configured ``variance_type``, where stock keeps it as an attribute too."""
         return self.config.variance_type
 
+    @variance_type.setter
+    def variance_type(self, value: str | None) -> None:
+        # stock stores the assignment and samples with its config's value regardless
+        raise AttributeError(
+            f"variance_type={value!r} set as an attribute would not change the sampling; "
+            "use scheduler.register_to_config(variance_type=...)"
+        )
+
     def _check(self) -> None:
         """The sampler is a registered DDPM one; ``variance_type`` one the core has."""
         cfg = self.config

@@ -174,7 +174,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             "variance_type",
             cfg.variance_type,
             _NO_VARIANCE + _LEARNED,
-            "it says whether the model also predicts a variance, as stock's DDPM types do",
+            "use None or a fixed type for a model without a variance, 'learned' or "
+            "'learned_range' for one whose output holds a variance after the mean",
         )
         for flag, why in _REFUSED_FLAGS.items():
             require(flag, cfg[flag], (False,), why)
@@ -287,17 +288,22 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
 
     # -- stepping ---------------------------------------------------------------------
     def _mean_of(self, model_output: Tensor, sample: Tensor) -> Tensor:
-        """The mean channels of a model output that also holds a learned variance (stock
-        takes the first 3, which is this for images; its other prediction types fail)."""
-        channels = sample.shape[1]
-        if model_output.shape[1] != 2 * channels:
-            raise ValueError(
-                f"variance_type={self.config.variance_type!r} expects a model output of "
-                f"{2 * channels} channels (mean, then variance) for a {channels}-channel "
-                f"sample, got {model_output.shape[1]}; a model that predicts no variance "
-                "needs variance_type=None"
-            )
-        return model_output[:, :channels]
+        """The model output without its learned variance, if ``variance_type`` says it has
+        one (stock takes the first 3 channels, which is this for images; its other prediction
+        types then fail); a channel count that disagrees with ``variance_type`` raises."""
+        channels, got = sample.shape[1], model_output.shape[1]
+        learned = self.config.variance_type in _LEARNED
+        if got == (2 if learned else 1) * channels:
+            return model_output[:, :channels] if learned else model_output
+        fix = (
+            "set variance_type='learned_range' (or 'learned') for an output of mean then variance"
+            if got == 2 * channels
+            else f"a model without a variance needs variance_type=None (output: {channels})"
+        )
+        raise ValueError(
+            f"the model output has {got} channels for a {channels}-channel sample under "
+            f"variance_type={self.config.variance_type!r}; {fix}"
+        )
 
     def _x0_rule(self, reuse: bool = False) -> X0Rule:
         """The shared rule plus the anchor keys."""
@@ -322,8 +328,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         registered sampler's step decides both)."""
         if self.num_inference_steps is None:
             raise ValueError("call set_timesteps() before step(), as with stock DPM-Solver")
-        if self.config.variance_type in _LEARNED:  # before any state changes
-            model_output = self._mean_of(model_output, sample)
+        model_output = self._mean_of(model_output, sample)  # before any state changes
         if self._step_index is None:
             self._step_index = (
                 self.index_for_timestep(timestep)
@@ -335,9 +340,10 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         self._state["first_order"] = cfg.solver_order == 1 or final
         # In float32 at least, whatever the pipeline's dtype (stock upcasts the sample; here
         # the model output and the solver's x_0 history too, whose half-precision rounding
-        # stock carries from step to step), returned in the dtype stock returns: the inputs'.
-        dtype = torch.promote_types(sample.dtype, model_output.dtype)
-        work = torch.promote_types(dtype, torch.float32)
+        # stock carries from step to step; float64 stays float64, which stock rounds to
+        # float32), returned in the dtype stock returns.
+        dtype = self._x0_dtype(sample, model_output)
+        work = torch.promote_types(torch.promote_types(sample.dtype, dtype), torch.float32)
         out = self._sampler.step(
             self._on(sample.device),
             model_output.to(work),
