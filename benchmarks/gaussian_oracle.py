@@ -10,8 +10,8 @@ only the update rule differs) does not once ``S_t`` varies with t. Prints the re
 Frobenius error of the sampled covariance (16,384 pixel vectors, a CIFAR-like colour
 covariance) per (variant, strength) and sampler; the isotropic row is the Monte-Carlo floor.
 With ``--nfe``: the same error against the number of model evaluations for ddim, dpmpp-2m,
-dpmpp-2m-sde and
-heun (heun takes 2 steps - 1 evaluations), at 10 to 50 evaluations.
+dpmpp-3m, their SDE forms and heun (heun takes 2 steps - 1 evaluations), at 10 to 50
+evaluations (100 for dpmpp-3m-sde, which settles late).
 """
 
 from __future__ import annotations
@@ -30,6 +30,8 @@ NFE_STEPS = {
     "ddim": (10, 20, 50),
     "dpmpp-2m": (10, 20, 50),
     "dpmpp-2m-sde": (10, 20, 50),
+    "dpmpp-3m": (10, 20, 50),
+    "dpmpp-3m-sde": (10, 20, 50, 100),
     "heun": (5, 6, 10, 11, 25),
 }
 

@@ -233,6 +233,10 @@ DPM_OPTIONS = [
     ({"algorithm_type": "sde-dpmsolver++", "solver_order": 1}, {}),
     ({"algorithm_type": "sde-dpmsolver++", "final_sigmas_type": "sigma_min"}, {}),
     ({"algorithm_type": "sde-dpmsolver++", "prediction_type": "v_prediction"}, {}),
+    ({"solver_order": 3}, {}),
+    ({"solver_order": 3, "final_sigmas_type": "sigma_min"}, {}),
+    ({"solver_order": 3, "final_sigmas_type": "sigma_min", "lower_order_final": False}, {}),
+    ({"solver_order": 3, "prediction_type": "v_prediction", "thresholding": True}, {}),
     # cosine betas without lambda_min_clipped blow up in stock DPM-Solver too (abar_T ~ 2e-9)
     *(({**c}, {}) for c in COMMON_OPTIONS if c != {"beta_schedule": "squaredcos_cap_v2"}),
 ]
@@ -457,7 +461,8 @@ SAVED = {
         ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, None),
         ({"trained_betas": TRAINED_BETAS}, None),
         ({"solver_order": 1}, None),
-        ({"solver_order": 3}, "solver_order"),
+        ({"solver_order": 3}, None),
+        ({"solver_order": 4}, "solver_order"),
         ({"prediction_type": "sample"}, None),
         ({"prediction_type": "v_prediction"}, None),
         ({"prediction_type": "flow_prediction"}, "prediction_type"),
@@ -820,11 +825,40 @@ def test_dpmsolver_first_order_is_squeezed_ddim_on_the_same_timesteps() -> None:
         ({"solver_type": "heun"}, 10),
         ({"final_sigmas_type": "sigma_min", "lower_order_final": False}, 10),
         ({"final_sigmas_type": "sigma_min", "euler_at_final": True}, 50),
+        ({"solver_order": 3, "final_sigmas_type": "sigma_min"}, 10),
     ],
 )
 def test_dpmsolver_options_change_the_squeezed_loop(config, num_steps) -> None:
     reference = {"final_sigmas_type": "sigma_min"} if "solver_type" not in config else {}
     _assert_loops_differ(_squeezed(DPM, **config), _squeezed(DPM, **reference), num_steps)
+
+
+def test_third_order_sde_step_is_stocks_with_the_sign_of_its_half_corrected() -> None:
+    """Stock's third-order sde-dpmsolver++ weighs D2 by a_t ((1 - e^-2h - 2h) / (2h)^2 - 1/2);
+    the integral of 2 e^(-2v) (h - v)^2 / 2 over [0, h], over h^2, has + 1/2 there (as
+    k-diffusion's dpmpp_3m_sde): the steps agree up to the third, which differs from
+    stock's by exactly a_t D2, stock's own D2 (diffusers 0.42.1)."""
+    config = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}
+    ours, stock = DPM(**config), DPMSolverMultistepScheduler(**config)
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(20)
+    x, noises = torch.randn(SHAPE, generator=_gen(1)), torch.randn(3, *SHAPE, generator=_gen(2))
+    for i, t in enumerate(stock.timesteps[:3]):
+        out = _oracle(stock, x, t)
+        a = ours.step(out, t, x, variance_noise=noises[i]).prev_sample
+        b = stock.step(out, t, x, variance_noise=noises[i]).prev_sample
+        if i < 2:
+            assert (a - b).abs().max() < 1e-5
+        x = b
+    # stock's levels of the third step: to (index 3), from (2), and the two before (1, 0)
+    levels = [stock._sigma_to_alpha_sigma_t(stock.sigmas[k]) for k in (3, 2, 1, 0)]
+    lam = [torch.log(alpha) - torch.log(sigma) for alpha, sigma in levels]
+    h = lam[0] - lam[1]
+    r0, r1 = (lam[1] - lam[2]) / h, (lam[2] - lam[3]) / h
+    m0, m1, m2 = stock.model_outputs[-1], stock.model_outputs[-2], stock.model_outputs[-3]
+    d2 = ((m0 - m1) / r0 - (m1 - m2) / r1) / (r0 + r1)
+    assert h > 0 and (a - b).abs().max() > 1e-2  # the term matters at 20 steps
+    assert (a - b - levels[0][0] * d2).abs().max() < 1e-5
 
 
 @pytest.mark.parametrize("final", ["zero", "sigma_min"])

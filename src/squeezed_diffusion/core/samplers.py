@@ -25,6 +25,8 @@ part 2):
 - :func:`dpmpp_2m_sde_step`: its SDE form (diffusers' ``sde-dpmsolver++``), which adds
   fresh noise ``sigma_t,i sqrt(1 - exp(-2 h_i))`` per direction at every step, like
   ancestral sampling;
+- :func:`dpmpp_3m_step`, :func:`dpmpp_3m_sde_step`: the third-order multistep forms
+  (diffusers' ``solver_order=3``);
 - :func:`heun_step`: EDM's second-order Heun method on the same per-direction ODE, written
   in each direction's own noise level ``sigma_t,i / a_t``.
 
@@ -483,15 +485,19 @@ def _dpm_coefs(
     c_s0,
     abar_s1=None,
     c_s1=None,
+    abar_s2=None,
+    c_s2=None,
     solver: str = "midpoint",
     sde: bool = False,
     scaled: bool = False,
 ):
-    """``(coef of x, coef of m0, coef of m1, std of the fresh noise, coef of the anchor)`` of
-    DPM-Solver++ (data prediction), per direction: first order without ``s1``, else the 2M
-    update with ``r0 = h_0 / h``; ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in
-    ``exp(-2h)``). The anchor ``m0 - x0hat`` enters as x does, times ``a_s`` (``X0Rule.anchor``),
-    and ``scaled`` times the first-order share of m0, ``d0 / alpha_t`` (``anchor_scaled``)."""
+    """``(coef of x, of m0, of m1, of m2, std of the fresh noise, coef of the anchor)`` of
+    DPM-Solver++ (data prediction), per direction: first order without ``s1``, the 2M update
+    with ``r0 = h_0 / h`` without ``s2``, else the 3M update (diffusers'
+    ``multistep_dpm_solver_third_order_update``, its D1 and D2 expanded into m0, m1, m2);
+    ``sde``: diffusers' ``sde-dpmsolver++`` (its terms in ``exp(-2h)``). The anchor
+    ``m0 - x0hat`` enters as x does, times ``a_s`` (``X0Rule.anchor``), and ``scaled`` times
+    the first-order share of m0, ``d0 / alpha_t`` (``anchor_scaled``)."""
     (alpha_t, sigma_t), (alpha_s0, sigma_s0) = _ode_level(abar_t, c_t), _ode_level(abar_s0, c_s0)
     lambda_t = torch.log(alpha_t) - torch.log(sigma_t)
     lambda_s0 = torch.log(alpha_s0) - torch.log(sigma_s0)
@@ -499,109 +505,174 @@ def _dpm_coefs(
     if sde:
         decay = 1.0 - torch.exp(-2.0 * h)
         ratio, d0 = sigma_t / sigma_s0 * torch.exp(-h), alpha_t * decay
-        std, heun_d1 = sigma_t * torch.sqrt(decay), alpha_t * (decay / (-2.0 * h) + 1.0)
+        std, e1 = sigma_t * torch.sqrt(decay), alpha_t * (decay / (-2.0 * h) + 1.0)
+        # + 0.5: the integral of 2 e^(-2v) (h - v)^2 / 2 over [0, h], divided by h^2, as
+        # k-diffusion's dpmpp_3m_sde; diffusers 0.42.1 has - 0.5, an O(1) error on D2
+        e2 = alpha_t * ((decay - 2.0 * h) / (2.0 * h) ** 2 + 0.5)
     else:
         ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
-        std, heun_d1 = torch.zeros_like(d0), alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+        std, e1 = torch.zeros_like(d0), alpha_t * ((torch.exp(-h) - 1.0) / h + 1.0)
+        e2 = -(alpha_t * ((torch.exp(-h) - 1.0 + h) / h**2 - 0.5))
     anchor = ratio * alpha_s0 * (d0 / alpha_t if scaled else 1.0)
+    zero = torch.zeros_like(d0)
     if abar_s1 is None:
-        return ratio, d0, torch.zeros_like(d0), std, anchor
+        return ratio, d0, zero, zero, std, anchor
     alpha_s1, sigma_s1 = _ode_level(abar_s1, c_s1)
-    r0 = (lambda_s0 - (torch.log(alpha_s1) - torch.log(sigma_s1))) / h
-    # D1 = (m0 - m1) / r0 enters with d0 / 2 (midpoint) or with heun_d1 (heun)
-    d1 = (0.5 * d0 if solver == "midpoint" else heun_d1) / r0
-    return ratio, d0 + d1, -d1, std, anchor
+    lambda_s1 = torch.log(alpha_s1) - torch.log(sigma_s1)
+    r0 = (lambda_s0 - lambda_s1) / h
+    if abar_s2 is None:
+        # D1 = (m0 - m1) / r0 enters with d0 / 2 (midpoint) or with e1 (heun)
+        d1 = (0.5 * d0 if solver == "midpoint" else e1) / r0
+        return ratio, d0 + d1, -d1, zero, std, anchor
+    alpha_s2, sigma_s2 = _ode_level(abar_s2, c_s2)
+    r1 = (lambda_s1 - (torch.log(alpha_s2) - torch.log(sigma_s2))) / h
+    # D1_0 = (m0 - m1) / r0, D1_1 = (m1 - m2) / r1; D1 = D1_0 + k (D1_0 - D1_1) with
+    # k = r0 / (r0 + r1) enters with e1, D2 = (D1_0 - D1_1) / (r0 + r1) with e2
+    k = r0 / (r0 + r1)
+    on_d10 = e1 * (1.0 + k) + e2 / (r0 + r1)  # D1_0's coefficient
+    on_d11 = -(e1 * k + e2 / (r0 + r1))  # D1_1's
+    return ratio, d0 + on_d10 / r0, -on_d10 / r0 + on_d11 / r1, -on_d11 / r1, std, anchor
+
+
+def _dpm_order(state: dict[str, Any], order: int) -> int:
+    """``order`` lowered as diffusers' DPMSolverMultistepScheduler lowers it near the end, by
+    ``state``'s step ``index`` of ``count`` (the sampling loop's): with fewer than 15 steps
+    (and ``lower_order_final``, default True) the last step is first order and the one
+    before at most second; ``euler_at_final`` makes the last step first order always."""
+    index, count = state.get("index"), state.get("count")
+    if index is None or count is None:
+        return order
+    short = state.get("lower_order_final", True) and count < 15
+    if index == count - 1 and (short or state.get("euler_at_final", False)):
+        return 1
+    return min(order, 2) if index == count - 2 and short else order
 
 
 def _dpmpp(
     name: str,
+    order: int,
+    sde: bool,
     proc: SqueezedDiffusion,
     model_output: Tensor,
     x: Tensor,
     t: int,
     t_prev: int,
-    rule: X0Rule,
+    generator: torch.Generator | None,
+    eta: float,
+    clip: bool | X0Rule,
+    noise: Tensor | None,
+    variance: str,
     state: dict[str, Any] | None,
-    noise: Tensor | None = None,
 ) -> StepOutput:
-    """DPM-Solver++(2M), ODE (``noise is None``) or SDE (``noise``: this step's draw).
+    """DPM-Solver++ multistep, ODE or SDE (a fresh draw of ``noise``'s kind per step), of
+    ``order`` where the history of x0hat and :func:`_dpm_order` allow.
 
     With ``rule.anchor`` it steps from ``x + a_t (m0 - x0hat)`` instead of ``x``: the same
     update, fused into one sum. Without it, whatever the network predicted beyond the clipped
     x_0 stays in x_t and the next prediction starts from there; anchored, each step starts
     from ``a_t clip(x0hat) + sigma_t epshat``, as DDIM's does under its stock rule."""
+    rule = as_rule(clip)
+    if sde:
+        _refuse(name, eta=eta, variance=variance, reuse=rule.reuse)
+        noise = _noise(x, generator, noise, torch.float32)  # stock: float32 for any sample
+    else:
+        _refuse(name, eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
     state = {} if state is None else state
     raw = predict(proc, model_output, x, t).x0
     x0 = rule(raw)
-    prev = state.get("previous")
-    second = prev is not None and t_prev >= 0 and not state.pop("first_order", False)
-    solver, sde = state.get("solver_type", "midpoint"), noise is not None
-    levels = [_level(proc, t_prev), _level(proc, t)] + ([_level(proc, prev[0])] if second else [])
+    history = state.get("history", [])  # (t, x0hat) of the last steps, newest first
+    order = _dpm_order(state, min(state.get("max_order", order), order, len(history) + 1))
+    if t_prev < 0:  # to the data: first order, as diffusers' final_sigmas_type="zero"
+        order = 1
+    earlier = history[: order - 1]
+    solver = state.get("solver_type", "midpoint")
+    levels = [_level(proc, t_prev), _level(proc, t)] + [_level(proc, s) for s, _ in earlier]
 
     def coefs() -> list[Tensor]:
         fn = partial(_dpm_coefs, solver=solver, sde=sde, scaled=rule.anchor_scaled)
         return _calibrated(fn, *levels)
 
-    key = (name, t, t_prev, prev[0] if second else None, solver, rule.anchor_scaled)
-    ratio, c0, c1, std, anchor = _cached(proc, key, x, coefs)
-    terms = [(x, ratio), (x0, c0)] + ([(prev[1], c1)] if second else [])
+    key = ("dpmpp", sde, t, t_prev, *(s for s, _ in earlier), solver, rule.anchor_scaled)
+    ratio, c0, c1, c2, std, anchor = _cached(proc, key, x, coefs)
+    terms = [(x, ratio), (x0, c0)] + [
+        (m, c) for (_, m), c in zip(earlier, (c1, c2)[: len(earlier)], strict=True)
+    ]
     if rule.anchor:
         terms.append((x0 - raw, anchor))
     if sde:
         terms.append((noise, std))
-    state["previous"] = (t, x0)
+    state["history"] = [(t, x0), *history[:1]]
     return StepOutput(_combine(proc, terms), x0)
 
 
-def dpmpp_2m_step(
-    proc: SqueezedDiffusion,
-    model_output: Tensor,
-    x: Tensor,
-    t: int,
-    t_prev: int,
-    *,
-    generator: torch.Generator | None = None,
-    eta: float = 0.0,
-    clip: bool | X0Rule = True,
-    noise: Tensor | None = None,
-    variance: str = "fixed_small",
-    state: dict[str, Any] | None = None,
-) -> StepOutput:
+def _dpmpp_step(name: str, order: int, sde: bool, doc: str) -> StepFunction:
+    """The registered step ``name``: :func:`_dpmpp` of ``order``, ODE or SDE, behind the
+    samplers' shared signature (one definition for the four DPM-Solver++ steps)."""
+
+    def step(
+        proc: SqueezedDiffusion,
+        model_output: Tensor,
+        x: Tensor,
+        t: int,
+        t_prev: int,
+        *,
+        generator: torch.Generator | None = None,
+        eta: float = 0.0,
+        clip: bool | X0Rule = True,
+        noise: Tensor | None = None,
+        variance: str = "fixed_small",
+        state: dict[str, Any] | None = None,
+    ) -> StepOutput:
+        args = (proc, model_output, x, t, t_prev, generator, eta, clip, noise, variance, state)
+        return _dpmpp(name, order, sde, *args)
+
+    step.__name__ = step.__qualname__ = f"{name.replace('-', '_')}_step"
+    step.__doc__ = doc
+    return step
+
+
+dpmpp_2m_step = _dpmpp_step(
+    "dpmpp-2m",
+    2,
+    False,
     """DPM-Solver++(2M) per direction: ``x_t = (sigma_t,i / sigma_s,i) x_s + ...`` with each
-    direction's own ``h_i``. ``state`` carries the previous x0hat and timestep between
-    steps (pass the same dict along a run); ``state["first_order"] = True`` forces the
-    first-order update (diffusers' lower-order final steps), ``state["solver_type"]`` is
-    'midpoint' (default) or 'heun'. The step to the data (``t_prev < 0``) is first order, as
-    diffusers' with ``final_sigmas_type="zero"``: it returns x0hat. ``clip`` with ``anchor``
-    (``clip-anchor``) makes its first step DDIM's (eta 0) under diffusers' default rule."""
-    rule = as_rule(clip)
-    _refuse("dpmpp-2m", eta=eta, noise=noise, variance=variance, reuse=rule.reuse)
-    return _dpmpp("dpmpp-2m", proc, model_output, x, t, t_prev, rule, state)
-
-
-def dpmpp_2m_sde_step(
-    proc: SqueezedDiffusion,
-    model_output: Tensor,
-    x: Tensor,
-    t: int,
-    t_prev: int,
-    *,
-    generator: torch.Generator | None = None,
-    eta: float = 0.0,
-    clip: bool | X0Rule = True,
-    noise: Tensor | None = None,
-    variance: str = "fixed_small",
-    state: dict[str, Any] | None = None,
-) -> StepOutput:
+    direction's own ``h_i``. ``state`` carries the last x0hat and timesteps between steps
+    (pass the same dict along a run) and the options of diffusers' scheduler:
+    ``max_order`` (1 makes every step first order), the loop's step ``index`` and ``count``
+    with ``lower_order_final`` and ``euler_at_final`` (its lower-order final steps,
+    :func:`_dpm_order`), ``solver_type`` 'midpoint' (default) or 'heun'. The step to the
+    data (``t_prev < 0``) is first order, as diffusers' with ``final_sigmas_type="zero"``:
+    it returns x0hat. ``clip`` with ``anchor`` (``clip-anchor``) makes its first step DDIM's
+    (eta 0) under diffusers' default rule.""",
+)
+dpmpp_2m_sde_step = _dpmpp_step(
+    "dpmpp-2m-sde",
+    2,
+    True,
     """DPM-Solver++(2M) SDE per direction (diffusers' ``sde-dpmsolver++``): the 2M update
     with ``exp(-2 h_i)`` terms plus fresh noise of std ``sigma_t,i sqrt(1 - exp(-2 h_i))``,
     drawn at every step (the last included, as diffusers) unless ``noise`` is given. The
     fresh noise lets it correct a model's errors as ancestral sampling does, where the ODE
-    carries them to the end. ``state`` as for :func:`dpmpp_2m_step`."""
-    rule = as_rule(clip)
-    _refuse("dpmpp-2m-sde", eta=eta, variance=variance, reuse=rule.reuse)
-    draw = _noise(x, generator, noise, torch.float32)  # stock draws float32 for any sample
-    return _dpmpp("dpmpp-2m-sde", proc, model_output, x, t, t_prev, rule, state, draw)
+    carries them to the end. ``state`` as for :func:`dpmpp_2m_step`.""",
+)
+dpmpp_3m_step = _dpmpp_step(
+    "dpmpp-3m",
+    3,
+    False,
+    """DPM-Solver++(3M) per direction (diffusers' ``solver_order=3``): from the third step
+    on, the update also extrapolates from the x0hat two steps back, with each direction's
+    own step ratios ``r0_i, r1_i``; the first steps are first and second order. ``state``
+    as for :func:`dpmpp_2m_step`.""",
+)
+dpmpp_3m_sde_step = _dpmpp_step(
+    "dpmpp-3m-sde",
+    3,
+    True,
+    """DPM-Solver++(3M) SDE per direction (diffusers' ``sde-dpmsolver++`` with
+    ``solver_order=3``): the 3M update in ``exp(-2 h_i)`` terms, with the exact weight of
+    the second difference (stock's has the sign of its 1/2 flipped), plus the fresh noise
+    of :func:`dpmpp_2m_sde_step`.""",
+)
 
 
 def _heun_levels(abar: Tensor, c: Tensor) -> tuple[Tensor, Tensor]:
@@ -792,6 +863,7 @@ def sample(
     ):
         with torch.no_grad():
             out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        state.update(index=i, count=len(schedule))  # for steps whose order depends on it
         step_eta = {"eta": eta} if entry.uses_eta else {}
         x, x0 = entry.step(
             proc, out, x, t, t_prev, generator=generator, clip=clip, state=state, **step_eta
@@ -905,16 +977,21 @@ for _sampler in (
         reuses_x0=True,
     ),
     Sampler("ddpm-paper", ddpm_paper_step, "the paper's heuristic: S_t^-1, DDPM step, S_t"),
-    Sampler(
-        "dpmpp-2m", dpmpp_2m_step, "DPM-Solver++(2M) per direction: few-step, deterministic",
-        scheduler="dpmsolver", schedule=ode_timesteps,
-        scheduler_config={"algorithm_type": "dpmsolver++"}, anchors_x0=True,
-    ),
-    Sampler(
-        "dpmpp-2m-sde", dpmpp_2m_sde_step,
-        "DPM-Solver++(2M) SDE per direction: few-step, fresh noise each step",
-        scheduler="dpmsolver", schedule=ode_timesteps,
-        scheduler_config={"algorithm_type": "sde-dpmsolver++"}, anchors_x0=True,
+    *(
+        Sampler(
+            f"dpmpp-{order}m{'-sde' * sde}", step,
+            f"DPM-Solver++({order}M){' SDE' * sde} per direction: few-step, "
+            + ("fresh noise each step" if sde else "deterministic"),
+            scheduler="dpmsolver", schedule=ode_timesteps, anchors_x0=True,
+            scheduler_config={
+                "algorithm_type": "sde-dpmsolver++" if sde else "dpmsolver++",
+                "solver_order": order,
+            },
+        )
+        for order, sde, step in (
+            (2, False, dpmpp_2m_step), (2, True, dpmpp_2m_sde_step),
+            (3, False, dpmpp_3m_step), (3, True, dpmpp_3m_sde_step),
+        )
     ),
     Sampler(
         "heun", heun_step, "EDM's 2nd-order Heun per direction (2 steps - 1 evaluations)",

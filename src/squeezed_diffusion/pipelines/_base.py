@@ -260,7 +260,7 @@ class SqueezedSchedulerMixin:
         basis = build_basis(cfg.basis, cfg.basis_config, legacy)
         self.register_to_config(basis=basis.name)  # the canonical name ('pixel_pca' -> 'pca')
         self._process = self._make_process(basis)
-        self._sampler: Sampler = sampler_for_scheduler(self._KIND, cfg)
+        self._sampler: Sampler = sampler_for_scheduler(self._KIND, self._sampler_keys())
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         self.betas = self._process.betas.float()
         self.alphas = 1.0 - self.betas
@@ -474,6 +474,10 @@ class SqueezedSchedulerMixin:
             pred_original_sample=out.pred_original_sample.to(self._x0_dtype(sample, model_output))
         )
         return output_cls(**out._asdict()) if return_dict else tuple(out)
+
+    def _sampler_keys(self) -> dict[str, Any]:
+        """The config items a registered sampler's ``scheduler_config`` is matched against."""
+        return dict(self.config)
 
     def _x0_dtype(self, sample: Tensor, model_output: Tensor) -> torch.dtype:
         """The dtype of stock's x_0 prediction: the model output's for ``sample`` prediction,

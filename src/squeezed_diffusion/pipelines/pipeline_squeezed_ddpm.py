@@ -95,7 +95,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         """The pipeline of a ``sqdm train`` run: its (EMA) UNet and a scheduler for its process.
 
         ``sampler`` is a registered sampler; its ``scheduler`` names the class ('ddpm',
-        'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; 'dpmpp-2m', 'dpmpp-2m-sde':
+        'ddpm-paper': :class:`SqueezedDDPMScheduler`; 'ddim'; the 'dpmpp-' samplers:
         :class:`SqueezedDPMSolverMultistepScheduler`, configured by the sampler's
         ``scheduler_keys``). ``x0`` names the x_0 rule as ``sqdm sample --x0`` does (default
         'clip'; the scheduler's :meth:`x0_config`; 'clip-reuse' is the call's

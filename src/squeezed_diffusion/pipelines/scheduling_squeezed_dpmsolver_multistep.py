@@ -1,10 +1,11 @@
 """``SqueezedDPMSolverMultistepScheduler``: diffusers' DPM-Solver++ multistep scheduler for the
-squeezed process (the core's ``dpmpp-2m`` and ``dpmpp-2m-sde`` samplers)."""
+squeezed process (the core's ``dpmpp-2m``, ``dpmpp-3m`` samplers and their SDE forms)."""
 
 from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require, step_c
 Tensor = torch.Tensor
 
 # What the core's DPM-Solver++(2M) is not, and why each stock option outside it is refused.
-_NOT_IN_CORE = "the core has DPM-Solver++ (data prediction, ODE or SDE) of order 1 and 2 only"
+_NOT_IN_CORE = "the core has DPM-Solver++ (data prediction, ODE or SDE) of orders 1 to 3 only"
 _OFF_GRID = (
     "it puts the steps at noise levels between training timesteps, where the squeezed "
     "process (tabulated per training timestep) has no per-direction scales"
@@ -44,9 +45,11 @@ def algorithm_types() -> tuple[str, ...]:
     """The ``algorithm_type`` values this scheduler runs: those the samplers registered with
     ``scheduler='dpmsolver'`` select it with (``scheduler_keys``)."""
     return tuple(
-        e.scheduler_keys["algorithm_type"]
-        for e in SAMPLERS.values()
-        if e.scheduler == "dpmsolver" and "algorithm_type" in e.scheduler_keys
+        dict.fromkeys(
+            e.scheduler_keys["algorithm_type"]
+            for e in SAMPLERS.values()
+            if e.scheduler == "dpmsolver" and "algorithm_type" in e.scheduler_keys
+        )
     )
 
 
@@ -74,16 +77,16 @@ def solver_timesteps(
 
 
 class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin):
-    """DPM-Solver++ (multistep, order 1 or 2) per basis direction, behind diffusers'
+    """DPM-Solver++ (multistep, order 1 to 3) per basis direction, behind diffusers'
     ``DPMSolverMultistepScheduler`` interface.
 
     Each direction moves along its own half-log-SNR ``lambda_i = log(a_t / sigma_t,i)`` (the
-    core's ``dpmpp_2m_step``; with ``algorithm_type="sde-dpmsolver++"`` its SDE form,
-    ``dpmpp_2m_sde_step``, which draws noise from the ``generator`` at every step as stock
-    does). Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
-    'sde-dpmsolver++': whatever the samplers registered for this scheduler declare, each
-    picking its sampler), ``solver_order`` (1, 2), ``solver_type``, ``lower_order_final``,
-    ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
+    core's ``dpmpp_2m_step``, ``dpmpp_3m_step``; with ``algorithm_type="sde-dpmsolver++"``
+    their SDE forms, which draw noise from the ``generator`` at every step as stock does).
+    Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
+    'sde-dpmsolver++') and ``solver_order`` (1, 2, 3), which pick the registered sampler
+    (whose ``scheduler_config`` they equal; order 1 runs the order-2 one first order),
+    ``solver_type``, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
     'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
     the timesteps where any direction's lambda is below it), ``timestep_spacing``,
     ``steps_offset``, the prediction types, thresholding, ``rescale_betas_zero_snr`` and
@@ -93,9 +96,12 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     ``anchor_x0`` and ``anchor_x0_scaled`` (not stock's; off by default) are the core's
     anchored x_0 rules, ``--x0 clip-anchor`` and ``clip-anchor-scaled``: each step starts
     from x_t moved by ``a_t`` times the clipped (or thresholded) x0hat minus x0hat (scaled:
-    times the share of x_0 the step mixes in), which on weakly trained models decides what few steps give
-    (docs/results/few-step-samplers). Everything else of the stock class is refused. At
-    ``strength=0`` with the anchor off this is stock ``DPMSolverMultistepScheduler``.
+    times the share of x_0 the step mixes in), which on weakly trained models decides what
+    few steps give (docs/results/few-step-samplers). Everything else of the stock class is
+    refused. At ``strength=0`` with the anchor off this is stock
+    ``DPMSolverMultistepScheduler``, except in the third-order SDE step: there stock's
+    second-difference coefficient has its 1/2 with the wrong sign (diffusers 0.42.1), and
+    this one is the exact integral, as k-diffusion's ``dpmpp_3m_sde``.
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
@@ -162,7 +168,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
             algorithm_types(),
             f"{_NOT_IN_CORE} (stock also maps 'deis' to 'dpmsolver++' silently)",
         )
-        require("solver_order", cfg.solver_order, (1, 2), _NOT_IN_CORE)
+        require("solver_order", cfg.solver_order, (1, 2, 3), _NOT_IN_CORE)
         require(
             "solver_type",
             cfg.solver_type,
@@ -198,10 +204,15 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
                 "anchor_x0_scaled=True scales the anchor of anchor_x0: set anchor_x0=True too"
             )
 
+    def _sampler_keys(self) -> dict[str, Any]:
+        """``solver_order=1`` runs the order-2 sampler with every step first order (stock's
+        rule, :meth:`step`), so it matches that sampler's ``solver_order``."""
+        return {**self.config, "solver_order": max(2, self.config.solver_order)}
+
     def _rebuild(self, steps: int | None, timesteps: Tensor) -> None:
         """The shared rebuild; the solver keeps its history, with the new ``solver_type``."""
         super()._rebuild(steps, timesteps)
-        self._state["solver_type"] = self.config.solver_type
+        self._state.update(self._solver_options())
 
     def _make_process(self, basis: Basis) -> SqueezedDiffusion:
         """The process, with stock DPM-Solver's terminal fix: a zero-terminal-SNR schedule's
@@ -248,9 +259,19 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         self.num_inference_steps = len(self.timesteps)
         self._restart()
 
+    def _solver_options(self) -> dict[str, Any]:
+        """The config keys the core's DPM-Solver++ step reads from its ``state``."""
+        cfg = self.config
+        return {
+            "solver_type": cfg.solver_type,
+            "max_order": cfg.solver_order,
+            "lower_order_final": cfg.lower_order_final,
+            "euler_at_final": cfg.euler_at_final,
+        }
+
     def _restart(self) -> None:
         """Forget the solver's history and position, as stock does on set_timesteps."""
-        self._state: dict = {"solver_type": self.config.solver_type}
+        self._state: dict = self._solver_options()
         self._step_index: int | None = None
         self._begin_index: int | None = None
 
@@ -335,9 +356,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
                 if self._begin_index is None
                 else self._begin_index
             )
-        cfg, index, n = self.config, self._step_index, len(self.timesteps)
-        final = index == n - 1 and (cfg.euler_at_final or (cfg.lower_order_final and n < 15))
-        self._state["first_order"] = cfg.solver_order == 1 or final
+        index = self._step_index
+        self._state.update(index=index, count=len(self.timesteps))  # for stock's order rule
         # In float32 at least, whatever the pipeline's dtype (stock upcasts the sample; here
         # the model output and the solver's x_0 history too, whose half-precision rounding
         # stock carries from step to step; float64 stays float64, which stock rounds to
