@@ -237,6 +237,7 @@ DPM_OPTIONS = [
     ({"solver_order": 3, "final_sigmas_type": "sigma_min"}, {}),
     ({"solver_order": 3, "final_sigmas_type": "sigma_min", "lower_order_final": False}, {}),
     ({"solver_order": 3, "prediction_type": "v_prediction", "thresholding": True}, {}),
+    ({"solver_order": 3, "final_sigmas_type": "sigma_min", "euler_at_final": True}, {}),
     # cosine betas without lambda_min_clipped blow up in stock DPM-Solver too (abar_T ~ 2e-9)
     *(({**c}, {}) for c in COMMON_OPTIONS if c != {"beta_schedule": "squaredcos_cap_v2"}),
 ]
@@ -292,11 +293,30 @@ def test_dpmsolver_clip_sample_is_stock_thresholding_at_its_default_maximum() ->
     _assert_loops_equal(DPM(clip_sample=True), stock, 10)
 
 
-@pytest.mark.parametrize("num_steps", [10, 50])
-@pytest.mark.parametrize("cls", [DDPM, DPM])
-def test_custom_timesteps_at_zero_strength_equal_stock(cls, num_steps) -> None:
+@pytest.mark.parametrize(
+    ("cls", "config", "num_steps"),
+    # order 3 from 10 geometric steps (ratios of 2) leaves the O(1) range in stock as well
+    [(DDPM, {}, 10), (DDPM, {}, 50), (DPM, {}, 10), (DPM, {}, 50), (DPM, {"solver_order": 3}, 50)],
+)
+def test_custom_timesteps_at_zero_strength_equal_stock(cls, config, num_steps) -> None:
     timesteps = np.unique(np.geomspace(1, 999, num_steps).round().astype(int))[::-1].tolist()
-    _assert_loops_equal(cls(), STOCK[cls](), timesteps=timesteps)
+    _assert_loops_equal(cls(**config), STOCK[cls](**config), timesteps=timesteps)
+
+
+@pytest.mark.parametrize("begin", [0, 3, 8])
+@pytest.mark.parametrize("order", [2, 3])
+def test_dpmsolver_from_a_begin_index_equals_stock(order, begin) -> None:
+    """As an img2img pipeline starts: ``set_begin_index`` and the loop from there, with the
+    solver's history and lower-order final steps counted from that step."""
+    outputs = []
+    for scheduler in (DPM(solver_order=order), DPMSolverMultistepScheduler(solver_order=order)):
+        scheduler.set_timesteps(10)
+        scheduler.set_begin_index(begin)
+        x = torch.randn(SHAPE, generator=_gen(1))
+        for t in scheduler.timesteps[begin:]:
+            x = scheduler.step(_oracle(scheduler, x, t), t, x).prev_sample
+        outputs.append(x)
+    assert (outputs[0] - outputs[1]).abs().max() < 1e-5
 
 
 def test_ddpm_public_state_follows_stocks() -> None:
@@ -835,7 +855,8 @@ def test_dpmsolver_options_change_the_squeezed_loop(config, num_steps) -> None:
 
 def test_third_order_sde_step_is_stocks_with_the_sign_of_its_half_corrected() -> None:
     """Stock's third-order sde-dpmsolver++ weighs D2 by a_t ((1 - e^-2h - 2h) / (2h)^2 - 1/2);
-    the integral of 2 e^(-2v) (h - v)^2 / 2 over [0, h], over h^2, has + 1/2 there (as
+    the ODE's weight under the SDE's kernel, the integral of 2 e^(-2v) (h - v)^2 / 2 over
+    [0, h] over h^2, has + 1/2 there (as
     k-diffusion's dpmpp_3m_sde): the steps agree up to the third, which differs from
     stock's by exactly a_t D2, stock's own D2 (diffusers 0.42.1)."""
     config = {"algorithm_type": "sde-dpmsolver++", "solver_order": 3}

@@ -202,7 +202,7 @@ def test_nfe_trained_reads_evaluation_labels() -> None:
     assert nfe_trained.parse_evaluation("ddim-200") == Evaluation("ddim", 200)
     for ev in (Evaluation("ddim", 50, 0.5, "clip-reuse"), Evaluation("dpmpp-2m", 20, x0="none")):
         assert nfe_trained.parse_evaluation(ev.label) == ev
-    for bad in ("dpmpp-3m-20", "ddim-0", "ddim", "ddim-x", "ddim-50-x0clamp", "ddim-50-eta"):
+    for bad in ("dpmpp-4m-20", "ddim-0", "ddim", "ddim-x", "ddim-50-x0clamp", "ddim-50-eta"):
         with pytest.raises(ValueError, match="SAMPLER-STEPS"):
             nfe_trained.parse_evaluation(bad)
 
@@ -320,7 +320,7 @@ def test_anchor_drift_measures_what_clipping_removes(monkeypatch) -> None:
     [
         (["--evals", "ddpm-50-x0clip-anchor"], "x0 rule clip-anchor applies to the DPM-Solver"),
         (["--evals", "dpmpp-2m-1000"], "dpmpp-2m-1000: num_steps must be an integer in"),
-        (["--evals", "dpmpp-3m-20"], "SAMPLER-STEPS"),
+        (["--evals", "dpmpp-4m-20"], "SAMPLER-STEPS"),
         (["--num", "1"], "--num must be at least 2"),
         (["--json", "missing/out.json"], "folder missing does not exist"),
         (["--cells", "isotropic_seed0"], "1 cell(s) of local-cifar10-samplers match --cells"),

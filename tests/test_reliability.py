@@ -399,7 +399,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["sample", str(run), "--seed", "-5", *out], "argument --seed: must be an integer >= 0"),
         (["sample", str(run), "--x0", "clip-reuse", *out], "x0 rule clip-reuse applies to samplers"),
         (["sample", str(run), "--sampler", "ddim", "--x0", "clip-anchor", *out], "the ddim sampler keeps the network's noise estimate under clip already: use clip"),
-        ([*t, *arr, "--sample-x0", "clip-anchor"], "--sample-x0 clip-anchor with --sample-sampler ddpm: x0 rule clip-anchor applies to the DPM-Solver++ samplers (dpmpp-2m, dpmpp-2m-sde); the ddpm sampler does not implement it"),
+        ([*t, *arr, "--sample-x0", "clip-anchor"], "--sample-x0 clip-anchor with --sample-sampler ddpm: x0 rule clip-anchor applies to the DPM-Solver++ samplers (dpmpp-2m, dpmpp-2m-sde, dpmpp-3m, dpmpp-3m-sde); the ddpm sampler does not implement it"),
         (["sample", str(run), "--x0", "clamp", *out], "argument --x0: invalid choice: 'clamp'"),
         ([*samples, "--x0", "none"], "--x0 apply to sampling a run"),
         (["sample", str(run), "--out", str(notes)], "not .txt; name a folder without a suffix"),

@@ -314,7 +314,7 @@ def test_few_step_solvers_on_the_gaussian_oracle(
 
 @pytest.mark.parametrize(("variant", "strength"), [("sdm", -0.8), ("hdm", -0.4)])
 def test_third_order_sde_converges_on_the_gaussian_oracle(variant, strength) -> None:
-    """dpmpp-3m-sde (with the exact D2 weight, not stock's) meets the bar at 50 evaluations
+    """dpmpp-3m-sde (with the corrected D2 weight, not stock's) meets the bar at 50 evaluations
     and keeps converging: at 100 its error is below dpmpp-2m-sde's."""
     ddim50, _, _ = oracle_errors("isotropic", 0.0, "beta", "ddim", 50)
     err50 = oracle_errors(variant, strength, "beta", "dpmpp-3m-sde", 50)[0]

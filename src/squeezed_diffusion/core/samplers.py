@@ -506,8 +506,9 @@ def _dpm_coefs(
         decay = 1.0 - torch.exp(-2.0 * h)
         ratio, d0 = sigma_t / sigma_s0 * torch.exp(-h), alpha_t * decay
         std, e1 = sigma_t * torch.sqrt(decay), alpha_t * (decay / (-2.0 * h) + 1.0)
-        # + 0.5: the integral of 2 e^(-2v) (h - v)^2 / 2 over [0, h], divided by h^2, as
-        # k-diffusion's dpmpp_3m_sde; diffusers 0.42.1 has - 0.5, an O(1) error on D2
+        # + 0.5: the ODE's weight (the integral of its kernel times (h - v)^2 / 2, over h^2)
+        # under the SDE's kernel 2 e^(-2v), as k-diffusion's dpmpp_3m_sde; diffusers 0.42.1
+        # has - 0.5, which adds a_t D2 at any step size
         e2 = alpha_t * ((decay - 2.0 * h) / (2.0 * h) ** 2 + 0.5)
     else:
         ratio, d0 = sigma_t / sigma_s0, -(alpha_t * (torch.exp(-h) - 1.0))
@@ -669,8 +670,9 @@ dpmpp_3m_sde_step = _dpmpp_step(
     3,
     True,
     """DPM-Solver++(3M) SDE per direction (diffusers' ``sde-dpmsolver++`` with
-    ``solver_order=3``): the 3M update in ``exp(-2 h_i)`` terms, with the exact weight of
-    the second difference (stock's has the sign of its 1/2 flipped), plus the fresh noise
+    ``solver_order=3``): the 3M update in ``exp(-2 h_i)`` terms, its second difference
+    weighted as the ODE's under the SDE's kernel (stock's weight has the sign of its 1/2
+    flipped), plus the fresh noise
     of :func:`dpmpp_2m_sde_step`.""",
 )
 

@@ -101,7 +101,7 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     refused. At ``strength=0`` with the anchor off this is stock
     ``DPMSolverMultistepScheduler``, except in the third-order SDE step: there stock's
     second-difference coefficient has its 1/2 with the wrong sign (diffusers 0.42.1), and
-    this one is the exact integral, as k-diffusion's ``dpmpp_3m_sde``.
+    this one is the ODE's weight under the SDE's kernel, as k-diffusion's ``dpmpp_3m_sde``.
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
