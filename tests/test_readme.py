@@ -937,3 +937,23 @@ def test_readme_demo_description_is_the_demo_settings() -> None:
     assert (
         f"`sqdm demo --full` trains longer ({FULL.steps:,} steps of the `{FULL.model}` UNet" in text
     )
+
+
+def test_third_order_study_is_the_committed_evaluations() -> None:
+    """The third-order table, recomputed from the committed evaluations, is third-order.json's
+    and the docs'; the sentences quote its pairs."""
+    import nfe_trained
+
+    rows, changes = _recomputed_study("third-order.json")
+    by = _keyed(rows)
+    assert {("dpmpp-3m", 10, "clip"), ("dpmpp-3m-sde", 20, "clip")} <= set(by)
+    sde = by[("dpmpp-3m-sde", 20, "clip")]
+    vs_ddpm = nfe_trained.difference(sde["paired_vs_ddpm-50"], sde["paired_ci_vs_ddpm-50"])
+    assert sde["paired_vs_ddpm-50"] + sde["paired_ci_vs_ddpm-50"] < 0  # resolved, better
+    readme = " ".join(README.read_text().split())
+    docs = " ".join((FEW_STEP_DOCS / "README.md").read_text().split())
+    beats = vs_ddpm.lstrip("-")
+    assert f"beats `ddpm` with 50 by {beats} fd_effnet" in readme
+    assert f"better than exact DDPM with 50: by {beats} fd_effnet" in docs
+    for change in ("dpmpp-2m-sde-20 − dpmpp-3m-sde-20", "dpmpp-2m-10 − dpmpp-3m-10"):
+        assert changes[change].lstrip("+") in docs, change
