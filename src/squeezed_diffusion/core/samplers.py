@@ -672,8 +672,7 @@ dpmpp_3m_sde_step = _dpmpp_step(
     """DPM-Solver++(3M) SDE per direction (diffusers' ``sde-dpmsolver++`` with
     ``solver_order=3``): the 3M update in ``exp(-2 h_i)`` terms, its second difference
     weighted as the ODE's under the SDE's kernel (stock's weight has the sign of its 1/2
-    flipped), plus the fresh noise
-    of :func:`dpmpp_2m_sde_step`.""",
+    flipped), plus the fresh noise of :func:`dpmpp_2m_sde_step`.""",
 )
 
 

@@ -86,8 +86,8 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     Honoured stock keys: the beta schedule, ``algorithm_type`` ('dpmsolver++',
     'sde-dpmsolver++') and ``solver_order`` (1, 2, 3), which pick the registered sampler
     (whose ``scheduler_config`` they equal; order 1 runs the order-2 one first order),
-    ``solver_type``, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type`` ('zero': the last step lands on the data;
-    'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
+    ``solver_type``, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``
+    ('zero': the last step lands on the data; 'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
     the timesteps where any direction's lambda is below it), ``timestep_spacing``,
     ``steps_offset``, the prediction types, thresholding, ``rescale_betas_zero_snr`` and
     ``variance_type`` (the learned types: the step drops the output's variance half).
@@ -363,7 +363,9 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
         # stock carries from step to step; float64 stays float64, which stock rounds to
         # float32), returned in the dtype stock returns.
         dtype = self._x0_dtype(sample, model_output)
-        work = torch.promote_types(torch.promote_types(sample.dtype, dtype), torch.float32)
+        work = torch.promote_types(
+            torch.promote_types(sample.dtype, model_output.dtype), torch.float32
+        )
         out = self._sampler.step(
             self._on(sample.device),
             model_output.to(work),
