@@ -87,21 +87,22 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
     'sde-dpmsolver++') and ``solver_order`` (1, 2, 3), which pick the registered sampler
     (whose ``scheduler_config`` they equal; order 1 runs the order-2 one first order),
     ``solver_type``, ``lower_order_final``, ``euler_at_final``, ``final_sigmas_type``
-    ('zero': the last step lands on the data; 'sigma_min': on timestep 0's per-direction noise level), ``lambda_min_clipped`` (drops
-    the timesteps where any direction's lambda is below it), ``timestep_spacing``,
-    ``steps_offset``, the prediction types, thresholding, ``rescale_betas_zero_snr`` and
-    ``variance_type`` (the learned types: the step drops the output's variance half).
-    ``clip_sample`` and ``clip_sample_range`` (off by default: stock DPM-Solver has no
-    clipping) are the core's x_0 clipping, so that a clipping DDPM config keeps clipping here.
-    ``anchor_x0`` and ``anchor_x0_scaled`` (not stock's; off by default) are the core's
-    anchored x_0 rules, ``--x0 clip-anchor`` and ``clip-anchor-scaled``: each step starts
-    from x_t moved by ``a_t`` times the clipped (or thresholded) x0hat minus x0hat (scaled:
-    times the share of x_0 the step mixes in), which on weakly trained models decides what
-    few steps give (docs/results/few-step-samplers). Everything else of the stock class is
-    refused. At ``strength=0`` with the anchor off this is stock
-    ``DPMSolverMultistepScheduler``, except in the third-order SDE step: there stock's
-    second-difference coefficient has its 1/2 with the wrong sign (diffusers 0.42.1), and
-    this one is the ODE's weight under the SDE's kernel, as k-diffusion's ``dpmpp_3m_sde``.
+    ('zero': the last step lands on the data; 'sigma_min': on timestep 0's per-direction
+    noise level), ``lambda_min_clipped`` (drops the timesteps where any direction's lambda
+    is below it), ``timestep_spacing``, ``steps_offset``, the prediction types,
+    thresholding, ``rescale_betas_zero_snr`` and ``variance_type`` (the learned types: the
+    step drops the output's variance half). ``clip_sample`` and ``clip_sample_range`` (off
+    by default: stock DPM-Solver has no clipping) are the core's x_0 clipping, so that a
+    clipping DDPM config keeps clipping here. ``anchor_x0`` and ``anchor_x0_scaled`` (not
+    stock's; off by default) are the core's anchored x_0 rules, ``--x0 clip-anchor`` and
+    ``clip-anchor-scaled``: each step starts from x_t moved by ``a_t`` times the clipped (or
+    thresholded) x0hat minus x0hat (scaled: times the share of x_0 the step mixes in), which
+    on weakly trained models decides what few steps give (docs/results/few-step-samplers).
+    Everything else of the stock class is refused. At ``strength=0`` with the anchor off
+    this is stock ``DPMSolverMultistepScheduler``, except in the third-order SDE step: there
+    stock's second-difference coefficient has its 1/2 with the wrong sign (diffusers
+    0.42.1), and this one is the ODE's weight under the SDE's kernel, as k-diffusion's
+    ``dpmpp_3m_sde``.
     """
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
