@@ -564,9 +564,15 @@ def test_other_algorithms_keys_drop_at_their_default_and_raise_otherwise(tmp_pat
     assert "variance_type" not in config_defaults(DDIM) and ddim.config.clip_sample
     dpm = DPM.from_pretrained(tmp_path / "ddpm")  # DDPM's spacing and clipping carry over
     assert (dpm.config.timestep_spacing, dpm.config.clip_sample) == ("leading", True)
+    # DDPM's fixed variance types ask nothing of DDIM (google/ddpm-cifar10-32 -> DDIM, as in
+    # stock), and come back on the way back to DDPM; a learned variance raises
     DDPMScheduler(variance_type="fixed_large").save_pretrained(tmp_path / "large")
-    with pytest.raises(ValueError, match="variance_type='fixed_large' is a setting of"):
-        DDIM.from_pretrained(tmp_path / "large")
+    large = DDIM.from_pretrained(tmp_path / "large")
+    _assert_loops_equal(large, DDIMScheduler.from_pretrained(tmp_path / "large"), 10)
+    assert DDPM.from_config(large.config).config.variance_type == "fixed_large"
+    DDPMScheduler(variance_type="learned_range").save_pretrained(tmp_path / "learned")
+    with pytest.raises(ValueError, match="variance_type='learned_range' is a setting of"):
+        DDIM.from_pretrained(tmp_path / "learned")
     DDIMScheduler(set_alpha_to_one=False).save_pretrained(tmp_path / "ddim")
     for cls in (DDPM, DPM):
         with pytest.raises(ValueError, match="set_alpha_to_one=False"):

@@ -39,6 +39,8 @@ _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
 
 # The schedulers' default ``num_channels``: 0.1.0's luminance basis of RGB images.
 DEFAULT_NUM_CHANNELS = 3
+# DDPM's variance types that choose its ancestral noise and add no channel to the model output.
+FIXED_VARIANCES = ("fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
 
 # Every squeezed scheduler class, in definition order (filled by ``__init_subclass__``): their
 # configs load into one another, like the stock schedulers named in ``_compatibles``.
@@ -176,6 +178,9 @@ class SqueezedSchedulerMixin:
     _BETA_SCHEDULES: ClassVar[tuple[str, ...] | None] = None
     # The ``scheduler`` that registered samplers name to be run by this class (core/samplers.py).
     _KIND: ClassVar[str]
+    # Non-default values of another scheduler's keys that ask nothing of this class, so that
+    # loading a config drops them as it drops defaults (``extract_init_dict``).
+    _ASK_NOTHING: ClassVar[dict[str, tuple[Any, ...]]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -197,9 +202,9 @@ class SqueezedSchedulerMixin:
         skipped and ``kwargs`` override the config. Then: this class' own keys are passed on
         (``__init__`` refuses the values it cannot honour); a key of another compatible
         scheduler (another algorithm's setting, such as DDPM's ``variance_type`` in a DDIM
-        config) is dropped at that scheduler's default, where it asks for nothing, and kept
-        aside for a round trip back, as diffusers does; at any other value it raises; a key
-        no compatible scheduler has raises.
+        config) is dropped at that scheduler's default or a value in ``_ASK_NOTHING``, and
+        kept aside for a round trip back, as diffusers does; at any other value it raises; a
+        key no compatible scheduler has raises.
         """
         defaults = set(config_dict.get("_use_default_values", []))
         original = {
@@ -217,7 +222,7 @@ class SqueezedSchedulerMixin:
                     f"unknown config key {key!r} for {cls.__name__} (a config of a scheduler "
                     f"that is not one of {', '.join(others)}?); remove it"
                 )
-            if value not in owners.values():
+            if value not in owners.values() and value not in cls._ASK_NOTHING.get(key, ()):
                 raise ValueError(
                     f"{key}={value!r} is a setting of {' / '.join(owners)} that {cls.__name__} "
                     f"cannot honour; remove it from the config (at its default, "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.schedulers.scheduling_ddim import DDIMSchedulerOutput
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, step_count
+from ._base import DEFAULT_NUM_CHANNELS, FIXED_VARIANCES, SqueezedSchedulerMixin, step_count
 
 Tensor = torch.Tensor
 
@@ -25,6 +27,10 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
     _KIND = "ddim"
+    # A DDPM config's fixed variance type chooses DDPM's noise, which DDIM's eta replaces, so
+    # it drops as in stock (DDPM -> DDIM with google/ddpm-cifar10-32's "fixed_large"); a
+    # learned type (a model output with a variance half) still raises.
+    _ASK_NOTHING: ClassVar[dict[str, tuple[str, ...]]] = {"variance_type": FIXED_VARIANCES}
 
     @register_to_config
     def __init__(

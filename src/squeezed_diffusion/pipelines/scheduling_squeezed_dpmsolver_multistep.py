@@ -14,7 +14,13 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..core import SAMPLERS, Basis, SqueezedDiffusion
 from ..core.samplers import X0Rule, trailing_timesteps
-from ._base import DEFAULT_NUM_CHANNELS, SqueezedSchedulerMixin, require, step_count
+from ._base import (
+    DEFAULT_NUM_CHANNELS,
+    FIXED_VARIANCES,
+    SqueezedSchedulerMixin,
+    require,
+    step_count,
+)
 
 Tensor = torch.Tensor
 
@@ -37,7 +43,7 @@ _REFUSED_FLAGS = {
 # variance_type is only "does the model output hold a variance too?" to DPM-Solver, which uses
 # the mean: DDPM's fixed types say no (so a DDPM config swaps in as in stock), the learned
 # ones say the output's second half of channels is the variance, which the step drops.
-_NO_VARIANCE = (None, "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log")
+_NO_VARIANCE = (None, *FIXED_VARIANCES)
 _LEARNED = ("learned", "learned_range")
 
 
