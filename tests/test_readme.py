@@ -31,6 +31,26 @@ def test_readme_quick_start_runs(capsys) -> None:
     assert "torch.Size([4, 3, 16, 16])" in capsys.readouterr().out
 
 
+def test_diffusers_doc_examples_run(tmp_path, monkeypatch) -> None:
+    """docs/diffusers.md's Examples (self-contained) run and give what their comments say."""
+    text = (ROOT / "docs" / "diffusers.md").read_text().split("## Examples", 1)[1]
+    blocks = re.findall(r"```python\n(.*?)```", text.split("\n## ", 1)[0], flags=re.S)
+    assert len(blocks) == 2, "docs/diffusers.md's Examples changed: update this test"
+    monkeypatch.chdir(tmp_path)  # the second block saves a scheduler folder
+    sampled, swapped = {}, {}
+    exec(compile(blocks[0], "docs/diffusers.md", "exec"), sampled)
+    exec(compile(blocks[1], "docs/diffusers.md", "exec"), swapped)
+    images = sampled["images"]
+    assert images.shape == (4, 16, 16, 3) and images.min() >= 0 and images.max() <= 1
+    assert swapped["target"].shape == swapped["noisy"].shape == (8, 3, 16, 16)
+    config = swapped["squeezed"].config
+    assert (config.timestep_spacing, config.variance_type, config.strength) == (
+        "trailing",
+        "fixed_large",
+        -0.4,
+    )
+
+
 def _readme_sqdm_commands() -> list[list[str]]:
     """Every ``sqdm`` command of the README's bash blocks, continuation lines joined,
     trailing comments dropped."""
