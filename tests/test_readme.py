@@ -89,6 +89,27 @@ def test_readme_train_commands_resolve_to_the_configs_they_promise(monkeypatch) 
     assert (baseline.variant, baseline.strength, baseline.model) == ("isotropic", 0.0, "paper")
 
 
+def test_cluster_doc_commands_parse() -> None:
+    """Every ``sqdm`` (or ``-m squeezed_diffusion.cli``) command of docs/cluster.md's bash
+    blocks is accepted by the CLI's parser, shell variables standing in as plain words."""
+    from squeezed_diffusion.cli import build_parser
+
+    text = (ROOT / "docs" / "cluster.md").read_text()
+    commands = []
+    for block in re.findall(r"```bash\n(.*?)```", text, flags=re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            found = re.search(r"(?:^|\s)(?:sqdm|-m squeezed_diffusion\.cli)\s+(.*)", line)
+            if found:
+                words = re.sub(r"\$\(\(.*?\)\)|\$\w+", "X", found.group(1)).split(">")[0]
+                commands.append(shlex.split(words, comments=True))
+    assert {c[0] for c in commands} == {"sweep", "report", "train"} and len(commands) >= 6
+    parser = build_parser()
+    for argv in commands:
+        parser.parse_args(argv)  # an unknown flag exits with 2
+        if argv[0] == "sweep" and "--list" not in argv and "--collect" not in argv:
+            assert "--data-dir" in argv, argv  # a shipped sweep cannot find the data without
+
+
 def test_readme_oracle_tables_are_what_the_benchmark_prints() -> None:
     """`python benchmarks/gaussian_oracle.py` and `--nfe`, recomputed (about 15 s)."""
     import gaussian_oracle as bench

@@ -192,6 +192,35 @@ def test_a_negative_shard_reaches_its_own_check(capsys) -> None:
     assert "--shard -1/2: need 0 <= i < n" in capsys.readouterr().err
 
 
+def test_sweep_data_dir_and_download_come_from_the_command_line(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """A shipped sweep cannot know where a machine keeps its data: --data-dir and --download
+    set every cell's, relative paths resolving as in the file; a grid that varies them,
+    --list and --collect refuse them (they would be ignored there)."""
+    import squeezed_diffusion.evaluation.sweep as sweep_module
+
+    monkeypatch.chdir(tmp_path)
+    ran = []
+    monkeypatch.setattr(sweep_module, "run_sweep", lambda sweep, *a, **k: ran.append(sweep) or [])
+    argv = ["sweep", "paper-cifar10", "--out", str(tmp_path / "out"), "--quiet"]
+    assert main([*argv, "--data-dir", "cifar", "--download"]) == 0
+    (sweep,) = ran
+    assert {(c.config.data_dir, c.config.download) for c in sweep.cells} == {
+        (str(tmp_path / "cifar"), True)
+    }
+    assert {c.config.data_dir for c in load_sweep("paper-cifar10").cells} == {None}
+    for extra in (["--list"], ["--collect"]):
+        assert main([*argv, "--data-dir", "cifar", *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert "--data-dir and --download apply where cells train" in err and "\n" not in err
+    grid = {"data_dir": ["a.npy", "b.npy"]}
+    with pytest.raises(ValueError, match=r"the grid sets data_dir per cell.*drop --data-dir"):
+        load_sweep(
+            write_sweep(tmp_path / "d.yaml", grid, {"dataset": "array"}), data={"data_dir": "c"}
+        )
+
+
 def test_shipped_sweeps_load(tmp_path, monkeypatch) -> None:
     monkeypatch.chdir(tmp_path)
     assert sweep_names() == [

@@ -296,8 +296,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         index, count = parse_shard(args.shard)
     else:  # --collect reads every cell, whatever array task runs it
         index, count = (0, 1) if args.collect else shard_from_environment(os.environ)
+    data = {"data_dir": args.data_dir, "download": args.download or None}
+    data = {k: v for k, v in data.items() if v is not None}
+    if data and (args.list or args.collect):
+        raise ValueError(
+            "--data-dir and --download apply where cells train and evaluate, not to --list "
+            "or --collect; drop them"
+        )
     out = Path(args.out or Path("runs") / "sweeps" / Path(args.sweep).stem)
-    sweep = load_sweep(args.sweep, out)
+    sweep = load_sweep(args.sweep, out, data)
     check_trained(sweep.cells)  # the folder's runs are this file's, before any listing or work
     mine = shard(sweep.cells, index, count)
     if args.list:
@@ -642,6 +649,16 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
         help="only rebuild results.csv/json from the sweep's finished evaluations",
     )
     sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
+    sw.add_argument(
+        "--data-dir",
+        help="where the datasets live, for every cell (replaces the file's base.data_dir; a "
+        "named dataset's torchvision root, e.g. the folder holding cifar-10-batches-py)",
+    )
+    sw.add_argument(
+        "--download",
+        action="store_true",
+        help="download torchvision datasets missing under --data-dir (base.download)",
+    )
     sw.add_argument("--list", action="store_true", help="list this shard's cells and stop")
     sw.add_argument("--quiet", action="store_true", help="no progress bars or per-cell lines")
     sw.set_defaults(func=cmd_sweep)

@@ -360,7 +360,7 @@ def _load_cifar(req: _Request) -> np.ndarray:
     title, folder, files = _CIFAR[req.name]
     if req.root is None:
         raise DataError(
-            f"{title} needs a data path; pass --data-dir PATH (sqdm train can add --download)"
+            f"{title} needs a data path; pass --data-dir PATH (and --download to fetch it there)"
         )
     paths = [req.root / folder / f for f in files]
     expected = f"{folder}/{files[0]}..{len(files)}" if len(files) > 1 else f"{folder}/{files[0]}"

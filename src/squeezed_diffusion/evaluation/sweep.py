@@ -271,8 +271,13 @@ def _sweep_text(source: str | Path) -> tuple[str, str]:
     )
 
 
-def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
-    """Parse and validate a sweep; cells get their run folders under ``out/cells``."""
+def load_sweep(
+    source: str | Path, out: str | Path = ".", data: Mapping[str, Any] | None = None
+) -> Sweep:
+    """Parse and validate a sweep; cells get their run folders under ``out/cells``. ``data``
+    (``data_dir``, ``download``: where this machine keeps the datasets, which a shipped sweep
+    cannot know) replaces those fields of the file's ``base``; a grid that varies them
+    refuses it, since it would be ignored there."""
     name, text = _sweep_text(source)
     try:
         spec = yaml.safe_load(text)
@@ -310,6 +315,14 @@ def load_sweep(source: str | Path, out: str | Path = ".") -> Sweep:
             f"{source}: base.out: each cell's run folder is under the sweep's --out; drop it"
         )
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
+    data = dict(data or {})
+    varied = sorted({k for grid in grids if isinstance(grid, dict) for k in grid if k in data})
+    if varied:
+        raise ValueError(
+            f"{source}: the grid sets {', '.join(varied)} per cell, so one value for every "
+            f"cell would be ignored there; drop --{varied[0].replace('_', '-')}"
+        )
+    base |= data
     cells = expand(spec.get("preset"), base, grids, Path(out) / "cells")
     try:
         spec_eval = EvalSpec(**eval_values).validate()
