@@ -1144,6 +1144,8 @@ def test_from_run_takes_the_x0_rule_by_name(monkeypatch, unet) -> None:
     ]:
         with pytest.raises(ValueError, match=message):
             SqueezedDDPMPipeline.from_run("run", **kwargs)
+    with pytest.raises(TypeError, match="by keyword, x0='none'"):  # the rule by position
+        SqueezedDDPMPipeline.from_run("run", True, "ddim", "none")
     pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DPM())
     with pytest.raises(ValueError, match="use_clipped_model_output=True applies to DDIM"):
         pipe(batch_size=1, num_inference_steps=2, use_clipped_model_output=True)

@@ -106,6 +106,11 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         # Imported here: loading runs is the training side's business, not the schedulers'.
         from ..training.run import Run
 
+        if isinstance(clip_sample, str):  # an x_0 rule given by position, which would clip
+            raise TypeError(
+                f"clip_sample is 0.1.0's True/False, got {clip_sample!r}: pass an x_0 rule "
+                f"by keyword, x0={clip_sample!r}"
+            )
         legacy = "clip" if clip_sample is None or clip_sample else "none"
         if clip_sample is not None and x0 is not None:
             raise ValueError(
