@@ -180,7 +180,8 @@ def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_e
     assert "ancestral" in _help("sample") and "ancestral" in _help("evaluate")
     assert "brightness" in _help("evaluate")
     # config validation
-    cfg = TrainConfig(basis="identity", sample_sampler="ancestral", steps=1).validate()
+    cfg = TrainConfig(basis="identity", strength=-0.4, sample_sampler="ancestral", steps=1)
+    cfg.validate()
     assert (cfg.basis, cfg.basis_options) == ("identity", {})
     EvalSpec(sampler="ancestral", metrics=("brightness",)).validate()
     # the process and the schedulers
@@ -204,14 +205,15 @@ def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_e
 def test_config_and_cli_read_basis_options_from_the_basis(tmp_path, capsys) -> None:
     from squeezed_diffusion.training.config import TrainConfig
 
-    assert TrainConfig(basis="pca", steps=1).validate().basis_options == {"k": 16}
-    assert TrainConfig(basis="pixel_pca", steps=1).validate().basis == "pca"  # 0.1.0's name
+    squeezed = {"strength": -0.4, "steps": 1}  # at strength 0 a basis shapes nothing
+    assert TrainConfig(basis="pca", **squeezed).validate().basis_options == {"k": 16}
+    assert TrainConfig(basis="pixel_pca", **squeezed).validate().basis == "pca"  # 0.1.0's name
     with pytest.raises(ValueError, match="basis 'channel' has no option"):
-        TrainConfig(basis="channel", basis_options={"k": 3}, steps=1).validate()
+        TrainConfig(basis="channel", basis_options={"k": 3}, **squeezed).validate()
     arr = tmp_path / "x.npy"
     np.save(arr, np.random.default_rng(0).integers(0, 255, (20, 8, 8, 3), dtype=np.uint8))
     argv = ["train", "--dataset", "array", "--data-dir", str(arr), "--out", str(tmp_path / "r")]
-    assert main([*argv, "--steps", "1", "--basis-k", "3"]) == 2  # the channel basis has no k
+    assert main([*argv, "--steps", "1", "--strength", "-0.4", "--basis-k", "3"]) == 2  # no k
     assert "basis 'channel' has no option(s) k" in capsys.readouterr().err
 
 

@@ -150,6 +150,51 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
             {"base": {"steps": 2, "out": "x"}, "grid": {"variant": ["sdm"]}},
             "base.out: each cell's run folder",
         ),
+        (
+            {"base": [1, 2], "grid": {"seed": [0]}},
+            "base must be a mapping of fields, got \\[1, 2\\]",
+        ),
+        ({"grid": {"seed": [0]}, "eval": ["num", 2]}, "eval must be a mapping of fields"),
+        ({"grid": {"seed": [0]}, "eval": {"metrics": 5}}, "eval.metrics must be a name or a list"),
+        ({"grid": {"seed": [0]}, "eval": {"sampler": 5}}, "eval.sampler must be a name or a list"),
+        (  # YAML's strings would read as true, a fraction of a step would train one more
+            {"base": {"steps": 2, "hflip": "no"}, "grid": {"seed": [0]}},
+            "hflip must be true or false, got 'no'",
+        ),
+        ({"base": {"steps": 1.5}, "grid": {"seed": [0]}}, "steps must be an integer or empty"),
+        (
+            {"grid": {"variant": ["sdm"], "strength": ["abc"]}},
+            "bad.yaml: strength must be a number, got 'abc'",
+        ),
+        (
+            {"base": {"steps": 2, "data_dir": "x"}, "grid": {"seed": [0]}},
+            "--data-dir does not apply to the photos dataset",
+        ),
+        (  # defaults that no entry reads
+            {
+                "grid": {"seed": [0]},
+                "eval": {"steps": 20, "sampler": [{"sampler": "ddim", "steps": 2}]},
+            },
+            "eval.steps 20 is read by no eval.sampler entry",
+        ),
+        (
+            {
+                "grid": {"seed": [0]},
+                "eval": {"x0": "none", "sampler": {"sampler": "ddim", "x0": "clip"}},
+            },
+            "eval.x0 'none' is read by no eval.sampler entry",
+        ),
+        (
+            {
+                "grid": {"seed": [0]},
+                "eval": {"eta": 0.5, "sampler": [{"sampler": "ddim", "eta": 0.0}, "ddpm"]},
+            },
+            "eval.eta 0.5 is read by no eval.sampler entry \\(each sets its own or takes none\\)",
+        ),
+        (
+            {"grid": {"seed": [0]}, "eval": {"batch_size": 5, "metrics": ["fd_pixels8"]}},
+            "eval.batch_size is the feature extractors' batch, and fd_pixels8 extract no features",
+        ),
         (  # at load, not when the cell is reached: SDM breaks above s = 4.5
             {"grid": {"variant": ["sdm"], "strength": [-0.4, 6.0]}},
             "cell photos_sdm_s\\+6_beta_channel_seed42: strength 6",

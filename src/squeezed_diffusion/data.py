@@ -103,6 +103,23 @@ class ImageDataset:
             yield _to_float(self.images[start : start + batch_size])
 
 
+def check_options(
+    name: str, data_dir: str | Path | None, download: bool, skip_bad_images: bool
+) -> None:
+    """A one-line error for an unknown dataset, or an option its loader would not read (a
+    configuration checks this before any work, not when its data are first loaded)."""
+    if name not in _LOADERS:
+        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
+    given = {
+        "data_dir": data_dir is not None,
+        "download": download,
+        "skip_bad_images": skip_bad_images,
+    }
+    for option in (o for o, on in given.items() if on and o not in _OPTIONS[name]):
+        flag = "--" + option.replace("_", "-")
+        raise DataError(f"{flag} does not apply to the {name} dataset; drop it")
+
+
 def load_dataset(
     name: str,
     data_dir: str | Path | None = None,
@@ -119,17 +136,8 @@ def load_dataset(
     ``resolution`` x ``resolution`` once, at load time; ``seed`` only affects ``photos``;
     ``download`` lets torchvision fetch CIFAR when it is missing.
     """
-    loader = _LOADERS.get(name)
-    if loader is None:
-        raise DataError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS)}")
-    given = {
-        "data_dir": data_dir is not None,
-        "download": download,
-        "skip_bad_images": skip_bad_images,
-    }
-    for option in (o for o, on in given.items() if on and o not in _OPTIONS[name]):
-        flag = "--" + option.replace("_", "-")
-        raise DataError(f"{flag} does not apply to the {name} dataset; drop it")
+    check_options(name, data_dir, download, skip_bad_images)
+    loader = _LOADERS[name]
     for flag, value in (("subset", subset), ("resolution", resolution)):
         if value is not None and value < 1:
             raise DataError(f"{flag} must be a positive integer, got {value}")
@@ -360,7 +368,8 @@ def _load_cifar(req: _Request) -> np.ndarray:
     title, folder, files = _CIFAR[req.name]
     if req.root is None:
         raise DataError(
-            f"{title} needs a data path; pass --data-dir PATH (and --download to fetch it there)"
+            f"{title} needs a data path; pass --data-dir PATH (sqdm train and sqdm sweep can "
+            "add --download to fetch it there)"
         )
     paths = [req.root / folder / f for f in files]
     expected = f"{folder}/{files[0]}..{len(files)}" if len(files) > 1 else f"{folder}/{files[0]}"
@@ -377,8 +386,8 @@ def _load_cifar(req: _Request) -> np.ndarray:
             ) from err
     if not all(p.exists() for p in paths):
         raise DataError(
-            f"{title} not found under {req.root}: expected {expected}; pass --download "
-            f"(needs internet) or put torchvision's {title} files there"
+            f"{title} not found under {req.root}: expected {expected}; put torchvision's "
+            f"{title} files there, or fetch them with sqdm train or sqdm sweep --download"
         )
     parts = []
     for p in paths:
@@ -550,7 +559,10 @@ def _load_array(req: _Request) -> np.ndarray:
     try:
         loaded = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as err:
-        raise DataError(f"cannot read {path} as a .npy/.npz array ({err})") from err
+        why = str(err)
+        if "allow_pickle" in why:  # numpy's advice names its own keyword, not a fix here
+            why = "it holds pickled objects, which are not loaded: save plain numeric arrays"
+        raise DataError(f"cannot read {path} as a .npy/.npz array ({why})") from err
     if isinstance(loaded, np.lib.npyio.NpzFile):
         with loaded:
             keys = loaded.files

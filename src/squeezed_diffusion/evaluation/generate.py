@@ -42,7 +42,11 @@ def check_sampling(
     if batch_size < 1:
         raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
     entry = checked_sampler(sampler, eta, x0)
-    entry.schedule(Run(run_dir).config().num_train_timesteps, steps)
+    timesteps = Run(run_dir).config().num_train_timesteps
+    try:
+        entry.schedule(timesteps, steps)
+    except ValueError as err:  # the core names its argument, num_steps
+        raise ValueError(f"--steps {steps} with --sampler {sampler}: {err}") from None
 
 
 def generate(

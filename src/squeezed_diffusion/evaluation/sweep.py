@@ -169,10 +169,8 @@ class EvalSpec:
     @property
     def evaluations(self) -> list[Evaluation]:
         """Every (sampler, steps, eta, x0) this spec evaluates, in the order given."""
-        entries = [self.sampler] if isinstance(self.sampler, (str, dict)) else list(self.sampler)
         out = []
-        for entry in entries:
-            entry = {"sampler": entry} if isinstance(entry, str) else dict(entry)
+        for entry in self._entries():
             unknown = sorted(set(entry) - {"sampler", "steps", "eta", "x0"})
             if unknown or "sampler" not in entry:
                 raise ValueError(
@@ -185,6 +183,11 @@ class EvalSpec:
             steps = _whole(entry.get("steps", self.steps), f"eval.sampler {name}: steps")
             out.append(Evaluation(name, steps, float(eta), str(entry.get("x0", self.x0))))
         return list(dict.fromkeys(out))
+
+    def _entries(self) -> list[dict[str, Any]]:
+        """``sampler`` as a list of mappings, as the file gave them."""
+        entries = [self.sampler] if isinstance(self.sampler, (str, dict)) else list(self.sampler)
+        return [{"sampler": e} if isinstance(e, str) else dict(e) for e in entries]
 
     def validate(self) -> EvalSpec:
         least = {"num": 2, "steps": 1, "seed": 0, "batch_size": 1, "sample_batch_size": 1,
@@ -211,6 +214,24 @@ class EvalSpec:
             raise ValueError(
                 f"eval.eta {self.eta} applies to samplers that take eta ({takes_eta}); none of "
                 "eval.sampler does: drop it or add such a sampler"
+            )
+        defaults = {f.name: f.default for f in dataclasses.fields(EvalSpec)}
+        for key in ("steps", "eta", "x0"):  # a default that no entry reads would be ignored
+            readers = [
+                e for e in self._entries()
+                if key not in e and (key != "eta" or SAMPLERS.get(e["sampler"]).uses_eta)
+            ]  # fmt: skip
+            if getattr(self, key) != defaults[key] and not readers:
+                raise ValueError(
+                    f"eval.{key} {getattr(self, key)!r} is read by no eval.sampler entry (each "
+                    f"sets its own{' or takes none' if key == 'eta' else ''}): drop it"
+                )
+        if self.batch_size != defaults["batch_size"] and not extractors_for(
+            self.metrics, self.prc_extractor
+        ):
+            raise ValueError(
+                f"eval.batch_size is the feature extractors' batch, and {', '.join(self.metrics)} "
+                "extract no features: drop it"
             )
         return self
 
@@ -266,6 +287,8 @@ def _sweep_text(source: str | Path) -> tuple[str, str]:
     if str(source) in sweep_names():
         shipped = resources.files("squeezed_diffusion") / "sweeps" / f"{source}.yaml"
         return str(source), shipped.read_text()
+    if path.is_dir():
+        raise IsADirectoryError(f"{source} is a folder; pass a sweep YAML file or a shipped sweep")
     raise FileNotFoundError(
         f"sweep file {source} does not exist and is not a shipped sweep ({', '.join(sweep_names())})"
     )
@@ -292,6 +315,9 @@ def load_sweep(
         raise ValueError(
             f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(_SWEEP_KEYS)}"
         )
+    for key in ("base", "eval"):
+        if not isinstance(spec.get(key) or {}, dict):
+            raise ValueError(f"{source}: {key} must be a mapping of fields, got {spec[key]!r}")
     eval_fields = {f.name for f in dataclasses.fields(EvalSpec)}
     eval_values = dict(spec.get("eval") or {})
     bad = sorted(set(eval_values) - eval_fields)
@@ -299,11 +325,11 @@ def load_sweep(
         raise ValueError(
             f"{source}: unknown eval field(s) {', '.join(bad)}; allowed: {', '.join(sorted(eval_fields))}"
         )
-    for key in ("metrics", "sampler"):
-        if isinstance(eval_values.get(key), list) or (
-            key == "metrics" and isinstance(eval_values.get(key), str)
-        ):
-            value = eval_values[key]
+    for key, one in (("metrics", str), ("sampler", (str, dict))):
+        value = eval_values.get(key)
+        if key in eval_values and not isinstance(value, (list, one)):
+            raise ValueError(f"{source}: eval.{key} must be a name or a list, got {value!r}")
+        if isinstance(value, list) or (key == "metrics" and isinstance(value, str)):
             eval_values[key] = (value,) if isinstance(value, str) else tuple(value)
     if "prc_extractor" in eval_values and "prc" not in eval_values.get("metrics", OFFLINE_METRICS):
         raise ValueError(
@@ -323,7 +349,10 @@ def load_sweep(
             f"cell would be ignored there; drop --{varied[0].replace('_', '-')}"
         )
     base |= data
-    cells = expand(spec.get("preset"), base, grids, Path(out) / "cells")
+    try:
+        cells = expand(spec.get("preset"), base, grids, Path(out) / "cells")
+    except ValueError as err:
+        raise ValueError(f"{source}: {err}") from None
     try:
         spec_eval = EvalSpec(**eval_values).validate()
     except ValueError as err:
@@ -389,7 +418,9 @@ def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[
     baseline cell of its other settings: variant isotropic, without the strength, profile and
     basis that shape squeezing (``preset``: the preset's fields, under ``values``)."""
     merged = {"variant": TrainConfig.variant, **preset, **values}
-    if merged["variant"] == "isotropic" or float(merged.get("strength", 0.0)) == 0.0:
+    strength = merged.get("strength", 0.0)  # not a number: TrainConfig.validate says so
+    number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
+    if merged["variant"] == "isotropic" or (number and strength == 0):
         return {**without_squeezing(values), "variant": "isotropic"}
     return values
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
+import typing
 from collections.abc import Iterable
 from dataclasses import dataclass, field, fields
 from importlib import resources
@@ -21,7 +23,7 @@ from ..core.basis import basis_options
 from ..core.fileio import atomic_write
 from ..core.process import canonical_prediction_type, merge_target
 from ..core.samplers import checked_sampler
-from ..data import DATASETS, ImageDataset, load_dataset
+from ..data import DATASETS, ImageDataset, check_options, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
 PRECISIONS = ("no", "fp16", "bf16")
@@ -60,6 +62,35 @@ _RANGES = {
     "eval_steps": (lambda v: v >= 1, "an integer >= 1"),
     "seed": (lambda v: 0 <= v < 2**32 and v == int(v), "an integer in [0, 2**32)"),
 }
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether ``value`` has the field type ``hint``: YAML and Python callers can hand over
+    anything, and ``hflip: "no"`` would otherwise read as true, ``steps: 1.5`` train 2 steps."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return any(_fits(value, h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        return isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value)
+    if typing.get_origin(hint) is dict:
+        return isinstance(value, dict)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def _type_name(hint: Any) -> str:
+    """``hint`` in the words of the error message."""
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(h) for h in typing.get_args(hint))
+    if typing.get_origin(hint) is list:
+        return f"a list of {_type_name(typing.get_args(hint)[0]).split(' ', 1)[1]}s"
+    names = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+    return "a mapping" if typing.get_origin(hint) is dict else names.get(hint, "empty")
+
+
 # Fields a resumed run may change: its length, and bookkeeping that does not alter what it
 # trains (evaluation during training forks the RNG; compiling changes float rounding only).
 RESUMABLE = {
@@ -161,6 +192,9 @@ class TrainConfig:
 
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the bad value and what is allowed."""
+        for name, hint in typing.get_type_hints(TrainConfig).items():
+            if not _fits(getattr(self, name), hint):
+                raise ValueError(f"{name} must be {_type_name(hint)}, got {getattr(self, name)!r}")
         choices = {
             "dataset": DATASETS,
             "model": tuple(MODEL_PRESETS),
@@ -175,6 +209,7 @@ class TrainConfig:
                 raise ValueError(
                     f"unknown {name} {getattr(self, name)!r}; choose one of: {', '.join(allowed)}"
                 )
+        check_options(self.dataset, self.data_dir, self.download, self.skip_bad_images)
         for name in ("prediction_type", "basis", "basis_options"):  # options after their basis
             setattr(self, name, _canonical(self, name))
         SAMPLERS.canonical(self.sample_sampler)
@@ -228,13 +263,18 @@ class TrainConfig:
 
     def _refuse_ignored(self) -> None:
         """Settings that would have no effect in this config: errors, never ignored."""
-        if self.variant == "isotropic":
-            squeezing = _squeezing_flags(self)
-            if squeezing:
-                raise ValueError(
-                    f"{', '.join(squeezing)} set with variant isotropic, whose noise has no "
-                    "squeezing to shape: drop them or choose --variant sdm/hdm"
-                )
+        isotropic = self.variant == "isotropic"
+        squeezing = _squeezing_flags(self) if isotropic or self.strength == 0 else []
+        if squeezing and isotropic:
+            raise ValueError(
+                f"{', '.join(squeezing)} set with variant isotropic, whose noise has no "
+                "squeezing to shape: drop them or choose --variant sdm/hdm"
+            )
+        if squeezing:  # c_i(t) = 1 in every direction: the profile and basis shape nothing
+            raise ValueError(
+                f"{', '.join(squeezing)} set with strength 0, where the noise is isotropic: "
+                "drop them, or give a non-zero --strength"
+            )
         if self.compile is False and self.compile_mode != "default":
             raise ValueError(
                 f"compile_mode {self.compile_mode!r} applies only when compiling; pass "
@@ -264,11 +304,11 @@ class TrainConfig:
 
     @classmethod
     def load(cls, path: str | Path) -> TrainConfig:
-        """A saved config. An isotropic run saved with squeezing settings (versions before
-        0.2 accepted them; they had no effect) reads with the defaults, so it resumes, and
-        pairs in a sweep, as the same run made today."""
+        """A saved config. An isotropic run (the variant, or strength 0) saved with squeezing
+        settings (earlier versions accepted them; they had no effect) reads with the defaults,
+        so it resumes, and pairs in a sweep, as the same run made today."""
         values = _read_yaml(Path(path))
-        if values.get("variant") == "isotropic":
+        if values.get("variant") == "isotropic" or values.get("strength", 0) == 0:
             values = without_squeezing(values)
         return cls.from_dict(values)
 

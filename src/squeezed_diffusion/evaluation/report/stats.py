@@ -95,7 +95,10 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
     try:
         rows = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
-        raise ValueError(f"{path} is not valid JSON; rebuild it with sqdm sweep") from None
+        raise ValueError(
+            f"{path} is not valid JSON; pass the sweep's --out folder or its results.json "
+            "(sqdm sweep NAME --collect rebuilds it)"
+        ) from None
     if rows == []:
         raise ValueError(
             f"{path} is empty: the sweep has no finished evaluation yet (run sqdm sweep, or "
