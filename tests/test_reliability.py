@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,6 +188,47 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit(data, tmp_path, signum) -
     assert "Traceback" not in err
     ckpt = find_checkpoint(run, "latest")
     assert load_checkpoint(ckpt)["state"]["step"] >= 1
+
+
+@pytest.mark.parametrize(
+    ("method", "at", "steps", "code", "evals", "stopped", "says"),
+    [
+        ("evaluate", 2, 5, 143, [2], 3, "signal 15: saved step 3; to resume"),
+        ("train_step", 3, 5, 143, [2], 4, "signal 15: saved step 4 (its evaluation skipped)"),
+        ("evaluate", 2, 3, 0, [2], 3, "signal 15 came at the last step: the run is finished"),
+    ],
+    ids=["during-evaluation", "before-evaluation", "at-last-step"],
+)
+def test_a_signal_around_an_evaluation_stops_at_its_step(
+    data, tmp_path, monkeypatch, capsys, method, at, steps, code, evals, stopped, says
+) -> None:
+    """A signal is seen once per step, at the same point in every process: one during step
+    2's evaluation stops at step 3 (logged and saved), and one seen at a step whose evaluation
+    is due stops before that evaluation (it could outlast a scheduler's grace period). A run
+    that reached its last step is finished: exit 0, not 143 and "run it again". The signal
+    is simulated: the trainer's flag set as its handler would, in ``method``."""
+    import squeezed_diffusion.training.trainer as trainer_module
+
+    original = getattr(trainer_module.Trainer, method)
+
+    def signalled(self):
+        result = original(self)
+        if self.step == at:  # train_step runs before the step count moves on
+            self.stop_signal = signal.SIGTERM
+        return result
+
+    monkeypatch.setattr(trainer_module.Trainer, method, signalled)
+    run = tmp_path / "run"
+    extra = ["--model", "micro", "--steps", str(steps), "--log-every", "5", "--checkpoint-every",
+             "5", "--eval-every", "2", "--eval-num", "8", "--eval-steps", "2", "--eval-metrics",
+             "fd_pixels8"]  # fmt: skip
+    assert main(base_args(data, run, *extra)) == code
+    assert says in capsys.readouterr().out
+    log = Run(run).log()
+    assert [r["step"] for r in log if "eval" in r] == evals
+    assert [r["step"] for r in log if "loss" in r] == [stopped]  # logged at the stop or end
+    assert [p.name for p in list_checkpoints(run)] == [f"step-{stopped:08d}"]
+    assert (run / "samples" / "final.png").is_file() == (code == 0)
 
 
 # -- non-finite loss --------------------------------------------------------------------
@@ -377,6 +419,10 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         *cuda_only,
         ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "--strength set with variant isotropic"),
         ([*t, *arr, "--variant", "isotropic", "--basis", "pca", "--basis-k", "2"], "--basis, --basis-k set with variant isotropic"),
+        ([*t, *arr, "--profile", "linear"], "--profile set with strength 0, where the noise is isotropic"),
+        ([*t, *arr, "--variant", "hdm", "--basis", "pca"], "--basis set with strength 0"),
+        ([*samples, "--metrics", "fd_pixels8", "--batch-size", "7"], "--batch-size is the feature extractors' batch, and fd_pixels8 extract no features"),
+        (["fit-basis", "cifar10"], "CIFAR-10 needs a data path; pass --data-dir PATH (sqdm train and sqdm sweep can add --download"),
         ([*t0, *arr, "--epochs", "inf"], "training length must be positive and finite"),
         ([*t0, *arr, "--epochs", "nan"], "training length must be positive and finite"),
         ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "contradicts"),
@@ -409,7 +455,9 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*samples, "--out", str(tmp_path)], "is a folder, but this output is one file"),
         (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
         (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
-        (["report", str(blob)], "is not valid JSON"),
+        (["report", str(blob)], "is not valid JSON; pass the sweep's --out folder or its results.json"),
+        (["sweep", str(full)], "is a folder; pass a sweep YAML file or a shipped sweep"),
+        (["sample", str(run), "--steps", "2000", *out], "--steps 2000 with --sampler ddpm: num_steps must be"),
         (["evaluate", str(run), "--metrics", "fd_pixels8", "--num", "2", "--num-reference", "1000000"], "ask for at most"),
         (["--lr", "1", *t, *arr], "--lr 1 given before the command: a command's options go after it (sqdm train --lr 1 ...)"),
         ([*t, *arr, "--eval-num", "500"], "--eval-num given without --eval-every"),
@@ -515,17 +563,12 @@ def test_skip_bad_images_counts_them(tmp_path, capsys) -> None:
     for i in range(4):
         Image.fromarray(np.full((8, 8, 3), 30 * i, np.uint8)).save(broken / f"{i}.png")
     (broken / "bad.png").write_bytes(b"not a png")
-    with pytest.warns(UserWarning, match="1"):
-        code = main(
-            [
-                "fit-basis",
-                str(broken),
-                "--skip-bad-images",
-                "--out",
-                str(tmp_path / "b.safetensors"),
-            ]
-        )
-    assert code == 0 and "on 4 images" in capsys.readouterr().out
+    out, shown = str(tmp_path / "b.safetensors"), warnings.showwarning
+    assert main(["fit-basis", str(broken), "--skip-bad-images", "--out", out]) == 0
+    captured = capsys.readouterr()
+    assert "on 4 images" in captured.out
+    assert captured.err == "sqdm: warning: skipped 1 unreadable image file(s)\n"  # one line
+    assert warnings.showwarning is shown  # main() restores the caller's hook
 
 
 def test_truncated_checkpoint_and_other_preset_are_refused(trained, capsys) -> None:
@@ -537,9 +580,38 @@ def test_truncated_checkpoint_and_other_preset_are_refused(trained, capsys) -> N
     cfg_path.write_text(cfg_path.read_text().replace("model: small", "model: tiny"))
     weights = ckpt / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:-100])
-    with pytest.warns(UserWarning, match="corrupt"):
-        assert main(["sample", str(trained), "--num", "1", "--out", str(trained / "s.npz")]) == 2
-    assert "no usable checkpoint" in capsys.readouterr().err
+    assert main(["sample", str(trained), "--num", "1", "--out", str(trained / "s.npz")]) == 2
+    # One line each (not Python's warning format, with its source path and code line), and
+    # no advice that `sample` cannot follow (it has no --resume).
+    warning, error = capsys.readouterr().err.splitlines()
+    assert warning == (
+        f"sqdm: warning: checkpoint {ckpt} is corrupt (model.safetensors is missing or does not "
+        "match its checksum); skipping it"
+    )
+    assert error == (
+        f"sqdm: error: no usable checkpoint in {trained / 'checkpoints'} (it holds 1, all "
+        f"corrupt); to train the run again, delete {trained} (or give sqdm train another --out)"
+    )
+
+
+def test_all_corrupt_checkpoints_give_advice_that_does_not_loop(data, trained, capsys) -> None:
+    """Every checkpoint corrupt: "train the run first" sent the user to `sqdm train`, which
+    refuses a folder holding a run ("pass --resume latest"), which said "train the run
+    first" again. Resuming now names the fix, and following it trains the run."""
+    for ckpt in list_checkpoints(trained):
+        (ckpt / "state.json").write_text("{")
+    assert main(base_args(data, trained, "--steps", "2")) == 2
+    assert "--resume latest" in capsys.readouterr().err
+    assert main(["train", "--out", str(trained), "--resume", str(ckpt), "--quiet"]) == 2
+    assert capsys.readouterr().err == (
+        f"sqdm: error: checkpoint {ckpt} is incomplete or corrupt (state.json: JSONDecodeError); "
+        "pass latest or another of the run's checkpoints\n"
+    )
+    assert main(["train", "--out", str(trained), "--resume", "latest", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"to train the run again, delete {trained}" in err and "train the run first" not in err
+    shutil.rmtree(trained)
+    assert main(base_args(data, trained, "--steps", "2")) == 0
 
 
 def test_basis_from_other_data_is_refused_on_resume(trained, tmp_path, capsys) -> None:

@@ -539,8 +539,59 @@ def test_an_evaluation_interval_past_the_run_is_refused(
     extra = [*length, "--eval-every", "3", "--eval-metrics", "fd_pixels8"]
     assert main(train_args(array_data, run, *extra)) == 2
     err = capsys.readouterr().err.strip()
-    assert f"--eval-every 3 is more than the run's {total} steps" in err and "\n" not in err
+    assert "--eval-every 3 would never evaluate" in err and "\n" not in err
+    assert f"no step this run trains (1 to {total}) is a multiple of it" in err
     assert f"give --eval-every {total} or less" in err and not run.exists()
+
+
+def test_a_sample_interval_past_the_run_is_refused(array_data, tmp_path, capsys) -> None:
+    """--sample-every is checked like --eval-every: a grid interval longer than the run would
+    write no grid (it used to be accepted while --eval-every was refused)."""
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "2", "--sample-every", "5")) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--sample-every 5 would never write a sample grid" in err and "\n" not in err
+    assert "give --sample-every 2 or less" in err and not run.exists()
+
+
+def test_a_resumed_run_refuses_only_new_intervals_that_never_fire(
+    array_data, tmp_path, capsys
+) -> None:
+    """A resumed run trains steps start+1..total only: an interval the resume asks for must
+    fire among them (a finished run resumed with --eval-every evaluated nothing, yet its
+    config.yaml recorded it), refused before anything is written. The saved interval, left
+    as it is, is kept even where it no longer fires (a finished run, or a longer one)."""
+    run = tmp_path / "run"
+    first = train_args(array_data, run, "--model", "micro", "--steps", "3", "--sample-every", "3")
+    assert main(first) == 0
+    saved = {name: (run / name).read_text() for name in ("config.yaml", "log.jsonl")}
+    resume = ["train", "--out", str(run), "--resume", "latest", "--quiet"]
+    metric = ["--eval-metrics", "fd_pixels8"]
+    cases = [
+        (
+            ["--eval-every", "1", *metric],
+            "--eval-every 1 would never evaluate: the run is already at its last step (3); "
+            "drop --eval-every, or give a longer --steps/--epochs",
+        ),
+        (
+            ["--steps", "5", "--eval-every", "3", *metric],
+            "--eval-every 3 would never evaluate: no step this run trains (4 to 5) is a "
+            "multiple of it; give --eval-every 2 or less",
+        ),
+        (
+            ["--steps", "5", "--sample-every", "6"],
+            "--sample-every 6 would never write a sample grid: no step this run trains (4 to 5)",
+        ),
+    ]
+    for extra, message in cases:
+        assert main([*resume, *extra]) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert message in err and "\n" not in err, err
+        assert {name: (run / name).read_text() for name in saved} == saved
+    assert main(resume) == 0  # finished, with its saved --sample-every 3: nothing to refuse
+    assert main([*resume, "--steps", "5"]) == 0  # the saved 3 does not fire in 4..5: kept
+    assert TrainConfig.load(run / "config.yaml").sample_every == 3
+    assert sorted(p.name for p in (run / "samples").glob("step-*")) == ["step-00000003.png"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="compiling is on by default with CUDA")

@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
@@ -149,8 +150,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     except TrainingDiverged as err:
         print(f"sqdm: error: {err}", file=sys.stderr)
         return 1
-    if trainer.stop_signal is not None:  # saved and stopped early: not a finished run
-        return 128 + trainer.stop_signal
+    if trainer.stop_signal is not None:
+        if trainer.step < trainer.total_steps:  # saved and stopped early: not a finished run
+            return 128 + trainer.stop_signal
+        print(f"signal {trainer.stop_signal} came at the last step: the run is finished")
     print(f"run folder: {out}")
     return 0
 
@@ -244,6 +247,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     if args.prc_extractor is not None and "prc" not in metrics:
         raise ValueError("--prc-extractor applies to the prc metric only; add prc or drop it")
+    if args.batch_size is not None and not extractors_for(metrics, prc_extractor):
+        raise ValueError(
+            f"--batch-size is the feature extractors' batch, and {', '.join(metrics)} extract "
+            "no features: drop it (sampling: --sample-batch-size)"
+        )
     given = [f"--{k.replace('_', '-')}" for k in SAMPLING_DEFAULTS if getattr(args, k) is not None]
     if not is_run and given:
         raise ValueError(
@@ -253,8 +261,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     reference = _dataset_from_arg(args.reference, args) if args.reference else None
     options = {
         "metrics": metrics, "num_reference": args.num_reference, "feature_weights": weights,
-        "prc_extractor": prc_extractor, "batch_size": args.batch_size,
+        "prc_extractor": prc_extractor,
     }  # fmt: skip
+    if args.batch_size is not None:  # else the extractors' default
+        options["batch_size"] = args.batch_size
     if is_run:
         result = evaluate_run(
             args.source, args.num, args.steps, args.sampler, args.seed, reference=reference,
@@ -607,7 +617,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help=f"features for prc (default: {DEFAULT_PRC_EXTRACTOR}, torch-fidelity's)",
     )  # fmt: skip
     ev.add_argument(
-        "--batch-size", type=_at_least(1), default=64,
+        "--batch-size", type=_at_least(1),
         help="images per feature-extraction batch (default 64; sampling: --sample-batch-size)",
     )  # fmt: skip
     ev.add_argument("--out", help="write the results as JSON")
@@ -723,6 +733,11 @@ def _refuse_options_before_command(parser: argparse.ArgumentParser, argv: list[s
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    def one_line(message: Warning | str, *_: Any, **__: Any) -> None:
+        """Python's format (source path, then the code line) reads like a traceback."""
+        print(f"sqdm: warning: {' '.join(str(message).splitlines())}", file=sys.stderr)
+
+    shown, warnings.showwarning = warnings.showwarning, one_line
     try:
         argv = list(sys.argv[1:] if argv is None else argv)
         parser = build_parser()
@@ -746,6 +761,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"sqdm: stopped by signal {signum}; run the same command again to resume",
               file=sys.stderr)  # fmt: skip
         return 128 + signum
+    finally:  # main() may run inside another program (tests, a notebook): leave its hook
+        warnings.showwarning = shown
 
 
 if __name__ == "__main__":

@@ -117,21 +117,20 @@ def remove_partial_checkpoints(run_dir: str | Path) -> None:
 
 
 def verify(ckpt: Path) -> dict[str, Any]:
-    """Return ``state.json`` after checking every file against its manifest."""
+    """Return ``state.json`` after checking every file against its manifest. The error names
+    the problem only: the fix depends on the caller (:func:`find_checkpoint` adds it)."""
     try:
         state = json.loads((ckpt / "state.json").read_text())
         manifest = state["manifest"]
     except (OSError, ValueError, KeyError) as err:
         raise CheckpointError(
-            f"checkpoint {ckpt} is incomplete or corrupt (state.json: {err.__class__.__name__}); "
-            "delete it or resume from another with --resume PATH"
+            f"checkpoint {ckpt} is incomplete or corrupt (state.json: {err.__class__.__name__})"
         ) from None
     for name in _FILES:
         path = ckpt / name
         if not path.is_file() or sha256(path) != manifest.get(name):
             raise CheckpointError(
-                f"checkpoint {ckpt} is corrupt ({name} is missing or does not match its checksum); "
-                "delete it or resume from another with --resume PATH"
+                f"checkpoint {ckpt} is corrupt ({name} is missing or does not match its checksum)"
             )
     return state
 
@@ -152,7 +151,12 @@ def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
                 f"checkpoint {which} is not one of {run_dir}'s (under {folder}); pass latest "
                 "or one of them"
             )
-        verify(path)
+        try:
+            verify(path)
+        except CheckpointError as err:
+            raise CheckpointError(
+                f"{err}; pass latest or another of the run's checkpoints"
+            ) from None
         return path
     candidates = list_checkpoints(run_dir)
     for ckpt in reversed(candidates):
@@ -160,10 +164,14 @@ def find_checkpoint(run_dir: str | Path, which: str = "latest") -> Path:
             verify(ckpt)
             return ckpt
         except CheckpointError as err:
-            warnings.warn(f"skipping {err}", stacklevel=2)
-    raise CheckpointError(
-        f"no usable checkpoint in {Path(run_dir) / CHECKPOINT_DIR}; train the run first"
-    )
+            warnings.warn(f"{err}; skipping it", stacklevel=2)
+    folder = Path(run_dir) / CHECKPOINT_DIR
+    if candidates:  # `sqdm train --out` refuses a folder with checkpoints: not "train it first"
+        raise CheckpointError(
+            f"no usable checkpoint in {folder} (it holds {len(candidates)}, all corrupt); to "
+            f"train the run again, delete {run_dir} (or give sqdm train another --out)"
+        )
+    raise CheckpointError(f"no usable checkpoint in {folder}; train the run first")
 
 
 def load_checkpoint(ckpt: Path) -> dict[str, Any]:

@@ -61,14 +61,28 @@ def _check_device(cfg: TrainConfig, device: str) -> None:
         raise ValueError(f"channels_last applies on CUDA only, not {device}; drop --channels-last")
 
 
-def _check_eval_every(cfg: TrainConfig, total_steps: int) -> None:
-    """An evaluation interval longer than the run would never evaluate: an error, not a run
-    that ends without the scores it was asked for."""
-    if cfg.eval_every > total_steps:
-        raise ValueError(
-            f"--eval-every {cfg.eval_every} is more than the run's {total_steps} steps, so it "
-            f"would never evaluate; give --eval-every {total_steps} or less"
-        )
+def _check_intervals(cfg: TrainConfig, start: int, total: int, saved: TrainConfig | None) -> None:
+    """An evaluation or sample-grid interval (> 0) with no multiple among the steps this
+    invocation trains, ``start + 1`` to ``total``, would never fire: an error, not a run that
+    ends without what it was asked for.
+
+    A resumed run checks only an interval that differs from its ``saved`` config: the saved
+    one was checked when it was set, and a run resumed as it is (finished, or made longer)
+    keeps it whether or not it fires again."""
+    for name, does in (("eval_every", "evaluate"), ("sample_every", "write a sample grid")):
+        every, flag = getattr(cfg, name), f"--{name.replace('_', '-')}"
+        if every == 0 or (saved is not None and getattr(saved, name) == every):
+            continue
+        if start == total:
+            raise ValueError(
+                f"{flag} {every} would never {does}: the run is already at its last step "
+                f"({total}); drop {flag}, or give a longer --steps/--epochs"
+            )
+        if total // every * every <= start:
+            raise ValueError(
+                f"{flag} {every} would never {does}: no step this run trains ({start + 1} to "
+                f"{total}) is a multiple of it; give {flag} {total - start} or less"
+            )
 
 
 class TrainingDiverged(RuntimeError):
@@ -112,7 +126,6 @@ class Trainer:
             device=acc.device, rank=acc.process_index, world=acc.num_processes,
         )  # fmt: skip
         self.total_steps = cfg.steps or math.ceil(cfg.epochs * self.batches.steps_per_epoch)
-        _check_eval_every(cfg, self.total_steps)
         check_eval_weights(cfg)  # before training and before writing the run folder
         c, res = self.dataset.shape[0], self.dataset.shape[-1]
         self.state = build_state(cfg, acc, c, res, self.total_steps)
@@ -124,6 +137,8 @@ class Trainer:
                     f"the run is at step {self.step}, past the {self.total_steps} steps asked "
                     "for; give a longer --steps/--epochs (or none to keep the saved length)"
                 )
+        saved = self.run_dir.config() if resume is not None else None
+        _check_intervals(cfg, self.step, self.total_steps, saved)  # before the folder is written
         if acc.is_main_process:
             self._prepare_folder(resume)
         start_trackers(acc, cfg)
@@ -229,6 +244,11 @@ def _progress_bar(trainer: Trainer) -> tqdm:
 def train_loop(trainer: Trainer, bar: tqdm) -> None:
     """Steps until the end or a signal; the loss is read (a host sync) only at log steps.
 
+    A signal saves the step it is seen at (the step after, if it came during a grid or an
+    evaluation: every process reads it at the same point of the loop) and stops without
+    starting that step's evaluation, which could outlast a scheduler's grace period. At the
+    last step a signal changes nothing: the run completes.
+
     images/s counts training steps only: the time of checkpoints, sample grids and
     evaluations is taken out of the window they fall in."""
     cfg, acc = trainer.cfg, trainer.accelerator
@@ -239,8 +259,9 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
         trainer.step += 1
         window_steps += 1
         bar.update(1)
-        step, stop = trainer.step, trainer.stop_signal
-        boundary = step % cfg.checkpoint_every == 0 or step == trainer.total_steps
+        step, last = trainer.step, trainer.step == trainer.total_steps
+        stop = None if last else trainer.stop_signal
+        boundary = step % cfg.checkpoint_every == 0 or last
         if step % cfg.log_every == 0 or boundary or stop:
             mean_loss = float(loss_sum) / window_steps
             if not math.isfinite(mean_loss) and not cfg.skip_nonfinite:
@@ -254,7 +275,8 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
             loss_sum.zero_()
             window_start, window_steps = time.perf_counter(), 0
         grid = cfg.sample_every > 0 and step % cfg.sample_every == 0 and acc.is_main_process
-        evaluate = cfg.eval_every > 0 and step % cfg.eval_every == 0
+        due = cfg.eval_every > 0 and step % cfg.eval_every == 0
+        evaluate = due and not stop
         if boundary or stop or grid or evaluate:  # not training: kept out of images/s
             paused = _clock(acc)
             if boundary or stop:
@@ -266,8 +288,9 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
                 _evaluate(trainer, bar)
             window_start += time.perf_counter() - paused
         if stop:
+            skipped = " (its evaluation skipped)" if due else ""
             bar.write(
-                f"signal {stop}: saved step {step}; to resume, run the command again "
+                f"signal {stop}: saved step {step}{skipped}; to resume, run the command again "
                 "(sqdm train: with --resume latest)"
             )
             break
