@@ -92,7 +92,7 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
         ({"grid": {"variant": ["sdm"]}, "eval": {"sampler": "euler"}}, "unknown sampler"),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"sampler": ["ddpm", "heun"], "eta": 0.5}},
-            "eval.eta 0.5 applies to samplers that take eta",
+            "eval.eta 0.5 is read by no eval.sampler entry .each sets its own or takes none; eta applies to ddim",
         ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"sampler": {"sampler": "ddpm", "eta": 1}}},
@@ -189,7 +189,7 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
                 "grid": {"seed": [0]},
                 "eval": {"eta": 0.5, "sampler": [{"sampler": "ddim", "eta": 0.0}, "ddpm"]},
             },
-            "eval.eta 0.5 is read by no eval.sampler entry \\(each sets its own or takes none\\)",
+            "eval.eta 0.5 is read by no eval.sampler entry \\(each sets its own or takes none;",
         ),
         (
             {"grid": {"seed": [0]}, "eval": {"batch_size": 5, "metrics": ["fd_pixels8"]}},
@@ -447,6 +447,31 @@ def test_tiny_sweep_end_to_end_with_shards_skip_and_resume(tmp_path, capsys) -> 
     assert (out / "results.csv").read_bytes() == table
     untouched = {c: p.stat().st_mtime_ns for c, p in results.items() if c != CELLS[2]}
     assert untouched == {c: t for c, t in finished.items() if c != CELLS[2]}  # redone above
+
+
+def test_a_trained_sweep_takes_new_intervals_and_data_paths(tmp_path) -> None:
+    """Bookkeeping in the file and where the data lie may change once cells trained: a rerun
+    evaluates the new sampler, not refusing a sample interval the finished cell no longer
+    reaches, nor another --data-dir (or a dropped --download: the data are checked anyway)."""
+    from squeezed_diffusion.training.config import TrainConfig, resume_config
+
+    sweep_file, argv = _tiny_sweep(tmp_path, "ddim")
+    spec = yaml.safe_load(sweep_file.read_text())
+    spec["grid"] = {"variant": ["sdm"], "strength": [-0.4]}
+    data = Path(spec["base"].pop("data_dir"))
+    sweep_file.write_text(yaml.safe_dump(spec))
+    assert main([*argv, "--data-dir", str(data)]) == 0
+    spec["base"]["sample_every"] = 1
+    spec["eval"]["sampler"] = ["ddim", "ddpm"]
+    sweep_file.write_text(yaml.safe_dump(spec))
+    moved = tmp_path / "moved.npy"
+    moved.write_bytes(data.read_bytes())
+    assert main([*argv, "--data-dir", str(moved)]) == 0
+    evals = tmp_path / "out" / "cells" / CELLS[2] / "evals"
+    assert sorted(p.parent.name for p in evals.glob("*/result.json")) == ["ddim-2", "ddpm-2"]
+    saved = TrainConfig(dataset="cifar10", data_dir="/a", download=True, steps=2).validate()
+    again = resume_config(saved, {**saved.to_dict(), "data_dir": "/b", "download": False})
+    assert (again.data_dir, again.download) == ("/b", False)
 
 
 def test_sigterm_stops_a_sweep_with_143_and_a_rerun_resumes(tmp_path) -> None:

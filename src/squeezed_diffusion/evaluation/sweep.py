@@ -209,24 +209,7 @@ class EvalSpec:
             if ev.steps < 1:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
             checked_sampler(ev.sampler, ev.eta, ev.x0)
-        if self.eta and not any(SAMPLERS.get(ev.sampler).uses_eta for ev in evaluations):
-            takes_eta = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
-            raise ValueError(
-                f"eval.eta {self.eta} applies to samplers that take eta ({takes_eta}); none of "
-                "eval.sampler does: drop it or add such a sampler"
-            )
-        defaults = {f.name: f.default for f in dataclasses.fields(EvalSpec)}
-        for key in ("steps", "eta", "x0"):  # a default that no entry reads would be ignored
-            readers = [
-                e for e in self._entries()
-                if key not in e and (key != "eta" or SAMPLERS.get(e["sampler"]).uses_eta)
-            ]  # fmt: skip
-            if getattr(self, key) != defaults[key] and not readers:
-                raise ValueError(
-                    f"eval.{key} {getattr(self, key)!r} is read by no eval.sampler entry (each "
-                    f"sets its own{' or takes none' if key == 'eta' else ''}): drop it"
-                )
-        if self.batch_size != defaults["batch_size"] and not extractors_for(
+        if self.batch_size != EvalSpec.batch_size and not extractors_for(
             self.metrics, self.prc_extractor
         ):
             raise ValueError(
@@ -234,6 +217,23 @@ class EvalSpec:
                 "extract no features: drop it"
             )
         return self
+
+    def check_defaults_read(self) -> None:
+        """``steps``, ``eta`` and ``x0`` are the defaults of the sampler entries that do not
+        set their own (eta: of those that take it); one that no entry reads would be ignored.
+        For a file, not for specs built in code, whose entries may carry every setting."""
+        takes_eta = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
+        for key in ("steps", "eta", "x0"):
+            readers = [
+                e for e in self._entries()
+                if key not in e and (key != "eta" or SAMPLERS.get(e["sampler"]).uses_eta)
+            ]  # fmt: skip
+            if getattr(self, key) != getattr(EvalSpec, key) and not readers:
+                why = f"; eta applies to {takes_eta}" if key == "eta" else ""
+                raise ValueError(
+                    f"eval.{key} {getattr(self, key)!r} is read by no eval.sampler entry (each "
+                    f"sets its own{' or takes none' if key == 'eta' else ''}{why}): drop it"
+                )
 
     def scoring(self) -> dict[str, Any]:
         """The settings a result was scored with: a result made otherwise is redone."""
@@ -355,6 +355,7 @@ def load_sweep(
         raise ValueError(f"{source}: {err}") from None
     try:
         spec_eval = EvalSpec(**eval_values).validate()
+        spec_eval.check_defaults_read()
     except ValueError as err:
         raise ValueError(f"{source}: {err}") from None
     try:

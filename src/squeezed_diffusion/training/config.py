@@ -16,6 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from ..core import BASES, PROFILES, SAMPLERS, VARIANTS
@@ -71,7 +72,7 @@ def _fits(value: Any, hint: Any) -> bool:
         return any(_fits(value, h) for h in typing.get_args(hint))
     if typing.get_origin(hint) is list:
         (item,) = typing.get_args(hint)
-        return isinstance(value, (list, tuple)) and all(_fits(v, item) for v in value)
+        return isinstance(value, list) and all(_fits(v, item) for v in value)
     if typing.get_origin(hint) is dict:
         return isinstance(value, dict)
     if hint is float:
@@ -79,6 +80,14 @@ def _fits(value: Any, hint: Any) -> bool:
     if hint is int:
         return isinstance(value, int) and not isinstance(value, bool)
     return value is None if hint is type(None) else isinstance(value, hint)
+
+
+def _plain(value: Any) -> Any:
+    """Python's own scalars and lists for numpy scalars and tuples: the types the checks
+    below know and YAML writes."""
+    if isinstance(value, np.generic):
+        return value.item()
+    return [_plain(v) for v in value] if isinstance(value, (list, tuple)) else value
 
 
 def _type_name(hint: Any) -> str:
@@ -116,6 +125,9 @@ RESUMABLE = {
     "eval_x0",
     "eval_num_reference",
 }
+# Where the data lie: a run (or a sweep) may move, or find its data elsewhere; the data
+# themselves are checked on resume (the basis' dataset fingerprint).
+WHERE_DATA = {"data_dir", "download"}
 LR_SCHEDULES = ("cosine", "constant")
 # Fields that shape the squeezing: isotropic noise has none, so they have no effect there.
 ISOTROPIC_IGNORES = ("strength", "profile", "basis", "basis_options")
@@ -193,6 +205,7 @@ class TrainConfig:
     def validate(self) -> TrainConfig:
         """Raise ``ValueError`` naming the field, the bad value and what is allowed."""
         for name, hint in typing.get_type_hints(TrainConfig).items():
+            setattr(self, name, _plain(getattr(self, name)))
             if not _fits(getattr(self, name), hint):
                 raise ValueError(f"{name} must be {_type_name(hint)}, got {getattr(self, name)!r}")
         choices = {
@@ -344,7 +357,7 @@ def training_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     sweep run from elsewhere, or moved; the data themselves are checked on resume) and the
     bookkeeping that :data:`RESUMABLE` allows to change (logging, checkpoints, sample grids,
     evaluation during training), length included."""
-    bookkeeping = (RESUMABLE - {"steps", "epochs"}) | {"data_dir", "download"}
+    bookkeeping = (RESUMABLE - {"steps", "epochs"}) | WHERE_DATA
     names = [f.name for f in fields(TrainConfig) if f.name != "out"]
     return [
         name
@@ -445,7 +458,8 @@ def resolve_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
 
 def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     """The saved config of a run being resumed, with the bookkeeping ``overrides`` honoured
-    (a longer ``steps``/``epochs``, other log, checkpoint, sample and evaluation settings).
+    (a longer ``steps``/``epochs``, other log, checkpoint, sample and evaluation settings,
+    where the data lie).
 
     Overrides are compared in canonical form (``--target squeezed`` is the saved
     ``epsilon``); anything else that differs from the saved value would change what the run
@@ -462,7 +476,7 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
         values.update(steps=None, epochs=None)
     wanted = TrainConfig.from_dict({**values, **given})
     for key in given:
-        if key not in RESUMABLE and _canonical(wanted, key) != _canonical(saved, key):
+        if key not in RESUMABLE | WHERE_DATA and _canonical(wanted, key) != _canonical(saved, key):
             raise ValueError(
                 f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
                 f"{getattr(saved, key)!r}; a resumed run keeps its config (drop the flag, or "

@@ -98,7 +98,13 @@ class Trainer:
     (seed, then data, basis and process, then the model's initialisation, then the restore).
     """
 
-    def __init__(self, cfg: TrainConfig, resume: str | None = None, progress: bool = True) -> None:
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        resume: str | None = None,
+        progress: bool = True,
+        check_intervals: bool = True,
+    ) -> None:
         self.cfg, self.progress, self.run_dir = cfg, progress, Run(cfg.out)
         self.out = self.run_dir.path
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -137,8 +143,9 @@ class Trainer:
                     f"the run is at step {self.step}, past the {self.total_steps} steps asked "
                     "for; give a longer --steps/--epochs (or none to keep the saved length)"
                 )
-        saved = self.run_dir.config() if resume is not None else None
-        _check_intervals(cfg, self.step, self.total_steps, saved)  # before the folder is written
+        if check_intervals:  # before the folder is written
+            saved = self.run_dir.config() if resume is not None else None
+            _check_intervals(cfg, self.step, self.total_steps, saved)
         if acc.is_main_process:
             self._prepare_folder(resume)
         start_trackers(acc, cfg)
@@ -244,10 +251,10 @@ def _progress_bar(trainer: Trainer) -> tqdm:
 def train_loop(trainer: Trainer, bar: tqdm) -> None:
     """Steps until the end or a signal; the loss is read (a host sync) only at log steps.
 
-    A signal saves the step it is seen at (the step after, if it came during a grid or an
-    evaluation: every process reads it at the same point of the loop) and stops without
-    starting that step's evaluation, which could outlast a scheduler's grace period. At the
-    last step a signal changes nothing: the run completes.
+    A signal saves the step it is seen at (:func:`_agreed_signal`) and stops without starting
+    that step's evaluation, which could outlast a scheduler's grace period; an evaluation due
+    there is not made up on resume. At the last step a signal changes nothing: the run
+    completes.
 
     images/s counts training steps only: the time of checkpoints, sample grids and
     evaluations is taken out of the window they fall in."""
@@ -260,7 +267,7 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
         window_steps += 1
         bar.update(1)
         step, last = trainer.step, trainer.step == trainer.total_steps
-        stop = None if last else trainer.stop_signal
+        stop = None if last else _agreed_signal(trainer, step % cfg.log_every == 0)
         boundary = step % cfg.checkpoint_every == 0 or last
         if step % cfg.log_every == 0 or boundary or stop:
             mean_loss = float(loss_sum) / window_steps
@@ -294,6 +301,20 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
                 "(sqdm train: with --resume latest)"
             )
             break
+
+
+def _agreed_signal(trainer: Trainer, log_step: bool) -> int | None:
+    """The signal to stop at. One process reads its own flag at every step; several compare
+    theirs at log steps, where reading the loss waits for the device anyway, so that all stop
+    at the same step (one that stopped alone would leave the others waiting in the next
+    step's all-reduce)."""
+    acc = trainer.accelerator
+    if acc.num_processes == 1:
+        return trainer.stop_signal
+    if not log_step:
+        return None
+    flags = acc.gather(torch.tensor([trainer.stop_signal or 0], device=acc.device))
+    return int(flags.max()) or None
 
 
 def _clock(acc: Accelerator) -> float:
@@ -344,12 +365,14 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     resume = "latest" if list_checkpoints(cfg.out) else None
     if resume is not None:  # the folder's run must be this config (its length may grow)
         cfg = resume_config(Run(cfg.out).config(), cfg.to_dict())
-    trainer = Trainer(cfg, resume=resume, progress=progress)
+    # a sweep's intervals are its file's, checked on a fresh cell: a resumed one that trains no
+    # step where a changed interval fires (finished, or nearly) is not an error
+    trainer = Trainer(cfg, resume=resume, progress=progress, check_intervals=resume is None)
     start = trainer.step
     if trainer.step < trainer.total_steps:
         trainer.run()
     elif not trainer.run_dir.final_samples_path.is_file():  # a signal after the last checkpoint
         trainer.write_final_samples()
-    if trainer.stop_signal is not None:
-        raise Stopped(trainer.stop_signal)
+    if trainer.stop_signal is not None and trainer.step < trainer.total_steps:
+        raise Stopped(trainer.stop_signal)  # at the last step a signal changes nothing
     return start
