@@ -669,6 +669,48 @@ def test_two_processes_train_what_one_process_would(data, tmp_path, mode) -> Non
         assert torch.allclose(rank0[n], single[n], atol=1e-5), n
 
 
+SIGNAL_WORKER = """
+import signal, sys
+from squeezed_diffusion.training.config import resolve_config
+from squeezed_diffusion.training.trainer import Trainer
+data, out = sys.argv[1:3]
+cfg = resolve_config(None, dataset="array", data_dir=data, model="micro", out=out, steps=6,
+                     batch_size=8, log_every=2, checkpoint_every=6, sample_steps=2)
+trainer = Trainer(cfg, progress=False)
+step = trainer.train_step
+
+def signalled():
+    loss = step()
+    if trainer.accelerator.process_index == 1 and trainer.step == 0:  # in step 1, rank 1 only
+        trainer.stop_signal = signal.SIGTERM
+    return loss
+
+trainer.train_step = signalled
+trainer.run()
+print(f"rank {trainer.accelerator.process_index} stopped at {trainer.step}")
+"""
+
+
+def test_two_processes_stop_together_on_one_ones_signal(data, tmp_path) -> None:
+    """A signal seen by one process only (they arrive one by one): both stop at the next log
+    step and save it, where one that stopped alone would leave the other waiting in the next
+    step's all-reduce until a timeout."""
+    script = tmp_path / "worker.py"
+    script.write_text(SIGNAL_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+           "2", str(script), str(data), str(tmp_path / "run")]  # fmt: skip
+    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    assert sorted(ln for ln in lines if ln.startswith("rank")) == [
+        "rank 0 stopped at 2",
+        "rank 1 stopped at 2",
+    ]
+    assert sum(ln.startswith("signal 15: saved step 2;") for ln in lines) == 1  # said once
+    assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
+
+
 def test_processes_split_each_global_batch_into_disjoint_shares(data) -> None:
     """Fast twin of the 2-process test: the shares of N ranks, in rank order, are exactly the
     one-process batch (same images, timesteps, noise and targets)."""

@@ -296,10 +296,11 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
             window_start += time.perf_counter() - paused
         if stop:
             skipped = " (its evaluation skipped)" if due else ""
-            bar.write(
-                f"signal {stop}: saved step {step}{skipped}; to resume, run the command again "
-                "(sqdm train: with --resume latest)"
-            )
+            if acc.is_main_process:
+                bar.write(
+                    f"signal {stop}: saved step {step}{skipped}; to resume, run the command again "
+                    "(sqdm train: with --resume latest)"
+                )
             break
 
 
