@@ -197,3 +197,21 @@ def test_per_pixel_bases_refuse_another_resolution(kind) -> None:
     for shape in ((4, 3, 16, 16), (4, 1, 8, 8), (3, 8, 8)):
         with pytest.raises(ValueError, match=r"images of shape \(3, 8, 8\).*this resolution"):
             basis.check_shape(shape)
+
+
+def test_fitting_refuses_data_that_would_give_an_arbitrary_basis() -> None:
+    """Constant images (no variance: every direction an eigenvector), fewer images than PCA
+    components, or a NaN image: a one-line error, not an arbitrary or NaN basis."""
+    images = torch.rand(8, 3, 8, 8) * 2 - 1
+    with_nan = torch.cat([images, torch.full((1, 3, 8, 8), float("nan"))])
+    cases = [
+        (lambda: ChannelBasis.fit([torch.full((8, 3, 8, 8), 0.5)]), "no colour variance"),
+        (lambda: PixelPCABasis.fit([torch.zeros(20, 3, 8, 8)], k=2), "no pixel variance"),
+        (lambda: PixelPCABasis.fit([images[:3]], k=16), "k=16 components need more than 16"),
+        (lambda: ChannelBasis.fit([with_nan]), "NaN or infinite pixel values"),
+        (lambda: DCTBasis.fit([with_nan]), "NaN or infinite pixel values"),
+    ]
+    for fit, message in cases:
+        with pytest.raises(ValueError, match=message):
+            fit()
+    assert PixelPCABasis.fit([images], k=4).components.shape == (4, 192)

@@ -191,3 +191,43 @@ def test_0_1_0_target_and_prediction_type_follow_one_rule_everywhere() -> None:
         SqueezedDiffusion(basis, prediction_type="sample", target="unit")
     with pytest.raises(ValueError, match="contradicts prediction_type 'sample'"):
         TrainConfig.from_dict({"target": "unit", "prediction_type": "sample"})
+
+
+def test_the_process_refuses_what_it_would_misread() -> None:
+    """Inputs that used to be read silently otherwise (None as v-prediction, a float timestep
+    truncated, one noise image broadcast over the batch, NaN betas) or fail with raw torch
+    errors: one-line ValueErrors naming the argument."""
+    proc = SqueezedDiffusion(ChannelBasis.luminance(3), "sdm", 0.4)
+    x = torch.rand(4, 3, 8, 8) * 2 - 1
+    noise = torch.randn_like(x)
+    cases = [
+        (lambda: SqueezedDiffusion(prediction_type=None), "prediction_type must be one of"),
+        (lambda: SqueezedDiffusion(beta_start=-0.1), r"betas must be finite numbers in \[0, 1\]"),
+        (lambda: SqueezedDiffusion(beta_end=2.0), r"betas must be finite numbers in \[0, 1\]"),
+        (
+            lambda: SqueezedDiffusion(num_train_timesteps=3, trained_betas=[0.1, np.nan, 0.1]),
+            "betas must be finite",
+        ),
+        (
+            lambda: SqueezedDiffusion(trained_betas=[0.02] * 10),
+            "trained_betas has 10 entries but num_train_timesteps is 1000",
+        ),
+        (
+            lambda: SqueezedDiffusion(rescale_betas_zero_snr="false"),
+            "rescale_betas_zero_snr must be True or False",
+        ),
+        (lambda: proc.add_noise(x, noise, torch.full((4,), 10.7)), "timesteps must be integers"),
+        (lambda: proc.add_noise(x, noise, torch.ones(4, dtype=torch.bool)), "must be integers"),
+        (lambda: proc.add_noise(x, noise, torch.arange(2)), "2 timesteps for a batch of 4"),
+        (lambda: proc.add_noise(x, noise[:1], 5), r"noise has shape \(1, 3, 8, 8\), x0"),
+        (lambda: proc.add_noise(x[:, :1], noise[:, :1], 5), "channel basis has 3 channels"),
+        (lambda: proc.squeeze(x, 10.9), r"a timestep must be an integer in \[0, 1000\), got 10.9"),
+        (lambda: proc.sigma(-1), r"in \[0, 1000\), got -1"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    isotropic = SqueezedDiffusion(ChannelBasis.luminance(3), "isotropic")
+    with pytest.raises(ValueError, match="channel basis has 3 channels"):
+        isotropic.add_noise(x[:, :1], noise[:, :1], torch.zeros(4, dtype=torch.long))
+    assert proc.add_noise(x, noise, np.int64(5))[0].shape == x.shape  # numpy ints are integers

@@ -360,7 +360,15 @@ def _check_batch(batch: Tensor) -> Tensor:
     if not isinstance(batch, Tensor) or batch.ndim != 4:
         shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
         raise ValueError(f"basis fitting expects [B, C, H, W] tensors in [-1, 1], got {shape}")
+    if not torch.isfinite(batch).all():  # one NaN image makes every direction NaN
+        raise ValueError("basis fitting got NaN or infinite pixel values; check the images")
     return batch
+
+
+def _check_variance(evals: Tensor, what: str) -> None:
+    """Without variance every direction is an eigenvector: the fitted one would be arbitrary."""
+    if not evals.max() > 0:
+        raise ValueError(f"the images have no {what} variance (constant images?); nothing to fit")
 
 
 def _sign_fix(vectors: Tensor) -> Tensor:
@@ -422,6 +430,7 @@ class ChannelBasis(Basis):
         _, cov = acc.mean_cov()
         evals, evecs = torch.linalg.eigh(cov)
         evals, evecs = evals.flip(0), evecs.flip(1)
+        _check_variance(evals, "colour")
         direction = _sign_fix(evecs[:, :1].T)[0]
         return cls(direction, eigenvalues=evals, metadata={"num_images": num_images})
 
@@ -528,9 +537,12 @@ class PixelPCABasis(Basis):
             raise ValueError(
                 f"k must be in [1, {dim - 1}] for images of shape {image_shape}, got {k}"
             )
+        if acc.n <= k:  # n images span at most n - 1 directions: the others would be arbitrary
+            raise ValueError(f"k={k} components need more than {k} images, got {acc.n}")
         _, cov = acc.mean_cov()
         evals, evecs = torch.linalg.eigh(cov.float())
         evals, evecs = evals.flip(0).double(), evecs.flip(1)
+        _check_variance(evals, "pixel")
         components = _sign_fix(evecs[:, :k].T.contiguous())
         return cls(components, image_shape, eigenvalues=evals[:k], metadata={"num_images": acc.n})
 

@@ -23,6 +23,7 @@ so that ``x_0 = a_t x_t - sigma_t v`` and ``S_t eps = sigma_t x_t + a_t v`` hold
 from __future__ import annotations
 
 import inspect
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -122,6 +123,14 @@ class SqueezedDiffusion:
         """``target`` is 0.1.0's name of ``prediction_type`` ('squeezed', 'unit'); the beta
         schedule's arguments are diffusers' (``trained_betas`` overrides the others)."""
         self.prediction_type = merge_target(prediction_type, target, unset="epsilon")
+        if self.prediction_type is None:  # add_noise and the samplers would read it as v
+            raise ValueError(
+                f"prediction_type must be one of {', '.join(PREDICTION_TYPES)}, got None"
+            )
+        if not isinstance(rescale_betas_zero_snr, bool):
+            raise ValueError(
+                f"rescale_betas_zero_snr must be True or False, got {rescale_betas_zero_snr!r}"
+            )
         self.variant = _choice("variant", variant, VARIANTS)
         self.profile = _choice("profile", profile, PROFILES)
         self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
@@ -141,6 +150,19 @@ class SqueezedDiffusion:
         )  # fmt: skip
         self.betas = ref.betas.double()
         self.alphas_cumprod = ref.alphas_cumprod.double()
+        if len(self.betas) != num_train_timesteps:  # diffusers takes trained_betas' length
+            raise ValueError(
+                f"trained_betas has {len(self.betas)} entries but num_train_timesteps is "
+                f"{num_train_timesteps}; give as many"
+            )
+        if (
+            not (torch.isfinite(self.betas).all() and (self.betas >= 0).all())
+            or (self.betas > 1).any()
+        ):
+            raise ValueError(
+                "the betas must be finite numbers in [0, 1]; check beta_start, beta_end and "
+                "trained_betas"
+            )
 
         s_t = time_profile(self.profile, self.betas)[:, None] * self.strength[None, :]  # [T, K]
         self.log_c, self.log_c_rest = self._log_scales(s_t)
@@ -229,7 +251,24 @@ class SqueezedDiffusion:
 
     def sigma(self, t: int | Tensor) -> Tensor:
         """Per-direction noise std at timestep(s) ``t``: ``[..., K + 1]``."""
+        self._check_timesteps(t)
         return self.sigma_table()[torch.as_tensor(t, dtype=torch.long)]
+
+    def _check_timesteps(self, t: int | Tensor, batch: int | None = None) -> None:
+        """``t`` is an integer timestep (in range: free to check on the host) or an integer
+        tensor with one per sample (its range would cost a device sync at every step, so
+        indexing checks it): a float would be truncated, a bool read as 0/1, a wrong length
+        broadcast."""
+        big_t = self.num_train_timesteps
+        if isinstance(t, Tensor):
+            if t.is_floating_point() or t.dtype == torch.bool or t.is_complex():
+                raise ValueError(f"timesteps must be integers, got a {t.dtype} tensor")
+            if batch is not None and t.numel() not in (1, batch):
+                raise ValueError(
+                    f"{t.numel()} timesteps for a batch of {batch}: give one, or one per sample"
+                )
+        elif isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < big_t:
+            raise ValueError(f"a timestep must be an integer in [0, {big_t}), got {t!r}")
 
     def log_snr_table(self) -> Tensor:
         """Per-direction log signal-to-noise ratio ``[T, K + 1]`` (what a strength does)."""
@@ -274,6 +313,8 @@ class SqueezedDiffusion:
 
         ``t`` is an int or one timestep per sample; one gather, then views.
         """
+        self.basis.check_shape(tuple(x.shape))
+        self._check_timesteps(t, x.shape[0])
         t = torch.as_tensor(t, device=x.device, dtype=torch.long)
         rows = self._table(x).index_select(0, t.reshape(-1))
         return rows.split([1, 1, self.basis.num_groups, 1], dim=1)
@@ -299,6 +340,8 @@ class SqueezedDiffusion:
         Besides the squeeze, two passes over the batch (``a_t x0``, then the noise added in
         place) and one gather of the per-sample factors.
         """
+        if noise.shape != x0.shape:  # broadcasting would change the target's shape
+            raise ValueError(f"noise has shape {tuple(noise.shape)}, x0 {tuple(x0.shape)}")
         a, s, group, rest = self._rows(t, x0)
         shaped = noise if self.is_isotropic else self._scale(noise, group, rest, inverse=False)
         view = (-1,) + (1,) * (x0.ndim - 1)
