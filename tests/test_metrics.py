@@ -90,7 +90,8 @@ def test_fid_isc_kid_prc_run_through_torch_fidelity_offline(inception_weights) -
     assert result["num_samples"] == 10 and result["num_reference"] == 10
     cached = list((Path(_cache()) / "fidelity").glob("ref-*-inception-v3-compat-features-*.pt"))
     assert cached, "reference features are cached by fingerprint and extractor"
-    same = evaluate(reference, reference, ("fid",), **kwargs)  # also reads the cache
+    weights = {"feature_weights": kwargs["feature_weights"]}  # prc_extractor: prc only
+    same = evaluate(reference, reference, ("fid",), **weights)  # also reads the cache
     assert same["fid"] < 1e-3 * result["fid"]
 
 
@@ -289,3 +290,22 @@ def test_effnet_input_scaling_and_imagenet_classes() -> None:
         with torch.no_grad():
             probs = torch.softmax(extractor.net._fc(extractor(x)[0]), -1)[0]
         assert float(probs[list(classes)].sum()) > least, probs.topk(3)
+
+
+def test_evaluate_refuses_options_it_would_ignore_or_misread() -> None:
+    """As the CLI does: a metrics string (read letter by letter), a reference subset too
+    small for a covariance, weights or a prc extractor no metric uses, a bad batch size."""
+    images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    pixels = ["fd_pixels8"]
+    cases = [
+        ({"metrics": "fd_pixels8"}, r"metrics must be a list of names; pass \['fd_pixels8'\]"),
+        ({"num_reference": 1}, "num_reference must be at least 2"),
+        ({"num_reference": True}, "num_reference must be an integer or None"),
+        ({"feature_weights": {"inception": "/nowhere.pt"}}, "inception, which no metric uses"),
+        ({"prc_extractor": "inception"}, "prc_extractor applies to the prc metric only"),
+        ({"batch_size": -3}, "batch_size must be an integer >= 1, got -3"),
+    ]
+    for kwargs, message in cases:
+        with pytest.raises(ValueError, match=message):
+            evaluate(images, images, **{"metrics": pixels, **kwargs})
+    assert evaluate(images, images, pixels, num_reference=2)["num_reference"] == 2

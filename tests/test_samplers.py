@@ -637,3 +637,39 @@ def test_scaled_anchor_steps_with_the_reflected_x0() -> None:
         assert (scaled.prev_sample - unclipped.prev_sample).abs().max() < 1e-4, (t, h)
         plain = dpmpp_2m_step(proc, x0hat, x, t, t_prev, clip=X0_RULES["clip"])
         assert (scaled.prev_sample - plain.prev_sample).abs().max() > 1e-2, (t, h)
+
+
+def test_sample_refuses_rules_and_model_outputs_it_would_misread() -> None:
+    """An x_0 rule the sampler cannot take (given as a rule object too) or with values it
+    would misread, before the model runs; a model that returns anything but a tensor of the
+    sample's shape (a diffusers UNet's output object, most often), at its first call."""
+    from types import SimpleNamespace
+
+    from squeezed_diffusion.core.samplers import X0Rule
+
+    proc = SqueezedDiffusion(ChannelBasis.luminance(3), "sdm", -0.4)
+    calls = []
+
+    def zero(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        calls.append(t)
+        return torch.zeros_like(x)
+
+    def run(model=zero, **kwargs) -> torch.Tensor:
+        return proc.sample(model, (2, 3, 8, 8), 3, progress=False, **kwargs)
+
+    cases = [
+        (lambda: run(clip=X0Rule(reuse=True)), "x0 rule clip-reuse applies to samplers"),
+        (lambda: run(clip=2), "clip must be True, False or an X0Rule, got 2"),
+        (lambda: X0Rule(clip_range=-1.0), "clip_range must be a number > 0 or None"),
+        (lambda: X0Rule(threshold=1.5), r"threshold must be in \(0, 1\] or None"),
+        (lambda: X0Rule(reuse="no"), "reuse must be True or False, got 'no'"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert not calls  # refused before the model ran
+    with pytest.raises(ValueError, match=r"returned SimpleNamespace, not a tensor .*\.sample"):
+        run(lambda x, t: SimpleNamespace(sample=x))
+    with pytest.raises(ValueError, match=r"returned shape \(1, 3, 8, 8\), not a tensor"):
+        run(lambda x, t: torch.zeros(1, 3, 8, 8))
+    assert run(clip=X0Rule(clip_range=2.0)).shape == (2, 3, 8, 8)

@@ -43,6 +43,7 @@ become plain scalar multiplies.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -101,6 +102,15 @@ class X0Rule:
     def __post_init__(self) -> None:
         if self.anchor_scaled and not self.anchor:
             raise ValueError("anchor_scaled scales the anchor: pass anchor=True with it")
+        for name in ("reuse", "anchor", "anchor_scaled"):  # "no" would read as True
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.clip_range is not None and not (
+            math.isfinite(self.clip_range) and self.clip_range > 0
+        ):
+            raise ValueError(f"clip_range must be a number > 0 or None, got {self.clip_range!r}")
+        if self.threshold is not None and not 0 < self.threshold <= 1:  # a quantile
+            raise ValueError(f"threshold must be in (0, 1] or None, got {self.threshold!r}")
 
     def __call__(self, x0: Tensor) -> Tensor:
         if self.threshold is not None:
@@ -123,7 +133,12 @@ def _dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
 
 
 def as_rule(clip: bool | X0Rule) -> X0Rule:
-    return clip if isinstance(clip, X0Rule) else X0Rule(1.0 if clip else None)
+    """``clip`` as a rule: ``True`` clips to [-1, 1], ``False`` leaves x_0 alone."""
+    if isinstance(clip, X0Rule):
+        return clip
+    if not isinstance(clip, bool):  # clip=2 would clip to [-1, 1], not [-2, 2]
+        raise ValueError(f"clip must be True, False or an X0Rule, got {clip!r}")
+    return X0Rule(1.0 if clip else None)
 
 
 # The x_0 rules a sampling run is named by (``sqdm sample/evaluate --x0``, sweeps' ``x0``):
@@ -852,10 +867,8 @@ def sample(
     :data:`X0_RULES` chooses another rule. ``num_steps`` counts time steps; a sampler's
     model evaluations are ``SAMPLERS[name].nfe(num_steps)``.
     """
-    if isinstance(clip, str):
-        entry, clip = checked_sampler(sampler, eta, clip), x0_rule(clip)  # before any work
-    else:
-        entry = checked_sampler(sampler, eta)
+    clip = x0_rule(clip) if isinstance(clip, str) else as_rule(clip)
+    entry = checked_sampler(sampler, eta, clip)  # before any work
     schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     state: dict[str, Any] = {}
@@ -864,6 +877,12 @@ def sample(
     ):
         with torch.no_grad():
             out = model(x, torch.full((x.shape[0],), t, device=x.device, dtype=torch.long))
+        if not isinstance(out, Tensor) or out.shape != x.shape:
+            got = f"shape {tuple(out.shape)}" if isinstance(out, Tensor) else type(out).__name__
+            raise ValueError(
+                f"the model returned {got}, not a tensor of the sample's shape {tuple(x.shape)} "
+                "(a diffusers UNet: pass lambda x, t: unet(x, t).sample)"
+            )
         state.update(index=i, count=len(schedule))  # for steps whose order depends on it
         step_eta = {"eta": eta} if entry.uses_eta else {}
         x, x0 = entry.step(
@@ -874,7 +893,7 @@ def sample(
     return x
 
 
-def checked_sampler(sampler: str, eta: float = 0.0, x0: str = "clip") -> Sampler:
+def checked_sampler(sampler: str, eta: float = 0.0, x0: str | X0Rule = "clip") -> Sampler:
     """The registered sampler ``sampler``, refusing an ``eta`` it does not take or one outside
     [0, 1] (where DDIM's noise would exceed the posterior's), and an x_0 rule it cannot honour."""
     entry = SAMPLERS.get(sampler)
@@ -882,7 +901,9 @@ def checked_sampler(sampler: str, eta: float = 0.0, x0: str = "clip") -> Sampler
         _refuse(sampler, eta=eta)
     elif not 0 <= eta <= 1:  # NaN included
         raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
-    rule = x0_rule(x0)
+    rule = x0 if isinstance(x0, X0Rule) else x0_rule(x0)
+    if isinstance(x0, X0Rule):  # named in the messages as --x0 names it, where it has a name
+        x0 = next((name for name, known in X0_RULES.items() if known == rule), repr(rule))
     if rule.reuse and not entry.reuses_x0:
         takes = ", ".join(name for name, s in SAMPLERS.items() if s.reuses_x0)
         raise ValueError(

@@ -23,6 +23,7 @@ from .table import (
     OFFLINE_METRICS,
     Metric,
     check_metrics,
+    extractors_for,
     result_keys,
 )
 from .weights import EXTRACTORS, FeatureWeightsError, fetch_weights
@@ -60,7 +61,13 @@ def check_reference(
 ) -> None:
     """What :func:`evaluate` would refuse about a reference, checked before samples are drawn:
     a subset larger than the reference, or images of another shape than the samples'."""
-    if num_reference is not None and not 1 <= num_reference <= len(reference):
+    if num_reference is not None and (
+        isinstance(num_reference, bool) or not isinstance(num_reference, int)
+    ):
+        raise ValueError(f"num_reference must be an integer or None, got {num_reference!r}")
+    if num_reference is not None and num_reference < 2:  # a covariance needs two images
+        raise ValueError(f"num_reference must be at least 2, got {num_reference}")
+    if num_reference is not None and num_reference > len(reference):
         raise ValueError(
             f"a reference subset of {num_reference} images was asked for, but the reference "
             f"has {len(reference)}: ask for at most {len(reference)}"
@@ -113,6 +120,13 @@ def evaluate(
     weights files; ``num_reference`` evaluates against a seeded random subset of the reference.
     """
     metrics = check_metrics(metrics, prc_extractor)
+    if prc_extractor != DEFAULT_PRC_EXTRACTOR and "prc" not in metrics:
+        raise ValueError("prc_extractor applies to the prc metric only; add prc or drop it")
+    unused = sorted(set(feature_weights or {}) - set(extractors_for(metrics, prc_extractor)))
+    if unused:
+        raise ValueError(f"feature_weights for {', '.join(unused)}, which no metric uses; drop it")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
     samples = _as_images(samples, "samples")
     reference = _as_images(reference, "reference")
     check_reference(reference, num_reference, samples.shape[1:])

@@ -104,6 +104,8 @@ def check_metrics(
     metrics: list[str] | tuple[str, ...], prc_extractor: str = DEFAULT_PRC_EXTRACTOR
 ) -> tuple[str, ...]:
     """Validate metric names (and the prc extractor) before any expensive work."""
+    if isinstance(metrics, str):  # would be read letter by letter
+        raise ValueError(f"metrics must be a list of names; pass [{metrics!r}]")
     metrics = tuple(dict.fromkeys(metrics))
     if not metrics:
         raise ValueError(f"no metric given; choose from: {', '.join(METRICS)}")
