@@ -673,3 +673,25 @@ def test_sample_refuses_rules_and_model_outputs_it_would_misread() -> None:
     with pytest.raises(ValueError, match=r"returned shape \(1, 3, 8, 8\), not a tensor"):
         run(lambda x, t: torch.zeros(1, 3, 8, 8))
     assert run(clip=X0Rule(clip_range=2.0)).shape == (2, 3, 8, 8)
+
+
+def test_step_functions_refuse_inputs_they_would_misread() -> None:
+    """The public step functions: a float t (an index error or a wrong row), t outside the
+    schedule (NaN at -1), a t_prev after t (a step backwards), a model output of another
+    shape, DDIM's eta outside [0, 1] (NaN at nan): one-line errors."""
+    from squeezed_diffusion.core.samplers import ddim_step
+
+    proc = SqueezedDiffusion(ChannelBasis.luminance(3), "sdm", -0.4)
+    x = torch.randn(2, 3, 8, 8)
+    cases = [
+        (lambda: ddpm_step(proc, x, x, 500.5, 400), "t must be an integer timestep, got 500.5"),
+        (lambda: ddpm_step(proc, x, x, -1, -2), r"t in \[0, 1000\) to t_prev <= t"),
+        (lambda: ddpm_step(proc, x, x, 400, 500), "got t=400, t_prev=500"),
+        (lambda: ddpm_step(proc, x[:1], x, 500, 400), r"model output has shape \(1, 3, 8, 8\)"),
+        (lambda: ddim_step(proc, x, x, 500, 400, eta=2.0), r"takes eta in \[0, 1\], got 2.0"),
+        (lambda: ddim_step(proc, x, x, 500, 400, eta=math.nan), "takes eta in"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert ddpm_step(proc, x, x, 10, -7, generator=_gen(0)).prev_sample.shape == x.shape

@@ -44,6 +44,7 @@ become plain scalar multiplies.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -130,6 +131,32 @@ def _dynamic_threshold(x0: Tensor, ratio: float, max_value: float) -> Tensor:
     )
     s = torch.quantile(flat.abs(), ratio, dim=1).clamp(min=1, max=max_value).unsqueeze(1)
     return (torch.clamp(flat, -s, s) / s).reshape(batch, *rest).to(dtype)
+
+
+def _checked_step(
+    proc: SqueezedDiffusion, model_output: Tensor, x: Tensor, t: int, t_prev: int, clip: Any
+) -> X0Rule:
+    """A step's x_0 rule, after its inputs: the step functions are public, and a float or
+    out-of-range t would index the tables wrongly (or give NaN), a later t_prev step back."""
+    for name, value in (("t", t), ("t_prev", t_prev)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise ValueError(f"{name} must be an integer timestep, got {value!r}")
+    if not 0 <= t < proc.num_train_timesteps or t_prev > t:
+        raise ValueError(
+            f"a step goes from t in [0, {proc.num_train_timesteps}) to t_prev <= t (below 0: "
+            f"the data), got t={t}, t_prev={t_prev}"
+        )
+    if model_output.shape != x.shape:
+        raise ValueError(
+            f"the model output has shape {tuple(model_output.shape)}, the sample {tuple(x.shape)}"
+        )
+    return as_rule(clip)
+
+
+def _check_eta(sampler: str, eta: float) -> None:
+    """Beyond 1, DDIM's noise would exceed the posterior's (NaN fails too)."""
+    if not 0 <= eta <= 1:
+        raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
 
 
 def as_rule(clip: bool | X0Rule) -> X0Rule:
@@ -369,7 +396,7 @@ def ddpm_step(
 ) -> StepOutput:
     """Exact ancestral step: per direction, the mean and variance of q(x_prev | x_t, x0hat)
     (``variance="fixed_large"``: the per-direction transition variance q_t,i instead)."""
-    rule = as_rule(clip)
+    rule = _checked_step(proc, model_output, x, t, t_prev, clip)
     _refuse("ddpm", eta=eta, reuse=rule.reuse, anchor=rule.anchor)
 
     def coefs() -> tuple[Tensor, ...]:
@@ -412,7 +439,8 @@ def ddim_step(
     epshat alone unless the rule says ``reuse``, and noise is drawn at every step when
     ``eta > 0``.
     """
-    rule = as_rule(clip)
+    rule = _checked_step(proc, model_output, x, t, t_prev, clip)
+    _check_eta("ddim", eta)
     _refuse("ddim", variance=variance, anchor=rule.anchor)
     pred = predict(proc, model_output, x, t)
     x0 = rule(pred.x0)
@@ -457,7 +485,7 @@ def ddpm_paper_step(
     coordinates, where the inner step sees it). Written in x coordinates it is
     ``A x_t + B S_t rule(S_t^-1 x0hat) + std S_t z``: the same t on both maps.
     """
-    rule = as_rule(clip)
+    rule = _checked_step(proc, model_output, x, t, t_prev, clip)
     _refuse("ddpm-paper", eta=eta, reuse=rule.reuse, anchor=rule.anchor)
 
     def coefs() -> tuple[Tensor, ...]:
@@ -587,7 +615,7 @@ def _dpmpp(
     update, fused into one sum. Without it, whatever the network predicted beyond the clipped
     x_0 stays in x_t and the next prediction starts from there; anchored, each step starts
     from ``a_t clip(x0hat) + sigma_t epshat``, as DDIM's does under its stock rule."""
-    rule = as_rule(clip)
+    rule = _checked_step(proc, model_output, x, t, t_prev, clip)
     if sde:
         _refuse(name, eta=eta, variance=variance, reuse=rule.reuse)
         noise = _noise(x, generator, noise, torch.float32)  # stock: float32 for any sample
@@ -730,7 +758,7 @@ def heun_step(
     prediction at ``t_prev`` (and remembers where it started in ``state``), then
     ``(t_prev, t_prev)`` with the model evaluated there corrects it. Each direction moves
     along its own noise level ``sigma_t,i / a_t``; the step to the data is Euler alone."""
-    rule = as_rule(clip)
+    rule = _checked_step(proc, model_output, x, t, t_prev, clip)
     _refuse("heun", eta=eta, noise=noise, variance=variance, reuse=rule.reuse, anchor=rule.anchor)
     if state is None:
         raise ValueError("the heun sampler needs a state dict carried from step to step")
@@ -899,8 +927,8 @@ def checked_sampler(sampler: str, eta: float = 0.0, x0: str | X0Rule = "clip") -
     entry = SAMPLERS.get(sampler)
     if not entry.uses_eta:
         _refuse(sampler, eta=eta)
-    elif not 0 <= eta <= 1:  # NaN included
-        raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
+    else:
+        _check_eta(sampler, eta)
     rule = x0 if isinstance(x0, X0Rule) else x0_rule(x0)
     if isinstance(x0, X0Rule):  # named in the messages as --x0 names it, where it has a name
         x0 = next((name for name, known in X0_RULES.items() if known == rule), repr(rule))
