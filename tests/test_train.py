@@ -81,6 +81,13 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
     argv = ["sample", str(run), "--num", "5", "--steps", "4", "--batch-size", "2", "--seed", "3"]
     assert main([*argv, "--x0", "none", "--out", str(unclipped), "--quiet"]) == 0
     _, want = generate(run, 5, 4, seed=3, batch_size=2, x0="none", progress=False)
+    for bad, message in [  # no share, or another's; a string read as true: refused first
+        ({"rank": 2, "world_size": 2}, r"rank must be in \[0, world_size\), got rank 2 of 2"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+        ({"compile": "no"}, "compile True/False/None, got True, 'no'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            generate(run, 5, 4, progress=False, **bad)
     got = np.load(unclipped)["images"]
     assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()) and not np.array_equal(
         got, imgs[0]

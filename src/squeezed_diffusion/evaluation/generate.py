@@ -72,6 +72,14 @@ def generate(
     names the rule for the predicted x_0 (one of ``X0_RULES``).
     """
     check_sampling(run_dir, num, steps, sampler, batch_size, eta, x0)
+    if not 0 <= rank < world_size:  # else this process would draw nothing, or another's share
+        raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    if not isinstance(ema, bool) or compile not in (None, True, False):  # "no" would read true
+        raise ValueError(
+            f"ema must be True/False and compile True/False/None, got {ema!r}, {compile!r}"
+        )
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     unet, proc = Run(run_dir).load(ema=ema)
     unet.to(device)
