@@ -336,3 +336,22 @@ def test_0_1_0_user_code_runs_and_gives_the_same_numbers(tmp_path) -> None:
     old, now = outputs["0.1.0"], outputs["now"]
     for name in ("ddpm", "ddim", "ddpm-paper", "sample"):
         torch.testing.assert_close(now[name], old[name], rtol=1e-5, atol=1e-5, msg=name)
+
+
+def test_a_registry_refuses_names_that_would_point_elsewhere() -> None:
+    """An alias already taken (0.1.0's pixel_pca would load another basis), a name taken, an
+    empty name: errors, and the registry is left as it was."""
+    from squeezed_diffusion.core import BASES, SAMPLERS
+    from squeezed_diffusion.core.samplers import Sampler, ddpm_step
+
+    before = (SAMPLERS.names(), BASES.get("pixel_pca"))
+    cases = [
+        (lambda: SAMPLERS.register("mine", Sampler("mine", ddpm_step, "x"), ("ddim",)), "'ddim' is already"),
+        (lambda: BASES.register("pca2", object(), ("pixel_pca",)), "basis 'pixel_pca' is already"),
+        (lambda: SAMPLERS.register("ddpm", Sampler("ddpm", ddpm_step, "x")), "'ddpm' is already"),
+        (lambda: SAMPLERS.register("", Sampler("", ddpm_step, "x")), "must be a non-empty string"),
+    ]  # fmt: skip
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert (SAMPLERS.names(), BASES.get("pixel_pca")) == before

@@ -27,8 +27,16 @@ class Registry(Generic[T]):
         self._aliases: dict[str, str] = {}
 
     def register(self, name: str, entry: T, aliases: tuple[str, ...] = ()) -> T:
-        if name in self._entries or name in self._aliases:
-            raise ValueError(f"{self.kind} {name!r} is already registered")
+        """Add ``entry`` under ``name`` (a non-empty string: the CLI and YAML files use it)
+        and ``aliases``; a name or alias already taken raises, since it would silently
+        point elsewhere (or nowhere)."""
+        if not isinstance(name, str) or not name.strip() or "," in name:
+            raise ValueError(f"a {self.kind} name must be a non-empty string, got {name!r}")
+        for taken in (name, *aliases):
+            if taken in self._entries or taken in self._aliases:
+                raise ValueError(f"{self.kind} {taken!r} is already registered")
+        if name in aliases or len(set(aliases)) != len(aliases):
+            raise ValueError(f"{self.kind} {name!r}: repeated name in aliases {aliases}")
         own = getattr(entry, "name", name)  # consumers look entries up by their own name
         if own != name:
             raise ValueError(
