@@ -670,7 +670,9 @@ def test_sample_refuses_rules_and_model_outputs_it_would_misread() -> None:
     assert not calls  # refused before the model ran
     with pytest.raises(ValueError, match=r"returned SimpleNamespace, not a tensor .*\.sample"):
         run(lambda x, t: SimpleNamespace(sample=x))
-    with pytest.raises(ValueError, match=r"returned shape \(1, 3, 8, 8\), not a tensor"):
+    with pytest.raises(
+        ValueError, match=r"model output has shape \(1, 3, 8, 8\), the sample \(2, "
+    ):
         run(lambda x, t: torch.zeros(1, 3, 8, 8))
     assert run(clip=X0Rule(clip_range=2.0)).shape == (2, 3, 8, 8)
 
