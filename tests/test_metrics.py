@@ -292,9 +292,10 @@ def test_effnet_input_scaling_and_imagenet_classes() -> None:
         assert float(probs[list(classes)].sum()) > least, probs.topk(3)
 
 
-def test_evaluate_refuses_options_it_would_ignore_or_misread() -> None:
+def test_evaluate_refuses_options_it_would_ignore_or_misread(monkeypatch) -> None:
     """As the CLI does: a metrics string (read letter by letter), a reference subset too
-    small for a covariance, weights or a prc extractor no metric uses, a bad batch size."""
+    small for a covariance, weights or a prc extractor no metric uses, a bad batch size or
+    one no metric reads; ``evaluate_run`` refuses the same before it samples."""
     images = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
     pixels = ["fd_pixels8"]
     cases = [
@@ -304,8 +305,21 @@ def test_evaluate_refuses_options_it_would_ignore_or_misread() -> None:
         ({"feature_weights": {"inception": "/nowhere.pt"}}, "inception, which no metric uses"),
         ({"prc_extractor": "inception"}, "prc_extractor applies to the prc metric only"),
         ({"batch_size": -3}, "batch_size must be an integer >= 1, got -3"),
+        ({"batch_size": 5}, "batch_size is the feature extractors' batch, and fd_pixels8 extract"),
     ]
+    import squeezed_diffusion.evaluation.generate as generate_module
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before checking the scoring options")
+
+    monkeypatch.setattr(generate_module, "check_sampling", lambda *args: None)
+    monkeypatch.setattr(generate_module, "generate", no_sampling)
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             evaluate(images, images, **{"metrics": pixels, **kwargs})
+        if "num_reference" not in kwargs:  # checked against the reference, before sampling too
+            with pytest.raises(ValueError, match=message):
+                generate_module.evaluate_run(
+                    "a-run", 8, reference=images, **{"metrics": pixels, **kwargs}
+                )
     assert evaluate(images, images, pixels, num_reference=2)["num_reference"] == 2

@@ -219,7 +219,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     """Score a run (sampled on the fly) or a folder/.npz of samples against a dataset."""
     from .evaluation.generate import evaluate_run
     from .metrics import (
-        DEFAULT_PRC_EXTRACTOR,
+        check_scoring,
         evaluate,
         extractors_for,
         load_samples,
@@ -228,8 +228,17 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from .training.run import Run
 
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
-    prc_extractor = args.prc_extractor or DEFAULT_PRC_EXTRACTOR
-    weights = parse_feature_weights(args.feature_weights, extractors_for(metrics, prc_extractor))
+    weights = parse_feature_weights(
+        args.feature_weights, extractors_for(metrics, args.prc_extractor)
+    )
+    options = {
+        "metrics": metrics, "num_reference": args.num_reference, "feature_weights": weights,
+        "prc_extractor": args.prc_extractor, "batch_size": args.batch_size,
+    }  # fmt: skip
+    check_scoring(
+        metrics, args.prc_extractor, weights, args.batch_size,
+        spell=lambda option: f"--{option.replace('_', '-')}",
+    )  # fmt: skip
     if args.out:
         _check_writable(Path(args.out), "file")
     if not Path(args.source).exists():
@@ -245,13 +254,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             "--data-dir and --resolution describe --reference (a run's default reference is "
             "the images it trained on); add --reference or drop them"
         )
-    if args.prc_extractor is not None and "prc" not in metrics:
-        raise ValueError("--prc-extractor applies to the prc metric only; add prc or drop it")
-    if args.batch_size is not None and not extractors_for(metrics, prc_extractor):
-        raise ValueError(
-            f"--batch-size is the feature extractors' batch, and {', '.join(metrics)} extract "
-            "no features: drop it (sampling: --sample-batch-size)"
-        )
     given = [f"--{k.replace('_', '-')}" for k in SAMPLING_DEFAULTS if getattr(args, k) is not None]
     if not is_run and given:
         raise ValueError(
@@ -259,12 +261,6 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         )
     _fill_sampling_defaults(args)
     reference = _dataset_from_arg(args.reference, args) if args.reference else None
-    options = {
-        "metrics": metrics, "num_reference": args.num_reference, "feature_weights": weights,
-        "prc_extractor": prc_extractor,
-    }  # fmt: skip
-    if args.batch_size is not None:  # else the extractors' default
-        options["batch_size"] = args.batch_size
     if is_run:
         result = evaluate_run(
             args.source, args.num, args.steps, args.sampler, args.seed, reference=reference,

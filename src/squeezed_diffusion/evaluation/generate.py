@@ -8,7 +8,7 @@ depend on the batch order, on resuming, or on how many processes share the work.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +21,9 @@ from ..core.fileio import atomic_folder, atomic_path
 from ..core.samplers import checked_sampler
 from ..data import ARRAY_SUFFIXES, ImageDataset, to_uint8
 from ..metrics import (
-    DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
-    check_metrics,
     check_reference,
+    check_scoring,
     evaluate,
     extractors_for,
     fetch_weights,
@@ -191,26 +190,31 @@ def evaluate_run(
     *,
     reference: torch.Tensor | ImageDataset | None = None,
     metrics: Sequence[str] = OFFLINE_METRICS,
+    num_reference: int | None = None,
+    feature_weights: Mapping[str, str | Path] | None = None,
+    prc_extractor: str | None = None,
+    batch_size: int | None = None,
     sample_batch_size: int = 256,
     eta: float = 0.0,
     x0: str = "clip",
     progress: bool = True,
-    **kwargs: Any,
 ) -> dict[str, Any]:
     """Sample ``num`` images from a run (EMA weights) and :func:`evaluate` them against
-    ``reference`` (default: the run's own training images). ``kwargs`` go to :func:`evaluate`."""
-    prc_extractor = kwargs.get("prc_extractor", DEFAULT_PRC_EXTRACTOR)
-    metrics = check_metrics(metrics, prc_extractor)
-    check_sampling(run_dir, num, steps, sampler, sample_batch_size, eta, x0)  # before fetching
-    extractors = extractors_for(metrics, prc_extractor)
-    kwargs["feature_weights"] = fetch_weights(extractors, kwargs.get("feature_weights"))
+    ``reference`` (default: the run's own training images). Every option is checked, and the
+    feature weights fetched, before the first sample is drawn."""
+    metrics = check_scoring(metrics, prc_extractor, feature_weights, batch_size)
+    check_sampling(run_dir, num, steps, sampler, sample_batch_size, eta, x0)
+    weights = fetch_weights(extractors_for(metrics, prc_extractor), feature_weights)
     reference = reference if reference is not None else Run(run_dir).reference()
-    check_reference(reference, kwargs.get("num_reference"), Run(run_dir).image_shape())
+    check_reference(reference, num_reference, Run(run_dir).image_shape())
     _, images = generate(
         run_dir, num, steps, sampler, seed=seed, batch_size=sample_batch_size, eta=eta,
         progress=progress, x0=x0,
     )  # fmt: skip
-    result = evaluate(images, reference, metrics, verbose=progress, **kwargs)
+    result = evaluate(
+        images, reference, metrics, num_reference=num_reference, feature_weights=weights,
+        prc_extractor=prc_extractor, batch_size=batch_size, verbose=progress,
+    )  # fmt: skip
     return {
         **result, "run": str(run_dir), "steps": steps, "sampler": sampler, "eta": eta,
         "x0": x0, "seed": seed,

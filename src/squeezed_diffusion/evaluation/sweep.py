@@ -61,8 +61,8 @@ from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
     FeatureWeightsError,
-    check_metrics,
     check_reference,
+    check_scoring,
     evaluate,
     extractors_for,
     fetch_weights,
@@ -161,8 +161,8 @@ class EvalSpec:
     seed: int = 0
     metrics: tuple[str, ...] = OFFLINE_METRICS
     num_reference: int | None = None
-    prc_extractor: str = DEFAULT_PRC_EXTRACTOR
-    batch_size: int = 64
+    prc_extractor: str | None = None  # None: DEFAULT_PRC_EXTRACTOR
+    batch_size: int | None = None  # the feature extractors'; None: evaluate()'s default
     sample_batch_size: int = 256
     grid_images: int = 64
 
@@ -190,8 +190,8 @@ class EvalSpec:
         return [{"sampler": e} if isinstance(e, str) else dict(e) for e in entries]
 
     def validate(self) -> EvalSpec:
-        least = {"num": 2, "steps": 1, "seed": 0, "batch_size": 1, "sample_batch_size": 1,
-                 "grid_images": 1, "num_reference": 2}  # fmt: skip
+        least = {"num": 2, "steps": 1, "seed": 0, "sample_batch_size": 1, "grid_images": 1,
+                 "num_reference": 2}  # fmt: skip
         for name, low in least.items():
             value = getattr(self, name)
             if name == "num_reference" and value is None:
@@ -201,21 +201,14 @@ class EvalSpec:
                 raise ValueError(f"eval.{name} must be >= {low}, got {value}")
         _number(self.eta, "eval.eta")
         for name in ("x0", "prc_extractor"):
-            if not isinstance(getattr(self, name), str):
+            if not isinstance(getattr(self, name), str) and getattr(self, name) is not None:
                 raise ValueError(f"eval.{name} must be a name, got {getattr(self, name)!r}")
-        check_metrics(self.metrics, self.prc_extractor)
-        evaluations = self.evaluations
-        for ev in evaluations:
+        check_scoring(self.metrics, self.prc_extractor, batch_size=self.batch_size,
+                      spell=lambda option: f"eval.{option}")  # fmt: skip
+        for ev in self.evaluations:
             if ev.steps < 1:
                 raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
             checked_sampler(ev.sampler, ev.eta, ev.x0)
-        if self.batch_size != EvalSpec.batch_size and not extractors_for(
-            self.metrics, self.prc_extractor
-        ):
-            raise ValueError(
-                f"eval.batch_size is the feature extractors' batch, and {', '.join(self.metrics)} "
-                "extract no features: drop it"
-            )
         return self
 
     def check_defaults_read(self) -> None:
@@ -237,8 +230,11 @@ class EvalSpec:
 
     def scoring(self) -> dict[str, Any]:
         """The settings a result was scored with: a result made otherwise is redone."""
-        keys = ("num", "seed", "metrics", "num_reference", "prc_extractor")
-        return {k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]}
+        keys = ("num", "seed", "metrics", "num_reference")
+        scoring = {
+            k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]
+        }
+        return {**scoring, "prc_extractor": self.prc_extractor or DEFAULT_PRC_EXTRACTOR}
 
 
 def _whole(value: Any, what: str) -> int:
@@ -331,10 +327,6 @@ def load_sweep(
             raise ValueError(f"{source}: eval.{key} must be a name or a list, got {value!r}")
         if isinstance(value, list) or (key == "metrics" and isinstance(value, str)):
             eval_values[key] = (value,) if isinstance(value, str) else tuple(value)
-    if "prc_extractor" in eval_values and "prc" not in eval_values.get("metrics", OFFLINE_METRICS):
-        raise ValueError(
-            f"{source}: eval.prc_extractor applies to the prc metric only; add prc or drop it"
-        )
     base = dict(spec.get("base") or {})
     if "out" in base:
         raise ValueError(

@@ -12,6 +12,7 @@ from .table import (
     PRC_EXTRACTORS,
     Metric,
     check_metrics,
+    check_scoring,
     extractors_for,
     result_keys,
 )
@@ -33,6 +34,7 @@ __all__ = [
     "Metric",
     "check_metrics",
     "check_reference",
+    "check_scoring",
     "evaluate",
     "extractors_for",
     "fd_pixels",

@@ -22,8 +22,7 @@ from .table import (
     METRICS,
     OFFLINE_METRICS,
     Metric,
-    check_metrics,
-    extractors_for,
+    check_scoring,
     result_keys,
 )
 from .weights import EXTRACTORS, FeatureWeightsError, fetch_weights
@@ -90,13 +89,14 @@ def reference_subset(images: torch.Tensor, num: int | None, seed: int = 0) -> to
     return images[pick.sort().values]
 
 
-def _fidelity_groups(metrics: Sequence[str], prc_extractor: str) -> dict[str, list[str]]:
+def _fidelity_groups(metrics: Sequence[str], prc_extractor: str | None) -> dict[str, list[str]]:
     """torch-fidelity metrics per feature extractor (one torch-fidelity call each)."""
+    prc = DEFAULT_PRC_EXTRACTOR if prc_extractor is None else prc_extractor
     groups: dict[str, list[str]] = {}
     for name in metrics:
         metric = METRICS.get(name)
         if metric.flag is not None:
-            groups.setdefault(metric.feature_extractor(prc_extractor), []).append(name)
+            groups.setdefault(metric.feature_extractor(prc), []).append(name)
     return groups
 
 
@@ -107,8 +107,8 @@ def evaluate(
     *,
     num_reference: int | None = None,
     feature_weights: Mapping[str, str | Path] | None = None,
-    prc_extractor: str = DEFAULT_PRC_EXTRACTOR,
-    batch_size: int = 64,
+    prc_extractor: str | None = None,
+    batch_size: int | None = None,
     seed: int = 0,
     verbose: bool = False,
 ) -> dict[str, Any]:
@@ -117,16 +117,11 @@ def evaluate(
     Returns the float metrics under their result keys (``table.result_keys()`` order), plus
     ``feature_extractor`` (result key -> extractor, layer and weights file), ``num_samples``
     and ``num_reference``. ``feature_weights`` maps ``inception`` / ``vgg16`` / ``effnet`` to
-    weights files; ``num_reference`` evaluates against a seeded random subset of the reference.
+    weights files; ``num_reference`` evaluates against a seeded random subset of the reference;
+    ``prc_extractor`` (prc only) defaults to ``DEFAULT_PRC_EXTRACTOR``, ``batch_size`` (the
+    feature extractors') to 64.
     """
-    metrics = check_metrics(metrics, prc_extractor)
-    if prc_extractor != DEFAULT_PRC_EXTRACTOR and "prc" not in metrics:
-        raise ValueError("prc_extractor applies to the prc metric only; add prc or drop it")
-    unused = sorted(set(feature_weights or {}) - set(extractors_for(metrics, prc_extractor)))
-    if unused:
-        raise ValueError(f"feature_weights for {', '.join(unused)}, which no metric uses; drop it")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    metrics = check_scoring(metrics, prc_extractor, feature_weights, batch_size)
     samples = _as_images(samples, "samples")
     reference = _as_images(reference, "reference")
     check_reference(reference, num_reference, samples.shape[1:])
@@ -140,7 +135,7 @@ def evaluate(
         raw = _torch_fidelity(
             extractor, [METRICS.get(n) for n in names], samples, reference, weights[extractor],
             cache_name=f"ref-{reference_id}-w{sha256(weights[extractor])[:12]}",
-            batch_size=batch_size, seed=seed, verbose=verbose,
+            batch_size=batch_size or 64, seed=seed, verbose=verbose,
         )  # fmt: skip
         info = EXTRACTORS[extractor]
         for metric in map(METRICS.get, names):

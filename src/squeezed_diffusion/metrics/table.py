@@ -101,9 +101,10 @@ def pr_pairs() -> list[tuple[str, str]]:
 
 
 def check_metrics(
-    metrics: list[str] | tuple[str, ...], prc_extractor: str = DEFAULT_PRC_EXTRACTOR
+    metrics: list[str] | tuple[str, ...], prc_extractor: str | None = None
 ) -> tuple[str, ...]:
-    """Validate metric names (and the prc extractor) before any expensive work."""
+    """Validate metric names (and the prc extractor; None: the default) before any expensive
+    work."""
     if isinstance(metrics, str):  # would be read letter by letter
         raise ValueError(f"metrics must be a list of names; pass [{metrics!r}]")
     metrics = tuple(dict.fromkeys(metrics))
@@ -111,7 +112,7 @@ def check_metrics(
         raise ValueError(f"no metric given; choose from: {', '.join(METRICS)}")
     for name in metrics:
         METRICS.canonical(name)
-    if prc_extractor not in PRC_EXTRACTORS:
+    if prc_extractor is not None and prc_extractor not in PRC_EXTRACTORS:
         raise ValueError(
             f"prc_extractor must be one of {', '.join(PRC_EXTRACTORS)}, got {prc_extractor!r}"
         )
@@ -119,11 +120,43 @@ def check_metrics(
 
 
 def extractors_for(
-    metrics: list[str] | tuple[str, ...], prc_extractor: str = DEFAULT_PRC_EXTRACTOR
+    metrics: list[str] | tuple[str, ...], prc_extractor: str | None = None
 ) -> list[str]:
     """The feature extractors (``weights.EXTRACTORS`` names) that ``metrics`` need."""
-    names = [
-        METRICS.get(m).feature_extractor(prc_extractor)
-        for m in check_metrics(metrics, prc_extractor)
-    ]
+    prc = DEFAULT_PRC_EXTRACTOR if prc_extractor is None else prc_extractor
+    names = [METRICS.get(m).feature_extractor(prc) for m in check_metrics(metrics, prc_extractor)]
     return list(dict.fromkeys(n for n in names if n is not None))
+
+
+def check_scoring(
+    metrics: list[str] | tuple[str, ...],
+    prc_extractor: str | None = None,
+    feature_weights: Mapping[str, object] | None = None,
+    batch_size: int | None = None,
+    *,
+    spell: Callable[[str], str] = str,
+) -> tuple[str, ...]:
+    """Everything scoring refuses about its options, checked before any sample is drawn (a
+    run's sampling can take hours). None means not given; ``spell`` names an option the way
+    the caller's user wrote it (``--batch-size``, ``eval.batch_size``). Returns the metrics,
+    each once."""
+    metrics = check_metrics(metrics, prc_extractor)
+    if prc_extractor is not None and "prc" not in metrics:
+        raise ValueError(
+            f"{spell('prc_extractor')} applies to the prc metric only; add prc or drop it"
+        )
+    used = extractors_for(metrics, prc_extractor)
+    unused = sorted(set(feature_weights or {}) - set(used))
+    if unused:
+        raise ValueError(
+            f"{spell('feature_weights')} for {', '.join(unused)}, which no metric uses; drop it"
+        )
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"{spell('batch_size')} must be an integer >= 1, got {batch_size!r}")
+        if not used:
+            raise ValueError(
+                f"{spell('batch_size')} is the feature extractors' batch, and "
+                f"{', '.join(metrics)} extract no features: drop it"
+            )
+    return metrics
