@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from ..core.fileio import atomic_folder, atomic_path
 from ..core.samplers import checked_sampler
+from ..core.values import is_integer
 from ..data import ARRAY_SUFFIXES, ImageDataset, to_uint8
 from ..metrics import (
     OFFLINE_METRICS,
@@ -73,7 +74,7 @@ def generate(
     check_sampling(run_dir, num, steps, sampler, batch_size, eta, x0)
     if not 0 <= rank < world_size:  # else this process would draw nothing, or another's share
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+    if not is_integer(seed) or seed < 0:
         raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
     if not isinstance(ema, bool) or compile not in (None, True, False):  # "no" would read true
         raise ValueError(

@@ -57,6 +57,7 @@ import yaml
 from ..core import BASES, SAMPLERS, ChannelBasis, SqueezedDiffusion
 from ..core.fileio import atomic_write
 from ..core.samplers import X0_RULES, checked_sampler
+from ..core.values import is_integer, is_number
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
@@ -239,14 +240,14 @@ class EvalSpec:
 
 def _whole(value: Any, what: str) -> int:
     """``value`` if it is a whole number (YAML's ``4``; not ``4.5``, ``"four"`` or ``true``)."""
-    if isinstance(value, bool) or not isinstance(value, int):
+    if not is_integer(value):
         raise ValueError(f"{what} must be a whole number, got {value!r}")
     return value
 
 
 def _number(value: Any, what: str) -> float:
     """``value`` if it is a number (not a string or a boolean)."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if not is_number(value):
         raise ValueError(f"{what} must be a number, got {value!r}")
     return value
 
@@ -412,8 +413,7 @@ def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[
     basis that shape squeezing (``preset``: the preset's fields, under ``values``)."""
     merged = {"variant": TrainConfig.variant, **preset, **values}
     strength = merged.get("strength", 0.0)  # not a number: TrainConfig.validate says so
-    number = isinstance(strength, (int, float)) and not isinstance(strength, bool)
-    if merged["variant"] == "isotropic" or (number and strength == 0):
+    if merged["variant"] == "isotropic" or (is_number(strength) and strength == 0):
         return {**without_squeezing(values), "variant": "isotropic"}
     return values
 

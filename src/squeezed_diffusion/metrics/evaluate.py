@@ -15,6 +15,7 @@ from typing import Any, TextIO
 import torch
 
 from ..core.fileio import sha256
+from ..core.values import is_integer
 from ..data import ARRAY_SUFFIXES, ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
 from .table import (
@@ -60,9 +61,7 @@ def check_reference(
 ) -> None:
     """What :func:`evaluate` would refuse about a reference, checked before samples are drawn:
     a subset larger than the reference, or images of another shape than the samples'."""
-    if num_reference is not None and (
-        isinstance(num_reference, bool) or not isinstance(num_reference, int)
-    ):
+    if num_reference is not None and not is_integer(num_reference):
         raise ValueError(f"num_reference must be an integer or None, got {num_reference!r}")
     if num_reference is not None and num_reference < 2:  # a covariance needs two images
         raise ValueError(f"num_reference must be at least 2, got {num_reference}")

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.registry import Registry
+from ..core.values import is_integer
 from .frechet import fd_pixels
 
 
@@ -152,7 +153,7 @@ def check_scoring(
             f"{spell('feature_weights')} for {', '.join(unused)}, which no metric uses; drop it"
         )
     if batch_size is not None:
-        if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        if not is_integer(batch_size) or batch_size < 1:
             raise ValueError(f"{spell('batch_size')} must be an integer >= 1, got {batch_size!r}")
         if not used:
             raise ValueError(

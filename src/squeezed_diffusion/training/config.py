@@ -24,6 +24,7 @@ from ..core.basis import basis_options
 from ..core.fileio import atomic_write
 from ..core.process import canonical_prediction_type, merge_target
 from ..core.samplers import checked_sampler
+from ..core.values import is_integer, is_number
 from ..data import DATASETS, ImageDataset, check_options, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
 
@@ -76,9 +77,9 @@ def _fits(value: Any, hint: Any) -> bool:
     if typing.get_origin(hint) is dict:
         return isinstance(value, dict)
     if hint is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
+        return is_number(value)
     if hint is int:
-        return isinstance(value, int) and not isinstance(value, bool)
+        return is_integer(value)
     return value is None if hint is type(None) else isinstance(value, hint)
 
 
@@ -241,9 +242,7 @@ class TrainConfig:
         for name, (ok, allowed) in _RANGES.items():
             value = getattr(self, name)
             values = value if isinstance(value, list) else [value]
-            if not all(
-                isinstance(v, (int, float)) and not isinstance(v, bool) and ok(v) for v in values
-            ):
+            if not all(is_number(v) and ok(v) for v in values):
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
         if len(self.adam_betas) != 2:
             raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas!r}")
