@@ -163,6 +163,10 @@ def test_valid_strength_ranges_are_the_documented_ones() -> None:
         ({"profile": "cosine"}, "unknown profile 'cosine'"),
         ({"prediction_type": "v"}, "unknown prediction_type 'v'"),
         ({"strength": [0.1, 0.2]}, "strength has 2 values but the basis has 1 groups"),
+        (  # used to be set to 0 without a word
+            {"variant": "isotropic", "strength": -0.4},
+            r"strength \[-0.4\] with variant isotropic, whose noise has no squeezing",
+        ),
     ],
 )
 def test_bad_arguments_raise_clear_errors(kwargs: dict, pattern: str) -> None:

@@ -198,8 +198,11 @@ class SqueezedDiffusion:
             raise ValueError(f"strength has {s.numel()} values but the basis has {k} groups")
         if not torch.isfinite(s).all():
             raise ValueError(f"strength must be finite, got {s.tolist()}")
-        if self.variant == "isotropic":
-            s = torch.zeros_like(s)
+        if self.variant == "isotropic" and (s != 0).any():  # would be dropped without a word
+            raise ValueError(
+                f"strength {s.tolist()} with variant isotropic, whose noise has no squeezing: "
+                "give strength 0 or choose variant sdm/hdm"
+            )
         return s
 
     def _log_scales(self, s_t: Tensor) -> tuple[Tensor, Tensor]:

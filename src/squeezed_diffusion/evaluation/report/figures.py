@@ -153,7 +153,7 @@ def log_snr_plot(
     def process(**change: object) -> SqueezedDiffusion:
         return SqueezedDiffusion.from_fields(basis, dataclasses.replace(cfg, **change).to_dict())
 
-    iso = process(variant="isotropic").log_snr_table()
+    iso = process(variant="isotropic", strength=0.0).log_snr_table()
     strengths = sorted({s for v, s in trained if v != "isotropic" and s != 0}) or [0.0]
     cols = min(4, len(strengths))
     fig = Figure(figsize=(3.6 * cols, 3.0 * math.ceil(len(strengths) / cols)))
