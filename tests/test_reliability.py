@@ -195,7 +195,7 @@ def test_sigint_and_sigterm_save_a_checkpoint_and_exit(data, tmp_path, signum) -
     ("method", "at", "steps", "code", "evals", "stopped", "says"),
     [
         ("evaluate", 2, 5, 143, [2], 3, "signal 15: saved step 3; to resume"),
-        ("train_step", 3, 5, 143, [2], 4, "signal 15: saved step 4 (its evaluation skipped)"),
+        ("train_step", 3, 5, 143, [2], 4, "saved step 4 (its evaluation runs when resumed)"),
         ("evaluate", 2, 3, 0, [2], 3, "signal 15 came at the last step: the run is finished"),
     ],
     ids=["during-evaluation", "before-evaluation", "at-last-step"],
@@ -207,7 +207,9 @@ def test_a_signal_around_an_evaluation_stops_at_its_step(
     2's evaluation stops at step 3 (logged and saved), and one seen at a step whose evaluation
     is due stops before that evaluation (it could outlast a scheduler's grace period). A run
     that reached its last step is finished: exit 0, not 143 and "run it again". The signal
-    is simulated: the trainer's flag set as its handler would, in ``method``."""
+    is simulated: the trainer's flag set as its handler would, in ``method``. Resumed, the
+    run makes up an evaluation the signal skipped, before its first step, with the scores of
+    an uninterrupted run."""
     import squeezed_diffusion.training.trainer as trainer_module
 
     original = getattr(trainer_module.Trainer, method)
@@ -230,6 +232,14 @@ def test_a_signal_around_an_evaluation_stops_at_its_step(
     assert [r["step"] for r in log if "loss" in r] == [stopped]  # logged at the stop or end
     assert [p.name for p in list_checkpoints(run)] == [f"step-{stopped:08d}"]
     assert (run / "samples" / "final.png").is_file() == (code == 0)
+    if code == 0:
+        return
+    monkeypatch.setattr(trainer_module.Trainer, method, original)
+    assert main([*base_args(data, run, *extra), "--resume", "latest"]) == 0
+    whole = tmp_path / "whole"
+    assert main(base_args(data, whole, *extra)) == 0
+    evals = [(r["step"], r["eval"]) for r in Run(whole).log() if "eval" in r]
+    assert [(r["step"], r["eval"]) for r in Run(run).log() if "eval" in r] == evals
 
 
 # -- non-finite loss --------------------------------------------------------------------

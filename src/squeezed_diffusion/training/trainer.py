@@ -209,6 +209,8 @@ class Trainer:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress_bar(self)
         try:
+            if self._evaluation_owed():
+                _evaluate(self, bar)
             train_loop(self, bar)
         finally:
             bar.close()
@@ -219,6 +221,16 @@ class Trainer:
         self.accelerator.wait_for_everyone()
         self.accelerator.end_training()
         return self.out
+
+    def _evaluation_owed(self) -> bool:
+        """An evaluation due at the step this run resumes from that its log lacks: a signal
+        stopped the run before it, or a kill during it. The checkpoint holds that step's EMA
+        weights and the evaluation forks the RNG, so making it up now gives the record an
+        uninterrupted run has."""
+        every, step = self.cfg.eval_every, self.step
+        if step == 0 or every == 0 or step % every:
+            return False
+        return not any(r["step"] == step and "eval" in r for r in self.run_dir.log())
 
     def write_final_samples(self) -> None:
         """The finished run's EMA sample grid and trajectory strip, also to the trackers."""
@@ -252,8 +264,8 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
     """Steps until the end or a signal; the loss is read (a host sync) only at log steps.
 
     A signal saves the step it is seen at (:func:`_agreed_signal`) and stops without starting
-    that step's evaluation, which could outlast a scheduler's grace period; an evaluation due
-    there is not made up on resume. At the last step a signal changes nothing: the run
+    that step's evaluation, which could outlast a scheduler's grace period; the resumed run
+    makes it up before its first step. At the last step a signal changes nothing: the run
     completes.
 
     images/s counts training steps only: the time of checkpoints, sample grids and
@@ -295,7 +307,7 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
                 _evaluate(trainer, bar)
             window_start += time.perf_counter() - paused
         if stop:
-            skipped = " (its evaluation skipped)" if due else ""
+            skipped = " (its evaluation runs when resumed)" if due else ""
             if acc.is_main_process:
                 bar.write(
                     f"signal {stop}: saved step {step}{skipped}; to resume, run the command again "
