@@ -88,7 +88,9 @@ def bench_train(
     _sync()
     first_s = time.perf_counter() - started
     sdm = trainer.batches.process
-    iso = type(sdm).from_fields(trainer.basis, {**trainer.cfg.to_dict(), "variant": "isotropic", "strength": 0.0})
+    iso = type(sdm).from_fields(
+        trainer.basis, {**trainer.cfg.to_dict(), "variant": "isotropic", "strength": 0.0}
+    )
     iso.to(trainer.accelerator.device)
 
     def step(process: Any) -> Any:
