@@ -166,6 +166,20 @@ def registered_examples():
     METRICS.unregister("brightness")
 
 
+def test_the_metric_table_refuses_a_key_clash_or_an_unmapped_output() -> None:
+    """Results are one mapping by key: a second metric with a taken key would overwrite
+    the first's number, and an output mapped to no key would be dropped."""
+    from squeezed_diffusion.metrics import METRICS, Metric
+
+    with pytest.raises(ValueError, match=r"result key\(s\) fd_effnet belong to another metric"):
+        METRICS.register("fd2", Metric("fd2", "a clash", {"fd_effnet": False}, compute=len))
+    with pytest.raises(ValueError, match=r"outputs name \[.fd.\] but keys are \[.fd2.\]"):
+        Metric(
+            "fd2", "a typo", {"fd2": False}, "effnet", "fid", {"frechet_inception_distance": "fd"}
+        )
+    assert "fd2" not in METRICS
+
+
 def test_a_registered_basis_sampler_and_metric_reach_every_consumer(registered_examples, tmp_path):
     from squeezed_diffusion.core.samplers import sampler_for_scheduler
     from squeezed_diffusion.evaluation.report.build import intro

@@ -39,11 +39,35 @@ class Metric:
     space: str = ""  # how the result's feature space is described when not torch-fidelity's
     pr_pair: bool = False  # keys are (precision, recall): plotted against each other
 
+    def __post_init__(self) -> None:
+        """A metric is computed one way and reports exactly its keys: evaluate() reads the
+        torch-fidelity outputs by ``outputs`` and the report reads results by ``keys``."""
+        if (self.flag is None) == (self.compute is None):
+            raise ValueError(f"metric {self.name!r}: give either flag (torch-fidelity) or compute")
+        if self.flag is not None and sorted(self.outputs.values()) != sorted(self.keys):
+            raise ValueError(
+                f"metric {self.name!r}: outputs name {sorted(self.outputs.values())} but keys are "
+                f"{sorted(self.keys)}; map each torch-fidelity output to one of its keys"
+            )
+
     def feature_extractor(self, prc_extractor: str) -> str | None:
         return prc_extractor if self.extractor == "prc" else self.extractor
 
 
-METRICS: Registry[Metric] = Registry("metric")
+class _MetricRegistry(Registry[Metric]):
+    def register(self, name: str, entry: Metric, aliases: tuple[str, ...] = ()) -> Metric:
+        """As any registry, and refusing result keys another metric has: results are one
+        mapping by key, so a clash would overwrite one metric's number with the other's."""
+        taken = sorted(set(entry.keys) & {key for m in self.values() for key in m.keys})
+        if taken:
+            raise ValueError(
+                f"metric {name!r}: result key(s) {', '.join(taken)} belong to another metric; "
+                "name them otherwise"
+            )
+        return super().register(name, entry, aliases)
+
+
+METRICS: Registry[Metric] = _MetricRegistry("metric")
 OFFLINE_METRICS = ("fd_effnet", "prc_effnet")
 PRC_EXTRACTORS = ("vgg16", "inception")  # the first is the default (torch-fidelity's)
 DEFAULT_PRC_EXTRACTOR = PRC_EXTRACTORS[0]
