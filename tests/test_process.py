@@ -174,6 +174,30 @@ def test_bad_arguments_raise_clear_errors(kwargs: dict, pattern: str) -> None:
         SqueezedDiffusion(ChannelBasis.luminance(), **kwargs)
 
 
+def test_the_gaussian_oracle_refuses_what_it_would_misread() -> None:
+    """Its gain is one timestep's and one covariance's: a mixed batch of timesteps, a
+    covariance that is none (or zero, against which errors are relative) or of another size
+    would give wrong predictions without an error."""
+    from squeezed_diffusion.core.oracle import CIFAR_LIKE_COV, CIFAR_LIKE_MEAN, GaussianOracle
+
+    proc = SqueezedDiffusion(ChannelBasis.luminance(3), "sdm", -0.4)
+    oracle = GaussianOracle(proc, CIFAR_LIKE_MEAN, CIFAR_LIKE_COV)
+    x = torch.randn(2, 3, 4, 4)
+    with pytest.raises(ValueError, match=r"one timestep per call, got \[5, 9\]"):
+        oracle(x, torch.tensor([5, 9]))
+    assert oracle(x, torch.tensor([5, 5])).shape == x.shape
+    flipped = CIFAR_LIKE_COV.clone()
+    flipped[0, 0] = -1.0
+    singular = torch.ones(3, 3, dtype=torch.float64) * 0.2  # grey pixels: fine
+    GaussianOracle(proc, CIFAR_LIKE_MEAN, singular)
+    for cov, mean in ((flipped, CIFAR_LIKE_MEAN), (torch.zeros(3, 3), CIFAR_LIKE_MEAN),
+                      (CIFAR_LIKE_COV + torch.triu(torch.ones(3, 3), 1), CIFAR_LIKE_MEAN)):  # fmt: skip
+        with pytest.raises(ValueError, match="symmetric positive semi-definite and not zero"):
+            GaussianOracle(proc, mean, cov)
+    with pytest.raises(ValueError, match=r"give a mean of 3 and a 3 x 3 covariance, got \(2,\)"):
+        GaussianOracle(proc, CIFAR_LIKE_MEAN[:2], CIFAR_LIKE_COV)
+
+
 def test_hdm_needs_a_complement() -> None:
     with pytest.raises(ValueError, match="HDM needs directions outside"):
         SqueezedDiffusion(ChannelBasis([1.0]), "hdm", -0.4)

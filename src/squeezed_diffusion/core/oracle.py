@@ -36,7 +36,16 @@ class GaussianOracle:
     def __init__(self, proc: SqueezedDiffusion, mean: Tensor, cov: Tensor) -> None:
         if not isinstance(proc.basis, ChannelBasis):
             raise ValueError("the Gaussian oracle is per pixel: it needs a channel basis")
-        self.proc, self.mean, self.cov = proc, mean.double(), cov.double()
+        self.proc, self.mean, self.cov = proc, mean.double().cpu(), cov.double().cpu()
+        c = proc.basis.channels
+        if self.mean.shape != (c,) or self.cov.shape != (c, c):
+            raise ValueError(
+                f"the basis has {c} channels: give a mean of {c} and a {c} x {c} covariance, got "
+                f"{tuple(self.mean.shape)} and {tuple(self.cov.shape)}"
+            )
+        eig = torch.linalg.eigvalsh(self.cov)  # a covariance, and not zero (errors are relative)
+        if not torch.allclose(self.cov, self.cov.T) or not eig[-1] > 0 or eig[0] < -1e-9 * eig[-1]:
+            raise ValueError("the covariance must be symmetric positive semi-definite and not zero")
         v = proc.basis.direction.double().cpu()
         self._p = torch.outer(v, v)
         self._gains: dict[int, tuple[Tensor, Tensor]] = {}  # per t, reused across samplers
@@ -57,7 +66,10 @@ class GaussianOracle:
         return self._gains[t]
 
     def __call__(self, x: Tensor, t: Tensor) -> Tensor:
-        ti = int(t.reshape(-1)[0])
+        t = torch.as_tensor(t).reshape(-1)
+        if (t != t[0]).any():  # the gain is one t's: a mixed batch would be misread
+            raise ValueError(f"the oracle takes one timestep per call, got {t.unique().tolist()}")
+        ti = int(t[0])
         abar = float(self.proc.alphas_cumprod[ti])
         a, sig = abar**0.5, (1 - abar) ** 0.5
         gain, s_inv = self._gain(ti)
