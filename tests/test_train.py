@@ -196,6 +196,12 @@ def test_isotropic_drops_a_presets_squeezing_and_loads_old_runs_as_today(
     old = TrainConfig.load(saved)
     assert (old.strength, old.profile, old.basis) == (0.0, "beta", "channel")
     assert resume_config(old, {"steps": 9}).steps == 9
+    # resumed with its original flags: they shape nothing (not: they differ from the defaults)
+    with pytest.raises(ValueError, match=r"^--profile, --basis set with variant isotropic"):
+        resume_config(old, {"steps": 9, "profile": "linear", "basis": "dct"})
+    assert resume_config(old, {"steps": 9, "profile": "beta"}).profile == "beta"
+    with pytest.raises(ValueError, match=r"^--strength -0\.4 differs from the run.s saved 0\.0"):
+        resume_config(old, {"steps": 9, "strength": -0.4, "profile": "linear"})
 
 
 @pytest.mark.parametrize(

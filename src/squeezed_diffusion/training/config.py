@@ -320,7 +320,7 @@ class TrainConfig:
         settings (earlier versions accepted them; they had no effect) reads with the defaults,
         so it resumes, and pairs in a sweep, as the same run made today."""
         values = _read_yaml(Path(path))
-        if values.get("variant") == "isotropic" or values.get("strength", 0) == 0:
+        if _is_isotropic(values):
             values = without_squeezing(values)
         return cls.from_dict(values)
 
@@ -377,6 +377,11 @@ def _squeezing_flags(config: TrainConfig) -> list[str]:
     flags = _changed_flags(config, (f for f in ISOTROPIC_IGNORES if f != "basis_options"))
     defaults = basis_options(config.basis, {})
     return flags + [f"--basis-{k}" for k, v in config.basis_options.items() if v != defaults.get(k)]
+
+
+def _is_isotropic(values: dict[str, Any]) -> bool:
+    """Whether a config's noise is isotropic: the variant says so, or the strength is 0."""
+    return values.get("variant") == "isotropic" or values.get("strength", 0) == 0
 
 
 def without_squeezing(values: dict[str, Any]) -> dict[str, Any]:
@@ -474,7 +479,10 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     if given.keys() & {"steps", "epochs"}:
         values.update(steps=None, epochs=None)
     wanted = TrainConfig.from_dict({**values, **given})
-    for key in given:
+    # an isotropic run has no squeezing to shape: validate() says that of a given profile or
+    # basis (a run saved by 0.1.0 with them has the defaults now, which they would "differ" from)
+    shapes_nothing = set(ISOTROPIC_IGNORES) - {"strength"} if _is_isotropic(values) else set()
+    for key in given.keys() - shapes_nothing:
         if key not in RESUMABLE | WHERE_DATA and _canonical(wanted, key) != _canonical(saved, key):
             raise ValueError(
                 f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
