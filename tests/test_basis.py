@@ -11,7 +11,7 @@ import torch
 from conftest import SIGMA0, dense_operator, top_direction
 
 from squeezed_diffusion import ChannelBasis, DCTBasis, PixelPCABasis, load_basis
-from squeezed_diffusion.core.basis import dct_matrix
+from squeezed_diffusion.core.basis import dct_matrix, fit_basis
 
 
 def gaussian_images(n: int, cov: np.ndarray, size: int = 8, seed: int = 0) -> torch.Tensor:
@@ -215,3 +215,40 @@ def test_fitting_refuses_data_that_would_give_an_arbitrary_basis() -> None:
         with pytest.raises(ValueError, match=message):
             fit()
     assert PixelPCABasis.fit([images], k=4).components.shape == (4, 192)
+
+
+def test_bases_refuse_arguments_they_would_misread(tmp_path) -> None:
+    """Each of these used to be read otherwise without a word (k=2.7 as 2, max_images=-1 as
+    all but one image, a 2 x 3 direction as 6 channels, any matrix as PCA components) or to
+    fail with a raw torch or TypeError: a one-line ValueError naming the argument."""
+    images = torch.rand(12, 3, 8, 8) * 2 - 1
+    batches = images.split(4)
+    cases = [
+        (
+            lambda: fit_basis("pca", batches, k=2.7),
+            "basis option k must be a whole number, got 2.7",
+        ),
+        (lambda: fit_basis("pca", batches, k=True), "basis option k must be a whole number"),
+        (lambda: ChannelBasis.fit(batches, max_images=-1), "max_images must be an integer >= 1"),
+        (lambda: ChannelBasis.fit(batches, max_images=2.5), "max_images must be an integer >= 1"),
+        (lambda: ChannelBasis([[1.0, 1, 1], [1, 0, 0]]), r"one vector, got shape \(2, 3\)"),
+        (lambda: ChannelBasis("abc"), "direction must be numbers, got 'abc'"),
+        (lambda: PixelPCABasis(torch.ones(2, 192), (3, 8, 8)), "must be orthonormal rows"),
+        (lambda: ChannelBasis.fit([images, torch.rand(4, 4, 8, 8)]), "change shape mid-stream"),
+        (lambda: DCTBasis.fit([images, torch.rand(4, 3, 16, 16)]), "change shape mid-stream"),
+    ]
+    for call, message in cases:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert fit_basis("pca", batches, k="3").components.shape == (3, 192)  # as the CLI gives it
+    assert ChannelBasis.fit(batches, max_images=5).metadata == {"num_images": 5}
+    assert ChannelBasis([[1.0, 1.0, 1.0]]).channels == 3
+    assert ChannelBasis([1.0, 1, 1], eigenvalues=[2.0, 1.0]).eigenvalues.dtype == torch.float64
+    # a file holds anything: the constructor's refusal is the file's
+    fitted = PixelPCABasis.fit(batches, k=2)
+    fitted.components = fitted.components * 2
+    path = fitted.save(tmp_path / "pca.safetensors")
+    with pytest.raises(ValueError, match=r"not a readable basis file .* orthonormal rows"):
+        load_basis(path)
+    with pytest.raises(IsADirectoryError, match="is a folder; give the basis file in it"):
+        load_basis(tmp_path)

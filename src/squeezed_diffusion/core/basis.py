@@ -30,7 +30,7 @@ import json
 import math
 import warnings
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -41,6 +41,7 @@ from safetensors.torch import load_file, save_file
 
 from .fileio import atomic_path
 from .registry import Registry
+from .values import is_integer
 
 Tensor = torch.Tensor
 # One term of Basis.scale_sum: (x [B, C, H, W], group factors [B or 1, K], rest factor [B or 1]
@@ -64,13 +65,21 @@ class Option:
     def coerce(self, name: str, value: Any) -> Any:
         """``value`` as this option's type (a list when ``multiple``); one-line error otherwise."""
         values = list(value) if self.multiple and isinstance(value, (list, tuple)) else [value]
+        # int(2.7) would be 2 and int(True) 1: an int option takes whole numbers only
+        misread = self.type is int and not all(is_integer(v) or _whole_text(v) for v in values)
         try:
+            if isinstance(value, bool) or misread:
+                raise ValueError
             out = [self.type(v) for v in values]
         except (TypeError, ValueError):
-            raise ValueError(
-                f"basis option {name} must be {self.type.__name__}, got {value!r}"
-            ) from None
+            kind = {int: "a whole number", float: "a number"}.get(self.type, self.type.__name__)
+            raise ValueError(f"basis option {name} must be {kind}, got {value!r}") from None
         return out if self.multiple else out[0]
+
+
+def _whole_text(value: Any) -> bool:
+    """A whole number written out, as the command line gives it (``"16"``)."""
+    return isinstance(value, str) and value.strip().lstrip("+-").isdigit()
 
 
 def _expand(scale: Tensor | float, ndim: int) -> Tensor | float:
@@ -135,7 +144,7 @@ class Basis(ABC):
         return load_basis(path)
 
     def __init__(self, eigenvalues: Tensor | None = None, metadata: dict | None = None) -> None:
-        self.eigenvalues = None if eigenvalues is None else eigenvalues.detach().to(torch.float64)
+        self.eigenvalues = None if eigenvalues is None else _floats(eigenvalues, "eigenvalues")
         self.metadata: dict = dict(metadata or {})
 
     @classmethod
@@ -356,13 +365,37 @@ class _CovarianceAccumulator:
         return self.shift.double() + mean_c, cov
 
 
-def _check_batch(batch: Tensor) -> Tensor:
-    if not isinstance(batch, Tensor) or batch.ndim != 4:
-        shape = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
-        raise ValueError(f"basis fitting expects [B, C, H, W] tensors in [-1, 1], got {shape}")
-    if not torch.isfinite(batch).all():  # one NaN image makes every direction NaN
-        raise ValueError("basis fitting got NaN or infinite pixel values; check the images")
-    return batch
+def _floats(values: Any, what: str) -> Tensor:
+    """``values`` (a tensor or nested numbers) as float64; a one-line error for anything else."""
+    try:
+        return torch.as_tensor(values).detach().to(torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise ValueError(f"{what} must be numbers, got {values!r}") from None
+
+
+def _fit_images(batches: Iterable[Tensor], max_images: int | None) -> Iterator[Tensor]:
+    """The batches a fit reads: checked ([B, C, H, W], finite, one image shape throughout)
+    and cut at ``max_images`` images in all (None: every image)."""
+    if max_images is not None and (not is_integer(max_images) or max_images < 1):
+        raise ValueError(f"max_images must be an integer >= 1 or None, got {max_images!r}")
+    left, shape = max_images, None
+    for batch in batches:
+        if not isinstance(batch, Tensor) or batch.ndim != 4:
+            got = tuple(batch.shape) if isinstance(batch, Tensor) else type(batch).__name__
+            raise ValueError(f"basis fitting expects [B, C, H, W] tensors in [-1, 1], got {got}")
+        if shape is not None and tuple(batch.shape[1:]) != shape:
+            raise ValueError(
+                f"images change shape mid-stream: {shape} then {tuple(batch.shape[1:])}"
+            )
+        shape = tuple(batch.shape[1:])
+        if left is not None:
+            batch = batch[:left]
+            left -= len(batch)
+        if not torch.isfinite(batch).all():  # one NaN image makes every direction NaN
+            raise ValueError("basis fitting got NaN or infinite pixel values; check the images")
+        yield batch
+        if left == 0:
+            return
 
 
 def _check_variance(evals: Tensor, what: str) -> None:
@@ -394,7 +427,10 @@ class ChannelBasis(Basis):
         metadata: dict | None = None,
     ) -> None:
         super().__init__(eigenvalues, metadata)
-        v = torch.as_tensor(direction, dtype=torch.float64).flatten()
+        v = _floats(direction, "direction")
+        if v.ndim != 1 and sum(n > 1 for n in v.shape) > 1:  # else flattened into C * K channels
+            raise ValueError(f"direction must be one vector, got shape {tuple(v.shape)}")
+        v = v.flatten()
         norm = float(v.norm())
         if v.numel() < 1 or not math.isfinite(norm) or norm == 0.0:
             raise ValueError(f"direction must be a finite non-zero vector, got {v.tolist()}")
@@ -419,12 +455,7 @@ class ChannelBasis(Basis):
         """Top eigenvector of the C x C channel covariance over every pixel."""
         acc = _CovarianceAccumulator()
         num_images = 0
-        for batch in batches:
-            batch = _check_batch(batch)
-            if max_images is not None:
-                batch = batch[: max_images - num_images]
-                if batch.shape[0] == 0:
-                    break
+        for batch in _fit_images(batches, max_images):
             acc.update(batch.flatten(2))
             num_images += batch.shape[0]
         _, cov = acc.mean_cov()
@@ -502,12 +533,15 @@ class PixelPCABasis(Basis):
     ) -> None:
         super().__init__(eigenvalues, metadata)
         self.image_shape = tuple(int(s) for s in image_shape)
-        comps = torch.as_tensor(components, dtype=torch.float32)
+        comps = _floats(components, "components").float()
         if comps.ndim != 2 or comps.shape[1] != math.prod(self.image_shape):
             raise ValueError(
                 f"components must be [k, {math.prod(self.image_shape)}] for images of shape "
                 f"{self.image_shape}, got {tuple(comps.shape)}"
             )
+        gram = comps.double() @ comps.double().T  # squeeze() and unsqueeze() assume U U^T = I
+        if not torch.allclose(gram, torch.eye(len(comps), dtype=torch.float64), atol=1e-3):
+            raise ValueError("components must be orthonormal rows (as a PCA fit gives)")
         self.components = comps
 
     @classmethod
@@ -517,18 +551,8 @@ class PixelPCABasis(Basis):
         """Streaming covariance of flattened images, then its top-k eigenvectors."""
         acc = _CovarianceAccumulator()
         image_shape: tuple[int, ...] | None = None
-        for batch in batches:
-            batch = _check_batch(batch)
-            if image_shape is None:
-                image_shape = tuple(batch.shape[1:])
-            elif tuple(batch.shape[1:]) != image_shape:
-                raise ValueError(
-                    f"images change shape mid-stream: {image_shape} then {batch.shape[1:]}"
-                )
-            if max_images is not None:
-                batch = batch[: max_images - acc.n]
-                if batch.shape[0] == 0:
-                    break
+        for batch in _fit_images(batches, max_images):
+            image_shape = tuple(batch.shape[1:])
             acc.update(batch.flatten(1)[..., None])
         if image_shape is None:
             raise ValueError("no images to fit the basis on")
@@ -640,14 +664,9 @@ class DCTBasis(Basis):
         """Nothing to learn; records each band's mean coefficient variance as its 'eigenvalue'."""
         basis: DCTBasis | None = None
         n, total, total_sq = 0, None, None
-        for batch in batches:
-            batch = _check_batch(batch)
+        for batch in _fit_images(batches, max_images):
             if basis is None:
                 basis = cls(tuple(batch.shape[1:]), cutoffs)
-            if max_images is not None:
-                batch = batch[: max_images - n]
-                if batch.shape[0] == 0:
-                    break
             coef = basis.dct(batch.float()).double()
             total = coef.sum(0) if total is None else total + coef.sum(0)
             total_sq = (coef**2).sum(0) if total_sq is None else total_sq + (coef**2).sum(0)
@@ -710,11 +729,13 @@ class DCTBasis(Basis):
 def load_basis(path: str | Path) -> Basis:
     """Read a basis written by :meth:`save`, whatever its kind (0.1.0 files included)."""
     path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"{path} is a folder; give the basis file in it")
     if not path.is_file():
         raise FileNotFoundError(
             f"basis file {path} does not exist; create it with `sqdm fit-basis`"
         )
-    try:
+    try:  # every step, the constructor's checks included: a file may hold anything
         tensors = load_file(str(path))
         with open(path, "rb") as f:
             header_len = int.from_bytes(f.read(8), "little")
@@ -724,10 +745,12 @@ def load_basis(path: str | Path) -> Basis:
         cls = BASES.get(header["kind"])
         config = json.loads(header["config"])
         metadata = json.loads(header["metadata"])
+        if not isinstance(config, dict) or not isinstance(metadata, dict):
+            raise TypeError("its config and metadata must be mappings")
+        eigenvalues = tensors.pop("eigenvalues", None)
+        return cls(**tensors, **config, eigenvalues=eigenvalues, metadata=metadata)
     except (SafetensorError, KeyError, ValueError, TypeError, OSError) as err:
         raise ValueError(
             f"{path} is not a readable basis file ({type(err).__name__}: {err}); "
             "re-create it with `sqdm fit-basis`"
         ) from None
-    eigenvalues = tensors.pop("eigenvalues", None)
-    return cls(**tensors, **config, eigenvalues=eigenvalues, metadata=metadata)
