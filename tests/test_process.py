@@ -251,6 +251,12 @@ def test_the_process_refuses_what_it_would_misread() -> None:
         (lambda: proc.add_noise(x[:, :1], noise[:, :1], 5), "channel basis has 3 channels"),
         (lambda: proc.squeeze(x, 10.9), r"a timestep must be an integer in \[0, 1000\), got 10.9"),
         (lambda: proc.sigma(-1), r"in \[0, 1000\), got -1"),
+        (  # True read as 1 (strength) or failed inside torch (T)
+            lambda: SqueezedDiffusion(num_train_timesteps=True),
+            "num_train_timesteps must be an integer >= 1, got True",
+        ),
+        (lambda: SqueezedDiffusion(strength=True), "strength must be a number or a list"),
+        (lambda: SqueezedDiffusion("channel"), "basis must be a Basis"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):

@@ -19,6 +19,7 @@ from squeezed_diffusion import (
     ddpm_step,
     timesteps,
 )
+from squeezed_diffusion.core import samplers
 from squeezed_diffusion.core.samplers import Sampler, ddpm_paper_step, sampler_for_scheduler
 
 
@@ -343,6 +344,31 @@ def test_sampling_rejects_bad_arguments() -> None:
         proc.sample(lambda x, t: x, (1, 3, 4, 4), 0, progress=False)
     with pytest.raises(ValueError, match="channel basis has 3 channels"):
         proc.sample(lambda x, t: x, (1, 1, 4, 4), 10, progress=False)
+    # read otherwise without a word before: True as 1 step or eta 1, "no" as a progress bar,
+    # float timesteps from a float T, an offset pushing timesteps out of [0, T)
+    misread = [
+        (lambda: proc.sample(lambda x, t: x, (1, 3, 4, 4), True, progress=False), "got True"),
+        (
+            lambda: proc.sample(lambda x, t: x, (1, 3, 4, 4), 5, "ddim", eta=True, progress=False),
+            r"takes eta in \[0, 1\], got True",
+        ),
+        (lambda: proc.sample(lambda x, t: x, (1, 3, 4, 4), 2, progress="no"), "progress must be"),
+        (lambda: samplers.timesteps(1000.0, 10), "num_train_timesteps must be an integer >= 1"),
+        (lambda: samplers.ode_timesteps(0, 1), "num_train_timesteps must be an integer >= 1"),
+        (
+            lambda: samplers.spaced_timesteps(1000, 10, steps_offset=500),
+            r"steps_offset must be an integer in \[0, 99\] for 10 leading steps of T = 1000",
+        ),
+        (
+            lambda: samplers.spaced_timesteps(1000, 10, steps_offset=-1),
+            r"steps_offset must .* got -1",
+        ),
+    ]
+    for call, message in misread:
+        with pytest.raises(ValueError, match=message):
+            call()
+    assert samplers.spaced_timesteps(1000, 10, steps_offset=99)[0] == 999
+    assert samplers.spaced_timesteps(1000, 10, "linspace", steps_offset=5)[0] == 999  # as diffusers
 
 
 def test_prior_is_squeezed() -> None:

@@ -23,7 +23,6 @@ so that ``x_0 = a_t x_t - sigma_t v`` and ``S_t eps = sigma_t x_t + a_t v`` hold
 from __future__ import annotations
 
 import inspect
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -33,6 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .basis import Basis, ChannelBasis
 from .registry import SAMPLERS
+from .values import is_integer
 
 Tensor = torch.Tensor
 
@@ -134,11 +134,16 @@ class SqueezedDiffusion:
         self.variant = _choice("variant", variant, VARIANTS)
         self.profile = _choice("profile", profile, PROFILES)
         self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 1:
+        if not is_integer(num_train_timesteps) or num_train_timesteps < 1:
             raise ValueError(
                 f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
             )
-        self.num_train_timesteps = num_train_timesteps
+        self.num_train_timesteps = int(num_train_timesteps)
+        if basis is not None and not isinstance(basis, Basis):
+            raise ValueError(
+                f"basis must be a Basis (e.g. ChannelBasis.luminance(3), or fit_basis(...)), "
+                f"got {basis!r}"
+            )
         self.basis = basis if basis is not None else ChannelBasis.luminance(3)
         self.strength = self._check_strength(strength)
 
@@ -186,6 +191,9 @@ class SqueezedDiffusion:
     # -- construction helpers -----------------------------------------------------
     def _check_strength(self, strength: float | Sequence[float] | Tensor) -> Tensor:
         k = self.basis.num_groups
+        flat = strength if isinstance(strength, (list, tuple)) else [strength]
+        if any(isinstance(v, bool) for v in flat):  # True would read as 1
+            raise ValueError(f"strength must be a number or a list of numbers, got {strength!r}")
         try:
             s = torch.as_tensor(strength, dtype=torch.float64).flatten()
         except (TypeError, ValueError):
@@ -267,7 +275,7 @@ class SqueezedDiffusion:
                 raise ValueError(
                     f"{t.numel()} timesteps for a batch of {batch}: give one, or one per sample"
                 )
-        elif isinstance(t, bool) or not isinstance(t, numbers.Integral) or not 0 <= t < big_t:
+        elif not is_integer(t) or not 0 <= t < big_t:
             raise ValueError(f"a timestep must be an integer in [0, {big_t}), got {t!r}")
 
     def log_snr_table(self) -> Tensor:

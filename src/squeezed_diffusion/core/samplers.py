@@ -44,7 +44,6 @@ become plain scalar multiplies.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -57,6 +56,7 @@ from tqdm.auto import tqdm
 
 from .process import SqueezedDiffusion
 from .registry import SAMPLERS
+from .values import is_integer, is_number
 
 Tensor = torch.Tensor
 # callback(step index, t, x_prev, predicted x0) after every step of a sampling loop
@@ -139,7 +139,7 @@ def _checked_step(
     """A step's x_0 rule, after its inputs: the step functions are public, and a float or
     out-of-range t would index the tables wrongly (or give NaN), a later t_prev step back."""
     for name, value in (("t", t), ("t_prev", t_prev)):
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        if not is_integer(value):
             raise ValueError(f"{name} must be an integer timestep, got {value!r}")
     if not 0 <= t < proc.num_train_timesteps or t_prev > t:
         raise ValueError(
@@ -155,8 +155,8 @@ def _checked_step(
 
 def _check_eta(sampler: str, eta: float) -> None:
     """Beyond 1, DDIM's noise would exceed the posterior's (NaN fails too)."""
-    if not 0 <= eta <= 1:
-        raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta}")
+    if not is_number(eta) or not 0 <= eta <= 1:  # True would read as 1
+        raise ValueError(f"the {sampler} sampler takes eta in [0, 1], got {eta!r}")
 
 
 def as_rule(clip: bool | X0Rule) -> X0Rule:
@@ -788,18 +788,36 @@ def heun_step(
 SPACINGS = ("leading", "linspace", "trailing")
 
 
-def spaced_timesteps(
-    num_train_timesteps: int, num_steps: int, spacing: str = "leading", offset: int = 0
-) -> list[int]:
-    """``num_steps`` descending training timesteps with diffusers' DDPM/DDIM spacings."""
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= num_train_timesteps:
+def _step_counts(
+    num_train_timesteps: int, num_steps: int, most: int, why: str = ""
+) -> tuple[int, int]:
+    """(T, num_steps) as Python ints, once each is a whole number in range (a float T would
+    give float timesteps, ``True`` one step)."""
+    if not is_integer(num_train_timesteps) or num_train_timesteps < 1:
         raise ValueError(
-            f"num_steps must be an integer in [1, {num_train_timesteps}], got {num_steps!r}"
+            f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
         )
-    big_t = num_train_timesteps
+    if not is_integer(num_steps) or not 1 <= num_steps <= most:
+        raise ValueError(f"num_steps must be an integer in [1, {most}]{why}, got {num_steps!r}")
+    return int(num_train_timesteps), int(num_steps)
+
+
+def spaced_timesteps(
+    num_train_timesteps: int, num_steps: int, spacing: str = "leading", steps_offset: int = 0
+) -> list[int]:
+    """``num_steps`` descending training timesteps with diffusers' DDPM/DDIM spacings;
+    ``steps_offset`` shifts "leading" only, as in diffusers."""
+    big_t, num_steps = _step_counts(num_train_timesteps, num_steps, num_train_timesteps)
     if spacing == "leading":
         ratio = big_t // num_steps
-        return [i * ratio + offset for i in reversed(range(num_steps))]
+        top = (num_steps - 1) * ratio
+        if not is_integer(steps_offset) or not 0 <= steps_offset <= big_t - 1 - top:
+            raise ValueError(
+                f"steps_offset must be an integer in [0, {big_t - 1 - top}] for {num_steps} "
+                f"leading steps of T = {big_t} (else a timestep leaves [0, {big_t})), got "
+                f"{steps_offset!r}"
+            )
+        return [i * ratio + int(steps_offset) for i in reversed(range(num_steps))]
     if spacing == "linspace":
         return np.linspace(0, big_t - 1, num_steps).round()[::-1].astype(np.int64).tolist()
     if spacing == "trailing":
@@ -849,12 +867,9 @@ def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, i
     "linspace" timesteps (``linspace(0, T - 1, n + 1)``, rounded, without 0) and a final
     step to noise level 0. At most ``T - 1`` steps: more would repeat a time point (a zero
     step, where DPM-Solver++ divides by zero)."""
-    most = max(1, num_train_timesteps - 1)
-    if not isinstance(num_steps, int) or not 1 <= num_steps <= most:
-        raise ValueError(
-            f"num_steps must be an integer in [1, {most}] for the ODE solvers (T - 1: more "
-            f"would repeat a time point), got {num_steps!r}"
-        )
+    most = max(1, num_train_timesteps - 1) if is_integer(num_train_timesteps) else 1
+    why = " for the ODE solvers (T - 1: more would repeat a time point)"
+    num_train_timesteps, num_steps = _step_counts(num_train_timesteps, num_steps, most, why)
     ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
     ts = ts.tolist()
     return list(zip(ts, [*ts[1:], -1], strict=True))
@@ -897,6 +912,8 @@ def sample(
     """
     clip = x0_rule(clip) if isinstance(clip, str) else as_rule(clip)
     entry = checked_sampler(sampler, eta, clip)  # before any work
+    if not isinstance(progress, bool):  # "no" would show the bar
+        raise ValueError(f"progress must be True or False, got {progress!r}")
     schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     state: dict[str, Any] = {}

@@ -352,14 +352,7 @@ class SqueezedSchedulerMixin:
         """Make ``timesteps`` the schedule, after checking each is a training timestep."""
         big_t = self.config.num_train_timesteps
         if any(not 0 <= t < big_t for t in timesteps):
-            raise ValueError(
-                f"timesteps {timesteps} leave the training range [0, {big_t - 1}]"
-                + (
-                    f" (steps_offset={self.config.steps_offset})"
-                    if self.config.steps_offset
-                    else ""
-                )
-            )
+            raise ValueError(f"timesteps {timesteps} leave the training range [0, {big_t - 1}]")
         self.timesteps = torch.tensor(timesteps, dtype=torch.long, device=device)
         if device is not None:
             self._on(device)
