@@ -88,6 +88,10 @@ def test_train_writes_a_complete_run_and_sample_is_deterministic(array_data, tmp
     ]:
         with pytest.raises(ValueError, match=message):
             generate(run, 5, 4, progress=False, **bad)
+    for num, steps, message in [(True, 4, "--num must be an integer >= 1, got True"),
+                                (5, True, "--steps True with --sampler ddpm: num_steps must be")]:  # fmt: skip
+        with pytest.raises(ValueError, match=message):  # True read as 1 before
+            generate(run, num, steps, progress=False)
     got = np.load(unclipped)["images"]
     assert np.array_equal(got, want.permute(0, 2, 3, 1).numpy()) and not np.array_equal(
         got, imgs[0]

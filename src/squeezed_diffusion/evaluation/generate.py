@@ -37,10 +37,10 @@ def check_sampling(
 ) -> None:
     """What :func:`generate` would refuse, checked without loading any weights: the counts,
     the sampler with its eta and x_0 rule, the run folder and the step count for its T."""
-    if num < 1:
-        raise ValueError(f"--num must be at least 1, got {num}")
-    if batch_size < 1:
-        raise ValueError(f"--batch-size must be at least 1, got {batch_size}")
+    if not is_integer(num) or num < 1:  # True would be one image
+        raise ValueError(f"--num must be an integer >= 1, got {num!r}")
+    if not is_integer(batch_size) or batch_size < 1:
+        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
     entry = checked_sampler(sampler, eta, x0)
     timesteps = Run(run_dir).config().num_train_timesteps
     try:
