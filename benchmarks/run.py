@@ -214,7 +214,10 @@ def bench_preset(
     device = trainer.accelerator.device
     procs = {
         v: SqueezedDiffusion.from_fields(
-            trainer.basis, replace(trainer.cfg, variant=v).to_dict()
+            trainer.basis,
+            replace(
+                trainer.cfg, variant=v, strength=0.0 if v == "isotropic" else trainer.cfg.strength
+            ).to_dict(),
         ).to(device)
         for v in VARIANTS
     }

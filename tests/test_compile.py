@@ -116,3 +116,16 @@ def test_gpu_check_runs_on_cpu_and_records_every_variant(tmp_path, monkeypatch) 
     rows = json.loads((tmp_path / "b.json").read_text())["train"]["tiny"]
     assert rows["eager"]["images_per_s"] > 0
     assert all(rows[m]["skipped"].startswith("needs about") for m in ("eager-again", "broken"))
+
+
+def test_benchmark_training_rows_run_at_toy_size(tmp_path, monkeypatch) -> None:
+    """benchmarks/run.py's training section (isotropic, SDM and HDM steps on one trainer, the
+    loader and memory rows) on the micro UNet: the script's figures come from code that
+    runs (an isotropic process built with the SDM run's strength once broke it)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).parents[1] / "benchmarks"))
+    monkeypatch.setenv("SQDM_CACHE", str(tmp_path / "cache"))
+    import run as bench
+
+    rows = bench.bench_preset("micro", 2, 1, 0, tmp_path, False)
+    assert set(rows["train"]) >= {"isotropic", "sdm", "hdm", "ratio_sdm", "ratio_hdm"}
+    assert rows["memory"]["sdm_mb"] > 0 and rows["memory"]["isotropic_mb"] > 0
