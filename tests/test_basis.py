@@ -229,6 +229,7 @@ def test_bases_refuse_arguments_they_would_misread(tmp_path) -> None:
             "basis option k must be a whole number, got 2.7",
         ),
         (lambda: fit_basis("pca", batches, k=True), "basis option k must be a whole number"),
+        (lambda: fit_basis("dct", batches, cutoffs=[True, 0.5]), "cutoffs must be a number"),
         (lambda: ChannelBasis.fit(batches, max_images=-1), "max_images must be an integer >= 1"),
         (lambda: ChannelBasis.fit(batches, max_images=2.5), "max_images must be an integer >= 1"),
         (lambda: ChannelBasis([[1.0, 1, 1], [1, 0, 0]]), r"one vector, got shape \(2, 3\)"),

@@ -177,6 +177,8 @@ def test_the_metric_table_refuses_a_key_clash_or_an_unmapped_output() -> None:
         Metric(
             "fd2", "a typo", {"fd2": False}, "effnet", "fid", {"frechet_inception_distance": "fd"}
         )
+    with pytest.raises(ValueError, match="metric 'fd_pixels8' is already registered"):
+        METRICS.register("fd_pixels8", METRICS.get("fd_pixels8"))  # not a key clash with itself
     assert "fd2" not in METRICS
 
 

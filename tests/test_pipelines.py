@@ -1405,6 +1405,8 @@ def test_step_errors() -> None:
         dpm.set_timesteps(10, mu=0.5)
     with pytest.raises(ValueError, match=r"steps_offset must be an integer in \[0, 0\] for 1000"):
         DDPM(steps_offset=5).set_timesteps(1000)
+    with pytest.raises(ValueError, match="steps_offset must be an integer >= 0, got True"):
+        DDPM(steps_offset=True)  # at construction, not at the first set_timesteps
 
 
 def test_prior_is_squeezed() -> None:

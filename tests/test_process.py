@@ -190,6 +190,10 @@ def test_the_gaussian_oracle_refuses_what_it_would_misread() -> None:
     flipped[0, 0] = -1.0
     singular = torch.ones(3, 3, dtype=torch.float64) * 0.2  # grey pixels: fine
     GaussianOracle(proc, CIFAR_LIKE_MEAN, singular)
+    for seed in range(20):  # float32 covariances of rank-2 data: eigenvalues of -1e-9 or so
+        g, h = torch.randn(2, 4096, generator=torch.Generator().manual_seed(seed))
+        x = torch.stack([0.3 * g + 0.1 * h, 0.59 * g - 0.2 * h, 0.11 * g + 0.05 * h]).float()
+        GaussianOracle(proc, x.mean(1), torch.cov(x))
     for cov, mean in ((flipped, CIFAR_LIKE_MEAN), (torch.zeros(3, 3), CIFAR_LIKE_MEAN),
                       (CIFAR_LIKE_COV + torch.triu(torch.ones(3, 3), 1), CIFAR_LIKE_MEAN)):  # fmt: skip
         with pytest.raises(ValueError, match="symmetric positive semi-definite and not zero"):

@@ -242,6 +242,33 @@ def test_a_signal_around_an_evaluation_stops_at_its_step(
     assert [(r["step"], r["eval"]) for r in Run(run).log() if "eval" in r] == evals
 
 
+def test_an_evaluation_killed_at_the_last_step_is_made_up_by_every_runner(data, tmp_path) -> None:
+    """A kill during the last step's evaluation leaves the finished checkpoint without the
+    evaluation record (nor the final grid): ``sqdm train --resume`` and a sweep's or the
+    demo's rerun (``train_to_completion``) both make it up, with the same scores."""
+    from squeezed_diffusion.training.trainer import train_to_completion
+
+    run = tmp_path / "run"
+    extra = ["--model", "micro", "--steps", "2", "--checkpoint-every", "2", "--eval-every", "2",
+             "--eval-num", "8", "--eval-steps", "2", "--eval-metrics", "fd_pixels8"]  # fmt: skip
+    assert main(base_args(data, run, *extra)) == 0
+    whole = [r for r in Run(run).log() if "eval" in r]
+    kept = [r for r in Run(run).log() if "eval" not in r]
+
+    def killed() -> None:
+        Run(run).log_path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        (run / "samples" / "final.png").unlink()
+
+    for resume in (
+        lambda: main([*base_args(data, run, *extra), "--resume", "latest"]),
+        lambda: train_to_completion(Run(run).config(), progress=False),
+    ):
+        killed()
+        resume()
+        assert [r["eval"] for r in Run(run).log() if "eval" in r] == [whole[0]["eval"]]
+        assert (run / "samples" / "final.png").is_file()
+
+
 # -- non-finite loss --------------------------------------------------------------------
 def _poison_step(monkeypatch, bad_step: int) -> None:
     """Make the training target NaN at one step, as a diverging run would."""
@@ -684,10 +711,11 @@ SIGNAL_WORKER = """
 import signal, sys
 from squeezed_diffusion.training.config import resolve_config
 from squeezed_diffusion.training.trainer import Trainer
-data, out = sys.argv[1:3]
+data, out, resume = sys.argv[1:4]
 cfg = resolve_config(None, dataset="array", data_dir=data, model="micro", out=out, steps=6,
-                     batch_size=8, log_every=2, checkpoint_every=6, sample_steps=2)
-trainer = Trainer(cfg, progress=False)
+                     batch_size=8, log_every=2, checkpoint_every=6, sample_steps=2,
+                     eval_every=2, eval_num=8, eval_steps=2, eval_metrics=["fd_pixels8"])
+trainer = Trainer(cfg, progress=False, resume=resume if resume == "latest" else None)
 step = trainer.train_step
 
 def signalled():
@@ -696,7 +724,8 @@ def signalled():
         trainer.stop_signal = signal.SIGTERM
     return loss
 
-trainer.train_step = signalled
+if resume != "latest":
+    trainer.train_step = signalled
 trainer.run()
 print(f"rank {trainer.accelerator.process_index} stopped at {trainer.step}")
 """
@@ -705,20 +734,24 @@ print(f"rank {trainer.accelerator.process_index} stopped at {trainer.step}")
 def test_two_processes_stop_together_on_one_ones_signal(data, tmp_path) -> None:
     """A signal seen by one process only (they arrive one by one): both stop at the next log
     step and save it, where one that stopped alone would leave the other waiting in the next
-    step's all-reduce until a timeout."""
+    step's all-reduce until a timeout. Resumed, both make up the evaluation the stop skipped
+    (the main process decides for both: one that skipped it would wait in the all-reduce)."""
     script = tmp_path / "worker.py"
     script.write_text(SIGNAL_WORKER)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
            "2", str(script), str(data), str(tmp_path / "run")]  # fmt: skip
-    result = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    result = subprocess.run([*cmd, "fresh"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout  # two processes share the pipe: their lines may run together
     assert sorted(re.findall(r"rank (\d+) stopped at (\d+)", out)) == [("0", "2"), ("1", "2")]
-    assert out.count("signal 15: saved step 2;") == 1 and "signal" not in out.replace(
-        "signal 15: saved step 2;", ""
-    )  # said once
+    said = "signal 15: saved step 2 (its evaluation runs when resumed);"
+    assert out.count(said) == 1 and "signal" not in out.replace(said, "")  # said once
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
+    assert not [r for r in Run(tmp_path / "run").log() if "eval" in r]  # skipped at the stop
+    result = subprocess.run([*cmd, "latest"], env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert [r["step"] for r in Run(tmp_path / "run").log() if "eval" in r] == [2, 4, 6]
 
 
 def test_processes_split_each_global_batch_into_disjoint_shares(data) -> None:

@@ -208,6 +208,19 @@ def test_bad_sweep_files_fail_with_one_line(tmp_path, spec, message) -> None:
         load_sweep(path)
 
 
+def test_an_eval_spec_built_in_code_takes_numpy_numbers_as_python_ones() -> None:
+    """numpy's integers are integers, but its scalars fail the results' JSON, which is
+    written after the sampling: validate() stores Python's."""
+    import json
+
+    from squeezed_diffusion.evaluation.sweep import EvalSpec
+
+    spec = EvalSpec(num=np.int64(100), seed=np.int64(0), eta=np.float32(0.5), sampler="ddim")
+    spec.validate()
+    assert json.loads(json.dumps(spec.scoring()))["num"] == 100
+    assert [(type(e.steps), type(e.eta)) for e in spec.evaluations] == [(int, float)]
+
+
 def test_shards_partition_the_cells() -> None:
     cells = load_sweep("paper-cifar10").cells
     assert len(cells) == 2 * 8 * 3 + 3  # SDM and HDM at 8 non-zero strengths, one isotropic

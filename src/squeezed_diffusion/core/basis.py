@@ -68,7 +68,7 @@ class Option:
         # int(2.7) would be 2 and int(True) 1: an int option takes whole numbers only
         misread = self.type is int and not all(is_integer(v) or _whole_text(v) for v in values)
         try:
-            if isinstance(value, bool) or misread:
+            if any(isinstance(v, bool) for v in values) or misread:
                 raise ValueError
             out = [self.type(v) for v in values]
         except (TypeError, ValueError):

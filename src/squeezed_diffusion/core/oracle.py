@@ -43,8 +43,10 @@ class GaussianOracle:
                 f"the basis has {c} channels: give a mean of {c} and a {c} x {c} covariance, got "
                 f"{tuple(self.mean.shape)} and {tuple(self.cov.shape)}"
             )
-        eig = torch.linalg.eigvalsh(self.cov)  # a covariance, and not zero (errors are relative)
-        if not torch.allclose(self.cov, self.cov.T) or not eig[-1] > 0 or eig[0] < -1e-9 * eig[-1]:
+        # a covariance (to float32 rounding: an empirical one of rank-deficient data may have
+        # an eigenvalue of -1e-9), and not zero, against which errors are relative
+        eig = torch.linalg.eigvalsh(self.cov)
+        if not torch.allclose(self.cov, self.cov.T) or not eig[-1] > 0 or eig[0] < -1e-6 * eig[-1]:
             raise ValueError("the covariance must be symmetric positive semi-definite and not zero")
         v = proc.basis.direction.double().cpu()
         self._p = torch.outer(v, v)

@@ -191,16 +191,17 @@ class EvalSpec:
         return [{"sampler": e} if isinstance(e, str) else dict(e) for e in entries]
 
     def validate(self) -> EvalSpec:
+        """Checked, with its numbers as Python's (numpy's would fail the results' JSON)."""
         least = {"num": 2, "steps": 1, "seed": 0, "sample_batch_size": 1, "grid_images": 1,
                  "num_reference": 2}  # fmt: skip
         for name, low in least.items():
             value = getattr(self, name)
             if name == "num_reference" and value is None:
                 continue
-            _whole(value, f"eval.{name}")
+            object.__setattr__(self, name, _whole(value, f"eval.{name}"))  # frozen
             if value < low:
                 raise ValueError(f"eval.{name} must be >= {low}, got {value}")
-        _number(self.eta, "eval.eta")
+        object.__setattr__(self, "eta", _number(self.eta, "eval.eta"))
         for name in ("x0", "prc_extractor"):
             if not isinstance(getattr(self, name), str) and getattr(self, name) is not None:
                 raise ValueError(f"eval.{name} must be a name, got {getattr(self, name)!r}")
@@ -242,14 +243,14 @@ def _whole(value: Any, what: str) -> int:
     """``value`` if it is a whole number (YAML's ``4``; not ``4.5``, ``"four"`` or ``true``)."""
     if not is_integer(value):
         raise ValueError(f"{what} must be a whole number, got {value!r}")
-    return value
+    return int(value)  # a numpy integer would fail the JSON of results
 
 
 def _number(value: Any, what: str) -> float:
     """``value`` if it is a number (not a string or a boolean)."""
     if not is_number(value):
         raise ValueError(f"{what} must be a number, got {value!r}")
-    return value
+    return value if isinstance(value, int) else float(value)  # Python's, for the JSON
 
 
 @dataclass

@@ -58,7 +58,8 @@ class _MetricRegistry(Registry[Metric]):
     def register(self, name: str, entry: Metric, aliases: tuple[str, ...] = ()) -> Metric:
         """As any registry, and refusing result keys another metric has: results are one
         mapping by key, so a clash would overwrite one metric's number with the other's."""
-        taken = sorted(set(entry.keys) & {key for m in self.values() for key in m.keys})
+        others = [m for n, m in self.items() if n != name]  # a taken name: the base says so
+        taken = sorted(set(entry.keys) & {key for m in others for key in m.keys})
         if taken:
             raise ValueError(
                 f"metric {name!r}: result key(s) {', '.join(taken)} belong to another metric; "

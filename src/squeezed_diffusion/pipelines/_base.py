@@ -33,6 +33,7 @@ from ..core.samplers import (
     spaced_timesteps,
     x0_rule,
 )
+from ..core.values import is_integer
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
@@ -251,7 +252,7 @@ class SqueezedSchedulerMixin:
                 f"the stock {type(self).__name__.replace('Squeezed', '')} refuses it",
             )
         require("timestep_spacing", cfg.timestep_spacing, SPACINGS)
-        if not isinstance(cfg.steps_offset, int) or cfg.steps_offset < 0:
+        if not is_integer(cfg.steps_offset) or cfg.steps_offset < 0:
             raise ValueError(f"steps_offset must be an integer >= 0, got {cfg.steps_offset!r}")
         betas = cfg.trained_betas
         big_t = cfg.num_train_timesteps

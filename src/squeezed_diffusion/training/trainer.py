@@ -146,6 +146,12 @@ class Trainer:
         if check_intervals:  # before the folder is written
             saved = self.run_dir.config() if resume is not None else None
             _check_intervals(cfg, self.step, self.total_steps, saved)
+        # read before the folder is prepared; the main process' reading, so that every
+        # process evaluates or none does (one that skipped would wait in the all-reduce)
+        owed = acc.is_main_process and self._evaluation_owed()
+        if acc.num_processes > 1:
+            owed = bool(acc.gather(torch.tensor([int(owed)], device=acc.device)).max())
+        self.evaluation_owed = owed
         if acc.is_main_process:
             self._prepare_folder(resume)
         start_trackers(acc, cfg)
@@ -209,8 +215,9 @@ class Trainer:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress_bar(self)
         try:
-            if self._evaluation_owed():
+            if self.evaluation_owed:
                 _evaluate(self, bar)
+                self.evaluation_owed = False
             train_loop(self, bar)
         finally:
             bar.close()
@@ -382,7 +389,7 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     # step where a changed interval fires (finished, or nearly) is not an error
     trainer = Trainer(cfg, resume=resume, progress=progress, check_intervals=resume is None)
     start = trainer.step
-    if trainer.step < trainer.total_steps:
+    if trainer.step < trainer.total_steps or trainer.evaluation_owed:  # killed in the last one
         trainer.run()
     elif not trainer.run_dir.final_samples_path.is_file():  # a signal after the last checkpoint
         trainer.write_final_samples()
