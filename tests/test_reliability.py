@@ -209,7 +209,7 @@ def test_a_signal_around_an_evaluation_stops_at_its_step(
     that reached its last step is finished: exit 0, not 143 and "run it again". The signal
     is simulated: the trainer's flag set as its handler would, in ``method``. Resumed, the
     run makes up an evaluation the signal skipped, before its first step, with the scores of
-    an uninterrupted run."""
+    an uninterrupted run; a signal during that evaluation stops the run right after it."""
     import squeezed_diffusion.training.trainer as trainer_module
 
     original = getattr(trainer_module.Trainer, method)
@@ -235,6 +235,20 @@ def test_a_signal_around_an_evaluation_stops_at_its_step(
     if code == 0:
         return
     monkeypatch.setattr(trainer_module.Trainer, method, original)
+    if method == "train_step":  # a signal during the made-up evaluation stops right after it
+        evaluate = trainer_module.Trainer.evaluate
+
+        def interrupted(self):
+            record = evaluate(self)
+            self.stop_signal = signal.SIGTERM
+            return record
+
+        monkeypatch.setattr(trainer_module.Trainer, "evaluate", interrupted)
+        assert main([*base_args(data, run, *extra), "--resume", "latest"]) == 143
+        assert "signal 15: stopped at step 4 after its evaluation" in capsys.readouterr().out
+        assert [r["step"] for r in Run(run).log()] == [2, 4, 4]  # no step past it
+        assert [p.name for p in list_checkpoints(run)] == ["step-00000004"]
+        monkeypatch.setattr(trainer_module.Trainer, "evaluate", evaluate)
     assert main([*base_args(data, run, *extra), "--resume", "latest"]) == 0
     whole = tmp_path / "whole"
     assert main(base_args(data, whole, *extra)) == 0

@@ -215,10 +215,8 @@ class Trainer:
         handlers = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         bar = _progress_bar(self)
         try:
-            if self.evaluation_owed:
-                _evaluate(self, bar)
-                self.evaluation_owed = False
-            train_loop(self, bar)
+            if not (self.evaluation_owed and _made_up_evaluation(self, bar)):
+                train_loop(self, bar)
         finally:
             bar.close()
             for s, h in handlers.items():
@@ -321,6 +319,25 @@ def train_loop(trainer: Trainer, bar: tqdm) -> None:
                     "(sqdm train: with --resume latest)"
                 )
             break
+
+
+def _made_up_evaluation(trainer: Trainer, bar: tqdm) -> bool:
+    """The evaluation owed at the resumed step; whether a signal during it stops the run
+    there, as every process agrees (its checkpoint is on disk: another step first could
+    outlast a scheduler's grace period again, and an evaluation longer than the time between
+    pre-emptions would otherwise never let the run move on). At the last step it does not."""
+    _evaluate(trainer, bar)
+    trainer.evaluation_owed = False
+    stop = _agreed_signal(trainer, log_step=True)
+    if stop is None or trainer.step == trainer.total_steps:
+        return False
+    trainer.stop_signal = stop
+    if trainer.accelerator.is_main_process:
+        bar.write(
+            f"signal {stop}: stopped at step {trainer.step} after its evaluation; to resume, "
+            "run the command again (sqdm train: with --resume latest)"
+        )
+    return True
 
 
 def _agreed_signal(trainer: Trainer, log_step: bool) -> int | None:
