@@ -578,6 +578,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
 
 def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     from .metrics import (
+        DEFAULT_FEATURE_BATCH,
         DEFAULT_PRC_EXTRACTOR,
         EXTRACTORS,
         METRICS,
@@ -614,7 +615,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
     )  # fmt: skip
     ev.add_argument(
         "--batch-size", type=_at_least(1),
-        help="images per feature-extraction batch (default 64; sampling: --sample-batch-size)",
+        help=f"images per feature-extraction batch (default {DEFAULT_FEATURE_BATCH}; sampling: "
+        "--sample-batch-size)",
     )  # fmt: skip
     ev.add_argument("--out", help="write the results as JSON")
     ev.add_argument(

@@ -6,6 +6,7 @@ weights (``weights.py``) and scoring (``evaluate.py``).
 from .evaluate import check_reference, evaluate, load_samples, reference_subset
 from .frechet import fd_pixels, frechet_distance
 from .table import (
+    DEFAULT_FEATURE_BATCH,
     DEFAULT_PRC_EXTRACTOR,
     METRICS,
     OFFLINE_METRICS,
@@ -25,6 +26,7 @@ from .weights import (
 )
 
 __all__ = [
+    "DEFAULT_FEATURE_BATCH",
     "DEFAULT_PRC_EXTRACTOR",
     "EXTRACTORS",
     "METRICS",

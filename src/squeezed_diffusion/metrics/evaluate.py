@@ -19,7 +19,7 @@ from ..core.values import is_integer
 from ..data import ARRAY_SUFFIXES, ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
 from .table import (
-    DEFAULT_PRC_EXTRACTOR,
+    DEFAULT_FEATURE_BATCH,
     METRICS,
     OFFLINE_METRICS,
     Metric,
@@ -90,12 +90,11 @@ def reference_subset(images: torch.Tensor, num: int | None, seed: int = 0) -> to
 
 def _fidelity_groups(metrics: Sequence[str], prc_extractor: str | None) -> dict[str, list[str]]:
     """torch-fidelity metrics per feature extractor (one torch-fidelity call each)."""
-    prc = DEFAULT_PRC_EXTRACTOR if prc_extractor is None else prc_extractor
     groups: dict[str, list[str]] = {}
     for name in metrics:
         metric = METRICS.get(name)
         if metric.flag is not None:
-            groups.setdefault(metric.feature_extractor(prc), []).append(name)
+            groups.setdefault(metric.feature_extractor(prc_extractor), []).append(name)
     return groups
 
 
@@ -118,7 +117,7 @@ def evaluate(
     and ``num_reference``. ``feature_weights`` maps ``inception`` / ``vgg16`` / ``effnet`` to
     weights files; ``num_reference`` evaluates against a seeded random subset of the reference;
     ``prc_extractor`` (prc only) defaults to ``DEFAULT_PRC_EXTRACTOR``, ``batch_size`` (the
-    feature extractors') to 64.
+    feature extractors') to ``DEFAULT_FEATURE_BATCH``.
     """
     metrics = check_scoring(metrics, prc_extractor, feature_weights, batch_size)
     samples = _as_images(samples, "samples")
@@ -134,7 +133,7 @@ def evaluate(
         raw = _torch_fidelity(
             extractor, [METRICS.get(n) for n in names], samples, reference, weights[extractor],
             cache_name=f"ref-{reference_id}-w{sha256(weights[extractor])[:12]}",
-            batch_size=batch_size or 64, seed=seed, verbose=verbose,
+            batch_size=batch_size or DEFAULT_FEATURE_BATCH, seed=seed, verbose=verbose,
         )  # fmt: skip
         info = EXTRACTORS[extractor]
         for metric in map(METRICS.get, names):

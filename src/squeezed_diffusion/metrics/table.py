@@ -50,8 +50,11 @@ class Metric:
                 f"{sorted(self.keys)}; map each torch-fidelity output to one of its keys"
             )
 
-    def feature_extractor(self, prc_extractor: str) -> str | None:
-        return prc_extractor if self.extractor == "prc" else self.extractor
+    def feature_extractor(self, prc_extractor: str | None) -> str | None:
+        """Its extractor; prc's is ``prc_extractor`` (None: ``DEFAULT_PRC_EXTRACTOR``)."""
+        if self.extractor != "prc":
+            return self.extractor
+        return DEFAULT_PRC_EXTRACTOR if prc_extractor is None else prc_extractor
 
 
 class _MetricRegistry(Registry[Metric]):
@@ -72,6 +75,7 @@ METRICS: Registry[Metric] = _MetricRegistry("metric")
 OFFLINE_METRICS = ("fd_effnet", "prc_effnet")
 PRC_EXTRACTORS = ("vgg16", "inception")  # the first is the default (torch-fidelity's)
 DEFAULT_PRC_EXTRACTOR = PRC_EXTRACTORS[0]
+DEFAULT_FEATURE_BATCH = 64  # images per feature-extraction batch, when none is given
 
 for _metric in (
     Metric(
@@ -149,8 +153,10 @@ def extractors_for(
     metrics: list[str] | tuple[str, ...], prc_extractor: str | None = None
 ) -> list[str]:
     """The feature extractors (``weights.EXTRACTORS`` names) that ``metrics`` need."""
-    prc = DEFAULT_PRC_EXTRACTOR if prc_extractor is None else prc_extractor
-    names = [METRICS.get(m).feature_extractor(prc) for m in check_metrics(metrics, prc_extractor)]
+    names = [
+        METRICS.get(m).feature_extractor(prc_extractor)
+        for m in check_metrics(metrics, prc_extractor)
+    ]
     return list(dict.fromkeys(n for n in names if n is not None))
 
 
