@@ -73,6 +73,7 @@ from ..metrics import (
 from ..training.checkpoint import list_checkpoints
 from ..training.config import (
     TrainConfig,
+    is_isotropic,
     load_preset,
     resolve_config,
     training_differences,
@@ -412,9 +413,7 @@ def _isotropic_baseline(preset: dict[str, Any], values: dict[str, Any]) -> dict[
     """A cell whose noise is isotropic (the variant, or strength 0) is the one isotropic
     baseline cell of its other settings: variant isotropic, without the strength, profile and
     basis that shape squeezing (``preset``: the preset's fields, under ``values``)."""
-    merged = {"variant": TrainConfig.variant, **preset, **values}
-    strength = merged.get("strength", 0.0)  # not a number: TrainConfig.validate says so
-    if merged["variant"] == "isotropic" or (is_number(strength) and strength == 0):
+    if is_isotropic({"variant": TrainConfig.variant, **preset, **values}):
         return {**without_squeezing(values), "variant": "isotropic"}
     return values
 

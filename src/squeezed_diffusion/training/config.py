@@ -10,7 +10,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -320,7 +320,7 @@ class TrainConfig:
         settings (earlier versions accepted them; they had no effect) reads with the defaults,
         so it resumes, and pairs in a sweep, as the same run made today."""
         values = _read_yaml(Path(path))
-        if _is_isotropic(values):
+        if is_isotropic(values):
             values = without_squeezing(values)
         return cls.from_dict(values)
 
@@ -379,9 +379,11 @@ def _squeezing_flags(config: TrainConfig) -> list[str]:
     return flags + [f"--basis-{k}" for k, v in config.basis_options.items() if v != defaults.get(k)]
 
 
-def _is_isotropic(values: dict[str, Any]) -> bool:
-    """Whether a config's noise is isotropic: the variant says so, or the strength is 0."""
-    return values.get("variant") == "isotropic" or values.get("strength", 0) == 0
+def is_isotropic(values: Mapping[str, Any]) -> bool:
+    """Whether a config's noise is isotropic: the variant says so, or the strength is 0 (a
+    strength that is no number is neither: validation names it)."""
+    strength = values.get("strength", 0.0)
+    return values.get("variant") == "isotropic" or (is_number(strength) and strength == 0)
 
 
 def without_squeezing(values: dict[str, Any]) -> dict[str, Any]:
@@ -481,7 +483,7 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     wanted = TrainConfig.from_dict({**values, **given})
     # an isotropic run has no squeezing to shape: validate() says that of a given profile or
     # basis (a run saved by 0.1.0 with them has the defaults now, which they would "differ" from)
-    shapes_nothing = set(ISOTROPIC_IGNORES) - {"strength"} if _is_isotropic(values) else set()
+    shapes_nothing = set(ISOTROPIC_IGNORES) - {"strength"} if is_isotropic(values) else set()
     for key in given.keys() - shapes_nothing:
         if key not in RESUMABLE | WHERE_DATA and _canonical(wanted, key) != _canonical(saved, key):
             raise ValueError(
