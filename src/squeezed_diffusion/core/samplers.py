@@ -788,18 +788,20 @@ def heun_step(
 SPACINGS = ("leading", "linspace", "trailing")
 
 
-def _step_counts(
-    num_train_timesteps: int, num_steps: int, most: int, why: str = ""
-) -> tuple[int, int]:
-    """(T, num_steps) as Python ints, once each is a whole number in range (a float T would
-    give float timesteps, ``True`` one step)."""
+def _train_timesteps(num_train_timesteps: int) -> int:
+    """T as a Python int, once it is a whole number >= 1 (a float T gives float timesteps)."""
     if not is_integer(num_train_timesteps) or num_train_timesteps < 1:
         raise ValueError(
             f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
         )
+    return int(num_train_timesteps)
+
+
+def _step_count(num_steps: int, most: int, why: str = "") -> int:
+    """``num_steps`` as a Python int, once it is a whole number in [1, most] (``True`` is not)."""
     if not is_integer(num_steps) or not 1 <= num_steps <= most:
         raise ValueError(f"num_steps must be an integer in [1, {most}]{why}, got {num_steps!r}")
-    return int(num_train_timesteps), int(num_steps)
+    return int(num_steps)
 
 
 def spaced_timesteps(
@@ -807,7 +809,8 @@ def spaced_timesteps(
 ) -> list[int]:
     """``num_steps`` descending training timesteps with diffusers' DDPM/DDIM spacings;
     ``steps_offset`` shifts "leading" only, as in diffusers."""
-    big_t, num_steps = _step_counts(num_train_timesteps, num_steps, num_train_timesteps)
+    big_t = _train_timesteps(num_train_timesteps)
+    num_steps = _step_count(num_steps, big_t)
     if spacing == "leading":
         ratio = big_t // num_steps
         top = (num_steps - 1) * ratio
@@ -867,9 +870,9 @@ def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, i
     "linspace" timesteps (``linspace(0, T - 1, n + 1)``, rounded, without 0) and a final
     step to noise level 0. At most ``T - 1`` steps: more would repeat a time point (a zero
     step, where DPM-Solver++ divides by zero)."""
-    most = max(1, num_train_timesteps - 1) if is_integer(num_train_timesteps) else 1
+    num_train_timesteps = _train_timesteps(num_train_timesteps)
     why = " for the ODE solvers (T - 1: more would repeat a time point)"
-    num_train_timesteps, num_steps = _step_counts(num_train_timesteps, num_steps, most, why)
+    num_steps = _step_count(num_steps, max(1, num_train_timesteps - 1), why)
     ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
     ts = ts.tolist()
     return list(zip(ts, [*ts[1:], -1], strict=True))
