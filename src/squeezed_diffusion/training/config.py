@@ -275,9 +275,8 @@ class TrainConfig:
 
     def _refuse_ignored(self) -> None:
         """Settings that would have no effect in this config: errors, never ignored."""
-        isotropic = self.variant == "isotropic"
-        squeezing = _squeezing_flags(self) if isotropic or self.strength == 0 else []
-        if squeezing and isotropic:
+        squeezing = _squeezing_flags(self) if is_isotropic(vars(self)) else []
+        if squeezing and self.variant == "isotropic":
             raise ValueError(
                 f"{', '.join(squeezing)} set with variant isotropic, whose noise has no "
                 "squeezing to shape: drop them or choose --variant sdm/hdm"
