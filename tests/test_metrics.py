@@ -101,6 +101,16 @@ def _cache() -> str:
     return os.environ["SQDM_CACHE"]
 
 
+def _refuse_sampling(monkeypatch, when: str) -> None:
+    """evaluate_run fails the test if it draws a sample (``when``: what should come first)."""
+    import squeezed_diffusion.evaluation.generate as generate_module
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError(f"sampled {when}")
+
+    monkeypatch.setattr(generate_module, "generate", no_sampling)
+
+
 def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path, capsys) -> None:
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
 
@@ -129,14 +139,11 @@ def test_missing_weights_name_the_file_and_where_to_put_it(monkeypatch, tmp_path
     # a run is sampled only once the weights are there: the error comes before the sampling
     import squeezed_diffusion.evaluation.generate as generate_module
 
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("sampled before fetching the feature weights")
-
     evaluate_run, checks = generate_module.evaluate_run, []
     with pytest.raises(ValueError, match="unknown sampler 'euler'"):  # cheap checks come first
         evaluate_run("a-run", 8, sampler="euler", reference=images(4, 1), metrics=("fid",))
     monkeypatch.setattr(generate_module, "check_sampling", lambda *args: checks.append(args))
-    monkeypatch.setattr(generate_module, "generate", no_sampling)
+    _refuse_sampling(monkeypatch, "before fetching the feature weights")
     with pytest.raises(FeatureWeightsError, match="weights-inception"):
         evaluate_run("a-run", 8, reference=images(4, 1), metrics=("fid",))
     assert len(checks) == 1
@@ -309,11 +316,8 @@ def test_evaluate_refuses_options_it_would_ignore_or_misread(monkeypatch) -> Non
     ]
     import squeezed_diffusion.evaluation.generate as generate_module
 
-    def no_sampling(*args, **kwargs):
-        raise AssertionError("sampled before checking the scoring options")
-
     monkeypatch.setattr(generate_module, "check_sampling", lambda *args: None)
-    monkeypatch.setattr(generate_module, "generate", no_sampling)
+    _refuse_sampling(monkeypatch, "before checking the scoring options")
     for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             evaluate(images, images, **{"metrics": pixels, **kwargs})
