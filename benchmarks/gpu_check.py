@@ -40,6 +40,7 @@ from run import (
     ratio,
     stats,
     train_flops_per_image,
+    variant_process,
 )
 
 PROFILED_STEPS = 3
@@ -88,10 +89,7 @@ def bench_train(
     _sync()
     first_s = time.perf_counter() - started
     sdm = trainer.batches.process
-    iso = type(sdm).from_fields(
-        trainer.basis, {**trainer.cfg.to_dict(), "variant": "isotropic", "strength": 0.0}
-    )
-    iso.to(trainer.accelerator.device)
+    iso = variant_process(trainer, "isotropic")
 
     def step(process: Any) -> Any:
         def run() -> Any:

@@ -26,7 +26,6 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -145,6 +144,15 @@ def make_trainer(preset: str, batch: int, root: Path, compile: bool, **settings:
     return Trainer(cfg, progress=False)
 
 
+def variant_process(trainer: Trainer, variant: str) -> SqueezedDiffusion:
+    """The trainer's process under ``variant`` (isotropic at strength 0, the only strength
+    it takes), on the trainer's device: what a step is compared against."""
+    fields = {**trainer.cfg.to_dict(), "variant": variant}
+    if variant == "isotropic":
+        fields["strength"] = 0.0
+    return SqueezedDiffusion.from_fields(trainer.basis, fields).to(trainer.accelerator.device)
+
+
 def _gpu_precision() -> str:
     return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
 
@@ -211,16 +219,7 @@ def bench_preset(
     state, allocator).
     """
     trainer = make_trainer(preset, batch, root, compile)
-    device = trainer.accelerator.device
-    procs = {
-        v: SqueezedDiffusion.from_fields(
-            trainer.basis,
-            replace(
-                trainer.cfg, variant=v, strength=0.0 if v == "isotropic" else trainer.cfg.strength
-            ).to_dict(),
-        ).to(device)
-        for v in VARIANTS
-    }
+    procs = {v: variant_process(trainer, v) for v in VARIANTS}
 
     def using(variant: str, fn: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -255,7 +254,7 @@ def bench_preset(
     # 5: building the batch alone, and the whole micro-batch (draws, batch, add_noise); the
     # SDM - isotropic difference of the latter is all that squeezing adds to a step.
     idx = trainer.batches.indices(0)
-    flip = torch.rand(len(idx), device=device) < 0.5
+    flip = torch.rand(len(idx), device=trainer.accelerator.device) < 0.5
     parts = interleaved(
         {
             "load_images": lambda: trainer.batches.load_images(idx, flip),
