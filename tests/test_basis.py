@@ -229,6 +229,7 @@ def test_bases_refuse_arguments_they_would_misread(tmp_path) -> None:
             "basis option k must be a whole number, got 2.7",
         ),
         (lambda: fit_basis("pca", batches, k=True), "basis option k must be a whole number"),
+        (lambda: fit_basis("pca", batches, k=0), "basis option k must be >= 1, got 0"),
         (lambda: fit_basis("dct", batches, cutoffs=[True, 0.5]), "cutoffs must be a number"),
         (lambda: ChannelBasis.fit(batches, max_images=-1), "max_images must be an integer >= 1"),
         (lambda: ChannelBasis.fit(batches, max_images=2.5), "max_images must be an integer >= 1"),
@@ -242,6 +243,13 @@ def test_bases_refuse_arguments_they_would_misread(tmp_path) -> None:
         with pytest.raises(ValueError, match=message):
             call()
     assert fit_basis("pca", batches, k="3").components.shape == (3, 192)  # as the CLI gives it
+
+    def first_batch_only():  # k is checked at the first batch, not after streaming them all
+        yield images[:4]
+        raise AssertionError("read past the first batch")
+
+    with pytest.raises(ValueError, match=r"k must be in \[1, 191\] for images of shape"):
+        PixelPCABasis.fit(first_batch_only(), k=192)
     assert ChannelBasis.fit(batches, max_images=5).metadata == {"num_images": 5}
     assert ChannelBasis([[1.0, 1.0, 1.0]]).channels == 3
     assert ChannelBasis([1.0, 1, 1], eigenvalues=[2.0, 1.0]).eigenvalues.dtype == torch.float64

@@ -369,9 +369,18 @@ def test_subset_keeps_first_images(arr_file):
     full = load_dataset("array", arr_file)
     sub = load_dataset("array", arr_file, subset=3)
     assert torch.equal(sub.images, full.images[:3])
-    for bad in (0, -1):
+    for bad in (0, -1, 2.5, "4", True):
         with pytest.raises(DataError, match="subset must be a positive integer"):
             load_dataset("array", arr_file, subset=bad)
+    with pytest.raises(DataError, match="resolution must be a positive integer, got True"):
+        load_dataset("array", arr_file, resolution=True)
+    # only drawn datasets read a seed: one given for stored images would change nothing
+    with pytest.raises(
+        DataError, match=r"seed draws the generated datasets \(photos, shapes\), not"
+    ):
+        load_dataset("array", arr_file, seed=3)
+    with pytest.raises(DataError, match=r"seed must be an integer >= 0, got 1\.5"):
+        load_dataset("shapes", subset=2, seed=1.5)
     with pytest.raises(DataError, match="subset 11 exceeds the 10 images"):
         load_dataset("array", arr_file, subset=11)
 

@@ -260,6 +260,8 @@ def test_the_process_refuses_what_it_would_misread() -> None:
             "num_train_timesteps must be an integer >= 1, got True",
         ),
         (lambda: SqueezedDiffusion(strength=True), "strength must be a number or a list"),
+        (lambda: SqueezedDiffusion(beta_start="x"), "beta_start must be a number, got 'x'"),
+        (lambda: SqueezedDiffusion(beta_end=None), "beta_end must be a number, got None"),
         (lambda: SqueezedDiffusion("channel"), "basis must be a Basis"),
     ]
     for call, message in cases:

@@ -356,6 +356,10 @@ def test_sampling_rejects_bad_arguments() -> None:
         (lambda: samplers.timesteps(1000.0, 10), "num_train_timesteps must be an integer >= 1"),
         (lambda: samplers.ode_timesteps(0, 1), "num_train_timesteps must be an integer >= 1"),
         (
+            lambda: samplers.heun_step(proc, *[torch.zeros(1, 3, 4, 4)] * 2, 500, 500, state={}),
+            r"heun step \(500, 500\) corrects a prediction made at 500: call it after a step",
+        ),
+        (
             lambda: samplers.spaced_timesteps(1000, 10, steps_offset=500),
             r"steps_offset must be an integer in \[0, 99\] for 10 leading steps of T = 1000",
         ),
@@ -689,6 +693,9 @@ def test_sample_refuses_rules_and_model_outputs_it_would_misread() -> None:
         (lambda: X0Rule(clip_range=-1.0), "clip_range must be a number > 0 or None"),
         (lambda: X0Rule(threshold=1.5), r"threshold must be in \(0, 1\] or None"),
         (lambda: X0Rule(reuse="no"), "reuse must be True or False, got 'no'"),
+        (lambda: X0Rule(clip_range="1"), "clip_range must be a number > 0 or None, got '1'"),
+        (lambda: X0Rule(threshold="0.9"), r"threshold must be in \(0, 1\] or None, got '0.9'"),
+        (lambda: X0Rule(max_value=0.0), "max_value must be a number > 0, got 0.0"),
     ]
     for call, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -723,3 +730,25 @@ def test_step_functions_refuse_inputs_they_would_misread() -> None:
         with pytest.raises(ValueError, match=message):
             call()
     assert ddpm_step(proc, x, x, 10, -7, generator=_gen(0)).prev_sample.shape == x.shape
+
+
+@pytest.mark.parametrize("kind", ["channel", "pca", "dct"])
+def test_sampling_on_another_device_moves_the_basis_there(kind) -> None:
+    """``device=`` is where every step runs, so the basis' tensors (the PCA directions, the
+    DCT matrices and band index) must follow; the meta device stands in for a GPU."""
+    from squeezed_diffusion.core.basis import DCTBasis, PixelPCABasis
+
+    images = torch.randn(64, 3, 4, 4)
+    basis = {
+        "channel": lambda: ChannelBasis.fit(images.split(16)),
+        "pca": lambda: PixelPCABasis.fit(images.split(16), k=2),
+        "dct": lambda: DCTBasis((3, 4, 4), cutoffs=(0.3,)),
+    }[kind]()
+    proc = SqueezedDiffusion(basis=basis, variant="hdm", strength=-0.4)
+    for name in ("ddpm", "ddim", "dpmpp-2m"):
+        x = proc.sample(
+            lambda x, t: torch.zeros_like(x), (2, 3, 4, 4), 3, name, device="meta", progress=False
+        )
+        assert x.device.type == "meta" and x.shape == (2, 3, 4, 4)
+    used = {k: v for k, v in vars(basis).items() if torch.is_tensor(v) and k != "eigenvalues"}
+    assert used and {t.device.type for t in used.values()} == {"meta"}, used.keys()

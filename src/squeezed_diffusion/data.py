@@ -26,6 +26,7 @@ import torch
 from PIL import Image
 
 from .core.fileio import atomic_write
+from .core.values import is_integer
 
 __all__ = ["DATASETS", "DataError", "ImageDataset", "load_dataset"]
 
@@ -100,7 +101,7 @@ class ImageDataset:
     def batches(self, batch_size: int) -> Iterator[torch.Tensor]:
         """Float ``[B, C, H, W]`` batches in [-1, 1], in dataset order (for basis fitting)."""
         for start in range(0, len(self), batch_size):
-            yield _to_float(self.images[start : start + batch_size])
+            yield to_float(self.images[start : start + batch_size])
 
 
 def check_options(
@@ -126,23 +127,30 @@ def load_dataset(
     *,
     resolution: int | None = None,
     subset: int | None = None,
-    seed: int = 0,
+    seed: int | None = None,
     download: bool = False,
     skip_bad_images: bool = False,
 ) -> ImageDataset:
     """Load dataset ``name`` (one of ``DATASETS``) fully into memory.
 
     ``subset`` keeps the first ``subset`` images; ``resolution`` resizes every image to
-    ``resolution`` x ``resolution`` once, at load time; ``seed`` only affects ``photos``;
+    ``resolution`` x ``resolution`` once, at load time; ``seed`` (default 0) draws the
+    generated datasets, ``photos`` and ``shapes``, and is refused for the others;
     ``download`` lets torchvision fetch CIFAR when it is missing.
     """
     check_options(name, data_dir, download, skip_bad_images)
     loader = _LOADERS[name]
     for flag, value in (("subset", subset), ("resolution", resolution)):
-        if value is not None and value < 1:
-            raise DataError(f"{flag} must be a positive integer, got {value}")
+        if value is not None and not (is_integer(value) and value >= 1):
+            raise DataError(f"{flag} must be a positive integer, got {value!r}")
+    if seed is not None and name not in _SEEDED:
+        raise DataError(
+            f"seed draws the generated datasets ({', '.join(_SEEDED)}), not {name}; drop it"
+        )
+    if seed is not None and not (is_integer(seed) and seed >= 0):
+        raise DataError(f"seed must be an integer >= 0, got {seed!r}")
     root = None if data_dir is None else Path(data_dir).expanduser()
-    request = _Request(name, root, resolution, subset, seed, download, skip_bad_images)
+    request = _Request(name, root, resolution, subset, seed or 0, download, skip_bad_images)
     images = loader(request)
     if subset is not None and subset > len(images):
         raise DataError(f"{name}: subset {subset} exceeds the {len(images)} images available")
@@ -165,7 +173,9 @@ class _Request:
     skip_bad_images: bool
 
 
-def _to_float(images: torch.Tensor) -> torch.Tensor:
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images to floats in [-1, 1], the data range of every process: the inverse of
+    :func:`to_uint8` (up to its rounding)."""
     return images.float().div_(127.5).sub_(1.0)
 
 
@@ -612,6 +622,7 @@ _LOADERS: dict[str, Callable[[_Request], np.ndarray]] = {
     "shapes": _load_shapes,
     "array": _load_array,
 }
+_SEEDED = ("photos", "shapes")  # drawn, not read: the datasets a seed changes
 # The options each loader reads besides resolution and subset; any other is refused, never
 # ignored (photos and shapes are generated, so they read no path).
 _OPTIONS: dict[str, tuple[str, ...]] = {

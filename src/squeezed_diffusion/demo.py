@@ -44,7 +44,7 @@ from .core.oracle import (
     oracle_errors,
     top_direction,
 )
-from .data import load_dataset
+from .data import load_dataset, to_float
 from .evaluation.generate import generate
 from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, write_document
 from .metrics import fd_pixels
@@ -90,7 +90,7 @@ def photograph(size: int = 96) -> torch.Tensor:
     side = min(image.size)
     left, top = (image.size[0] - side) // 2, (image.size[1] - side) // 2
     image = image.resize((size, size), Image.BILINEAR, box=(left, top, left + side, top + side))
-    return torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+    return to_float(torch.from_numpy(np.array(image)).permute(2, 0, 1)[None])
 
 
 def noise_spread(basis: ChannelBasis, noise: torch.Tensor) -> tuple[float, float]:

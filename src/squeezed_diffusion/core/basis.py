@@ -61,6 +61,7 @@ class Option:
     help: str
     type: type = int
     multiple: bool = False  # a list of ``type`` values
+    least: float | None = None  # checked with the config, before any image is read
 
     def coerce(self, name: str, value: Any) -> Any:
         """``value`` as this option's type (a list when ``multiple``); one-line error otherwise."""
@@ -74,6 +75,8 @@ class Option:
         except (TypeError, ValueError):
             kind = {int: "a whole number", float: "a number"}.get(self.type, self.type.__name__)
             raise ValueError(f"basis option {name} must be {kind}, got {value!r}") from None
+        if self.least is not None and any(v < self.least for v in out):
+            raise ValueError(f"basis option {name} must be >= {self.least:g}, got {value!r}")
         return out if self.multiple else out[0]
 
 
@@ -312,7 +315,8 @@ class _CovarianceAccumulator:
     Vectors are centred on the first batch's mean before their products are taken, so
     float32 sees small numbers. Work is done in chunks of about a megabyte through one
     reused buffer (cache-resident, no allocation per chunk), products are summed in
-    float32 for at most ``FLUSH`` vectors and then added to the float64 totals.
+    float32 until a chunk brings the count to ``FLUSH`` vectors or more (at most ``FLUSH``
+    plus one chunk, ``CHUNK / D`` vectors) and then added to the float64 totals.
     """
 
     CHUNK = 2**18  # float32 elements per chunk: 1 MB, fits in cache
@@ -521,7 +525,7 @@ class PixelPCABasis(Basis):
     summary = "the top-k principal components of flattened images, each its own group"
     aliases = ("pixel_pca",)  # its name in 0.1.0 basis files and scheduler configs
     options: ClassVar[dict[str, Option]] = {
-        "k": Option(16, "principal components to squeeze (pca)")
+        "k": Option(16, "principal components to squeeze (pca)", least=1)
     }
 
     def __init__(
@@ -552,15 +556,16 @@ class PixelPCABasis(Basis):
         acc = _CovarianceAccumulator()
         image_shape: tuple[int, ...] | None = None
         for batch in _fit_images(batches, max_images):
-            image_shape = tuple(batch.shape[1:])
+            if image_shape is None:  # k checked at the first batch, not after all of them
+                image_shape = tuple(batch.shape[1:])
+                dim = math.prod(image_shape)
+                if not (is_integer(k) and 1 <= k < dim):
+                    raise ValueError(
+                        f"k must be in [1, {dim - 1}] for images of shape {image_shape}, got {k!r}"
+                    )
             acc.update(batch.flatten(1)[..., None])
         if image_shape is None:
             raise ValueError("no images to fit the basis on")
-        dim = math.prod(image_shape)
-        if not 1 <= k < dim:
-            raise ValueError(
-                f"k must be in [1, {dim - 1}] for images of shape {image_shape}, got {k}"
-            )
         if acc.n <= k:  # n images span at most n - 1 directions: the others would be arbitrary
             raise ValueError(f"k={k} components need more than {k} images, got {acc.n}")
         _, cov = acc.mean_cov()
@@ -723,6 +728,7 @@ class DCTBasis(Basis):
 
     def to(self, device: torch.device | str) -> DCTBasis:
         self.dct_h, self.dct_w = self.dct_h.to(device), self.dct_w.to(device)
+        self.band = self.band.to(device)  # else every scale_sum copies it to the device
         return self
 
 

@@ -32,7 +32,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 from .basis import Basis, ChannelBasis
 from .registry import SAMPLERS
-from .values import is_integer
+from .values import check_count, is_integer, is_number
 
 Tensor = torch.Tensor
 
@@ -134,11 +134,10 @@ class SqueezedDiffusion:
         self.variant = _choice("variant", variant, VARIANTS)
         self.profile = _choice("profile", profile, PROFILES)
         self.beta_schedule = _choice("beta_schedule", beta_schedule, BETA_SCHEDULES)
-        if not is_integer(num_train_timesteps) or num_train_timesteps < 1:
-            raise ValueError(
-                f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
-            )
-        self.num_train_timesteps = int(num_train_timesteps)
+        self.num_train_timesteps = check_count(num_train_timesteps, "num_train_timesteps")
+        for name, value in (("beta_start", beta_start), ("beta_end", beta_end)):
+            if not is_number(value):  # else a raw torch error; the range: the betas' check
+                raise ValueError(f"{name} must be a number, got {value!r}")
         if basis is not None and not isinstance(basis, Basis):
             raise ValueError(
                 f"basis must be a Basis (e.g. ChannelBasis.luminance(3), or fit_basis(...)), "

@@ -56,7 +56,7 @@ from tqdm.auto import tqdm
 
 from .process import SqueezedDiffusion
 from .registry import SAMPLERS
-from .values import is_integer, is_number
+from .values import check_count, is_integer, is_number
 
 Tensor = torch.Tensor
 # callback(step index, t, x_prev, predicted x0) after every step of a sampling loop
@@ -107,11 +107,15 @@ class X0Rule:
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.clip_range is not None and not (
-            math.isfinite(self.clip_range) and self.clip_range > 0
+            is_number(self.clip_range) and math.isfinite(self.clip_range) and self.clip_range > 0
         ):
             raise ValueError(f"clip_range must be a number > 0 or None, got {self.clip_range!r}")
-        if self.threshold is not None and not 0 < self.threshold <= 1:  # a quantile
+        if self.threshold is not None and not (
+            is_number(self.threshold) and 0 < self.threshold <= 1  # a quantile
+        ):
             raise ValueError(f"threshold must be in (0, 1] or None, got {self.threshold!r}")
+        if not (is_number(self.max_value) and math.isfinite(self.max_value) and self.max_value > 0):
+            raise ValueError(f"max_value must be a number > 0, got {self.max_value!r}")
 
     def __call__(self, x0: Tensor) -> Tensor:
         if self.threshold is not None:
@@ -167,6 +171,10 @@ def as_rule(clip: bool | X0Rule) -> X0Rule:
         raise ValueError(f"clip must be True, False or an X0Rule, got {clip!r}")
     return X0Rule(1.0 if clip else None)
 
+
+# Images per sampling loop where the caller names no batch: a paper-size evaluation (10,000)
+# in one batch would not fit a GPU with the paper's UNet.
+SAMPLE_BATCH = 256
 
 # The x_0 rules a sampling run is named by (``sqdm sample/evaluate --x0``, sweeps' ``x0``):
 # clipping decides how a weakly trained network's x_0 estimate at large t enters every step,
@@ -764,6 +772,11 @@ def heun_step(
         raise ValueError("the heun sampler needs a state dict carried from step to step")
     x0 = rule(predict(proc, model_output, x, t).x0)
     if t_prev == t:  # the correction of the pending prediction
+        if "pending" not in state:
+            raise ValueError(
+                f"heun step ({t}, {t}) corrects a prediction made at {t}: call it after a step "
+                f"to {t}, with the same state dict"
+            )
         t0, x_start, x0_start = state.pop("pending")
         key = ("heun-correct", t0, t)
         cx, cx0, cxp, cx0p = _cached(
@@ -790,11 +803,7 @@ SPACINGS = ("leading", "linspace", "trailing")
 
 def _train_timesteps(num_train_timesteps: int) -> int:
     """T as a Python int, once it is a whole number >= 1 (a float T gives float timesteps)."""
-    if not is_integer(num_train_timesteps) or num_train_timesteps < 1:
-        raise ValueError(
-            f"num_train_timesteps must be an integer >= 1, got {num_train_timesteps!r}"
-        )
-    return int(num_train_timesteps)
+    return check_count(num_train_timesteps, "num_train_timesteps")
 
 
 def _step_count(num_steps: int, most: int, why: str = "") -> int:
@@ -911,12 +920,15 @@ def sample(
     by 1 / sqrt(abar_t), and unclipped it saturates most pixels); the Gaussian oracle,
     whose data are unbounded, turns it off; an :class:`X0Rule` or a name of
     :data:`X0_RULES` chooses another rule. ``num_steps`` counts time steps; a sampler's
-    model evaluations are ``SAMPLERS[name].nfe(num_steps)``.
+    model evaluations are ``SAMPLERS[name].nfe(num_steps)``. ``device``: where to sample; the
+    process' basis moves there too (``proc.to(device)``), as every step uses it.
     """
     clip = x0_rule(clip) if isinstance(clip, str) else as_rule(clip)
     entry = checked_sampler(sampler, eta, clip)  # before any work
     if not isinstance(progress, bool):  # "no" would show the bar
         raise ValueError(f"progress must be True or False, got {progress!r}")
+    if device is not None:
+        proc.to(device)
     schedule = entry.schedule(proc.num_train_timesteps, num_steps)
     x = proc.prior(shape, generator=generator, device=device)
     state: dict[str, Any] = {}

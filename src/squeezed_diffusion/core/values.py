@@ -14,3 +14,11 @@ def is_integer(value: object) -> bool:
 
 def is_number(value: object) -> bool:
     return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def check_count(value: object, name: str, least: int = 1) -> int:
+    """``value`` as a Python int, once it is a whole number >= ``least``; a one-line error
+    naming ``name`` otherwise (``True`` is no count, a float count would be rounded)."""
+    if not is_integer(value) or value < least:
+        raise ValueError(f"{name} must be an integer >= {least}, got {value!r}")
+    return int(value)
