@@ -13,6 +13,7 @@ from PIL import Image
 
 from squeezed_diffusion import ChannelBasis, PixelPCABasis, __version__, load_basis
 from squeezed_diffusion.cli import main
+from squeezed_diffusion.data import load_dataset
 
 PLANTED = np.array([0.8, -0.55, 0.24]) / np.linalg.norm([0.8, -0.55, 0.24])  # far from luminance
 
@@ -71,6 +72,31 @@ def test_fit_basis_on_folder_and_tar(tmp_path, capsys) -> None:
     assert isinstance(load_basis(a), PixelPCABasis)
 
 
+def test_fit_basis_fits_what_training_fits(tmp_path, monkeypatch, capsys) -> None:
+    """The same image cap as a training run's basis (the first 50,000), so that both give the
+    same basis of a larger set such as CelebA; and the basis aliases that train takes."""
+    import squeezed_diffusion.training.bases as bases
+    from squeezed_diffusion.training.bases import cached_basis
+
+    arr = tmp_path / "imgs.npy"
+    np.save(arr, correlated_uint8(40))
+    caps = []
+
+    def spy(name, batches, max_images, **options):
+        caps.append(max_images)
+        return fit(name, batches, max_images, **options)
+
+    fit = bases.fit_basis
+    monkeypatch.setattr(bases, "fit_basis", spy)
+    monkeypatch.setenv("SQDM_CACHE", str(tmp_path / "cache"))
+    out = tmp_path / "b.safetensors"
+    assert main(["fit-basis", str(arr), "--basis", "pixel_pca", "--k", "2", "--out", str(out)]) == 0
+    assert "fitted pca basis on 40 images" in capsys.readouterr().out
+    trained = cached_basis(load_dataset("array", arr), "pca", {"k": 2})
+    assert caps == [50_000, 50_000]
+    assert torch.equal(load_basis(out).components, trained.components)
+
+
 def test_fit_basis_takes_the_basis_option_spellings_of_train() -> None:
     """``--basis-k`` and ``--subset`` as ``train`` spells them, beside ``--k``/``--max-images``."""
     from squeezed_diffusion.cli import build_parser
@@ -94,3 +120,17 @@ def test_fit_basis_errors_are_one_line(argv, pattern, capsys, tmp_path, monkeypa
     err = capsys.readouterr().err.strip()
     assert err.startswith("sqdm: error:") and pattern in err and "\n" not in err
     assert not list(tmp_path.iterdir())  # nothing written that could pass for a result
+
+
+def test_a_dataset_name_with_data_dir_is_the_dataset_not_a_folder_named_so(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    """With a folder ./array here, ``fit-basis array --data-dir X.npy`` read the folder and
+    ignored --data-dir."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "array").mkdir()
+    Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / "array" / "0.png")
+    np.save(tmp_path / "x.npy", correlated_uint8(40))
+    out = tmp_path / "b.safetensors"
+    assert main(["fit-basis", "array", "--data-dir", "x.npy", "--out", str(out)]) == 0
+    assert "on 40 images of shape (3, 8, 8) (array)" in capsys.readouterr().out

@@ -352,6 +352,8 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(broken / f"{i}.png")
     (broken / "bad.png").write_bytes(b"not a png")
     gray = write_array(tmp_path / "gray.npy", channels=1)
+    wide = tmp_path / "wide.npy"
+    np.save(wide, np.zeros((4, 8, 16, 3), np.uint8))
     out = str(tmp_path / "new")
     t = ["train", "--out", out, "--steps", "1", "--model", "tiny", "--quiet"]
     arr = ["--dataset", "array", "--data-dir", str(data)]
@@ -363,6 +365,14 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ([*t, *arr, "--strength", "nan"], "strength must be a finite number"),
         ([*t, *arr, "--strength", "inf"], "strength must be a finite number"),
         ([*t, *arr, "--strength", "12"], "invalid SDM process"),
+        (
+            [*t, "--dataset", "array", "--data-dir", str(wide)],
+            "the array images are 8x16 pixels, not square; pass --resolution N to centre-crop and resize them to N x N",
+        ),
+        (
+            [*t, *arr, "--resolution", "6"],
+            "model preset 'tiny' downsamples 2 times, so the resolution must be a multiple of 4, got 6",
+        ),
         ([*t, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nowhere")], "nowhere"),
         ([*t, "--dataset", "imagefolder", "--data-dir", str(empty)], "no images"),
         (
@@ -469,22 +479,22 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
     ]  # fmt: skip
     return [
         *cuda_only,
-        ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "--strength set with variant isotropic"),
-        ([*t, *arr, "--variant", "isotropic", "--basis", "pca", "--basis-k", "2"], "--basis, --basis-k set with variant isotropic"),
-        ([*t, *arr, "--profile", "linear"], "--profile set with strength 0, where the noise is isotropic"),
-        ([*t, *arr, "--variant", "hdm", "--basis", "pca"], "--basis set with strength 0"),
+        ([*t, *arr, "--variant", "isotropic", "--strength", "0.7"], "--strength given with variant isotropic"),
+        ([*t, *arr, "--variant", "isotropic", "--basis", "pca", "--basis-k", "2"], "--basis, --basis-k given with variant isotropic"),
+        ([*t, *arr, "--profile", "linear"], "--profile given with strength 0, where the noise is isotropic"),
+        ([*t, *arr, "--variant", "hdm", "--basis", "pca"], "--basis given with strength 0"),
         ([*samples, "--metrics", "fd_pixels8", "--batch-size", "7"], "--batch-size is the feature extractors' batch, and fd_pixels8 extract no features"),
         (["fit-basis", "cifar10"], "CIFAR-10 needs a data path; pass --data-dir PATH (sqdm train and sqdm sweep can add --download"),
         ([*t0, *arr, "--epochs", "inf"], "training length must be positive and finite"),
         ([*t0, *arr, "--epochs", "nan"], "training length must be positive and finite"),
         ([*t, *arr, "--prediction-type", "v_prediction", "--target", "squeezed"], "contradicts"),
-        ([*t, *arr, "--eval-num", "7"], "--eval-num set without --eval-every"),
-        ([*t, *arr, "--eval-x0", "none"], "--eval-x0 set without --eval-every"),
-        ([*t, *arr, "--eval-x0", "clip-reuse"], "--eval-x0 set without --eval-every"),
+        ([*t, *arr, "--eval-num", "7"], "--eval-num given without --eval-every"),
+        ([*t, *arr, "--eval-x0", "none"], "--eval-x0 given without --eval-every"),
+        ([*t, *arr, "--eval-x0", "clip-reuse"], "--eval-x0 given without --eval-every"),
         ([*t, *arr, "--sample-x0", "clip-reuse"], "--sample-x0 clip-reuse with --sample-sampler ddpm: x0 rule clip-reuse applies to samplers"),
         ([*t, *arr, "--eval-every", "5", "--eval-sampler", "dpmpp-2m", "--eval-x0", "clip-reuse"], "--eval-x0 clip-reuse with --eval-sampler dpmpp-2m"),
         ([*t, *arr, "--sample-x0", "clamp"], "--sample-x0 clamp with --sample-sampler ddpm: unknown x0 rule 'clamp'; choose one of"),
-        ([*t, *arr, "--no-compile", "--compile-mode", "reduce-overhead"], "only when compiling"),
+        ([*t, *arr, "--no-compile", "--compile-mode", "reduce-overhead"], "--compile-mode given with --no-compile, where compile_mode has no effect"),
         ([*t, "--dataset", "shapes", "--data-dir", str(tmp_path)], "--data-dir does not apply to the shapes"),
         ([*t, *arr, "--download"], "--download does not apply to the array dataset"),
         ([*t, *arr, "--num-train-timesteps", "10"], "--sample-steps 50 with --sample-sampler ddpm"),
@@ -515,6 +525,9 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*t, *arr, "--eval-num", "500"], "--eval-num given without --eval-every"),
         ([*t, *arr, "--variant", "isotropic", "--strength", "0"], "--strength given with variant isotropic"),
         ([*t, *arr, "--no-compile", "--compile-mode", "default"], "--compile-mode given with --no-compile"),
+        ([*t, *arr, "--variant", "hdm"], "--variant given with strength 0, where the noise is isotropic: drop them, or give a non-zero --strength"),
+        ([*t, *arr, "--variant", "sdm", "--strength", "0"], "--variant given with strength 0"),
+        ([*t, *arr, "--strength", "0", "--profile", "beta", "--basis", "channel"], "--profile, --basis given with strength 0"),
         ([*samples, "--steps", "3"], "--steps apply to sampling a run"),
         ([*samples, "--prc-extractor", "inception"], "applies to the prc metric only"),
         ([*samples, "--feature-weights", "inception=/nowhere.pt"], "no requested metric uses inception"),
@@ -644,6 +657,20 @@ def test_truncated_checkpoint_and_other_preset_are_refused(trained, capsys) -> N
         f"sqdm: error: no usable checkpoint in {trained / 'checkpoints'} (it holds 1, all "
         f"corrupt); to train the run again, delete {trained} (or give sqdm train another --out)"
     )
+
+
+def test_resume_latest_passes_over_a_corrupt_newest_checkpoint(data, tmp_path, capsys) -> None:
+    """``--resume latest`` takes the newest checkpoint that verifies and trains on, re-saving
+    the corrupt step; only a checkpoint named by the user is refused for later ones."""
+    run = tmp_path / "run"
+    assert main(base_args(data, run, "--steps", "2", "--checkpoint-every", "1")) == 0
+    weights = list_checkpoints(run)[-1] / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-100])
+    capsys.readouterr()
+    resume = ["train", "--out", str(run), "--resume", "latest", "--steps", "3", "--quiet"]
+    assert main(resume) == 0, capsys.readouterr().err
+    assert [p.name for p in list_checkpoints(run)][-2:] == ["step-00000002", "step-00000003"]
+    assert all(verify(p) for p in list_checkpoints(run))
 
 
 def test_all_corrupt_checkpoints_give_advice_that_does_not_loop(data, trained, capsys) -> None:

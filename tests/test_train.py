@@ -177,7 +177,7 @@ def test_paper_preset_resolves_to_the_documented_configuration() -> None:
     baseline = resolve_config("paper-cifar10", out="x", variant="isotropic").to_dict()
     squeezing = {"strength": 0.0, "profile": "beta", "basis": "channel", "basis_options": {}}
     assert baseline == {**cfg, "variant": "isotropic", **squeezing}  # the preset's own baseline
-    with pytest.raises(ValueError, match="--profile set with variant isotropic"):
+    with pytest.raises(ValueError, match="--profile given with variant isotropic"):
         resolve_config("paper-cifar10", out="x", variant="isotropic", profile="constant")
 
 
@@ -201,7 +201,7 @@ def test_isotropic_drops_a_presets_squeezing_and_loads_old_runs_as_today(
     assert (old.strength, old.profile, old.basis) == (0.0, "beta", "channel")
     assert resume_config(old, {"steps": 9}).steps == 9
     # resumed with its original flags: they shape nothing (not: they differ from the defaults)
-    with pytest.raises(ValueError, match=r"^--profile, --basis set with variant isotropic"):
+    with pytest.raises(ValueError, match=r"^--profile, --basis given with variant isotropic"):
         resume_config(old, {"steps": 9, "profile": "linear", "basis": "dct"})
     assert resume_config(old, {"steps": 9, "profile": "beta"}).profile == "beta"
     with pytest.raises(ValueError, match=r"^--strength -0\.4 differs from the run.s saved 0\.0"):
@@ -406,6 +406,29 @@ def test_evaluation_during_training_keeps_resume_exact(array_data, tmp_path) -> 
     ]
     assert [r["step"] for r in logs[0] if "eval" in r] == [2, 4]
     assert [r.get("eval") for r in logs[0]] == [r.get("eval") for r in logs[1]]
+
+
+def test_evaluation_and_grids_sample_a_batch_at_a_time(array_data, tmp_path, monkeypatch) -> None:
+    """``--eval-num 10000`` (the paper's evaluation size) in one batch would not fit a GPU: the
+    samples are drawn ``SAMPLE_BATCH`` at a time (4 here), all of them, from one generator."""
+    import squeezed_diffusion.training.monitor as monitor
+    from squeezed_diffusion import SqueezedDiffusion
+
+    monkeypatch.setattr(monitor, "SAMPLE_BATCH", 4)
+    batches = []
+    real = SqueezedDiffusion.sample
+
+    def spy(self, model, shape, *args, **kwargs):
+        batches.append(shape[0])
+        return real(self, model, shape, *args, **kwargs)
+
+    monkeypatch.setattr(SqueezedDiffusion, "sample", spy)
+    extra = ["--steps", "1", "--eval-every", "1", "--eval-num", "6", "--eval-steps", "2",
+             "--eval-metrics", "fd_pixels8", "--sample-num", "5"]  # fmt: skip
+    assert main(train_args(array_data, tmp_path / "run", *extra)) == 0
+    assert batches == [4, 2, 4, 1]  # the evaluation's 6, then the final grid's 5
+    log = [json.loads(ln) for ln in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["eval_num"] == 6 and log[-1]["eval"]["fd_pixels8"] > 0
 
 
 def test_resume_honours_bookkeeping_flags_in_canonical_form_and_keeps_them(
@@ -622,6 +645,44 @@ def test_a_compile_mode_without_compiling_is_refused(array_data, tmp_path, capsy
     assert "add --compile or pass --compile-mode default" in err and not run.exists()
 
 
+def test_resuming_before_later_checkpoints_is_refused_and_changes_nothing(
+    array_data, tmp_path, capsys
+) -> None:
+    """From step 2 of a run checkpointed at 2 and 4, training would leave step 4 (another
+    history) as the latest that sampling reads: refused, naming it, with the folder as it was."""
+    run = tmp_path / "run"
+    assert main(train_args(array_data, run, "--steps", "4")) == 0
+    capsys.readouterr()
+    before = {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()}
+    first = list_checkpoints(run)[0]
+    assert main(["train", "--out", str(run), "--resume", str(first), "--steps", "3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "holds checkpoints after step-00000002 (step-00000004)" in err and "\n" not in err
+    assert {p: p.read_bytes() for p in sorted(run.rglob("*")) if p.is_file()} == before
+    assert main(["train", "--out", str(run), "--resume", str(list_checkpoints(run)[-1]),
+                 "--steps", "5", "--quiet"]) == 0  # fmt: skip  # the newest, by path: resumes
+    assert [p.name for p in list_checkpoints(run)][-1] == "step-00000005"
+
+
+def test_a_new_run_clears_what_an_unresumable_start_left(array_data, tmp_path) -> None:
+    """A start killed before its first checkpoint leaves its config, a log and grids but
+    nothing to resume; training the folder anew must not read them as its own (and a folder
+    that held no run keeps what it holds)."""
+    run, mine = tmp_path / "run", tmp_path / "mine"
+    for folder in (run, mine):
+        (folder / "samples").mkdir(parents=True)
+        (folder / "samples" / "step-00000500.png").write_bytes(b"old")
+        (folder / "log.jsonl").write_text(json.dumps({"step": 500, "loss": 9.0}) + "\n")
+    (run / "config.yaml").write_text("steps: 500\n")  # what a start writes first
+    for folder in (run, mine):
+        assert main(train_args(array_data, folder, "--steps", "2", "--sample-every", "2")) == 0
+    steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
+    assert steps == [1, 2]
+    assert sorted(p.name for p in (run / "samples").glob("step-*")) == ["step-00000002.png"]
+    # a folder that held no run: nothing of the user's is deleted
+    assert (mine / "samples" / "step-00000500.png").read_bytes() == b"old"
+
+
 def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:
     """--variant isotropic on an SDM run differs from the saved variant: the error says so,
     not that the saved strength would be ignored (no --strength was given)."""
@@ -647,3 +708,17 @@ def test_a_log_line_without_its_newline_is_not_a_record(tmp_path) -> None:
     assert [r["step"] for r in run.log()] == [1, 2]
     run.truncate_log(5)
     assert run.log_path.read_text().count("\n") == 2 and run.log_path.read_text().endswith("}\n")
+
+
+def test_cuda_rng_states_go_back_to_their_own_devices(monkeypatch) -> None:
+    """Saved as cuda0..cudaN; restored by device number, not as strings sort (cuda10 before
+    cuda2), which with 11 or more GPUs would give dropout another device's stream."""
+    from squeezed_diffusion.training.checkpoint import restore_rng
+
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 12)
+    monkeypatch.setattr(torch.cuda, "set_rng_state_all", restored.extend)
+    rng = {"torch": torch.get_rng_state(), **{f"cuda{i}": torch.tensor([i]) for i in range(12)}}
+    restore_rng(rng)
+    assert [int(s) for s in restored] == list(range(12))

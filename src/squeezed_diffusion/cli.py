@@ -25,7 +25,7 @@ from . import __version__
 from .core import BASES, PROFILES, SAMPLERS, VARIANTS
 from .core.fileio import atomic_write
 from .core.process import PREDICTION_TYPES, merge_target
-from .core.samplers import X0_HELP, X0_RULES
+from .core.samplers import SAMPLE_BATCH, X0_HELP, X0_RULES
 
 
 def _at_least(low: int) -> Callable[[str], int]:
@@ -53,7 +53,8 @@ def _seed(text: str) -> int:
 
 def _dataset_from_arg(source: str, args: argparse.Namespace):
     """A path (folder, .tar[.gz], .npy/.npz) or a registered dataset name (``--data-dir``
-    says where a named one lives, and applies to nothing else)."""
+    says where a named one lives, and applies to nothing else: a name given with it is the
+    dataset, even where a folder of that name lies here)."""
     from .data import ARRAY_SUFFIXES, DATASETS, load_dataset
 
     path = Path(source)
@@ -61,14 +62,16 @@ def _dataset_from_arg(source: str, args: argparse.Namespace):
         raise ValueError(
             f"--data-dir applies to a dataset name, not to the path {source}; drop --data-dir"
         )
-    if path.suffix.lower() in ARRAY_SUFFIXES:
+    if source in DATASETS and args.data_dir is not None:  # named, even if ./NAME exists
+        name, data_dir = source, args.data_dir
+    elif path.suffix.lower() in ARRAY_SUFFIXES:
         if not path.is_file():
             raise FileNotFoundError(f"{source} does not exist; check the path")
         name, data_dir = "array", path
     elif path.exists():
         name, data_dir = "imagefolder", path
     elif source in DATASETS:
-        name, data_dir = source, args.data_dir
+        name, data_dir = source, None
     else:
         raise FileNotFoundError(
             f"{source!r} is neither an existing folder/archive/array nor a dataset name "
@@ -93,14 +96,21 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
     """Fit a basis on a dataset, save it, print its spectrum."""
     from .training.bases import fit_dataset_basis
 
+    args.basis = BASES.canonical(args.basis)  # aliases as sqdm train takes them; before loading
     _check_writable(Path(args.out or "."), "file" if args.out else "folder")
     ds = _dataset_from_arg(args.source, args)
-    basis = fit_dataset_basis(ds, args.basis, _basis_options(args), None, args.batch_size)
-    basis.metadata["num_images"] = len(ds)
+    # by default capped as training caps it, so that both fit the same basis of the same data
+    cap = {"max_images": args.max_images} if args.max_images else {}
+    basis = fit_dataset_basis(
+        ds, args.basis, _basis_options(args), **cap, batch_size=args.batch_size
+    )
     out = Path(args.out or f"basis-{basis.name}-{ds.fingerprint[:8]}.safetensors")
     basis.save(out)
     evals = ", ".join(f"{v:.6g}" for v in basis.eigenvalues.tolist())
-    print(f"fitted {basis.name} basis on {len(ds)} images of shape {tuple(ds.shape)} ({ds.name})")
+    print(
+        f"fitted {basis.name} basis on {basis.metadata['num_images']} images of shape "
+        f"{tuple(ds.shape)} ({ds.name})"
+    )
     print(f"eigenvalues: [{evals}]")
     for line in basis.fit_report():
         print(line)
@@ -110,7 +120,7 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Resolve preset + flags into a config and train (or resume) a run."""
-    from .training.config import resolve_config, resume_config
+    from .training.config import inert_settings, resolve_config, resume_config
     from .training.run import Run
     from .training.trainer import Trainer, TrainingDiverged
 
@@ -142,7 +152,9 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(run.config(), overrides)
     else:
         cfg = resolve_config(args.preset, **overrides)
-    _refuse_inert_flags(cfg, overrides)
+    inert = inert_settings(cfg, overrides)
+    if inert:
+        raise ValueError(inert)
     _check_writable(Path(cfg.out), "folder")
     trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
     try:
@@ -156,32 +168,6 @@ def cmd_train(args: argparse.Namespace) -> int:
         print(f"signal {trainer.stop_signal} came at the last step: the run is finished")
     print(f"run folder: {out}")
     return 0
-
-
-def _refuse_inert_flags(cfg: Any, overrides: dict[str, Any]) -> None:
-    """Flags given that the resolved config would not use, even at their default values
-    (the config's own check sees only values that differ from the defaults)."""
-    from .training.config import EVAL_FIELDS, ISOTROPIC_IGNORES
-
-    def flags(names: Sequence[str]) -> list[str]:
-        given = [n for n in names if n in overrides and n != "basis_options"]
-        options = overrides.get("basis_options", {}) if "basis_options" in names else {}
-        return [f"--{n.replace('_', '-')}" for n in given] + [f"--basis-{k}" for k in options]
-
-    rules = (
-        (cfg.eval_every == 0, EVAL_FIELDS, "without --eval-every: add --eval-every N or drop them"),
-        (
-            cfg.variant == "isotropic",
-            ISOTROPIC_IGNORES,
-            "with variant isotropic, whose noise has no squeezing to shape: drop them or choose "
-            "--variant sdm/hdm",
-        ),
-        (cfg.compile is False, ("compile_mode",), "with --no-compile: drop one of the two"),
-    )
-    for applies, names, why in rules:
-        inert = flags(names) if applies else []
-        if inert:
-            raise ValueError(f"{', '.join(inert)} given {why}")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -462,17 +448,20 @@ _TRAIN_FLAGS = tuple(_train_flags())
 
 
 def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
+    from .training.bases import BASIS_FIT_IMAGES
+
     fit = sub.add_parser("fit-basis", help="fit a registered basis on a dataset and save it")
     fit.add_argument(
         "source", help="image folder, .tar/.tar.gz of images, .npy/.npz array, or dataset name"
     )
-    fit.add_argument("--basis", choices=BASES.names(), default="channel", help=BASES.help())
+    fit.add_argument("--basis", default="channel", help=BASES.help())
     _add_basis_options(fit, prefixes=("", "basis-"))
     fit.add_argument("--data-dir", help="where a named dataset lives")
     fit.add_argument("--resolution", type=_at_least(1), help="resize images to R x R first")
     fit.add_argument(
         "--max-images", "--subset", type=_at_least(2),
-        help="use the first N images (paper: all 50,000)",
+        help=f"use the first N images (default: the first {BASIS_FIT_IMAGES:,}, as training "
+        "fits its basis; the paper's CIFAR sets have 50,000)",
     )  # fmt: skip
     fit.add_argument(
         "--batch-size", type=_at_least(1), default=1000,
@@ -532,7 +521,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 # default to None so that `evaluate` can refuse them for samples it does not draw.
 SAMPLING_DEFAULTS = {
     "num": None, "steps": 50, "sampler": "ddpm", "eta": 0.0, "x0": "clip", "seed": 0,
-    "sample_batch_size": 256,
+    "sample_batch_size": SAMPLE_BATCH,
 }  # fmt: skip
 
 

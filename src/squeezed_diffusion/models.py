@@ -52,16 +52,22 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def build_model(preset: str, channels: int = 3, resolution: int = 32) -> UNet2DModel:
     """A fresh ``UNet2DModel`` from a preset, for ``channels`` x ``resolution`` images."""
+    check_resolution(preset, resolution)
+    cfg = PRESETS[preset]
+    return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **cfg)
+
+
+def check_resolution(preset: str, resolution: int) -> None:
+    """Whether a preset's UNet takes ``resolution`` x ``resolution`` images (each downsampling
+    halves them); checked when a config is validated too, not hours into a sweep."""
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
-    cfg = PRESETS[preset]
-    levels = len(cfg["block_out_channels"])
+    levels = len(PRESETS[preset]["block_out_channels"])
     if resolution % 2 ** (levels - 1):
         raise ValueError(
             f"model preset {preset!r} downsamples {levels - 1} times, so the resolution must be a "
             f"multiple of {2 ** (levels - 1)}, got {resolution}; pass another --resolution"
         )
-    return UNet2DModel(sample_size=resolution, in_channels=channels, out_channels=channels, **cfg)
 
 
 def count_parameters(model: UNet2DModel) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from ..core import SqueezedDiffusion
-from ..data import ImageDataset
+from ..data import ImageDataset, to_float
 
 Tensor = torch.Tensor
 
@@ -82,4 +82,4 @@ class Batches:
             batch = images[idx]
         if flip is not None:
             batch = torch.where(flip.view(-1, 1, 1, 1), batch.flip(-1), batch)
-        return batch.float().div_(127.5).sub_(1.0)
+        return to_float(batch)

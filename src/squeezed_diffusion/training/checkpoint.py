@@ -199,7 +199,8 @@ def _load_tensors_only(path: Path) -> Any:
 def restore_rng(rng: dict[str, torch.Tensor]) -> None:
     torch.set_rng_state(rng["torch"])
     if torch.cuda.is_available():
-        states = [rng[k] for k in sorted(rng) if k.startswith("cuda")]
+        cuda = sorted((k for k in rng if k.startswith("cuda")), key=lambda k: int(k[4:]))
+        states = [rng[k] for k in cuda]  # by device number: "cuda10" sorts before "cuda2"
         if len(states) == torch.cuda.device_count():
             torch.cuda.set_rng_state_all(states)
 

@@ -10,7 +10,7 @@ import dataclasses
 import math
 import types
 import typing
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from importlib import resources
 from pathlib import Path
@@ -27,6 +27,7 @@ from ..core.samplers import checked_sampler
 from ..core.values import is_integer, is_number
 from ..data import DATASETS, ImageDataset, check_options, load_dataset
 from ..models import PRESETS as MODEL_PRESETS
+from ..models import check_resolution
 
 PRECISIONS = ("no", "fp16", "bf16")
 TRACKERS = (None, "tensorboard", "wandb", "all")
@@ -244,6 +245,8 @@ class TrainConfig:
             values = value if isinstance(value, list) else [value]
             if not all(is_number(v) and ok(v) for v in values):
                 raise ValueError(f"{name} must be {allowed}, got {value!r}")
+        if self.resolution is not None:
+            check_resolution(self.model, self.resolution)
         if len(self.adam_betas) != 2:
             raise ValueError(f"adam_betas must be two numbers, got {self.adam_betas!r}")
         if (self.steps is None) == (self.epochs is None):
@@ -275,29 +278,9 @@ class TrainConfig:
 
     def _refuse_ignored(self) -> None:
         """Settings that would have no effect in this config: errors, never ignored."""
-        squeezing = _squeezing_flags(self) if is_isotropic(vars(self)) else []
-        if squeezing and self.variant == "isotropic":
-            raise ValueError(
-                f"{', '.join(squeezing)} set with variant isotropic, whose noise has no "
-                "squeezing to shape: drop them or choose --variant sdm/hdm"
-            )
-        if squeezing:  # c_i(t) = 1 in every direction: the profile and basis shape nothing
-            raise ValueError(
-                f"{', '.join(squeezing)} set with strength 0, where the noise is isotropic: "
-                "drop them, or give a non-zero --strength"
-            )
-        if self.compile is False and self.compile_mode != "default":
-            raise ValueError(
-                f"compile_mode {self.compile_mode!r} applies only when compiling; pass "
-                "--compile-mode default or drop --no-compile"
-            )
-        if self.eval_every == 0:
-            changed = _changed_flags(self, EVAL_FIELDS)
-            if changed:
-                raise ValueError(
-                    f"{', '.join(changed)} set without --eval-every: add --eval-every N or drop "
-                    "them"
-                )
+        inert = inert_settings(self)
+        if inert:
+            raise ValueError(inert)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -364,18 +347,55 @@ def training_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     ]
 
 
-def _changed_flags(config: TrainConfig, names: Iterable[str]) -> list[str]:
-    """The flags of the fields ``names`` whose values in ``config`` are not the defaults."""
+def inert_settings(config: TrainConfig, given: Mapping[str, Any] | None = None) -> str | None:
+    """A one-line error naming the settings of ``config`` that would have no effect, or None.
+    ``given``: the flags a user passed, refused even at their default values; without it, the
+    fields that differ from the defaults. Only a given ``--variant`` counts at strength 0: a
+    config's variant can come from a preset or an earlier run, where it is harmless."""
     default = TrainConfig()
-    return [f"--{n.replace('_', '-')}" for n in names if getattr(config, n) != getattr(default, n)]
 
+    def flags(names: tuple[str, ...]) -> list[str]:
+        fields = [n for n in names if n != "basis_options"]
+        if given is None:
+            changed = [n for n in fields if getattr(config, n) != getattr(default, n)]
+            own = basis_options(config.basis, {})
+            options = [k for k, v in config.basis_options.items() if v != own.get(k)]
+        else:
+            changed = [n for n in fields if n in given]
+            options = list(given.get("basis_options", {}))
+        options = options if "basis_options" in names else []
+        return [f"--{n.replace('_', '-')}" for n in changed] + [f"--basis-{k}" for k in options]
 
-def _squeezing_flags(config: TrainConfig) -> list[str]:
-    """The flags of ``config``'s squeezing settings that are not the defaults (a basis'
-    options: not that basis' own defaults)."""
-    flags = _changed_flags(config, (f for f in ISOTROPIC_IGNORES if f != "basis_options"))
-    defaults = basis_options(config.basis, {})
-    return flags + [f"--basis-{k}" for k, v in config.basis_options.items() if v != defaults.get(k)]
+    isotropic = is_isotropic(vars(config))
+    rules = (
+        (
+            config.variant == "isotropic",
+            ISOTROPIC_IGNORES,
+            "with variant isotropic, whose noise has no squeezing to shape: drop them or choose "
+            "--variant sdm/hdm",
+        ),
+        (  # c_i(t) = 1 in every direction: the variant, profile and basis shape nothing
+            isotropic and config.variant != "isotropic",
+            ("variant",) * (given is not None) + ISOTROPIC_IGNORES[1:],
+            "with strength 0, where the noise is isotropic: drop them, or give a non-zero "
+            "--strength",
+        ),
+        (
+            config.compile is False,
+            ("compile_mode",),
+            "with --no-compile, where compile_mode has no effect: drop one of the two",
+        ),
+        (
+            config.eval_every == 0,
+            EVAL_FIELDS,
+            "without --eval-every: add --eval-every N or drop them",
+        ),
+    )
+    for applies, names, why in rules:
+        inert = flags(names) if applies else []
+        if inert:
+            return f"{', '.join(inert)} given {why}"
+    return None
 
 
 def is_isotropic(values: Mapping[str, Any]) -> bool:
@@ -420,9 +440,14 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def preset_names() -> list[str]:
-    files = resources.files("squeezed_diffusion") / "presets"
+def shipped(folder: str) -> list[str]:
+    """The names of the YAML files the package ships in ``folder`` (presets, sweeps)."""
+    files = resources.files("squeezed_diffusion") / folder
     return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+
+
+def preset_names() -> list[str]:
+    return shipped("presets")
 
 
 def load_preset(name: str) -> dict[str, Any]:

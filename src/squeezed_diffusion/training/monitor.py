@@ -18,6 +18,7 @@ from accelerate import Accelerator
 from torchvision.utils import save_image
 
 from ..core import SqueezedDiffusion
+from ..core.samplers import SAMPLE_BATCH
 from ..data import ImageDataset, to_uint8
 from .config import TrainConfig
 from .run import Run
@@ -37,19 +38,24 @@ def ema_sample(
     x0: str = "clip",
 ) -> Tensor:
     """Samples of ``shape`` from the EMA weights, with a generator seeded ``seed`` and the
-    predicted x_0's rule ``x0``; the training weights and mode are restored afterwards and
-    torch's global RNG is not used."""
+    predicted x_0's rule ``x0``, :data:`SAMPLE_BATCH` at a time (``callback`` sees the first
+    batch); the training weights and mode are restored afterwards and torch's global RNG is
+    not used."""
     unet, ema = state.unwrapped, state.ema
     params = list(unet.parameters())
     ema.store(params)
     ema.copy_to(params)
     unet.eval()
+    generator = torch.Generator().manual_seed(seed)
     try:
-        return process.sample(
-            lambda x, t: unet(x, t).sample, shape, steps, sampler,
-            generator=torch.Generator().manual_seed(seed), progress=False,
-            device=state.accelerator.device, callback=callback, clip=x0,
-        )  # fmt: skip
+        return torch.cat([
+            process.sample(
+                lambda x, t: unet(x, t).sample, (min(SAMPLE_BATCH, shape[0] - start), *shape[1:]),
+                steps, sampler, generator=generator, progress=False,
+                device=state.accelerator.device, callback=callback if start == 0 else None, clip=x0,
+            )
+            for start in range(0, shape[0], SAMPLE_BATCH)
+        ])  # fmt: skip
     finally:
         unet.train()
         ema.restore(params)

@@ -20,10 +20,12 @@ def train_step(
     grad_clip: float = 0.0,
     skip_nonfinite: bool = False,
 ) -> torch.Tensor:
-    """Train on step ``step``'s global batch; returns the mean loss, on the device (no sync).
+    """Train on step ``step``'s global batch; returns the mean loss, on the device (no host
+    sync, except with ``skip_nonfinite``).
 
     A non-finite loss with ``skip_nonfinite`` drops the batch's gradients (counted in
-    ``state.skipped_batches``) and returns 0, so the logged mean stays finite.
+    ``state.skipped_batches``) and returns 0, so the logged mean stays finite; that check
+    reads the loss on the host every step.
     """
     acc = state.accelerator
     if state.cuda_graphs:  # a new iteration: the graphs may now overwrite the last step's outputs

@@ -10,6 +10,7 @@ SIGINT/SIGTERM.
 from __future__ import annotations
 
 import math
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -40,6 +41,17 @@ from .monitor import (
 from .run import Run
 from .state import build_state, use_compile
 from .step import train_step
+
+
+def _refuse_later_checkpoints(run_dir: Path, ckpt: Path) -> None:
+    """Resuming from a checkpoint older than finished ones of the same run would leave those
+    as the run's latest (what sampling and ``--resume latest`` read), from another history."""
+    later = [p.name for p in list_checkpoints(run_dir) if p.name > ckpt.name]
+    if later:
+        raise ValueError(
+            f"{run_dir} holds checkpoints after {ckpt.name} ({', '.join(later)}); resuming from "
+            "it would leave them as the run's latest: delete them first, or resume latest"
+        )
 
 
 def _check_device(cfg: TrainConfig, device: str) -> None:
@@ -125,6 +137,12 @@ class Trainer:
                 f"({acc.num_processes} x {cfg.grad_accum}); change --batch-size"
             )
         self.dataset = cfg.load_data()
+        height, width = self.dataset.shape[-2:]
+        if height != width:  # the UNet, its samples and every grid are square
+            raise ValueError(
+                f"the {self.dataset.name} images are {height}x{width} pixels, not square; pass "
+                "--resolution N to centre-crop and resize them to N x N"
+            )
         self.basis = self._basis(resume)
         self.process = SqueezedDiffusion.from_fields(self.basis, cfg.to_dict()).to(acc.device)
         self.batches = Batches(
@@ -137,7 +155,10 @@ class Trainer:
         self.state = build_state(cfg, acc, c, res, self.total_steps)
         self.step, self.stop_signal = 0, None
         if resume is not None:
-            self.step = self.state.restore(find_checkpoint(self.out, resume), c, res)
+            ckpt = find_checkpoint(self.out, resume)
+            if resume != "latest":  # latest passes over later ones only when they are corrupt
+                _refuse_later_checkpoints(self.out, ckpt)
+            self.step = self.state.restore(ckpt, c, res)
             if self.step > self.total_steps:
                 raise ValueError(
                     f"the run is at step {self.step}, past the {self.total_steps} steps asked "
@@ -166,9 +187,17 @@ class Trainer:
 
     def _prepare_folder(self, resume: str | None) -> None:
         """A new run writes its config and basis; a resumed one rewrites its config (a longer
-        run or other bookkeeping stays in force when it is resumed again) and cuts its log."""
+        run or other bookkeeping stays in force when it is resumed again) and cuts its log. A
+        new run in a folder whose earlier start was stopped before its first checkpoint (it
+        cannot be resumed) first clears that start's log, grids and tracker files, which would
+        otherwise read as this run's."""
         self.out.mkdir(parents=True, exist_ok=True)
+        dead_start = resume is None and self.run_dir.exists()  # its config.yaml came first
         self.cfg.save(self.run_dir.config_path)
+        if dead_start:
+            self.run_dir.log_path.unlink(missing_ok=True)
+            for folder in (self.run_dir.samples_dir, self.run_dir.trackers_dir):
+                shutil.rmtree(folder, ignore_errors=True)
         if resume is None:
             self.basis.save(self.run_dir.basis_path)
         else:
