@@ -326,4 +326,7 @@ def test_evaluate_refuses_options_it_would_ignore_or_misread(monkeypatch) -> Non
                 generate_module.evaluate_run(
                     "a-run", 8, reference=images, **{"metrics": pixels, **kwargs}
                 )
+    for kwargs in ({"verbose": "no"}, {"seed": -1}, {"seed": 1.5}):
+        with pytest.raises(ValueError, match="seed must be an integer >= 0 and verbose True or"):
+            evaluate(images, images, pixels, **kwargs)
     assert evaluate(images, images, pixels, num_reference=2)["num_reference"] == 2

@@ -1170,6 +1170,9 @@ def test_pipeline_output_types(unet) -> None:
         pipe(output_type="tensor", **run)
     with pytest.raises(ValueError, match=r"eta=1\.0 applies to DDIM"):
         pipe(eta=1.0, **run)
+    for bad in (0, -1, 2.5, True):  # a reshape error, a negative dimension, a torch TypeError
+        with pytest.raises(ValueError, match=f"batch_size must be an integer >= 1, got {bad}"):
+            pipe(batch_size=bad, num_inference_steps=3)
 
 
 @pytest.mark.parametrize("cls", [DDPM, DPM])
@@ -1319,6 +1322,24 @@ def test_a_config_change_after_construction_is_what_the_scheduler_does(cls, chan
     stock.register_to_config(**change)
     _assert_loops_equal(ours, stock, 10)
     _assert_loops_equal(cls.from_config(ours.config), stock, 10)
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_config_switches_and_x0_numbers_are_checked_when_built(cls) -> None:
+    """Every boolean key must be a bool ("no" is truthy and would switch clipping on), and the
+    x_0 rule's numbers are checked at construction, not at the first step of a sampling loop."""
+    switches = [k for k, v in config_defaults(cls).items() if isinstance(v, bool)]
+    assert "thresholding" in switches
+    for key in switches:
+        refused = rf"^{key}( must be True or False, got 'no'$|='no' is not supported)"  # fmt: skip
+        with pytest.raises(ValueError, match=refused):
+            cls(**{key: "no"})
+    built = cls(thresholding=np.bool_(False))  # numpy's bools, as stock takes them, saved plain
+    assert built.config.thresholding is False
+    with pytest.raises(ValueError, match="clip_range must be a number > 0 or None, got 0"):
+        cls(clip_sample=True, clip_sample_range=0)
+    with pytest.raises(ValueError, match=r"threshold must be in \(0, 1\] or None, got 2"):
+        cls(thresholding=True, dynamic_thresholding_ratio=2)
 
 
 def test_a_config_change_keeps_the_schedule_and_a_refused_one_changes_nothing() -> None:

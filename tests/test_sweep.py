@@ -15,6 +15,7 @@ from squeezed_diffusion.cli import main
 from squeezed_diffusion.evaluation.generate import generate
 from squeezed_diffusion.evaluation.report.stats import load_rows
 from squeezed_diffusion.evaluation.sweep import (
+    Evaluation,
     is_finished,
     load_sweep,
     parse_shard,
@@ -80,6 +81,30 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
     assert len(ids) == 5 and "photos_sdm_s-0.8_beta_channel_seed42_lr0.001" in ids
 
 
+def test_values_that_differ_past_six_digits_keep_their_own_folders(tmp_path) -> None:
+    """``:g`` names -0.1234567 and -0.1234568 alike: the second cell would be dropped, and two
+    such etas would overwrite each other's results; names that still collide are refused."""
+    close = {"strength": [-0.1234567, -0.1234568, -0.4]}
+    ids = [c.id for c in load_sweep(write_sweep(tmp_path / "c.yaml", close), tmp_path).cells]
+    assert ids == [
+        "photos_sdm_s-0.1234567_beta_channel_seed42", "photos_sdm_s-0.1234568_beta_channel_seed42",
+        "photos_sdm_s-0.4_beta_channel_seed42",
+    ]  # fmt: skip
+    etas = {"sampler": [{"sampler": "ddim", "eta": e} for e in (0.1234567, 0.1234568, 1e-5)]}
+    spec = load_sweep(write_sweep(tmp_path / "e.yaml", {"seed": [0]}, eval_=etas), tmp_path).eval
+    labels = [e.label for e in spec.evaluations]
+    assert labels == ["ddim-50-eta0.1234567", "ddim-50-eta0.1234568", "ddim-50-eta1e-05"]
+    assert [Evaluation.from_label(label) for label in labels] == spec.evaluations
+    (tmp_path / "x-y").mkdir()
+    np.save(tmp_path / "x-y" / "z.npy", np.zeros((4, 8, 8, 3), np.uint8))
+    (tmp_path / "x").mkdir()
+    np.save(tmp_path / "x" / "y-z.npy", np.zeros((4, 8, 8, 3), np.uint8))
+    paths = {"data_dir": [str(tmp_path / "x-y" / "z.npy"), str(tmp_path / "x" / "y-z.npy")]}
+    base = {"dataset": "array", "steps": 2}
+    with pytest.raises(ValueError, match=r"two grid cells with different data_dir would share"):
+        load_sweep(write_sweep(tmp_path / "d.yaml", paths, base), tmp_path)
+
+
 @pytest.mark.parametrize(
     ("spec", "message"),
     [
@@ -90,6 +115,14 @@ def test_cells_expand_dedupe_isotropic_and_resolve_relative_data(tmp_path, monke
         ({"grid": {"variant": ["sdm"]}, "eval": {"metric": ["fid"]}}, "unknown eval field"),
         ({"grid": {"variant": ["sdm"]}, "eval": {"metrics": ["fidd"]}}, "unknown metric"),
         ({"grid": {"variant": ["sdm"]}, "eval": {"sampler": "euler"}}, "unknown sampler"),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": [5]}},
+            "eval.sampler entry 5: give a sampler name or a mapping",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"sampler": [["ddim"]]}},
+            r"eval.sampler entry \['ddim'\]: give",
+        ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"sampler": ["ddpm", "heun"], "eta": 0.5}},
             "eval.eta 0.5 is read by no eval.sampler entry .each sets its own or takes none; eta applies to ddim",

@@ -18,8 +18,8 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ..core.fileio import atomic_folder, atomic_path
-from ..core.samplers import checked_sampler
-from ..core.values import is_integer
+from ..core.samplers import SAMPLE_BATCH, checked_sampler
+from ..core.values import check_count
 from ..data import ARRAY_SUFFIXES, ImageDataset, to_uint8
 from ..metrics import (
     OFFLINE_METRICS,
@@ -37,10 +37,8 @@ def check_sampling(
 ) -> None:
     """What :func:`generate` would refuse, checked without loading any weights: the counts,
     the sampler with its eta and x_0 rule, the run folder and the step count for its T."""
-    if not is_integer(num) or num < 1:  # True would be one image
-        raise ValueError(f"--num must be an integer >= 1, got {num!r}")
-    if not is_integer(batch_size) or batch_size < 1:
-        raise ValueError(f"--batch-size must be an integer >= 1, got {batch_size!r}")
+    check_count(num, "--num")  # True would be one image
+    check_count(batch_size, "--batch-size")
     entry = checked_sampler(sampler, eta, x0)
     timesteps = Run(run_dir).config().num_train_timesteps
     try:
@@ -55,7 +53,7 @@ def generate(
     steps: int = 50,
     sampler: str = "ddpm",
     seed: int = 0,
-    batch_size: int = 256,
+    batch_size: int = SAMPLE_BATCH,
     ema: bool = True,
     eta: float = 0.0,
     device: str | torch.device | None = None,
@@ -74,8 +72,7 @@ def generate(
     check_sampling(run_dir, num, steps, sampler, batch_size, eta, x0)
     if not 0 <= rank < world_size:  # else this process would draw nothing, or another's share
         raise ValueError(f"rank must be in [0, world_size), got rank {rank} of {world_size}")
-    if not is_integer(seed) or seed < 0:
-        raise ValueError(f"seed must be an integer >= 0, got {seed!r}")
+    check_count(seed, "seed", 0)
     if not isinstance(ema, bool) or compile not in (None, True, False):  # "no" would read true
         raise ValueError(
             f"ema must be True/False and compile True/False/None, got {ema!r}, {compile!r}"
@@ -195,7 +192,7 @@ def evaluate_run(
     feature_weights: Mapping[str, str | Path] | None = None,
     prc_extractor: str | None = None,
     batch_size: int | None = None,
-    sample_batch_size: int = 256,
+    sample_batch_size: int = SAMPLE_BATCH,
     eta: float = 0.0,
     x0: str = "clip",
     progress: bool = True,

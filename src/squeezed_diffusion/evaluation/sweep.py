@@ -56,7 +56,7 @@ import yaml
 
 from ..core import BASES, SAMPLERS, ChannelBasis, SqueezedDiffusion
 from ..core.fileio import atomic_write
-from ..core.samplers import X0_RULES, checked_sampler
+from ..core.samplers import SAMPLE_BATCH, X0_RULES, checked_sampler
 from ..core.values import is_integer, is_number
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
@@ -76,6 +76,7 @@ from ..training.config import (
     is_isotropic,
     load_preset,
     resolve_config,
+    shipped,
     training_differences,
     without_squeezing,
 )
@@ -117,7 +118,7 @@ class Evaluation:
         ``ddim-50-x0none``."""
         return (
             f"{self.sampler}-{self.steps}"
-            + (f"-eta{self.eta:g}" if self.eta else "")
+            + (f"-eta{_exact(self.eta)}" if self.eta else "")
             + (f"-x0{self.x0}" if self.x0 != "clip" else "")
         )
 
@@ -148,7 +149,9 @@ class Evaluation:
         return fields if self.x0 != "clip" else {k: v for k, v in fields.items() if k != "x0"}
 
 
-_LABEL = re.compile(r"(?P<sampler>.+?)-(?P<steps>\d+)(?:-eta(?P<eta>[\d.]+))?(?:-x0(?P<x0>.+))?")
+_LABEL = re.compile(
+    r"(?P<sampler>.+?)-(?P<steps>\d+)(?:-eta(?P<eta>[\d.]+(?:e[+-]\d+)?))?(?:-x0(?P<x0>.+))?"
+)
 
 
 @dataclass(frozen=True)
@@ -165,7 +168,7 @@ class EvalSpec:
     num_reference: int | None = None
     prc_extractor: str | None = None  # None: DEFAULT_PRC_EXTRACTOR
     batch_size: int | None = None  # the feature extractors'; None: evaluate()'s default
-    sample_batch_size: int = 256
+    sample_batch_size: int = SAMPLE_BATCH
     grid_images: int = 64
 
     @property
@@ -188,7 +191,14 @@ class EvalSpec:
 
     def _entries(self) -> list[dict[str, Any]]:
         """``sampler`` as a list of mappings, as the file gave them."""
-        entries = [self.sampler] if isinstance(self.sampler, (str, dict)) else list(self.sampler)
+        many = isinstance(self.sampler, (list, tuple))
+        entries = list(self.sampler) if many else [self.sampler]
+        for entry in entries:
+            if not isinstance(entry, (str, dict)):
+                raise ValueError(
+                    f"eval.sampler entry {entry!r}: give a sampler name or a mapping of sampler, "
+                    "steps, eta and x0"
+                )
         return [{"sampler": e} if isinstance(e, str) else dict(e) for e in entries]
 
     def validate(self) -> EvalSpec:
@@ -274,8 +284,7 @@ class Sweep:
 
 
 def sweep_names() -> list[str]:
-    files = resources.files("squeezed_diffusion") / "sweeps"
-    return sorted(p.name[: -len(".yaml")] for p in files.iterdir() if p.name.endswith(".yaml"))
+    return shipped("sweeps")
 
 
 def _sweep_text(source: str | Path) -> tuple[str, str]:
@@ -438,6 +447,14 @@ def expand(
             cfg = resolve_config(preset, **_isotropic_baseline(preset_fields, overrides))
             cell_id, axes = _identify(cfg, extras)
             cfg = dataclasses.replace(cfg, out=str(cells_dir / cell_id / "run")).validate()
+            taken = cells[cell_id].config.to_dict() if cell_id in cells else cfg.to_dict()
+            differ = [k for k, v in cfg.to_dict().items() if taken[k] != v]
+            if differ:  # same id, same config: an isotropic duplicate, merged
+                raise ValueError(
+                    f"two grid cells with different {', '.join(differ)} would share the folder "
+                    f"{cell_id} (whose name writes characters other than letters, digits and "
+                    "+-._= as -); give values whose names differ"
+                )
             cells.setdefault(cell_id, Cell(cell_id, cfg, axes))
     return [cells[k] for k in sorted(cells)]
 
@@ -457,11 +474,18 @@ def _identify(cfg: TrainConfig, extras: list[str]) -> tuple[str, dict[str, Any]]
     axes["extra"] = ",".join(f"{k}={getattr(cfg, k)}" for k in extras)
     parts = [cfg.dataset, cfg.variant]
     if not iso:
-        parts += [f"s{cfg.strength:+g}", cfg.profile, cfg.basis]
+        parts += [f"s{_exact(cfg.strength, '+')}", cfg.profile, cfg.basis]
     parts.append(f"seed{cfg.seed}")
     parts += [f"{k}{getattr(cfg, k)}" for k in extras]
     cell_id = "_".join(str(p) for p in parts)
     return "".join(c if c.isalnum() or c in "+-._=" else "-" for c in cell_id), axes
+
+
+def _exact(value: float, sign: str = "") -> str:
+    """``value`` as ``:g`` writes it where that reads back as the same number, else in full:
+    two values that differ past six digits must not share a folder."""
+    short = format(value, f"{sign}g")
+    return short if float(short) == value else f"{sign if value >= 0 else ''}{float(value)!r}"
 
 
 def parse_shard(text: str) -> tuple[int, int]:

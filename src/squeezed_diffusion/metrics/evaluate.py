@@ -115,11 +115,17 @@ def evaluate(
     Returns the float metrics under their result keys (``table.result_keys()`` order), plus
     ``feature_extractor`` (result key -> extractor, layer and weights file), ``num_samples``
     and ``num_reference``. ``feature_weights`` maps ``inception`` / ``vgg16`` / ``effnet`` to
-    weights files; ``num_reference`` evaluates against a seeded random subset of the reference;
+    weights files; ``num_reference`` evaluates against a random subset of the reference drawn
+    with seed 0 (the same subset whatever ``seed``, so that evaluations of one run compare);
     ``prc_extractor`` (prc only) defaults to ``DEFAULT_PRC_EXTRACTOR``, ``batch_size`` (the
-    feature extractors') to ``DEFAULT_FEATURE_BATCH``.
+    feature extractors') to ``DEFAULT_FEATURE_BATCH``; ``seed`` seeds torch-fidelity's own
+    draws (KID's subsets, the Inception Score's splits).
     """
     metrics = check_scoring(metrics, prc_extractor, feature_weights, batch_size)
+    if not (is_integer(seed) and seed >= 0) or not isinstance(verbose, bool):  # "no" would log
+        raise ValueError(
+            f"seed must be an integer >= 0 and verbose True or False, got {seed!r}, {verbose!r}"
+        )
     samples = _as_images(samples, "samples")
     reference = _as_images(reference, "reference")
     check_reference(reference, num_reference, samples.shape[1:])

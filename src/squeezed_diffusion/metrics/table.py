@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..core.registry import Registry
-from ..core.values import is_integer
+from ..core.values import check_count
 from .frechet import fd_pixels
 
 
@@ -184,8 +184,7 @@ def check_scoring(
             f"{spell('feature_weights')} for {', '.join(unused)}, which no metric uses; drop it"
         )
     if batch_size is not None:
-        if not is_integer(batch_size) or batch_size < 1:
-            raise ValueError(f"{spell('batch_size')} must be an integer >= 1, got {batch_size!r}")
+        check_count(batch_size, spell("batch_size"))
         if not used:
             raise ValueError(
                 f"{spell('batch_size')} is the feature extractors' batch, and "

@@ -33,7 +33,7 @@ from ..core.samplers import (
     spaced_timesteps,
     x0_rule,
 )
-from ..core.values import is_integer
+from ..core.values import check_count
 
 Tensor = torch.Tensor
 _S = TypeVar("_S", bound="SqueezedSchedulerMixin")
@@ -244,6 +244,12 @@ class SqueezedSchedulerMixin:
         self._check()
         self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
         cfg = self.config
+        for key, default in config_defaults(type(self)).items():  # "no" would read as True
+            if isinstance(default, bool) and not isinstance(cfg[key], bool):
+                if not isinstance(cfg[key], np.bool_):
+                    raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
+                self.register_to_config(**{key: bool(cfg[key])})  # as stock takes it, saved plain
+        self._x0_rule()  # its numbers checked now, not at the first step
         if self._BETA_SCHEDULES is not None:
             require(
                 "beta_schedule",
@@ -252,8 +258,7 @@ class SqueezedSchedulerMixin:
                 f"the stock {type(self).__name__.replace('Squeezed', '')} refuses it",
             )
         require("timestep_spacing", cfg.timestep_spacing, SPACINGS)
-        if not is_integer(cfg.steps_offset) or cfg.steps_offset < 0:
-            raise ValueError(f"steps_offset must be an integer >= 0, got {cfg.steps_offset!r}")
+        check_count(cfg.steps_offset, "steps_offset", 0)
         betas = cfg.trained_betas
         big_t = cfg.num_train_timesteps
         if betas is not None and len(betas) != big_t:  # stock: IndexError in step, or unused

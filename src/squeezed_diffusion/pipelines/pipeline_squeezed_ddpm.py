@@ -17,6 +17,7 @@ from diffusers import DiffusionPipeline, ImagePipelineOutput, UNet2DModel
 
 from ..core import SqueezedDiffusion
 from ..core.samplers import checked_sampler
+from ..core.values import check_count
 from ._base import basis_fields
 from .scheduling_squeezed_ddim import SqueezedDDIMScheduler
 from .scheduling_squeezed_ddpm import SqueezedDDPMScheduler
@@ -153,6 +154,7 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         ``num_inference_steps`` defaults to the scheduler's full schedule (every training
         timestep, as stock DDPMPipeline; one fewer with DPM-Solver, which would repeat one).
         """
+        check_count(batch_size, "batch_size")  # else a reshape error, later
         if output_type not in OUTPUT_TYPES:
             raise ValueError(
                 f"unknown output_type {output_type!r}; choose one of: {', '.join(OUTPUT_TYPES)}"

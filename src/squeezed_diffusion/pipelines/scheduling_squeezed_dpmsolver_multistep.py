@@ -14,6 +14,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin, SchedulerOutpu
 
 from ..core import SAMPLERS, Basis, SqueezedDiffusion
 from ..core.samplers import X0Rule, trailing_timesteps
+from ..core.values import check_count
 from ._base import (
     DEFAULT_NUM_CHANNELS,
     FIXED_VARIANCES,
@@ -66,8 +67,7 @@ def solver_timesteps(
     (the training timesteps left by ``lambda_min_clipped``) without the last one, or, for
     "trailing", a ``T / num_steps`` stride down from ``last``. The core's ``ode_timesteps``
     is the "linspace" case with nothing clipped."""
-    if not isinstance(num_steps, int) or num_steps < 1:
-        raise ValueError(f"num_inference_steps must be an integer >= 1, got {num_steps!r}")
+    check_count(num_steps, "num_inference_steps")
     if spacing == "linspace":
         ts = np.linspace(0, last - 1, num_steps + 1).round()[::-1][:-1]
     elif spacing == "leading":
