@@ -529,7 +529,7 @@ def table(results: dict) -> str:
         )
         memory = block["memory"]
         for v in ("isotropic", "sdm"):
-            rows.append((f"memory {preset} peak {v}", f"{memory[f'{v}_mb']:10.1f} MB"))
+            rows.append((f"memory {preset} peak {v}", f"{memory[f'{v}_mb']:10.1f} MiB"))
         rows.append((f"memory {preset} sdm / isotropic", f"{memory['ratio_sdm']:10.3f} x"))
     sq = results["squeeze"]
     for name in ("diffusers_add_noise", "add_noise_sdm", "add_noise_hdm", "add_noise_dense"):
