@@ -68,7 +68,7 @@ def to_markdown(blocks: list[Block], figures: Path) -> str:
             lines += ["| " + " | ".join(row) + " |" for row in block.rows]
             lines.append("")
         else:
-            (figures / block.name).write_bytes(block.png)
+            atomic_write(figures / block.name, block.png)  # a kill leaves the old figure whole
             lines += [f"![{block.caption}]({figures.name}/{block.name})", ""]
     return "\n".join(lines)
 
