@@ -69,7 +69,7 @@ def test_fit_basis_on_folder_and_tar(tmp_path, capsys) -> None:
         main(["fit-basis", str(tmp_path / "imgs"), "--basis", "pca", "--k", "3", "--out", str(a)])
         == 0
     )
-    assert isinstance(load_basis(a), PixelPCABasis)
+    assert isinstance(load_basis(a), PixelPCABasis) and load_basis(a).components.shape == (3, 192)
 
 
 def test_fit_basis_fits_what_training_fits(tmp_path, monkeypatch, capsys) -> None:
@@ -111,7 +111,7 @@ def test_fit_basis_takes_the_basis_option_spellings_of_train() -> None:
     ("argv", "pattern"),
     [
         (["fit-basis", "does/not/exist"], "neither an existing folder"),
-        (["fit-basis", "missing.npy"], "missing.npy"),
+        (["fit-basis", "missing.npy"], "missing.npy does not exist; check the path"),
     ],
 )
 def test_fit_basis_errors_are_one_line(argv, pattern, capsys, tmp_path, monkeypatch) -> None:

@@ -25,6 +25,24 @@ from squeezed_diffusion.metrics import (
 from squeezed_diffusion.metrics.effnet import EffNetLite0Features, fold_batchnorm
 
 
+def test_fd_pixels8_is_the_frechet_distance_of_8x8_pooled_pixels_in_0_1() -> None:
+    """``fd_pixels8`` as ``evaluate`` reports it, against numpy: 16 px images mean-pooled over
+    2 x 2 blocks to 8 x 8, scaled to [0, 1], and the closed form with scipy's sqrtm."""
+    rng = np.random.default_rng(0)
+    a = rng.integers(0, 256, (40, 3, 16, 16), dtype=np.uint8)
+    b = np.clip(a.astype(int) + rng.integers(-60, 60, a.shape), 0, 255).astype(np.uint8)
+
+    def stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        pooled = x.reshape(len(x), 3, 8, 2, 8, 2).mean((3, 5)) / 255
+        flat = pooled.reshape(len(x), -1)
+        return flat.mean(0), np.cov(flat, rowvar=False)
+
+    (m1, s1), (m2, s2) = stats(a), stats(b)
+    want = ((m1 - m2) ** 2).sum() + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    got = evaluate(torch.from_numpy(a), torch.from_numpy(b), ["fd_pixels8"])["fd_pixels8"]
+    assert got == pytest.approx(want, rel=1e-4)
+
+
 def test_frechet_distance_matches_scipy_sqrtm_and_vanishes_on_identical_stats() -> None:
     rng = np.random.default_rng(0)
     a = rng.normal(size=(400, 12)) @ rng.normal(size=(12, 12))
@@ -93,6 +111,30 @@ def test_fid_isc_kid_prc_run_through_torch_fidelity_offline(inception_weights) -
     weights = {"feature_weights": kwargs["feature_weights"]}  # prc_extractor: prc only
     same = evaluate(reference, reference, ("fid",), **weights)  # also reads the cache
     assert same["fid"] < 1e-3 * result["fid"]
+    # each result key holds torch-fidelity's own number for it (not, say, KID's std as its mean)
+    import torch_fidelity
+
+    class Uint8(torch.utils.data.Dataset):
+        def __init__(self, x: torch.Tensor) -> None:
+            self.x = x
+
+        def __len__(self) -> int:
+            return len(self.x)
+
+        def __getitem__(self, i: int) -> torch.Tensor:
+            return self.x[i]
+
+    raw = torch_fidelity.calculate_metrics(
+        input1=Uint8(samples), input2=Uint8(reference), feature_extractor="inception-v3-compat",
+        feature_extractor_weights_path=str(inception_weights), fid=True, isc=True, kid=True,
+        prc=True, rng_seed=0, isc_splits=10, kid_subset_size=10, save_cpu_ram=True, verbose=False,
+        cuda=torch.cuda.is_available(),
+    )  # fmt: skip
+    ours = {"frechet_inception_distance": "fid", "inception_score_mean": "isc_mean",
+            "inception_score_std": "isc_std", "kernel_inception_distance_mean": "kid_mean",
+            "kernel_inception_distance_std": "kid_std", "precision": "precision", "recall": "recall"}  # fmt: skip
+    for key, name in ours.items():
+        assert result[name] == pytest.approx(raw[key], rel=1e-6, abs=1e-9), name
 
 
 def _cache() -> str:

@@ -184,7 +184,8 @@ def _posterior_var(proc: SqueezedDiffusion, t: int, t_prev: int, large: bool = F
 COMMON_OPTIONS = [
     {"prediction_type": "sample"},
     {"prediction_type": "v_prediction"},
-    {"thresholding": True},
+    # (thresholding with sample_max_value 1 is clipping: a scheduler ignoring it would pass)
+    {"thresholding": True, "sample_max_value": 2.0},
     {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
     {"timestep_spacing": "linspace"},
     {"timestep_spacing": "trailing"},
@@ -206,7 +207,10 @@ DDPM_OPTIONS = [
     ({"variance_type": None}, {}),
     ({"beta_schedule": "sigmoid"}, {}),
     ({}, {"sampler": "ddpm-paper"}),
-    ({"thresholding": True}, {"sampler": "ddpm-paper"}),
+    (
+        {"thresholding": True, "dynamic_thresholding_ratio": 0.9, "sample_max_value": 1.2},
+        {"sampler": "ddpm-paper"},
+    ),
     ({"variance_type": "fixed_large", "clip_sample": False}, {"sampler": "ddpm-paper"}),
     *(({**c}, {}) for c in COMMON_OPTIONS),
 ]

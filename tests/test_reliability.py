@@ -3,6 +3,7 @@ pickles cannot run code, and two processes train what one would."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pickle
@@ -318,6 +319,70 @@ def test_skip_nonfinite_counts_skipped_batches(data, tmp_path, monkeypatch) -> N
     assert all(torch.isfinite(t).all() for t in final["model"].values())
 
 
+def test_a_skipped_batch_changes_nothing_it_would_have_trained(data, tmp_path, monkeypatch) -> None:
+    """--skip-nonfinite drops the batch whole: weights, EMA, optimizer state and the learning
+    rate schedule stay as they were (a skip that still stepped would pass the count check)."""
+    from squeezed_diffusion.training.config import resolve_config
+    from squeezed_diffusion.training.trainer import Trainer
+
+    _poison_step(monkeypatch, bad_step=0)
+    cfg = resolve_config(None, dataset="array", data_dir=str(data), model="tiny", steps=2,
+                         batch_size=16, skip_nonfinite=True, out=str(tmp_path / "r"))  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    state = trainer.state
+    weights = {k: v.clone() for k, v in state.unwrapped.state_dict().items()}
+    shadow = [p.clone() for p in state.ema.shadow_params]
+    epoch, ema_steps = state.lr_scheduler.last_epoch, state.ema.optimization_step
+    assert float(trainer.train_step()) == 0.0 and state.skipped_batches == 1
+    assert all(torch.equal(v, state.unwrapped.state_dict()[k]) for k, v in weights.items())
+    assert all(torch.equal(a, b) for a, b in zip(shadow, state.ema.shadow_params, strict=True))
+    assert (state.lr_scheduler.last_epoch, state.ema.optimization_step) == (epoch, ema_steps)
+    assert not state.optimizer.state  # AdamW never stepped: no moments
+    trainer.step = 1  # the next, clean batch trains
+    assert float(trainer.train_step()) > 0 and state.optimizer.state
+
+
+def test_a_step_over_micro_batches_trains_on_their_mean_loss(data, tmp_path) -> None:
+    """With --grad-accum 2 a step returns the mean MSE over its two micro-batches and applies
+    the gradient of that mean (autograd of the same forward passes, unclipped); a batch that
+    processes x grad_accum do not divide is refused."""
+    import torch.nn.functional as F
+
+    from squeezed_diffusion.training.config import resolve_config
+    from squeezed_diffusion.training.trainer import Trainer
+
+    cfg = resolve_config(None, dataset="array", data_dir=str(data), model="tiny", steps=2,
+                         batch_size=16, grad_accum=2, grad_clip=0.0, out=str(tmp_path / "r"))  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    state, batches = trainer.state, trainer.batches
+    model = state.unwrapped
+    model.zero_grad()
+    losses = []
+    for micro, part in enumerate(batches.indices(0).chunk(2)):
+        x_t, t, target = batches.micro_batch(0, micro, part)
+        losses.append(F.mse_loss(model(x_t, t).sample, target))
+    want = torch.stack(losses).mean()
+    want.backward()
+    want_grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    seen = []
+    step = state.optimizer.step
+
+    def spy(*args, **kwargs):  # the gradients the optimizer is given
+        seen.extend(p.grad.clone() for p in model.parameters())
+        return step(*args, **kwargs)
+
+    state.optimizer.step = spy
+    assert float(trainer.train_step()) == pytest.approx(float(want), rel=1e-5)
+    for got, expected in zip(seen, want_grads, strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-6)
+    odd = dataclasses.replace(cfg, batch_size=15, out=str(tmp_path / "odd"))
+    with pytest.raises(
+        ValueError, match="batch_size 15 must be divisible by processes x grad_accum"
+    ):
+        Trainer(odd, progress=False)
+
+
 # -- safe loading -----------------------------------------------------------------------
 class _Payload:
     def __reduce__(self):
@@ -587,9 +652,10 @@ def test_a_folder_is_written_whole_or_not_at_all(tmp_path) -> None:
     with atomic_folder(out) as tmp:
         (tmp / "a.png").write_bytes(b"x")
     assert [p.name for p in tmp_path.iterdir()] == ["samples"]
-    with pytest.raises(OSError), atomic_folder(out) as tmp:
-        (tmp / "b.png").write_bytes(b"y")
+    with pytest.raises(OSError, match=r"not empty|exists"), atomic_folder(out) as tmp:
+        (tmp / "b.png").write_bytes(b"y")  # renaming onto a full folder fails, replacing nothing
     assert sorted(p.name for p in tmp_path.rglob("*")) == ["a.png", "samples"]
+    assert (out / "a.png").read_bytes() == b"x"
 
 
 def test_an_output_folder_is_tried_not_trusted(tmp_path, monkeypatch) -> None:

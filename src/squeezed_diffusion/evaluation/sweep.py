@@ -437,7 +437,9 @@ def expand(
         if not isinstance(grid, dict) or not grid:
             raise ValueError("each grid must be a non-empty mapping of field -> list of values")
         for key, values in grid.items():
-            if key == "out" or not isinstance(values, list) or not values:
+            if key == "out":
+                raise ValueError("grid field 'out' is refused: each cell trains in its own folder")
+            if not isinstance(values, list) or not values:
                 raise ValueError(
                     f"grid field {key!r} must be a TrainConfig field with a non-empty list"
                 )
