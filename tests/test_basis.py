@@ -109,6 +109,15 @@ def test_dct_fit_puts_more_energy_in_low_band_for_smooth_images() -> None:
     )
     basis = DCTBasis.fit(smooth.split(16), cutoffs=(0.25,))
     assert basis.eigenvalues[0] > 10 * basis.eigenvalues[1]
+    # each band's "eigenvalue": the mean over its frequencies of the coefficient variance
+    # (summed over channels), against scipy's orthonormal 2-D DCT-II
+    import scipy.fft
+
+    coef = scipy.fft.dctn(smooth.numpy().astype(np.float64), axes=(2, 3), norm="ortho")
+    per_freq = coef.var(0, ddof=1).sum(0)
+    radius = np.hypot(*np.meshgrid(np.arange(16) / 16, np.arange(16) / 16, indexing="ij"))
+    want = [per_freq[radius < 0.25].mean(), per_freq[radius >= 0.25].mean()]
+    np.testing.assert_allclose(basis.eigenvalues.numpy(), want, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kind", ["channel", "pca", "dct"])

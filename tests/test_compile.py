@@ -50,12 +50,29 @@ def test_compile_defaults_to_cuda_only_and_passes_the_mode(data, tmp_path, monke
         _cfg(data, tmp_path / "f", compile_mode="fast")
 
 
+def test_sampling_compiles_the_unet_on_cuda_by_default_and_when_asked(data, tmp_path, monkeypatch):
+    """generate() (sqdm sample, evaluate, sweeps) compiles as training does: by default on
+    CUDA only, always with compile=True, never with False."""
+    from squeezed_diffusion.evaluation.generate import generate
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "1", "--dataset", "array", "--data-dir",
+                 str(data), "--model", "tiny", "--batch-size", "16", "--quiet"]) == 0  # fmt: skip
+    calls = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: calls.append(kw))
+    for compile_, compiled in ((None, torch.cuda.is_available()), (True, True), (False, False)):
+        calls.clear()
+        _, images = generate(run, 2, steps=2, compile=compile_, progress=False)
+        assert images.shape == (2, 3, 8, 8) and len(calls) == compiled, compile_
+
+
 @pytest.mark.slow
 def test_compiled_and_eager_steps_agree_on_cpu(data, tmp_path) -> None:
     """fp32, tiny preset, 3 steps: the same losses to 1e-4 (relative)."""
     losses = {}
     for compiled in (False, True):
         trainer = Trainer(_cfg(data, tmp_path / str(compiled), compile=compiled), progress=False)
+        assert (trainer.unwrapped._compiled_call_impl is not None) == compiled  # it did compile
         out = []
         for _ in range(3):
             out.append(float(trainer.train_step()))

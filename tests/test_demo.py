@@ -10,10 +10,11 @@ import subprocess
 import numpy as np
 import pytest
 import torch
+from conftest import paper_strength_t
 from PIL import Image
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.demo import run_demo
+from squeezed_diffusion.demo import NOISE_T, run_demo
 from squeezed_diffusion.training.run import Run
 
 TOY = {"steps": 3, "oracle_strengths": (-1.0, 0.0), "oracle_pixels": 1024, "num_samples": 16}
@@ -57,14 +58,12 @@ def test_demo_page_has_three_sections_from_the_trained_runs(demo) -> None:
         pytest.approx(1, abs=0.05)
     )
     for variant, sign in ((v, g) for v in ("sdm", "hdm") for g in (-1, 1)):
-        row = spread[(variant, 1.5 * sign)]
+        row = spread[(variant, 1.5 * sign)]  # the same draw: the ratios are the scales, exactly
+        s_t = paper_strength_t(1.5 * sign, "beta")[NOISE_T]
         along = row["std_principal"] / iso["std_principal"]
-        assert along > 1.3 if sign < 0 else along < 0.77, row
+        assert along == pytest.approx(np.exp(-s_t), rel=1e-5), row
         across = row["std_orthogonal"] / iso["std_orthogonal"]
-        if variant == "sdm":
-            assert across == pytest.approx(1, abs=1e-6), row
-        else:
-            assert (across < 0.95) == (sign < 0) and (across > 1.05) == (sign > 0), row
+        assert across == pytest.approx(1 if variant == "sdm" else np.exp(s_t / 2), rel=1e-5), row
     # the oracle section: the paper's sampler drifts with |s|, the exact ones do not
     err = {(r["strength"], s): e for r in results["oracle"] for s, e in r["cov_rel_error"].items()}
     assert err[(-1.0, "ddpm-paper")] > 2 * err[(-1.0, "ddpm")]

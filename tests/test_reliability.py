@@ -856,6 +856,20 @@ def test_two_processes_stop_together_on_one_ones_signal(data, tmp_path) -> None:
     assert out.count(said) == 1 and "signal" not in out.replace(said, "")  # said once
     assert [p.name for p in list_checkpoints(tmp_path / "run")] == ["step-00000002"]
     assert not [r for r in Run(tmp_path / "run").log() if "eval" in r]  # skipped at the stop
+    # the two processes trained what one process trains on the same global batches (gradients
+    # averaged over both shares, one set of weights): the fast twin of the slow test above
+    from squeezed_diffusion.training.config import resolve_config
+    from squeezed_diffusion.training.trainer import Trainer
+
+    cfg = resolve_config(None, dataset="array", data_dir=str(data), model="micro", steps=6,
+                         batch_size=8, sample_steps=2, out=str(tmp_path / "one"))  # fmt: skip
+    one = Trainer(cfg, progress=False)
+    for _ in range(2):
+        one.train_step()
+        one.step += 1
+    two = load_checkpoint(list_checkpoints(tmp_path / "run")[-1])["model"]
+    for name, param in one.unwrapped.named_parameters():
+        torch.testing.assert_close(param.detach(), two[name], rtol=1e-4, atol=1e-5, msg=name)
     result = subprocess.run([*cmd, "latest"], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     assert [r["step"] for r in Run(tmp_path / "run").log() if "eval" in r] == [2, 4, 6]

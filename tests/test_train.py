@@ -381,9 +381,25 @@ def test_wandb_logs_offline(array_data, tmp_path, monkeypatch) -> None:
     pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    from accelerate.tracking import WandBTracker
+
+    logged = []
+    log = WandBTracker.log
+
+    def spy(self, values, step=None, **kwargs):  # what reaches wandb, step by step
+        logged.append((step, dict(values)))
+        return log(self, values, step=step, **kwargs)
+
+    monkeypatch.setattr(WandBTracker, "log", spy)
     run = tmp_path / "run"
     assert main(train_args(array_data, run, "--steps", "2", "--log-with", "wandb")) == 0
     assert list((run / "trackers").rglob("offline-run-*/run-*.wandb"))
+    records = [json.loads(ln) for ln in (run / "log.jsonl").read_text().splitlines()]
+    scalars = {s: v for s, v in logged if "loss" in v}
+    assert sorted(scalars) == [r["step"] for r in records] == [1, 2]
+    for r in records:
+        assert scalars[r["step"]]["loss"] == pytest.approx(r["loss"])
+        assert scalars[r["step"]]["lr"] == pytest.approx(r["lr"])
 
 
 def test_evaluation_during_training_keeps_resume_exact(array_data, tmp_path) -> None:
