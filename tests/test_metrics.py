@@ -114,15 +114,7 @@ def test_fid_isc_kid_prc_run_through_torch_fidelity_offline(inception_weights) -
     # each result key holds torch-fidelity's own number for it (not, say, KID's std as its mean)
     import torch_fidelity
 
-    class Uint8(torch.utils.data.Dataset):
-        def __init__(self, x: torch.Tensor) -> None:
-            self.x = x
-
-        def __len__(self) -> int:
-            return len(self.x)
-
-        def __getitem__(self, i: int) -> torch.Tensor:
-            return self.x[i]
+    from squeezed_diffusion.metrics.evaluate import _Uint8Images as Uint8  # serves the images
 
     raw = torch_fidelity.calculate_metrics(
         input1=Uint8(samples), input2=Uint8(reference), feature_extractor="inception-v3-compat",
