@@ -801,11 +801,6 @@ def heun_step(
 SPACINGS = ("leading", "linspace", "trailing")
 
 
-def _train_timesteps(num_train_timesteps: int) -> int:
-    """T as a Python int, once it is a whole number >= 1 (a float T gives float timesteps)."""
-    return check_count(num_train_timesteps, "num_train_timesteps")
-
-
 def _step_count(num_steps: int, most: int, why: str = "") -> int:
     """``num_steps`` as a Python int, once it is a whole number in [1, most] (``True`` is not)."""
     if not is_integer(num_steps) or not 1 <= num_steps <= most:
@@ -818,7 +813,7 @@ def spaced_timesteps(
 ) -> list[int]:
     """``num_steps`` descending training timesteps with diffusers' DDPM/DDIM spacings;
     ``steps_offset`` shifts "leading" only, as in diffusers."""
-    big_t = _train_timesteps(num_train_timesteps)
+    big_t = check_count(num_train_timesteps, "num_train_timesteps")  # a float T: float steps
     num_steps = _step_count(num_steps, big_t)
     if spacing == "leading":
         ratio = big_t // num_steps
@@ -879,7 +874,7 @@ def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, i
     "linspace" timesteps (``linspace(0, T - 1, n + 1)``, rounded, without 0) and a final
     step to noise level 0. At most ``T - 1`` steps: more would repeat a time point (a zero
     step, where DPM-Solver++ divides by zero)."""
-    num_train_timesteps = _train_timesteps(num_train_timesteps)
+    num_train_timesteps = check_count(num_train_timesteps, "num_train_timesteps")
     why = " for the ODE solvers (T - 1: more would repeat a time point)"
     num_steps = _step_count(num_steps, max(1, num_train_timesteps - 1), why)
     ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
