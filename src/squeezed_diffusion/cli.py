@@ -120,7 +120,7 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Resolve preset + flags into a config and train (or resume) a run."""
-    from .training.config import inert_settings, resolve_config, resume_config
+    from .training.config import refuse_inert_settings, resolve_config, resume_config
     from .training.run import Run
     from .training.trainer import Trainer, TrainingDiverged
 
@@ -152,9 +152,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         cfg = resume_config(run.config(), overrides)
     else:
         cfg = resolve_config(args.preset, **overrides)
-    inert = inert_settings(cfg, overrides)
-    if inert:
-        raise ValueError(inert)
+    refuse_inert_settings(cfg, overrides)
     _check_writable(Path(cfg.out), "folder")
     trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
     try:

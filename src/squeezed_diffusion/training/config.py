@@ -258,7 +258,7 @@ class TrainConfig:
                 f"training length must be positive and finite, got steps={self.steps} "
                 f"epochs={self.epochs}"
             )
-        self._refuse_ignored()
+        refuse_inert_settings(self)
         for name in ("sample", "eval") if self.eval_every else ("sample",):
             sampler, steps = getattr(self, f"{name}_sampler"), getattr(self, f"{name}_steps")
             x0 = getattr(self, f"{name}_x0")
@@ -275,12 +275,6 @@ class TrainConfig:
                     f"--{name}-steps {steps} with --{name}-sampler {sampler}: {err}"
                 ) from None
         return self
-
-    def _refuse_ignored(self) -> None:
-        """Settings that would have no effect in this config: errors, never ignored."""
-        inert = inert_settings(self)
-        if inert:
-            raise ValueError(inert)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -347,8 +341,8 @@ def training_differences(saved: TrainConfig, wanted: TrainConfig) -> list[str]:
     ]
 
 
-def inert_settings(config: TrainConfig, given: Mapping[str, Any] | None = None) -> str | None:
-    """A one-line error naming the settings of ``config`` that would have no effect, or None.
+def refuse_inert_settings(config: TrainConfig, given: Mapping[str, Any] | None = None) -> None:
+    """Settings of ``config`` that would have no effect: a one-line error, never ignored.
     ``given``: the flags a user passed, refused even at their default values; without it, the
     fields that differ from the defaults. Only a given ``--variant`` counts at strength 0: a
     config's variant can come from a preset or an earlier run, where it is harmless."""
@@ -394,8 +388,7 @@ def inert_settings(config: TrainConfig, given: Mapping[str, Any] | None = None) 
     for applies, names, why in rules:
         inert = flags(names) if applies else []
         if inert:
-            return f"{', '.join(inert)} given {why}"
-    return None
+            raise ValueError(f"{', '.join(inert)} given {why}")
 
 
 def is_isotropic(values: Mapping[str, Any]) -> bool:
