@@ -360,7 +360,11 @@ def test_evaluate_refuses_options_it_would_ignore_or_misread(monkeypatch) -> Non
                 generate_module.evaluate_run(
                     "a-run", 8, reference=images, **{"metrics": pixels, **kwargs}
                 )
-    for kwargs in ({"verbose": "no"}, {"seed": -1}, {"seed": 1.5}):
-        with pytest.raises(ValueError, match="seed must be an integer >= 0 and verbose True or"):
+    for kwargs, message in (
+        ({"verbose": "no"}, "^verbose must be True or False, got 'no'$"),
+        ({"seed": -1}, "^seed must be an integer >= 0, got -1$"),
+        ({"seed": 1.5}, r"^seed must be an integer >= 0, got 1\.5$"),
+    ):
+        with pytest.raises(ValueError, match=message):
             evaluate(images, images, pixels, **kwargs)
     assert evaluate(images, images, pixels, num_reference=2)["num_reference"] == 2

@@ -15,7 +15,7 @@ from typing import Any, TextIO
 import torch
 
 from ..core.fileio import sha256
-from ..core.values import is_integer
+from ..core.values import check_count, is_integer
 from ..data import ARRAY_SUFFIXES, ImageDataset, cache_dir, load_dataset
 from .effnet import register_effnet
 from .table import (
@@ -122,10 +122,9 @@ def evaluate(
     draws (KID's subsets, the Inception Score's splits).
     """
     metrics = check_scoring(metrics, prc_extractor, feature_weights, batch_size)
-    if not (is_integer(seed) and seed >= 0) or not isinstance(verbose, bool):  # "no" would log
-        raise ValueError(
-            f"seed must be an integer >= 0 and verbose True or False, got {seed!r}, {verbose!r}"
-        )
+    check_count(seed, "seed", 0)
+    if not isinstance(verbose, bool):  # "no" would log
+        raise ValueError(f"verbose must be True or False, got {verbose!r}")
     samples = _as_images(samples, "samples")
     reference = _as_images(reference, "reference")
     check_reference(reference, num_reference, samples.shape[1:])
