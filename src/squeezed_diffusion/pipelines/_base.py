@@ -130,8 +130,9 @@ def step_count(value: Any) -> Any:
 
 
 def _plain(value: Any) -> Any:
-    """Tensors, arrays and tuples as lists, so that the config survives a JSON round trip."""
-    if isinstance(value, Tensor | np.ndarray):
+    """Tensors, arrays and tuples as lists and numpy scalars as Python's, so that the config
+    survives a JSON round trip."""
+    if isinstance(value, Tensor | np.ndarray | np.generic):
         return value.tolist()
     if isinstance(value, tuple):
         return list(value)
@@ -242,13 +243,13 @@ class SqueezedSchedulerMixin:
         registered sampler the config asks for, reset the schedule."""
         self._built = False  # register_to_config below is part of the build
         self._check()
-        self.register_to_config(**{k: _plain(self.config[k]) for k in self._SEQUENCE_FIELDS})
+        switches = [k for k, v in config_defaults(type(self)).items() if isinstance(v, bool)]
+        plain = (*self._SEQUENCE_FIELDS, *switches)  # numpy's bools taken, as stock takes them
+        self.register_to_config(**{k: _plain(self.config[k]) for k in plain})
         cfg = self.config
-        for key, default in config_defaults(type(self)).items():  # "no" would read as True
-            if isinstance(default, bool) and not isinstance(cfg[key], bool):
-                if not isinstance(cfg[key], np.bool_):
-                    raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
-                self.register_to_config(**{key: bool(cfg[key])})  # as stock takes it, saved plain
+        for key in switches:  # "no" would read as True
+            if not isinstance(cfg[key], bool):
+                raise ValueError(f"{key} must be True or False, got {cfg[key]!r}")
         self._x0_rule()  # its numbers checked now, not at the first step
         if self._BETA_SCHEDULES is not None:
             require(
