@@ -155,17 +155,23 @@ def test_values_that_differ_past_six_digits_keep_their_own_folders(tmp_path) -> 
         ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"num": "four"}},
-            "eval.num must be a whole number, got 'four'",
+            "eval.num must be an integer >= 2, got 'four'",
         ),
-        ({"grid": {"variant": ["sdm"]}, "eval": {"num": 2.5}}, "eval.num must be a whole number"),
-        ({"grid": {"variant": ["sdm"]}, "eval": {"seed": -3}}, "eval.seed must be >= 0"),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"num": 2.5}},
+            "eval.num must be an integer >= 2, got 2.5",
+        ),
+        (
+            {"grid": {"variant": ["sdm"]}, "eval": {"seed": -3}},
+            "eval.seed must be an integer >= 0, got -3",
+        ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"grid_images": 0}},
-            "eval.grid_images must be >= 1",
+            "eval.grid_images must be an integer >= 1, got 0",
         ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"num_reference": 1}},
-            "eval.num_reference must be >= 2",
+            "eval.num_reference must be an integer >= 2, got 1",
         ),
         ({"grid": {"variant": ["sdm"]}, "eval": {"eta": "x"}}, "eval.eta must be a number"),
         (
@@ -173,7 +179,7 @@ def test_values_that_differ_past_six_digits_keep_their_own_folders(tmp_path) -> 
                 "grid": {"variant": ["sdm"]},
                 "eval": {"sampler": {"sampler": "ddim", "steps": "ten"}},
             },
-            "eval.sampler ddim: steps must be a whole number",
+            "eval.sampler ddim: steps must be an integer >= 1, got 'ten'",
         ),
         (
             {"grid": {"variant": ["sdm"]}, "eval": {"prc_extractor": "inception"}},

@@ -57,7 +57,7 @@ import yaml
 from ..core import BASES, SAMPLERS, ChannelBasis, SqueezedDiffusion
 from ..core.fileio import atomic_write
 from ..core.samplers import SAMPLE_BATCH, X0_RULES, checked_sampler
-from ..core.values import is_integer, is_number
+from ..core.values import check_count, is_number
 from ..metrics import (
     DEFAULT_PRC_EXTRACTOR,
     OFFLINE_METRICS,
@@ -185,7 +185,7 @@ class EvalSpec:
             name = SAMPLERS.canonical(entry["sampler"])
             eta = _number(entry.get("eta", self.eta if SAMPLERS.get(name).uses_eta else 0.0),
                           f"eval.sampler {name}: eta")  # fmt: skip
-            steps = _whole(entry.get("steps", self.steps), f"eval.sampler {name}: steps")
+            steps = check_count(entry.get("steps", self.steps), f"eval.sampler {name}: steps")
             out.append(Evaluation(name, steps, float(eta), str(entry.get("x0", self.x0))))
         return list(dict.fromkeys(out))
 
@@ -209,9 +209,7 @@ class EvalSpec:
             value = getattr(self, name)
             if name == "num_reference" and value is None:
                 continue
-            object.__setattr__(self, name, _whole(value, f"eval.{name}"))  # frozen
-            if value < low:
-                raise ValueError(f"eval.{name} must be >= {low}, got {value}")
+            object.__setattr__(self, name, check_count(value, f"eval.{name}", low))  # frozen
         object.__setattr__(self, "eta", _number(self.eta, "eval.eta"))
         for name in ("x0", "prc_extractor"):
             if not isinstance(getattr(self, name), str) and getattr(self, name) is not None:
@@ -219,8 +217,6 @@ class EvalSpec:
         check_scoring(self.metrics, self.prc_extractor, batch_size=self.batch_size,
                       spell=lambda option: f"eval.{option}")  # fmt: skip
         for ev in self.evaluations:
-            if ev.steps < 1:
-                raise ValueError(f"eval.sampler {ev.sampler}: steps must be >= 1, got {ev.steps}")
             checked_sampler(ev.sampler, ev.eta, ev.x0)
         return self
 
@@ -248,13 +244,6 @@ class EvalSpec:
             k: list(v) if isinstance(v, tuple) else v for k in keys for v in [getattr(self, k)]
         }
         return {**scoring, "prc_extractor": self.prc_extractor or DEFAULT_PRC_EXTRACTOR}
-
-
-def _whole(value: Any, what: str) -> int:
-    """``value`` if it is a whole number (YAML's ``4``; not ``4.5``, ``"four"`` or ``true``)."""
-    if not is_integer(value):
-        raise ValueError(f"{what} must be a whole number, got {value!r}")
-    return int(value)  # a numpy integer would fail the JSON of results
 
 
 def _number(value: Any, what: str) -> float:
