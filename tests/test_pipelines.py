@@ -408,6 +408,58 @@ def test_pipeline_at_zero_strength_equals_stock_pipeline(unet, cls) -> None:
     assert abs(images[0] - images[1]).max() < 1e-5
 
 
+def test_pipeline_refuses_a_stock_scheduler_naming_the_fix(tmp_path, unet) -> None:
+    """A stock scheduler (given, assigned, or loaded from a stock pipeline's folder) would
+    fail at the call on a missing method; it is refused up front, and the fix it names
+    loads the stock folder."""
+    fix = r"pass scheduler=SqueezedDDIMScheduler\.from_config\(scheduler\.config\)"
+    with pytest.raises(ValueError, match=f"got DDIMScheduler: {fix}"):
+        SqueezedDDPMPipeline(unet=unet, scheduler=DDIMScheduler())
+    pipe = SqueezedDDPMPipeline(unet=unet, scheduler=DDPM())
+    with pytest.raises(ValueError, match="got EulerDiscreteScheduler: pass scheduler=Squeezed"):
+        pipe.scheduler = EulerDiscreteScheduler()
+    assert isinstance(pipe.scheduler, DDPM)
+    DDPMPipeline(unet=unet, scheduler=DDPMScheduler()).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="got DDPMScheduler: pass scheduler=SqueezedDDPMScheduler"):
+        SqueezedDDPMPipeline.from_pretrained(tmp_path)
+    scheduler = DDPM.from_config(DDPMScheduler.load_config(tmp_path / "scheduler"))
+    loaded = SqueezedDDPMPipeline.from_pretrained(tmp_path, scheduler=scheduler)
+    assert isinstance(loaded.scheduler, DDPM)
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_stock_tables_move_but_do_not_change(cls) -> None:
+    """Stock code moves ``alphas_cumprod`` to a device by assignment (kept); older zero-SNR
+    recipes overwrite ``betas``/``alphas``/``alphas_cumprod``, which the process would not
+    see: refused, naming the config keys that do it, and the table left as it was."""
+    ours, stock = cls(), STOCK[cls]()
+    ours.alphas_cumprod = ours.alphas_cumprod.to(torch.float64)
+    assert ours.alphas_cumprod.dtype == torch.float64
+    assert torch.equal(ours.alphas_cumprod.float(), stock.alphas_cumprod)
+    for name in ("betas", "alphas", "alphas_cumprod"):
+        before = getattr(ours, name)
+        with pytest.raises(AttributeError, match=f"^{name} set to other values.*trained_betas"):
+            setattr(ours, name, before * 0.5)
+        assert getattr(ours, name) is before
+
+
+def test_ddim_step_takes_stocks_none_and_tensor_eta() -> None:
+    """Stock ``DDIMPipeline`` passes ``use_clipped_model_output=None``; ``eta`` may be a
+    tensor. Both step as stock does; a value that is no switch is refused by its name."""
+    x = torch.randn(SHAPE, generator=_gen(0))
+    out = []
+    for scheduler in (DDIM(), DDIMScheduler()):
+        scheduler.set_timesteps(10)
+        t = scheduler.timesteps[2]
+        options = {"eta": torch.tensor(0.5), "use_clipped_model_output": None}
+        out.append(scheduler.step(x, t, x, generator=_gen(1), **options).prev_sample)
+    assert (out[0] - out[1]).abs().max() < 1e-5
+    scheduler = DDIM()
+    scheduler.set_timesteps(10)
+    with pytest.raises(ValueError, match=r"^use_clipped_model_output must be True, False or None"):
+        scheduler.step(x, scheduler.timesteps[2], x, use_clipped_model_output="no")
+
+
 @pytest.mark.parametrize("one", [True, False])
 def test_ddim_final_alpha_cumprod_is_stocks(one) -> None:
     ours, stock = DDIM(set_alpha_to_one=one), DDIMScheduler(set_alpha_to_one=one)

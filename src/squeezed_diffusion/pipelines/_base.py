@@ -139,6 +139,29 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _stock_table(name: str) -> property:
+    """Stock's table ``name``, which stock code may reassign: to the same values (moved to
+    a device, say) it is kept; to others it is refused, since the process, not the
+    attribute, holds the noise levels the scheduler samples with."""
+
+    def get(self: Any) -> Tensor:
+        return self._tables[name]
+
+    def set_(self: Any, value: Tensor) -> None:
+        same = isinstance(value, Tensor) and value.shape == self._tables[name].shape
+        if not (
+            same and torch.equal(value.detach().cpu().float(), self._tables[name].cpu().float())
+        ):
+            raise AttributeError(
+                f"{name} set to other values would not change the sampling (the process "
+                "holds the noise levels); configure them instead: trained_betas=..., "
+                "rescale_betas_zero_snr=True or beta_schedule=... in from_config(...)"
+            )
+        self._tables[name] = value
+
+    return property(get, set_, doc=f"Stock's ``{name}`` table (float32).")
+
+
 class SqueezedSchedulerMixin:
     """Config -> :class:`SqueezedDiffusion`, strict loading, timesteps, noising and the prior.
 
@@ -274,9 +297,9 @@ class SqueezedSchedulerMixin:
         self._process = self._make_process(basis)
         self._sampler: Sampler = sampler_for_scheduler(self._KIND, self._sampler_keys())
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
-        self.betas = self._process.betas.float()
-        self.alphas = 1.0 - self.betas
-        self.alphas_cumprod = self._process.alphas_cumprod.float()
+        betas = self._process.betas.float()
+        self._tables = {"betas": betas, "alphas": 1.0 - betas,
+                        "alphas_cumprod": self._process.alphas_cumprod.float()}  # fmt: skip
         self.num_inference_steps: int | None = None
         self._use_timesteps(list(range(cfg.num_train_timesteps - 1, -1, -1)))
         self._built = True
@@ -326,6 +349,10 @@ class SqueezedSchedulerMixin:
         if not isinstance(basis, Basis):
             basis = load_basis(basis)
         return cls(**basis_fields(basis), **config)
+
+    betas = _stock_table("betas")
+    alphas = _stock_table("alphas")
+    alphas_cumprod = _stock_table("alphas_cumprod")
 
     @property
     def process(self) -> SqueezedDiffusion:

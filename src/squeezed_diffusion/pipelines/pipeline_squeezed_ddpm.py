@@ -33,6 +33,8 @@ SCHEDULER_KINDS: dict[str, type[SqueezedScheduler]] = {
     for cls in (SqueezedDDPMScheduler, SqueezedDDIMScheduler, SqueezedDPMSolverMultistepScheduler)
 }
 
+_SQUEEZED_NAMES = tuple(cls.__name__ for cls in SCHEDULER_KINDS.values())
+
 
 def scheduler_from_process(
     process: SqueezedDiffusion, kind: str = "ddpm", **overrides: Any
@@ -83,6 +85,19 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
     def __init__(self, unet: UNet2DModel, scheduler: SqueezedScheduler) -> None:
         super().__init__()
         self.register_modules(unet=unet, scheduler=scheduler)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        """A stock scheduler (loaded from a stock pipeline's folder, or assigned) is refused
+        here, where the fix is known, rather than failing at the call on a missing method."""
+        if name == "scheduler" and not isinstance(value, tuple(SCHEDULER_KINDS.values())):
+            kind = type(value).__name__
+            names = sorted(_SQUEEZED_NAMES, key=lambda n: n != f"Squeezed{kind}")
+            raise ValueError(
+                f"SqueezedDDPMPipeline needs a squeezed scheduler, got {kind}: pass "
+                f"scheduler={names[0]}.from_config(scheduler.config) (or {names[1]}, "
+                f"{names[2]}; at strength 0 each samples as its stock one)"
+            )
+        super().__setattr__(name, value)
 
     @classmethod
     def from_run(

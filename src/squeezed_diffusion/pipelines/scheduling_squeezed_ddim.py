@@ -94,7 +94,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         timestep: int | Tensor,
         sample: Tensor,
         eta: float = 0.0,
-        use_clipped_model_output: bool = False,
+        use_clipped_model_output: bool | None = False,
         generator: torch.Generator | list[torch.Generator] | None = None,
         variance_noise: Tensor | None = None,
         return_dict: bool = True,
@@ -102,8 +102,17 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
         """Move ``sample`` from ``timestep`` to :meth:`previous_timestep`.
 
         ``variance_noise`` (pre-drawn noise, used when ``eta > 0``) replaces ``generator``;
-        given with ``eta = 0`` it would go unused, so it is refused.
+        given with ``eta = 0`` it would go unused, so it is refused. ``eta`` may be a one-element
+        tensor and ``use_clipped_model_output`` None (False), as stock takes them (stock's
+        ``DDIMPipeline`` passes None).
         """
+        if isinstance(eta, Tensor) and eta.numel() == 1:
+            eta = eta.item()
+        if not isinstance(use_clipped_model_output, bool | None):  # "no" would read as True
+            raise ValueError(
+                "use_clipped_model_output must be True, False or None, "
+                f"got {use_clipped_model_output!r}"
+            )
         if eta > 0 and variance_noise is not None and generator is not None:
             raise ValueError("pass generator or variance_noise, not both (as stock DDIM)")
         return self._step(
@@ -112,7 +121,7 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
             timestep,
             sample,
             return_dict,
-            reuse=use_clipped_model_output,
+            reuse=bool(use_clipped_model_output),
             generator=generator,
             eta=eta,
             noise=variance_noise,
