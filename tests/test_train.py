@@ -680,23 +680,29 @@ def test_resuming_before_later_checkpoints_is_refused_and_changes_nothing(
     assert [p.name for p in list_checkpoints(run)][-1] == "step-00000005"
 
 
-def test_a_new_run_clears_what_an_unresumable_start_left(array_data, tmp_path) -> None:
+def test_a_new_run_clears_what_an_unresumable_start_left(array_data, tmp_path, capsys) -> None:
     """A start killed before its first checkpoint leaves its config, a log and grids but
-    nothing to resume; training the folder anew must not read them as its own (and a folder
-    that held no run keeps what it holds)."""
-    run, mine = tmp_path / "run", tmp_path / "mine"
-    for folder in (run, mine):
+    nothing to resume; training the folder anew must not read them as its own. A folder that
+    holds files but no run, or a config.yaml that is not a run's, is refused and keeps them."""
+    run, mine, theirs = tmp_path / "run", tmp_path / "mine", tmp_path / "theirs"
+    for folder in (run, mine, theirs):
         (folder / "samples").mkdir(parents=True)
         (folder / "samples" / "step-00000500.png").write_bytes(b"old")
         (folder / "log.jsonl").write_text(json.dumps({"step": 500, "loss": 9.0}) + "\n")
     (run / "config.yaml").write_text("steps: 500\n")  # what a start writes first
-    for folder in (run, mine):
-        assert main(train_args(array_data, folder, "--steps", "2", "--sample-every", "2")) == 0
+    (theirs / "config.yaml").write_text("my: x\n")
+    assert main(train_args(array_data, run, "--steps", "2", "--sample-every", "2")) == 0
     steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
     assert sorted(p.name for p in (run / "samples").glob("step-*")) == ["step-00000002.png"]
-    # a folder that held no run: nothing of the user's is deleted
-    assert (mine / "samples" / "step-00000500.png").read_bytes() == b"old"
+    for folder, why in (
+        (mine, "holds files but no run"),
+        (theirs, "holds a config.yaml that is not a run's"),
+    ):
+        before = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        assert main(train_args(array_data, folder, "--steps", "2")) == 2
+        assert why in capsys.readouterr().err
+        assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
 
 
 def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:

@@ -28,7 +28,7 @@ from ..core import Basis, SqueezedDiffusion, load_basis
 from ..core.fileio import atomic_write
 from ..data import ImageDataset
 from ..models import build_model
-from .checkpoint import CheckpointError, find_checkpoint, load_weights
+from .checkpoint import CheckpointError, find_checkpoint, list_checkpoints, load_weights
 from .config import TrainConfig
 
 
@@ -56,6 +56,30 @@ class Run:
     def exists(self) -> bool:
         """Whether the folder holds a run (its config.yaml)."""
         return self.config_path.is_file()
+
+    def check_free(self) -> None:
+        """Refuse a folder a new run would damage: one that holds a run's checkpoints, or files
+        but no run (they would be overwritten, or mixed into the run's log). A run stopped
+        before its first checkpoint (its config.yaml, no checkpoint) cannot be resumed; the
+        new run replaces it."""
+        if list_checkpoints(self.path):
+            raise ValueError(
+                f"{self.path} already holds a run; pass --resume latest or choose another --out"
+            )
+        if not self.path.is_dir() or not any(self.path.iterdir()):
+            return
+        if not self.exists():
+            raise ValueError(
+                f"{self.path} holds files but no run (no config.yaml); choose a new or empty "
+                "--out"
+            )
+        try:
+            self.config()
+        except (ValueError, TypeError) as err:
+            raise ValueError(
+                f"{self.path} holds a config.yaml that is not a run's ({err}); choose a new or "
+                "empty --out"
+            ) from None
 
     def runs_inside_hint(self) -> str:
         """For a folder of runs given where one run is expected (``runs/demo``): the runs it

@@ -127,10 +127,8 @@ class Trainer:
             log_with=tracker_names(cfg.log_with) or None, project_dir=str(self.run_dir.trackers_dir),
         )  # fmt: skip
         set_seed(cfg.seed)  # model initialisation and dropout; the data stream is seeded per step
-        if resume is None and list_checkpoints(self.out):
-            raise ValueError(
-                f"{self.out} already holds a run; pass --resume latest or choose another --out"
-            )
+        if resume is None:
+            self.run_dir.check_free()
         if cfg.batch_size % (acc.num_processes * cfg.grad_accum):
             raise ValueError(
                 f"batch_size {cfg.batch_size} must be divisible by processes x grad_accum "
