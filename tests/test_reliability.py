@@ -580,6 +580,8 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["sample", str(run), "--out", str(full)], "already holds files, which would be scored"),
         (["train", "--out", str(notes), "--steps", "1", *arr], "is a file, but this output is a folder"),
         ([*samples, "--out", str(tmp_path)], "is a folder, but this output is one file"),
+        ([*samples, "--out", str(data)], f"--out {data} is the input {data}, which writing it would replace"),
+        (["evaluate", str(run), "--out", str(run / "log.jsonl")], "is a file of the input"),
         (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
         (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
         (["report", str(blob)], "is not valid JSON; pass the sweep's --out folder or its results.json"),

@@ -225,6 +225,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     )  # fmt: skip
     if args.out:
         _check_writable(Path(args.out), "file")
+        _refuse_out_over_inputs(Path(args.out), args.source, args.reference, args.data_dir)
     if not Path(args.source).exists():
         raise FileNotFoundError(
             f"{args.source} does not exist; pass a run folder or a folder/.npz of samples"
@@ -328,6 +329,22 @@ def cmd_report(args: argparse.Namespace) -> int:
     md, page = write_report(args.results, args.out)
     print(f"wrote {md} and {page}")
     return 0
+
+
+def _refuse_out_over_inputs(out: Path, *inputs: str | None) -> None:
+    """``--out`` may not be what is read (a samples file, the reference) or a file inside it
+    (a run's log, a sample): writing would replace it. A new file inside is fine."""
+    target = out.resolve()
+    for given in inputs:
+        if given is None or not Path(given).exists():
+            continue
+        source = Path(given).resolve()
+        if target == source or (source in target.parents and target.exists()):
+            where = "is" if target == source else "is a file of"
+            raise ValueError(
+                f"--out {out} {where} the input {given}, which writing it would replace; "
+                "choose another path"
+            )
 
 
 def _check_writable(path: Path, kind: str) -> None:

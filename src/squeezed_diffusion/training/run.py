@@ -70,8 +70,7 @@ class Run:
             return
         if not self.exists():
             raise ValueError(
-                f"{self.path} holds files but no run (no config.yaml); choose a new or empty "
-                "--out"
+                f"{self.path} holds files but no run (no config.yaml); choose a new or empty --out"
             )
         try:
             self.config()
