@@ -768,7 +768,15 @@ def test_basis_from_other_data_is_refused_on_resume(trained, tmp_path, capsys) -
     assert (
         main(["train", "--out", str(trained), "--resume", "latest", "--steps", "3", "--quiet"]) == 2
     )
-    assert "was fitted on" in capsys.readouterr().err
+    assert "the run's data changed; pass --data-dir with the data it" in capsys.readouterr().err
+    # without its basis a run cannot check its data: refused, not refitted on what is given
+    (trained / "basis.safetensors").unlink()
+    before = sorted(p for p in trained.rglob("*"))
+    assert (
+        main(["train", "--out", str(trained), "--resume", "latest", "--steps", "3", "--quiet"]) == 2
+    )
+    assert "basis.safetensors is missing: a run resumes with the basis" in capsys.readouterr().err
+    assert sorted(p for p in trained.rglob("*")) == before
 
 
 # -- distributed ------------------------------------------------------------------------

@@ -50,7 +50,7 @@ def cached_basis(dataset: ImageDataset, name: str, options: dict[str, Any]) -> B
 
 
 def check_basis(basis: Basis, dataset: ImageDataset, source: Path) -> None:
-    """Refuse a run's saved basis when it was fitted on other data than the run's."""
+    """Refuse to resume a run on other data than its basis was fitted on."""
     meta = basis.metadata
     if meta.get("fingerprint") != dataset.fingerprint or list(meta.get("image_shape", [])) != list(
         dataset.shape
@@ -58,5 +58,6 @@ def check_basis(basis: Basis, dataset: ImageDataset, source: Path) -> None:
         raise ValueError(
             f"basis {source} was fitted on {meta.get('dataset')} {meta.get('image_shape')} "
             f"(fingerprint {str(meta.get('fingerprint'))[:8]}), not on this dataset "
-            f"{list(dataset.shape)} ({dataset.fingerprint[:8]}); refit it or use another --out"
+            f"{list(dataset.shape)} ({dataset.fingerprint[:8]}): the run's data changed; pass "
+            "--data-dir with the data it trained on, or train anew in another --out"
         )

@@ -176,12 +176,19 @@ class Trainer:
         start_trackers(acc, cfg)
 
     def _basis(self, resume: str | None) -> Basis:
+        """A new run's basis is fitted (or cached); a resumed run's is its own, which also
+        shows that the data is the data it trained on."""
+        if resume is None:
+            return cached_basis(self.dataset, self.cfg.basis, self.cfg.basis_options)
         own = self.run_dir.basis_path
-        if resume is not None and own.is_file():
-            basis = load_basis(own)
-            check_basis(basis, self.dataset, own)
-            return basis
-        return cached_basis(self.dataset, self.cfg.basis, self.cfg.basis_options)
+        if not own.is_file():
+            raise ValueError(
+                f"{own} is missing: a run resumes with the basis it trained with, which also "
+                "checks its data; restore it from a copy of the run, or train anew in another --out"
+            )
+        basis = load_basis(own)
+        check_basis(basis, self.dataset, own)
+        return basis
 
     def _prepare_folder(self, resume: str | None) -> None:
         """A new run writes its config and basis; a resumed one rewrites its config (a longer
