@@ -575,6 +575,8 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*t, *arr, "--sample-x0", "clip-anchor"], "--sample-x0 clip-anchor with --sample-sampler ddpm: x0 rule clip-anchor applies to the DPM-Solver++ samplers (dpmpp-2m, dpmpp-2m-sde, dpmpp-3m, dpmpp-3m-sde); the ddpm sampler does not implement it"),
         (["sample", str(run), "--x0", "clamp", *out], "argument --x0: invalid choice: 'clamp'"),
         ([*samples, "--x0", "none"], "--x0 apply to sampling a run"),
+        (["sample", str(run), "--sampler", "dpmpp-2m-sde", "--eta", "0", *out], "--eta given with --sampler dpmpp-2m-sde, which takes none (eta applies to ddim"),
+        (["evaluate", str(run), "--eta", "0"], "--eta given with --sampler ddpm, which takes none"),
         (["sample", str(run), "--out", str(notes)], "not .txt; name a folder without a suffix"),
         (["sample", str(run), "--out", str(empty_png)], "is a folder, but this output is one file"),
         (["sample", str(run), "--out", str(full)], "already holds files, which would be scored"),

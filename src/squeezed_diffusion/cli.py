@@ -560,7 +560,15 @@ def _add_sampling_options(
 
 
 def _fill_sampling_defaults(args: argparse.Namespace) -> None:
-    """The defaults of the sampling options that were not given."""
+    """The defaults of the sampling options that were not given; ``--eta`` given to a
+    sampler that takes none is refused, even at 0, as an ignored flag would be."""
+    sampler = SAMPLERS.get(args.sampler or SAMPLING_DEFAULTS["sampler"], None)
+    if args.eta is not None and sampler is not None and not sampler.uses_eta:
+        takes = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
+        raise ValueError(
+            f"--eta given with --sampler {sampler.name}, which takes none (eta applies to "
+            f"{takes}): drop it"
+        )
     for name, default in {**SAMPLING_DEFAULTS, "num": args.default_num}.items():
         if getattr(args, name) is None:
             setattr(args, name, default)
