@@ -51,6 +51,14 @@ def _seed(text: str) -> int:
     return value
 
 
+def _path(text: str) -> str:
+    """An argparse type: a non-empty path (an empty one, as from an unset shell variable,
+    would silently mean the current folder, or the default)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("is empty; name a file or folder")
+    return text
+
+
 def _dataset_from_arg(source: str, args: argparse.Namespace):
     """A path (folder, .tar[.gz], .npy/.npz) or a registered dataset name (``--data-dir``
     says where a named one lives, and applies to nothing else: a name given with it is the
@@ -486,7 +494,9 @@ def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
         "--skip-bad-images", action="store_true", help="skip unreadable files (counted)"
     )
     fit.add_argument(
-        "--out", help="basis file to write (default: basis-KIND-FINGERPRINT.safetensors)"
+        "--out",
+        type=_path,
+        help="basis file to write (default: basis-KIND-FINGERPRINT.safetensors)",
     )
     fit.set_defaults(func=cmd_fit_basis)
 
@@ -496,7 +506,7 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
 
     tr = sub.add_parser("train", help="train a (squeezed) diffusion model; resumable")
     tr.add_argument("--preset", help=_choices(preset_names()) + "; flags override")
-    tr.add_argument("--out", required=True, help="run folder")
+    tr.add_argument("--out", type=_path, required=True, help="run folder")
     tr.add_argument(
         "--resume", metavar="latest|PATH", help="continue from the newest or a given checkpoint"
     )
@@ -580,7 +590,7 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     _add_sampling_options(sm, num=64, least=1, batch_flags=("--batch-size", "--sample-batch-size"))
     sm.add_argument("--no-ema", action="store_true", help="use the raw weights")
     sm.add_argument(
-        "--out", required=True,
+        "--out", type=_path, required=True,
         help="a new (or empty) folder for PNGs, a .npz or .npy file (what sqdm evaluate "
         "scores), or a .png/.jpg/.jpeg file: one grid of all samples, to look at",
     )  # fmt: skip
@@ -630,7 +640,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
         help=f"images per feature-extraction batch (default {DEFAULT_FEATURE_BATCH}; sampling: "
         "--sample-batch-size)",
     )  # fmt: skip
-    ev.add_argument("--out", help="write the results as JSON")
+    ev.add_argument("--out", type=_path, help="write the results as JSON")
     ev.add_argument(
         "--quiet", action="store_true", help="no progress bars or torch-fidelity output"
     )
@@ -642,7 +652,9 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
         "demo",
         help="offline demo in a few minutes: what squeezing does, why exact samplers matter, a short training run",
     )
-    dm.add_argument("--out", help="output folder (default runs/demo, runs/demo-full with --full)")
+    dm.add_argument(
+        "--out", type=_path, help="output folder (default runs/demo, runs/demo-full with --full)"
+    )
     dm.add_argument(
         "--full",
         action="store_true",
@@ -668,7 +680,7 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="only rebuild results.csv/json from the sweep's finished evaluations",
     )
-    sw.add_argument("--out", help="sweep folder (default: runs/sweeps/NAME)")
+    sw.add_argument("--out", type=_path, help="sweep folder (default: runs/sweeps/NAME)")
     sw.add_argument(
         "--data-dir",
         help="where the datasets live, for every cell (replaces the file's base.data_dir; a "
@@ -685,7 +697,7 @@ def _add_sweep_and_report(sub: argparse._SubParsersAction) -> None:
 
     rp = sub.add_parser("report", help="markdown + HTML report of a sweep's results")
     rp.add_argument("results", help="sweep folder or its results.json")
-    rp.add_argument("--out", help="report folder (default: beside results.json)")
+    rp.add_argument("--out", type=_path, help="report folder (default: beside results.json)")
     rp.set_defaults(func=cmd_report)
 
 
