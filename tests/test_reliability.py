@@ -535,6 +535,10 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
     (full / "old.png").write_bytes(b"")
     blob = tmp_path / "results.json"
     blob.write_bytes(bytes(range(256)))
+    row = {"cell": "c", "dataset": "d", "variant": "sdm", "strength": -0.4, "profile": "beta",
+           "basis": "channel", "seed": 0, "metric": "fd_effnet", "value": None}  # fmt: skip
+    (tmp_path / "null").mkdir()
+    (tmp_path / "null" / "results.json").write_text(json.dumps([row]))
     t0 = [a for a in t if a not in ("--steps", "1")]
     out = ["--out", str(tmp_path / "s.npz")]
     samples = ["evaluate", str(data), "--reference", str(data)]
@@ -589,6 +593,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["evaluate", str(run), "--out", str(run / "log.jsonl")], "is a file of the input"),
         (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
         (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
+        (["report", str(tmp_path / "null")], "cell c has value None, not a number; fix the row"),
         (["report", str(blob)], "is not valid JSON; pass the sweep's --out folder or its results.json"),
         (["sweep", str(full)], "is a folder; pass a sweep YAML file or a shipped sweep"),
         (["sample", str(run), "--steps", "2000", *out], "--steps 2000 with --sampler ddpm: num_steps must be"),

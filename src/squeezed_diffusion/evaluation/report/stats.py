@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from ...core.values import is_integer, is_number
 from ...metrics.table import higher_is_better, result_keys
 from ..sweep import Evaluation
 
@@ -104,10 +105,20 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
             f"{path} is empty: the sweep has no finished evaluation yet (run sqdm sweep, or "
             "--collect with the sweep file it ran with)"
         )
-    if not isinstance(rows, list) or not all(set(NEEDED_COLUMNS) <= set(r) for r in rows):
+    if not isinstance(rows, list) or not all(
+        isinstance(r, dict) and set(NEEDED_COLUMNS) <= set(r) for r in rows
+    ):
         raise ValueError(
             f"{path} holds no sweep rows (need columns {', '.join(sorted(NEEDED_COLUMNS))})"
         )
+    for row in rows:
+        for column, ok in (("value", is_number), ("strength", is_number), ("seed", is_integer)):
+            if not ok(row[column]):
+                raise ValueError(
+                    f"{path}: cell {row['cell']} has {column} {row[column]!r}, not a "
+                    f"{'whole ' if column == 'seed' else ''}number; fix the row, or rebuild the "
+                    "file with sqdm sweep NAME --collect"
+                )
     return rows, path.parent
 
 
