@@ -497,16 +497,17 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             for flag, value, allowed in (
                 ("--ema-decay", "1.0", "in [0, 1)"),
                 ("--checkpoint-every", "0", "an integer >= 1"),
-                ("--lr", "-0.0001", "a finite number > 0"),
-                ("--lr", "-1e-3", "a finite number > 0"),  # read as a number, not a flag
-                ("--weight-decay", "-inf", "a finite number >= 0"),
+                ("--lr", "-0.0001", "a number > 0 finite in float32 (<= 3.4e38)"),
+                ("--lr", "-1e-3", "a number > 0 finite in float32"),  # a number, not a flag
+                ("--lr", "1e308", "a number > 0 finite in float32"),  # else fails inside AdamW
+                ("--weight-decay", "-inf", "a number >= 0 finite in float32"),
                 ("--warmup-steps", "-1", "an integer >= 0"),
                 ("--sample-every", "-1", "an integer >= 0"),
-                ("--weight-decay", "-0.1", "a finite number >= 0"),
+                ("--weight-decay", "-0.1", "a number >= 0 finite in float32"),
                 ("--adam-betas", "0.9 1.0", "two numbers in [0, 1)"),
                 ("--sample-num", "0", "an integer >= 1"),
                 ("--ema-inv-gamma", "0", "a finite number > 0"),
-                ("--grad-clip", "nan", "a finite number >= 0"),
+                ("--grad-clip", "nan", "a number >= 0 finite in float32"),
             )
         ],
         (

@@ -38,6 +38,11 @@ def _finite(v: float) -> bool:
     return math.isfinite(v)
 
 
+def _float32(v: float) -> bool:
+    """Finite in float32, which the optimiser computes in (1e308 would fail inside it)."""
+    return abs(v) <= float(np.finfo(np.float32).max)
+
+
 # field -> (test, what is allowed): every numeric field, so a bad value is a one-line error
 # before any work (optimisers and schedulers would otherwise fail late, or not at all).
 _RANGES = {
@@ -45,12 +50,15 @@ _RANGES = {
     "num_train_timesteps": (lambda v: v >= 1 and v == int(v), "an integer >= 1"),
     "batch_size": (lambda v: v >= 1, "an integer >= 1"),
     "grad_accum": (lambda v: v >= 1, "an integer >= 1"),
-    "lr": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "lr": (lambda v: _float32(v) and v > 0, "a number > 0 finite in float32 (<= 3.4e38)"),
     "adam_betas": (lambda v: 0 <= v < 1, "two numbers in [0, 1)"),
-    "weight_decay": (lambda v: _finite(v) and v >= 0, "a finite number >= 0"),
-    "adam_eps": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: _float32(v) and v >= 0, "a number >= 0 finite in float32"),
+    "adam_eps": (lambda v: _float32(v) and v > 0, "a number > 0 finite in float32"),
     "warmup_steps": (lambda v: v >= 0, "an integer >= 0"),
-    "grad_clip": (lambda v: _finite(v) and v >= 0, "a finite number >= 0 (0: no clipping)"),
+    "grad_clip": (
+        lambda v: _float32(v) and v >= 0,
+        "a number >= 0 finite in float32 (0: no clipping)",
+    ),
     "ema_decay": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "ema_inv_gamma": (lambda v: _finite(v) and v > 0, "a finite number > 0"),
     "ema_power": (lambda v: _finite(v) and v > 0, "a finite number > 0"),

@@ -413,7 +413,7 @@ def _diverged_message(trainer: Trainer) -> str:
     last = ckpts[-1] if ckpts else "none"
     return (
         f"loss became non-finite by step {trainer.step}; last good checkpoint: {last}. "
-        "Lower --lr, or pass --skip-nonfinite to skip such batches"
+        "Lower --lr (or --weight-decay), or pass --skip-nonfinite to skip such batches"
     )
 
 
