@@ -416,6 +416,8 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
     for i in range(3):
         Image.fromarray(np.full((8, 8, 3), 40 * i, np.uint8)).save(broken / f"{i}.png")
     (broken / "bad.png").write_bytes(b"not a png")
+    junk = tmp_path / "junk.tar.gz"  # tarfile's message for it spans five lines
+    junk.write_bytes(b"junk\n")
     gray = write_array(tmp_path / "gray.npy", channels=1)
     wide = tmp_path / "wide.npy"
     np.save(wide, np.zeros((4, 8, 16, 3), np.uint8))
@@ -440,6 +442,7 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
         ),
         ([*t, "--dataset", "imagefolder", "--data-dir", str(tmp_path / "nowhere")], "nowhere"),
         ([*t, "--dataset", "imagefolder", "--data-dir", str(empty)], "no images"),
+        ([*t, "--dataset", "imagefolder", "--data-dir", str(junk)], "cannot read archive"),
         (
             [*t, "--dataset", "imagefolder", "--data-dir", str(broken), "--batch-size", "2"],
             "bad.png",

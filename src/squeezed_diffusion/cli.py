@@ -773,7 +773,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, OSError) as err:  # user errors: one line, no traceback
         if os.environ.get("SQDM_DEBUG"):
             raise
-        print(f"sqdm: error: {err}", file=sys.stderr)
+        # a library's message (tarfile's, say) quoted inside one of ours may span lines
+        print(f"sqdm: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or training.trainer.Stopped by a signal
         signum = getattr(err, "signum", None)
