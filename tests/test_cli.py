@@ -95,6 +95,13 @@ def test_fit_basis_fits_what_training_fits(tmp_path, monkeypatch, capsys) -> Non
     trained = cached_basis(load_dataset("array", arr), "pca", {"k": 2})
     assert caps == [50_000, 50_000]
     assert torch.equal(load_basis(out).components, trained.components)
+    # the cache is a cache: a damaged entry is fitted again (with a warning), not an error
+    (entry,) = (tmp_path / "cache" / "bases").iterdir()
+    entry.write_bytes(b"cut short")
+    with pytest.warns(UserWarning, match="is not a readable basis file.*; fitting the basis again"):
+        again = cached_basis(load_dataset("array", arr), "pca", {"k": 2})
+    assert len(caps) == 3 and torch.equal(again.components, trained.components)
+    assert torch.equal(load_basis(entry).components, trained.components)
 
 
 def test_fit_basis_takes_the_basis_option_spellings_of_train() -> None:

@@ -368,3 +368,11 @@ def test_evaluate_refuses_options_it_would_ignore_or_misread(monkeypatch) -> Non
         with pytest.raises(ValueError, match=message):
             evaluate(images, images, pixels, **kwargs)
     assert evaluate(images, images, pixels, num_reference=2)["num_reference"] == 2
+    for other, fix in (
+        (images[:, :1], r"score them against a reference of 1-channel images$"),
+        (images[:, :, :4, :4], r"load the reference at the samples' resolution \(--resolution\)$"),
+    ):
+        with pytest.raises(
+            ValueError, match=r"^samples are \(\d, \d, \d\) but the reference .*; " + fix
+        ):
+            evaluate(other, images, pixels)

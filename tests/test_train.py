@@ -717,6 +717,24 @@ def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:
     assert resume_config(saved, {"variant": "sdm", "target": "squeezed", "steps": 4}).steps == 4
 
 
+@pytest.mark.parametrize(
+    ("override", "flag"),
+    [
+        ({"hflip": False}, "--no-hflip differs"),
+        ({"skip_nonfinite": True}, "--skip-nonfinite differs"),
+        ({"basis_options": {"k": 3}}, "--basis-k 3 differs"),
+        ({"adam_betas": [0.8, 0.99]}, "--adam-betas 0.8 0.99 differs"),
+    ],
+)
+def test_a_refused_resume_flag_is_named_as_given(tmp_path, override, flag) -> None:
+    """The error names the flag as ``sqdm train`` spells it, not the config field."""
+    saved = resolve_config(None, out=str(tmp_path), steps=2, variant="sdm", strength=-0.4,
+                           basis="pca", basis_options={"k": 2})  # fmt: skip
+    with pytest.raises(ValueError) as err:
+        resume_config(saved, {"out": str(tmp_path), **override})
+    assert str(err.value).startswith(flag), err.value
+
+
 def test_a_log_line_without_its_newline_is_not_a_record(tmp_path) -> None:
     """A line still being written (read by the demo's progress bar) or cut by a kill is not
     parsed; resuming drops it from the file."""

@@ -72,10 +72,12 @@ def check_reference(
         )
     have = tuple(reference.shape[1:] if isinstance(reference, torch.Tensor) else reference.shape)
     if shape is not None and tuple(shape) != have:
-        raise ValueError(
-            f"samples are {tuple(shape)} but the reference is {have}; load the reference at "
-            "the samples' resolution (--resolution)"
+        fix = (
+            "load the reference at the samples' resolution (--resolution)"
+            if shape[0] == have[0]
+            else f"score them against a reference of {shape[0]}-channel images"
         )
+        raise ValueError(f"samples are {tuple(shape)} but the reference is {have}; {fix}")
 
 
 def reference_subset(images: torch.Tensor, num: int | None, seed: int = 0) -> torch.Tensor:

@@ -6,6 +6,7 @@ the same metadata (dataset, content fingerprint, image shape) however it was mad
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,10 @@ def cached_basis(dataset: ImageDataset, name: str, options: dict[str, Any]) -> B
     )
     path = cache_dir() / "bases" / f"{name}{tag}-{dataset.fingerprint[:16]}.safetensors"
     if path.is_file():
-        return load_basis(path)
+        try:
+            return load_basis(path)
+        except ValueError as err:  # a cache: a damaged entry is fitted again, not an error
+            warnings.warn(f"{err.args[0].split(';')[0]}; fitting the basis again", stacklevel=2)
     basis = fit_dataset_basis(dataset, name, options)
     basis.save(path)
     return basis

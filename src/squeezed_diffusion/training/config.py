@@ -512,8 +512,20 @@ def resume_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig:
     for key in given.keys() - shapes_nothing:
         if key not in RESUMABLE | WHERE_DATA and _canonical(wanted, key) != _canonical(saved, key):
             raise ValueError(
-                f"--{key.replace('_', '-')} {given[key]} differs from the run's saved "
+                f"{_as_flags(key, given[key])} differs from the run's saved "
                 f"{getattr(saved, key)!r}; a resumed run keeps its config (drop the flag, or "
                 "train a new --out)"
             )
     return wanted.validate()
+
+
+def _as_flags(key: str, value: Any) -> str:
+    """Config field ``key`` at ``value`` as ``sqdm train`` spells it: a switch by its name
+    (``--no-hflip``), basis options one flag each (``--basis-k 3``)."""
+    if key == "basis_options":
+        return " ".join(_as_flags(f"basis_{k}", v) for k, v in value.items())
+    name = key.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no-{name}"
+    shown = " ".join(map(str, value)) if isinstance(value, list | tuple) else value
+    return f"--{name} {shown}"
