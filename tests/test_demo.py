@@ -167,11 +167,29 @@ def test_an_error_in_one_side_by_side_run_stops_the_other_and_is_raised(demo, tm
     which stops the isotropic worker long before its last step (the demo waits for its
     workers, so without the stop the isotropic run would have logged step 5000) and reaches
     the caller unchanged."""
+    import dataclasses
+
+    from squeezed_diffusion.demo import Settings, train_and_sample
+
     out = tmp_path / "demo"
     shutil.copytree(demo[0] / "isotropic", out / "sdm-0.4")
+    settings = dataclasses.replace(Settings(), **{**TOY, "steps": 5000})
     with pytest.raises(ValueError, match="differs from the run's saved"):
-        run_demo(out, progress=False, **{**TOY, "steps": 5000})
+        train_and_sample(out, settings, progress=False)  # past run_demo's check of the folders
     assert all(record["step"] < 5000 for record in Run(out / "isotropic").log())
+
+
+def test_demo_refuses_another_run_in_its_folders_before_any_work(demo, tmp_path) -> None:
+    """Another run where the demo's would go fails at once, naming the folder and the fix
+    (not a flag the user never gave), before the first sections are built."""
+    out = tmp_path / "demo"
+    shutil.copytree(demo[0] / "isotropic", out / "sdm-0.4")
+    with pytest.raises(
+        ValueError,
+        match=r"^\S+sdm-0\.4 holds something other than this demo's sdm-0\.4 run: delete it, or pass sqdm demo another --out$",
+    ):
+        run_demo(out, progress=False, **TOY)
+    assert sorted(p.name for p in out.iterdir()) == ["sdm-0.4"]
 
 
 def test_demo_page_times_only_the_steps_it_trained() -> None:

@@ -48,7 +48,8 @@ from .data import load_dataset, to_float
 from .evaluation.generate import generate
 from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, write_document
 from .metrics import fd_pixels
-from .training.config import TrainConfig, resolve_config
+from .training.checkpoint import list_checkpoints
+from .training.config import TrainConfig, resolve_config, resume_config
 from .training.run import Run
 from .training.trainer import Stopped, train_to_completion
 
@@ -200,6 +201,34 @@ def oracle_figure(rows: list[dict[str, Any]]) -> bytes:
 Drawn = tuple[torch.Tensor, float, float, int]
 
 
+def run_configs(out: Path, settings: Settings) -> tuple[TrainConfig, list[TrainConfig]]:
+    """The demo's base config and its runs' configs, one folder each under ``out``."""
+    base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
+    configs = [
+        dataclasses.replace(base, variant=variant, strength=strength, out=str(out / name))
+        for variant, strength in settings.trained
+        for name in [variant if variant == "isotropic" else f"{variant}{strength:+g}"]
+    ]
+    return base, configs
+
+
+def check_run_folders(configs: list[TrainConfig]) -> None:
+    """Before any work: each run folder is new, or a start of this demo's run (finished or
+    not) that a rerun reuses; another run there would fail only after the first sections."""
+    for cfg in configs:
+        run = Run(cfg.out)
+        try:
+            if list_checkpoints(run.path):
+                resume_config(run.config(), cfg.to_dict())
+            else:
+                run.check_free()
+        except ValueError:
+            raise ValueError(
+                f"{run.path} holds something other than this demo's {run.path.name} run: "
+                "delete it, or pass sqdm demo another --out"
+            ) from None
+
+
 def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict[str, Any]]:
     """Train each configuration (reruns reuse finished runs), sample it, score the samples.
 
@@ -209,12 +238,7 @@ def train_and_sample(out: Path, settings: Settings, progress: bool) -> list[dict
     1.1x (``tiny``) to 1.4x (``micro``) the images per second of one two-thread process
     (``benchmarks/side_by_side.py``, docs/benchmarks.md).
     """
-    base = resolve_config("demo", out=str(out), steps=settings.steps, model=settings.model)
-    configs = [
-        dataclasses.replace(base, variant=variant, strength=strength, out=str(out / name))
-        for variant, strength in settings.trained
-        for name in [variant if variant == "isotropic" else f"{variant}{strength:+g}"]
-    ]
+    base, configs = run_configs(out, settings)
     threads = torch.get_num_threads()  # one per core unless OMP_NUM_THREADS says otherwise
     parallel = settings.side_by_side and threads > 1 and len(configs) > 1
     per_run = max(1, threads // len(configs)) if parallel else threads
@@ -507,6 +531,7 @@ def run_demo(
     """
     out = Path(out)
     settings = dataclasses.replace(FULL if full else Settings(), **overrides)
+    check_run_folders(run_configs(out, settings)[1])
     start = time.perf_counter()
     photos = load_dataset("photos", resolution=16, subset=2048).batches(512)
     basis = ChannelBasis.fit(photos)
