@@ -90,9 +90,13 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
     path = Path(source)
     path = path / "results.json" if path.is_dir() else path
     if not path.is_file():
-        raise FileNotFoundError(
-            f"{path} does not exist; pass a sweep's --out folder or its results.json"
+        fix = (
+            "run the sweep, or rebuild its table with sqdm sweep NAME --out "
+            f"{path.parent} --collect"
+            if path.parent.is_dir() and path.name == "results.json"
+            else "pass a sweep's --out folder or its results.json"
         )
+        raise FileNotFoundError(f"{path} does not exist; {fix}")
     try:
         rows = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError):
