@@ -425,6 +425,11 @@ def test_pipeline_refuses_a_stock_scheduler_naming_the_fix(tmp_path, unet) -> No
     scheduler = DDPM.from_config(DDPMScheduler.load_config(tmp_path / "scheduler"))
     loaded = SqueezedDDPMPipeline.from_pretrained(tmp_path, scheduler=scheduler)
     assert isinstance(loaded.scheduler, DDPM)
+    # None is diffusers' "left out" (from_pretrained(..., scheduler=None)): taken, and the
+    # call says what is missing
+    loaded.scheduler = None
+    with pytest.raises(ValueError, match=r"^the pipeline has no scheduler: set pipe\.scheduler"):
+        loaded(num_inference_steps=2)
 
 
 @pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
@@ -433,9 +438,13 @@ def test_stock_tables_move_but_do_not_change(cls) -> None:
     recipes overwrite ``betas``/``alphas``/``alphas_cumprod``, which the process would not
     see: refused, naming the config keys that do it, and the table left as it was."""
     ours, stock = cls(), STOCK[cls]()
-    ours.alphas_cumprod = ours.alphas_cumprod.to(torch.float64)
-    assert ours.alphas_cumprod.dtype == torch.float64
-    assert torch.equal(ours.alphas_cumprod.float(), stock.alphas_cumprod)
+    table = ours.alphas_cumprod
+    for dtype in (torch.float64, torch.float16, torch.float32):
+        ours.alphas_cumprod = table.to(dtype)  # float16 rounds: still the table
+        assert ours.alphas_cumprod.dtype == dtype
+    assert torch.equal(ours.alphas_cumprod, stock.alphas_cumprod)
+    with pytest.raises(AttributeError, match=r"^alphas_cumprod set to other values"):
+        ours.alphas_cumprod = table.half().float()  # rounded values, not a cast of the table
     for name in ("betas", "alphas", "alphas_cumprod"):
         before = getattr(ours, name)
         with pytest.raises(AttributeError, match=f"^{name} set to other values.*trained_betas"):

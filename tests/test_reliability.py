@@ -584,7 +584,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["sample", str(run), "--x0", "clamp", *out], "argument --x0: invalid choice: 'clamp'"),
         ([*samples, "--x0", "none"], "--x0 apply to sampling a run"),
         (["sample", str(run), "--sampler", "dpmpp-2m-sde", "--eta", "0", *out], "--eta given with --sampler dpmpp-2m-sde, which takes none (eta applies to ddim"),
-        (["evaluate", str(run), "--eta", "0"], "--eta given with --sampler ddpm, which takes none"),
+        (["evaluate", str(run), "--eta", "0"], "--eta given with the default sampler ddpm, which takes none (eta applies to ddim): drop it, or pass --sampler ddim"),
         (["sample", str(run), "--out", str(notes)], "not .txt; name a folder without a suffix"),
         (["sample", str(run), "--out", str(empty_png)], "is a folder, but this output is one file"),
         (["sample", str(run), "--out", str(full)], "already holds files, which would be scored"),
@@ -621,6 +621,18 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["sweep", "local-cifar10", "--out", str(tmp_path / "sw"), "--collect", "--list"], "--collect"),
         (["sweep", "local-cifar10", "--out", str(tmp_path / "sw"), "--collect", "--shard", "1/2"], "--collect"),
     ]  # fmt: skip
+
+
+def test_evaluate_rewrites_its_own_results_inside_the_run(trained) -> None:
+    """--out may name a results file inside the run (only the run's own files are refused),
+    also when it is there from an earlier evaluation."""
+    out = trained / "eval.json"
+    argv = ["evaluate", str(trained), "--num", "2", "--steps", "1", "--metrics", "fd_pixels8",
+            "--quiet", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    out.write_text("{}")
+    assert main(argv) == 0
+    assert "fd_pixels8" in json.loads(out.read_text())
 
 
 def test_bad_input_gives_one_line_and_exit_2(data, trained, tmp_path, capsys) -> None:

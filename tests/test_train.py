@@ -690,7 +690,7 @@ def test_a_new_run_clears_what_an_unresumable_start_left(array_data, tmp_path, c
         (folder / "samples" / "step-00000500.png").write_bytes(b"old")
         (folder / "log.jsonl").write_text(json.dumps({"step": 500, "loss": 9.0}) + "\n")
     (run / "config.yaml").write_text("steps: 500\n")  # what a start writes first
-    (theirs / "config.yaml").write_text("my: x\n")
+    (theirs / "config.yaml").write_text("model: resnet50\nlr: 0.1\n")  # sqdm's field names
     assert main(train_args(array_data, run, "--steps", "2", "--sample-every", "2")) == 0
     steps = [json.loads(ln)["step"] for ln in (run / "log.jsonl").read_text().splitlines()]
     assert steps == [1, 2]
@@ -703,6 +703,11 @@ def test_a_new_run_clears_what_an_unresumable_start_left(array_data, tmp_path, c
         assert main(train_args(array_data, folder, "--steps", "2")) == 2
         assert why in capsys.readouterr().err
         assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == before
+    kept = tmp_path / "kept"  # hidden files alone (.gitkeep) do not make a folder taken
+    kept.mkdir()
+    (kept / ".gitkeep").write_bytes(b"")
+    assert main(train_args(array_data, kept, "--steps", "1")) == 0
+    assert (kept / ".gitkeep").is_file()
 
 
 def test_resuming_with_another_variant_names_the_variant(tmp_path) -> None:

@@ -340,14 +340,16 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _refuse_out_over_inputs(out: Path, *inputs: str | None) -> None:
-    """``--out`` may not be what is read (a samples file, the reference) or a file inside it
-    (a run's log, a sample): writing would replace it. A new file inside is fine."""
+    """``--out`` may not be what is read (a samples file, the reference) or a file of it (a
+    run's log, a sample): writing would replace it. A JSON file inside (an earlier result)
+    may be, and a new file inside is fine."""
     target = out.resolve()
     for given in inputs:
         if given is None or not Path(given).exists():
             continue
         source = Path(given).resolve()
-        if target == source or (source in target.parents and target.exists()):
+        owned = source in target.parents and target.is_file() and target.suffix != ".json"
+        if target == source or owned:
             where = "is" if target == source else "is a file of"
             raise ValueError(
                 f"--out {out} {where} the input {given}, which writing it would replace; "
@@ -574,10 +576,13 @@ def _fill_sampling_defaults(args: argparse.Namespace) -> None:
     sampler that takes none is refused, even at 0, as an ignored flag would be."""
     sampler = SAMPLERS.get(args.sampler or SAMPLING_DEFAULTS["sampler"], None)
     if args.eta is not None and sampler is not None and not sampler.uses_eta:
-        takes = ", ".join(name for name, s in SAMPLERS.items() if s.uses_eta)
+        takes = [name for name, s in SAMPLERS.items() if s.uses_eta]
+        given = (
+            f"--sampler {sampler.name}" if args.sampler else f"the default sampler {sampler.name}"
+        )
         raise ValueError(
-            f"--eta given with --sampler {sampler.name}, which takes none (eta applies to "
-            f"{takes}): drop it"
+            f"--eta given with {given}, which takes none (eta applies to {', '.join(takes)}): "
+            f"drop it{'' if args.sampler else f', or pass --sampler {takes[0]}'}"
         )
     for name, default in {**SAMPLING_DEFAULTS, "num": args.default_num}.items():
         if getattr(args, name) is None:
@@ -774,7 +779,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if os.environ.get("SQDM_DEBUG"):
             raise
         # a library's message (tarfile's, say) quoted inside one of ours may span lines
-        print(f"sqdm: error: {' '.join(str(err).split())}", file=sys.stderr)
+        print(f"sqdm: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # Ctrl-C, or training.trainer.Stopped by a signal
         signum = getattr(err, "signum", None)

@@ -141,17 +141,21 @@ def _plain(value: Any) -> Any:
 
 def _stock_table(name: str) -> property:
     """Stock's table ``name``, which stock code may reassign: to the same values (moved to
-    a device, say) it is kept; to others it is refused, since the process, not the
-    attribute, holds the noise levels the scheduler samples with."""
+    a device or cast to another float dtype, say) it is kept; to others it is refused, since
+    the process, not the attribute, holds the noise levels the scheduler samples with."""
 
     def get(self: Any) -> Tensor:
         return self._tables[name]
 
     def set_(self: Any, value: Tensor) -> None:
-        same = isinstance(value, Tensor) and value.shape == self._tables[name].shape
-        if not (
-            same and torch.equal(value.detach().cpu().float(), self._tables[name].cpu().float())
-        ):
+        built = self._built_tables[name]  # float32, as constructed
+        same = (
+            isinstance(value, Tensor)
+            and value.is_floating_point()
+            and value.shape == built.shape
+            and torch.equal(value.detach().cpu(), built.to(value.dtype))
+        )
+        if not same:
             raise AttributeError(
                 f"{name} set to other values would not change the sampling (the process "
                 "holds the noise levels); configure them instead: trained_betas=..., "
@@ -159,7 +163,7 @@ def _stock_table(name: str) -> property:
             )
         self._tables[name] = value
 
-    return property(get, set_, doc=f"Stock's ``{name}`` table (float32).")
+    return property(get, set_, doc=f"Stock's ``{name}`` table (float32 as built).")
 
 
 class SqueezedSchedulerMixin:
@@ -298,8 +302,9 @@ class SqueezedSchedulerMixin:
         self._sampler: Sampler = sampler_for_scheduler(self._KIND, self._sampler_keys())
         # diffusers' float32 tables, for code that reads them (e.g. SNR loss weighting).
         betas = self._process.betas.float()
-        self._tables = {"betas": betas, "alphas": 1.0 - betas,
-                        "alphas_cumprod": self._process.alphas_cumprod.float()}  # fmt: skip
+        self._built_tables = {"betas": betas, "alphas": 1.0 - betas,
+                              "alphas_cumprod": self._process.alphas_cumprod.float()}  # fmt: skip
+        self._tables = dict(self._built_tables)
         self.num_inference_steps: int | None = None
         self._use_timesteps(list(range(cfg.num_train_timesteps - 1, -1, -1)))
         self._built = True

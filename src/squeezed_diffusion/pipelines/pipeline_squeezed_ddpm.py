@@ -89,7 +89,8 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
     def __setattr__(self, name: str, value: Any) -> None:
         """A stock scheduler (loaded from a stock pipeline's folder, or assigned) is refused
         here, where the fix is known, rather than failing at the call on a missing method."""
-        if name == "scheduler" and not isinstance(value, tuple(SCHEDULER_KINDS.values())):
+        squeezed = (type(None), *SCHEDULER_KINDS.values())  # None: diffusers' "left out"
+        if name == "scheduler" and not isinstance(value, squeezed):
             kind = type(value).__name__
             names = sorted(_SQUEEZED_NAMES, key=lambda n: n != f"Squeezed{kind}")
             raise ValueError(
@@ -169,6 +170,11 @@ class SqueezedDDPMPipeline(DiffusionPipeline):
         ``num_inference_steps`` defaults to the scheduler's full schedule (every training
         timestep, as stock DDPMPipeline; one fewer with DPM-Solver, which would repeat one).
         """
+        if self.scheduler is None:  # loaded with scheduler=None
+            raise ValueError(
+                "the pipeline has no scheduler: set pipe.scheduler to a SqueezedDDPMScheduler, "
+                f"{_SQUEEZED_NAMES[1]} or {_SQUEEZED_NAMES[2]}"
+            )
         check_count(batch_size, "batch_size")  # else a reshape error, later
         if output_type not in OUTPUT_TYPES:
             raise ValueError(

@@ -66,14 +66,14 @@ class Run:
             raise ValueError(
                 f"{self.path} already holds a run; pass --resume latest or choose another --out"
             )
-        if not self.path.is_dir() or not any(self.path.iterdir()):
-            return
+        if not self.path.is_dir() or all(p.name.startswith(".") for p in self.path.iterdir()):
+            return  # new, empty, or holding only hidden files (.gitkeep), which it leaves
         if not self.exists():
             raise ValueError(
                 f"{self.path} holds files but no run (no config.yaml); choose a new or empty --out"
             )
         try:
-            self.config()
+            self.config().validate()  # another tool's config.yaml may share field names
         except (ValueError, TypeError) as err:
             raise ValueError(
                 f"{self.path} holds a config.yaml that is not a run's ({err}); choose a new or "
