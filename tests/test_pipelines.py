@@ -22,6 +22,7 @@ from diffusers import (
     DDPMScheduler,
     DPMSolverMultistepScheduler,
     EulerDiscreteScheduler,
+    PNDMScheduler,
     UNet2DModel,
 )
 
@@ -621,6 +622,30 @@ def _mid_noise_step(scheduler) -> torch.Tensor:
     scheduler.set_timesteps(10)
     x, out = torch.randn(SHAPE, generator=_gen(0)), torch.randn(SHAPE, generator=_gen(1))
     return scheduler.step(out, 200, x, generator=_gen(2)).prev_sample
+
+
+@pytest.mark.parametrize("cls", [DDPM, DDIM, DPM])
+def test_a_stable_diffusion_pndm_config_loads_as_stock_loads_it(tmp_path, cls) -> None:
+    """diffusers' training scripts load the model's scheduler folder as DDPM, which for
+    Stable Diffusion 1.x holds a PNDMScheduler config (skip_prk_steps, set_alpha_to_one=False
+    at PNDM's default): it loads and samples as the stock class loads it, from the file and
+    from the loaded stock scheduler's config, and survives a save and load."""
+    sd = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear",
+          "skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}  # fmt: skip
+    PNDMScheduler(**sd).save_pretrained(tmp_path / "sd")
+    stock = STOCK[cls].from_pretrained(tmp_path / "sd")
+    for ours in (
+        cls.from_pretrained(tmp_path / "sd"),
+        cls.from_config(PNDMScheduler.from_pretrained(tmp_path / "sd").config),
+    ):
+        _assert_loops_equal(ours, stock, 10)
+        ours.save_pretrained(tmp_path / "ours")
+        _assert_loops_equal(cls.from_pretrained(tmp_path / "ours"), stock, 10)
+    # the same value from a DDIM config asks DDIM's last step of DDPM: refused, as before
+    if cls is not DDIM:
+        DDIMScheduler(set_alpha_to_one=False).save_pretrained(tmp_path / "ddim")
+        with pytest.raises(ValueError, match="set_alpha_to_one=False is a setting of DDIMSch"):
+            cls.from_pretrained(tmp_path / "ddim")
 
 
 def test_other_algorithms_keys_drop_at_their_default_and_raise_otherwise(tmp_path) -> None:

@@ -200,6 +200,7 @@ class SqueezedSchedulerMixin:
         "DDPMScheduler",
         "DDIMScheduler",
         "DPMSolverMultistepScheduler",
+        "PNDMScheduler",  # Stable Diffusion 1.x's; diffusers' training scripts load it as DDPM
     ]
     _SEQUENCE_FIELDS = ("strength", "direction", "image_shape", "cutoffs", "trained_betas")
     _LEGACY_BASIS_FIELDS = ("direction", "num_channels", "image_shape", "cutoffs")
@@ -209,7 +210,7 @@ class SqueezedSchedulerMixin:
     _KIND: ClassVar[str]
     # Non-default values of another scheduler's keys that ask nothing of this class, so that
     # loading a config drops them as it drops defaults (``extract_init_dict``).
-    _ASK_NOTHING: ClassVar[dict[str, tuple[Any, ...]]] = {}
+    _ASK_NOTHING: ClassVar[dict[str, tuple[Any, ...]]] = {"skip_prk_steps": (True,)}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -233,7 +234,10 @@ class SqueezedSchedulerMixin:
         scheduler (another algorithm's setting, such as DDPM's ``variance_type`` in a DDIM
         config) is dropped at that scheduler's default or a value in ``_ASK_NOTHING``, and
         kept aside for a round trip back, as diffusers does; at any other value it raises; a
-        key no compatible scheduler has raises.
+        key no compatible scheduler has raises. "That scheduler" is the one a saved config
+        names (``_class_name``); for a config that names none, the key must be at the default
+        of every scheduler that has it (DDIM's and PNDM's ``set_alpha_to_one`` differ). A
+        squeezed scheduler's config holds such keys only as kept aside by an earlier load.
         """
         defaults = set(config_dict.get("_use_default_values", []))
         original = {
@@ -251,11 +255,16 @@ class SqueezedSchedulerMixin:
                     f"unknown config key {key!r} for {cls.__name__} (a config of a scheduler "
                     f"that is not one of {', '.join(others)}?); remove it"
                 )
-            if value not in owners.values() and value not in cls._ASK_NOTHING.get(key, ()):
+            source = config_dict.get("_class_name")
+            if source in {c.__name__ for c in SQUEEZED_SCHEDULERS} and source not in owners:
+                continue  # a squeezed scheduler kept it aside when it loaded it, checked then
+            defaults = [owners[source]] if source in owners else list(owners.values())
+            if any(value != d for d in defaults) and value not in cls._ASK_NOTHING.get(key, ()):
+                agreed = all(d == defaults[0] for d in defaults)
                 raise ValueError(
                     f"{key}={value!r} is a setting of {' / '.join(owners)} that {cls.__name__} "
-                    f"cannot honour; remove it from the config (at its default, "
-                    f"{next(iter(owners.values()))!r}, it is dropped)"
+                    "cannot honour; remove it from the config"
+                    + (f" (at its default, {defaults[0]!r}, it is dropped)" if agreed else "")
                 )
         init = {k: v for k, v in given.items() if k in own}
         hidden = {k: v for k, v in original.items() if k not in init}

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from diffusers.configuration_utils import ConfigMixin, register_to_config
@@ -30,7 +30,10 @@ class SqueezedDDIMScheduler(SqueezedSchedulerMixin, SchedulerMixin, ConfigMixin)
     # A DDPM config's fixed variance type chooses DDPM's noise, which DDIM's eta replaces, so
     # it drops as in stock (DDPM -> DDIM with google/ddpm-cifar10-32's "fixed_large"); a
     # learned type (a model output with a variance half) still raises.
-    _ASK_NOTHING: ClassVar[dict[str, tuple[str, ...]]] = {"variance_type": FIXED_VARIANCES}
+    _ASK_NOTHING: ClassVar[dict[str, tuple[Any, ...]]] = {
+        **SqueezedSchedulerMixin._ASK_NOTHING,
+        "variance_type": FIXED_VARIANCES,
+    }
 
     @register_to_config
     def __init__(
