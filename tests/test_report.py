@@ -92,14 +92,17 @@ def test_verdict_claims_a_direction_only_where_the_paired_interval_excludes_zero
     for r in rows:  # SDM -0.4's fd_effnet differences from isotropic become -1, -7, -4: sd 3
         if r["variant"] == "sdm" and r["strength"] == -0.4 and r["metric"] == "fd_effnet":
             r["value"] += {0: 3.0, 1: -3.0, 2: 0.0}[r["seed"]]
+        if r["variant"] == "sdm" and r["strength"] == -0.8:  # a little scatter: an interval
+            r["value"] += {0: 1e-3, 1: -1e-3, 2: 0.0}[r["seed"]]
     items = summarize(rows)
     by = {(s.variant, s.strength, s.metric): s for s in items}
     noisy = by[("sdm", -0.4, "fd_effnet")]
     assert noisy.delta == pytest.approx(-4.0)
     assert noisy.delta_ci == pytest.approx(stats.t.ppf(0.975, 2) * 3 / 3**0.5)
     assert verdict(noisy).endswith("not resolved")
-    assert verdict(by[("sdm", 0.4, "fd_effnet")]) == "+4 ± 0 higher (worse)"
-    assert verdict(by[("sdm", -0.8, "fd_effnet")]) == "-8 ± 0 lower (better)"
+    # the same difference in every seed: a zero-width interval estimates no spread
+    assert verdict(by[("sdm", 0.4, "fd_effnet")]) == "+4 ± 0 not resolved"
+    assert verdict(by[("sdm", -0.8, "fd_effnet")]) == "-8 ± 0.0025 lower (better)"
     assert verdict(by[("sdm", -0.8, "precision_effnet")]).endswith("lower (worse)")
     assert verdict(by[("sdm", -0.8, "recall_effnet")]).endswith("higher (better)")
     assert verdict(by[("isotropic", 0.0, "fd_effnet")]) == ""
@@ -110,6 +113,31 @@ def test_verdict_claims_a_direction_only_where_the_paired_interval_excludes_zero
         ["sdm", "-0.8", "3"], ["sdm", "-0.4", "3"], ["sdm", "0.4", "3"], ["hdm", "-0.4", "3"]
     ]  # fmt: skip
     assert body[1][4] == verdict(noisy)
+
+
+def test_change_and_difference_use_the_seeds_both_cells_have(tmp_path) -> None:
+    """Without isotropic seed 2, SDM -0.4's fd_effnet (22 - 4 + seed - 1 against 20 + seed - 1,
+    its seed 2 far off) changes by -4 / 19.5 over seeds 0 and 1, not by its mean over all
+    three seeds against isotropic's over two; a NaN value is refused naming its cell."""
+    from squeezed_diffusion.evaluation.report.stats import load_rows
+
+    rows = [r for r in fixture_rows() if not (r["variant"] == "isotropic" and r["seed"] == 2)]
+    for r in rows:
+        if (r["variant"], r["strength"], r["metric"], r["seed"]) == ("sdm", -0.4, "fd_effnet", 2):
+            r["value"] += 30.0
+    (s,) = [
+        x
+        for x in summarize(rows)
+        if (x.variant, x.strength, x.metric) == ("sdm", -0.4, "fd_effnet")
+    ]
+    assert (s.pairs, s.n, s.delta) == (2, 3, pytest.approx(-4.0))
+    assert s.change_pct == pytest.approx(100 * -4.0 / 19.5)
+    rows[0]["value"] = float("nan")
+    (tmp_path / "results.json").write_text(json.dumps(rows))
+    with pytest.raises(
+        ValueError, match=re.escape(f"cell {rows[0]['cell']} has value nan, not a finite number")
+    ):
+        load_rows(tmp_path)
 
 
 def test_report_writes_markdown_and_self_contained_html(results_dir, capsys) -> None:

@@ -3,7 +3,7 @@
 Per (configuration, variant, strength, metric): the mean over seeds and the half-width of
 its 95 % interval, ``t(0.975, n - 1) * sd / sqrt(n)`` (none for one seed), and the change
 of the mean relative to strength 0 (the isotropic cell of the same dataset and extra
-settings), in %. Because a seed fixes the initialisation, the data order and every noise
+settings; over the seeds both have), in %. Because a seed fixes the initialisation, the data order and every noise
 draw, a cell and the isotropic cell of the same seed are a matched pair: the paired
 difference (mean over seeds of cell minus isotropic, with its own Student-t interval)
 separates the effect of the strength from seed-to-seed scatter.
@@ -79,9 +79,14 @@ class Summary:
 
     @property
     def resolved(self) -> bool:
-        """The paired 95 % interval excludes 0: a difference from isotropic this sweep resolves."""
+        """The paired 95 % interval excludes 0: a difference from isotropic this sweep resolves.
+        An interval of zero width (every seed's difference the same, as metrics in steps of
+        1/N give with few seeds) estimates no spread and resolves nothing."""
         return (
-            self.delta is not None and self.delta_ci is not None and abs(self.delta) > self.delta_ci
+            self.delta is not None
+            and self.delta_ci is not None
+            and self.delta_ci > 0
+            and abs(self.delta) > self.delta_ci
         )
 
 
@@ -116,14 +121,19 @@ def load_rows(source: str | Path) -> tuple[list[dict[str, Any]], Path]:
             f"{path} holds no sweep rows (need columns {', '.join(sorted(NEEDED_COLUMNS))})"
         )
     for row in rows:
-        for column, ok in (("value", is_number), ("strength", is_number), ("seed", is_integer)):
+        for column, ok in (("value", _finite), ("strength", _finite), ("seed", is_integer)):
             if not ok(row[column]):
                 raise ValueError(
                     f"{path}: cell {row['cell']} has {column} {row[column]!r}, not a "
-                    f"{'whole ' if column == 'seed' else ''}number; fix the row, or rebuild the "
-                    "file with sqdm sweep NAME --collect"
+                    f"{'whole' if column == 'seed' else 'finite'} number; fix or remove the "
+                    "row (a NaN is an evaluation that diverged), or rebuild the file with sqdm "
+                    "sweep NAME --collect"
                 )
     return rows, path.parent
+
+
+def _finite(value: Any) -> bool:
+    return is_number(value) and math.isfinite(value)
 
 
 def interval95(values: list[float]) -> float | None:
@@ -178,8 +188,10 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         key = (group.dataset, group.extra, group.evaluation, metric)
         base = isotropic.get(key, {}) if variant != "isotropic" else {}
         mean, paired = statistics.fmean(vals), _paired_differences(seeds, base)
-        iso_mean = statistics.fmean(base.values()) if base else None
-        change = 100 * (mean - iso_mean) / abs(iso_mean) if iso_mean else None
+        # over the seeds both cells have, as the paired difference: with a seed missing on
+        # one side, means over different seeds would mix seed scatter into the change
+        iso_mean = statistics.fmean(base[k] for k in seeds.keys() & base.keys()) if paired else None
+        change = 100 * statistics.fmean(paired) / abs(iso_mean) if iso_mean else None
         same = (group.dataset, group.extra, group.evaluation)
         targets = (
             [g for g in groups if (g.dataset, g.extra, g.evaluation) == same]
