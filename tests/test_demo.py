@@ -91,8 +91,20 @@ def test_demo_command_prints_the_page(tmp_path, capsys, monkeypatch) -> None:
     monkeypatch.setattr(
         module, "Settings", lambda: module.FULL.__class__(**TOY, side_by_side=False)
     )
-    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0
-    assert re.search(r"report: /\S+/report\.html", capsys.readouterr().out)
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    out = capsys.readouterr().out
+    assert re.search(r"report: /\S+/report\.html", out)
+    stages = ["1/3 what squeezing does", "2/3 why the exact samplers matter: grading 3 samplers "
+              "at 2 strengths", "3/3 a short training run: isotropic, sdm-0.4\n"]  # fmt: skip
+    assert all(stage in out for stage in stages), out
+    assert main(["demo", "--out", str(tmp_path / "d"), "--quiet"]) == 0  # reuses both runs
+    out = capsys.readouterr().out
+    assert re.search(r"report: /\S+/report\.html", out) and "1/3" not in out
+    assert main(["demo", "--out", str(tmp_path / "d")]) == 0
+    assert (
+        "3/3 a short training run: isotropic, sdm-0.4 (reusing or resuming isotropic, sdm-0.4)"
+        in capsys.readouterr().out
+    )
 
 
 CHROMIUM_FLAGS = (

@@ -479,7 +479,7 @@ def _add_fit_basis(sub: argparse._SubParsersAction) -> None:
     fit.add_argument(
         "source", help="image folder, .tar/.tar.gz of images, .npy/.npz array, or dataset name"
     )
-    fit.add_argument("--basis", default="channel", help=BASES.help())
+    fit.add_argument("--basis", default="channel", help=BASES.help() + " (default channel)")
     _add_basis_options(fit, prefixes=("", "basis-"))
     fit.add_argument("--data-dir", help="where a named dataset lives")
     fit.add_argument("--resolution", type=_at_least(1), help="resize images to R x R first")
@@ -741,6 +741,9 @@ def build_parser() -> argparse.ArgumentParser:
         _add_sweep_and_report,
     ):
         add(sub)
+    for listed in sub._choices_actions:  # `sqdm COMMAND --help` opens with the listing's line
+        command = sub.choices[listed.dest]
+        command.description = command.description or listed.help
     return parser
 
 

@@ -384,8 +384,15 @@ def _collect(
     progress bar over the training steps their runs have logged; ``stop`` on an error."""
     outcomes: dict[int, Any] = {}
     total = sum(cfg.steps for cfg in configs)
-    desc = f"training {len(configs)} runs side by side (steps of all)"
+    desc = f"training {len(configs)} runs side by side (total steps)"
     with tqdm(total=total, desc=desc, unit="step", disable=not progress) as bar:
+
+        def advance() -> None:  # also when an outcome arrives: a reused run has trained already
+            logged = [max((r["step"] for r in Run(c.out).log()), default=0) for c in configs]
+            bar.update(sum(logged) - bar.n)
+            if bar.n == total:
+                bar.set_postfix_str("sampling")
+
         while len(outcomes) < len(workers):
             try:
                 index, outcome = queue.get(timeout=1.0)
@@ -398,10 +405,8 @@ def _collect(
                     stop()
                 if len(ended) == len(workers) - len(outcomes) and queue.empty():
                     break
-            logged = [max((r["step"] for r in Run(c.out).log()), default=0) for c in configs]
-            bar.update(sum(logged) - bar.n)
-            if bar.n == total:
-                bar.set_postfix_str("sampling")
+            advance()
+        advance()
     return outcomes
 
 
@@ -464,13 +469,17 @@ def blocks(
         Heading(2, "2. Why the exact samplers matter"),
         Text(
             "For Gaussian data the best possible network is known in closed form, so a sampler "
-            "can be graded: it should return the data's covariance. The exact samplers (ddpm, "
-            "ddim: exact per direction) stay at the Monte-Carlo floor at every strength. The "
-            "paper's sampler (ddpm-paper) maps the step through S_t^-1 and back with the same t, "
-            "which is exact only when the squeeze does not change with t; with the paper's "
-            f"profile its error grows with |s|: {err[('sdm', worst, 'ddpm-paper')]:.2f} at SDM "
-            f"s = {worst:g} against {err[('sdm', worst, 'ddpm')]:.3f} for ddpm. A squeezed model "
-            "sampled with it samples a slightly different distribution than it was trained for."
+            "can be graded: it should return the data's covariance, here estimated from "
+            f"{settings.oracle_pixels:,} sampled pixel vectors. The exact samplers (ddpm, ddim: "
+            "exact per direction) stay near that estimate's Monte-Carlo floor at every strength "
+            "(ddpm's floor is the higher: it draws fresh noise at every step). The paper's "
+            "sampler (ddpm-paper) maps the step through S_t^-1 and back with the same t, which "
+            "is exact only when the squeeze does not change with t; with the paper's profile its "
+            f"error grows with |s|: {err[('sdm', worst, 'ddpm-paper')]:.2f} at SDM s = {worst:g} "
+            f"against {err[('sdm', worst, 'ddpm')]:.3f} for ddpm. At mild strengths such as the "
+            "paper's s = -0.4 it is below what this many samples resolve, but at every s != 0 "
+            "a squeezed model sampled with it samples a slightly different distribution than it "
+            "was trained for."
         ),
         Figure(
             "oracle.png", oracle_figure(oracle), "covariance error of each sampler against strength"
@@ -532,12 +541,21 @@ def run_demo(
     out = Path(out)
     settings = dataclasses.replace(FULL if full else Settings(), **overrides)
     check_run_folders(run_configs(out, settings)[1])
+    say = print if progress else lambda *_: None
     start = time.perf_counter()
+    say("1/3 what squeezing does: noising a photograph with isotropic, SDM and HDM noise")
     photos = load_dataset("photos", resolution=16, subset=2048).batches(512)
     basis = ChannelBasis.fit(photos)
     noising, spread = noising_figure(basis, photograph())
     noised = noising, log_snr_figure(basis)
+    strengths = len(settings.oracle_strengths) * len(settings.oracle_variants)
+    say(f"2/3 why the exact samplers matter: grading {len(SAMPLERS)} samplers at {strengths} "
+        "strengths on Gaussian data")  # fmt: skip
     oracle = oracle_rows(settings)
+    runs = [Path(c.out).name for c in run_configs(out, settings)[1]]
+    reused = [name for name in runs if Run(out / name).exists()]
+    say(f"3/3 a short training run: {', '.join(runs)}"
+        + (f" (reusing or resuming {', '.join(reused)})" if reused else ""))  # fmt: skip
     trained = train_and_sample(out, settings, progress)
     _, page = write_document(blocks(out, settings, noised, oracle, trained), out)
     results = {"settings": dataclasses.asdict(settings), "noising": spread, "oracle": oracle,
