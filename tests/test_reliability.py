@@ -598,7 +598,7 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
         (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
         (["report", str(full)], f"results.json does not exist; run the sweep, or rebuild its table with sqdm sweep NAME --out {full} --collect"),
-        (["report", str(tmp_path / "null")], "cell c has value None, not a number; fix the row"),
+        (["report", str(tmp_path / "null")], "cell c has value None, not a finite number; fix or remove the row"),
         (["report", str(blob)], "is not valid JSON; pass the sweep's --out folder or its results.json"),
         (["sweep", str(full)], "is a folder; pass a sweep YAML file or a shipped sweep"),
         (["sample", str(run), "--steps", "2000", *out], "--steps 2000 with --sampler ddpm: num_steps must be"),
