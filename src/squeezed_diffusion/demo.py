@@ -48,10 +48,9 @@ from .data import load_dataset, to_float
 from .evaluation.generate import generate
 from .evaluation.report.render import Block, Figure, Heading, Table, Text, png, write_document
 from .metrics import fd_pixels
-from .training.checkpoint import list_checkpoints
-from .training.config import TrainConfig, resolve_config, resume_config
+from .training.config import TrainConfig, resolve_config
 from .training.run import Run
-from .training.trainer import Stopped, train_to_completion
+from .training.trainer import Stopped, planned_start, train_to_completion
 
 NOISED = (("isotropic", 0.0), ("sdm", -1.5), ("sdm", 1.5), ("hdm", -1.5), ("hdm", 1.5))
 TIMES = (50, 150, 250, 400)  # beyond about 500 the photograph is gone under any noise
@@ -216,16 +215,13 @@ def check_run_folders(configs: list[TrainConfig]) -> None:
     """Before any work: each run folder is new, or a start of this demo's run (finished or
     not) that a rerun reuses; another run there would fail only after the first sections."""
     for cfg in configs:
-        run = Run(cfg.out)
         try:
-            if list_checkpoints(run.path):
-                resume_config(run.config(), cfg.to_dict())
-            else:
-                run.check_free()
+            planned_start(cfg)
         except ValueError:
+            name = Path(cfg.out).name
             raise ValueError(
-                f"{run.path} holds something other than this demo's {run.path.name} run: "
-                "delete it, or pass sqdm demo another --out"
+                f"{cfg.out} holds something other than this demo's {name} run: delete it, or "
+                "pass sqdm demo another --out"
             ) from None
 
 
@@ -540,7 +536,8 @@ def run_demo(
     """
     out = Path(out)
     settings = dataclasses.replace(FULL if full else Settings(), **overrides)
-    check_run_folders(run_configs(out, settings)[1])
+    configs = run_configs(out, settings)[1]
+    check_run_folders(configs)
     say = print if progress else lambda *_: None
     start = time.perf_counter()
     say("1/3 what squeezing does: noising a photograph with isotropic, SDM and HDM noise")
@@ -552,8 +549,8 @@ def run_demo(
     say(f"2/3 why the exact samplers matter: grading {len(SAMPLERS)} samplers at {strengths} "
         "strengths on Gaussian data")  # fmt: skip
     oracle = oracle_rows(settings)
-    runs = [Path(c.out).name for c in run_configs(out, settings)[1]]
-    reused = [name for name in runs if Run(out / name).exists()]
+    runs = [Path(c.out).name for c in configs]
+    reused = [Path(c.out).name for c in configs if Run(c.out).exists()]
     say(f"3/3 a short training run: {', '.join(runs)}"
         + (f" (reusing or resuming {', '.join(reused)})" if reused else ""))  # fmt: skip
     trained = train_and_sample(out, settings, progress)

@@ -426,6 +426,16 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
+def planned_start(cfg: TrainConfig) -> tuple[TrainConfig, str | None]:
+    """How :func:`train_to_completion` starts ``cfg``, checked before any work: from the
+    folder's latest checkpoint, whose run must be this config (its length may grow), or
+    anew in a free folder (:meth:`Run.check_free`)."""
+    if not list_checkpoints(cfg.out):
+        Run(cfg.out).check_free()
+        return cfg, None
+    return resume_config(Run(cfg.out).config(), cfg.to_dict()), "latest"
+
+
 def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     """Train ``cfg`` to its last step, resuming from the run's latest checkpoint when it has
     one (a finished run is left as it is); returns the step training started from.
@@ -433,9 +443,7 @@ def train_to_completion(cfg: TrainConfig, progress: bool = True) -> int:
     SIGINT/SIGTERM save a checkpoint and raise :class:`Stopped` (a ``KeyboardInterrupt``), so
     a demo or a sweep stops as a whole and its rerun resumes.
     """
-    resume = "latest" if list_checkpoints(cfg.out) else None
-    if resume is not None:  # the folder's run must be this config (its length may grow)
-        cfg = resume_config(Run(cfg.out).config(), cfg.to_dict())
+    cfg, resume = planned_start(cfg)
     # a sweep's intervals are its file's, checked on a fresh cell: a resumed one that trains no
     # step where a changed interval fires (finished, or nearly) is not an error
     trainer = Trainer(cfg, resume=resume, progress=progress, check_intervals=resume is None)
