@@ -246,6 +246,9 @@ class SqueezedSchedulerMixin:
         given = {k: v for k, v in original.items() if not k.startswith("_")} | kwargs
         own = config_defaults(cls)
         others = {c.__name__: config_defaults(c) for c in cls._get_compatibles() if c is not cls}
+        source = config_dict.get("_class_name")
+        # a squeezed scheduler's config holds another's keys only as kept aside when loaded
+        kept_aside = source in {c.__name__ for c in SQUEEZED_SCHEDULERS}
         for key, value in given.items():
             if key in own:
                 continue
@@ -255,9 +258,8 @@ class SqueezedSchedulerMixin:
                     f"unknown config key {key!r} for {cls.__name__} (a config of a scheduler "
                     f"that is not one of {', '.join(others)}?); remove it"
                 )
-            source = config_dict.get("_class_name")
-            if source in {c.__name__ for c in SQUEEZED_SCHEDULERS} and source not in owners:
-                continue  # a squeezed scheduler kept it aside when it loaded it, checked then
+            if kept_aside and source not in owners:
+                continue  # checked when it was kept aside
             defaults = [owners[source]] if source in owners else list(owners.values())
             if any(value != d for d in defaults) and value not in cls._ASK_NOTHING.get(key, ()):
                 agreed = all(d == defaults[0] for d in defaults)
