@@ -3,9 +3,9 @@
 Per (configuration, variant, strength, metric): the mean over seeds and the half-width of
 its 95 % interval, ``t(0.975, n - 1) * sd / sqrt(n)`` (none for one seed), and the change
 of the mean relative to strength 0 (the isotropic cell of the same dataset and extra
-settings; over the seeds both have), in %. Because a seed fixes the initialisation, the data order and every noise
-draw, a cell and the isotropic cell of the same seed are a matched pair: the paired
-difference (mean over seeds of cell minus isotropic, with its own Student-t interval)
+settings; over the seeds both have), in %. Because a seed fixes the initialisation, the
+data order and every noise draw, a cell and the isotropic cell of the same seed are a
+matched pair: the paired difference (mean over seeds of cell minus isotropic, with its own Student-t interval)
 separates the effect of the strength from seed-to-seed scatter.
 """
 
@@ -187,10 +187,11 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         vals = list(seeds.values())
         key = (group.dataset, group.extra, group.evaluation, metric)
         base = isotropic.get(key, {}) if variant != "isotropic" else {}
-        mean, paired = statistics.fmean(vals), _paired_differences(seeds, base)
-        # over the seeds both cells have, as the paired difference: with a seed missing on
-        # one side, means over different seeds would mix seed scatter into the change
-        iso_mean = statistics.fmean(base[k] for k in seeds.keys() & base.keys()) if paired else None
+        # the change over the seeds both cells have, as the paired difference: with a seed
+        # missing on one side, means over different seeds would mix seed scatter into it
+        shared = sorted(seeds.keys() & base.keys())
+        mean, paired = statistics.fmean(vals), [seeds[k] - base[k] for k in shared]
+        iso_mean = statistics.fmean(base[k] for k in shared) if shared else None
         change = 100 * statistics.fmean(paired) / abs(iso_mean) if iso_mean else None
         same = (group.dataset, group.extra, group.evaluation)
         targets = (
@@ -209,11 +210,6 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         out,
         key=lambda s: (s.group, metric_rank(s.metric), VARIANT_ORDER.get(s.variant, 9), s.strength),
     )
-
-
-def _paired_differences(cell: dict[int, float], isotropic: dict[int, float]) -> list[float]:
-    """cell - isotropic for every seed both have."""
-    return [cell[seed] - isotropic[seed] for seed in sorted(cell.keys() & isotropic.keys())]
 
 
 def sig(x: float, digits: int) -> str:
