@@ -189,6 +189,41 @@ def test_readme_sampler_study_is_the_committed_results() -> None:
             assert "| " + " | ".join(row) + " |" in text, (doc.name, row)
 
 
+def test_readme_sampler_contrasts_are_the_committed_results() -> None:
+    """Whether the change depends on the sampler: every contrast row the READMEs show is
+    recomputed from the committed results (the study's README and report show all of them),
+    and the reading quotes the ddpm-paper − ddpm differences."""
+    from squeezed_diffusion.evaluation.report import sampler_contrasts, verdict_table
+
+    results = ROOT / "docs" / "results" / "local-cifar10-samplers"
+    items = sampler_contrasts(json.loads((results / "results.json").read_text()))
+    header, body = verdict_table(items, "samplers")
+    assert len(body) == 6 * 3 and {row[3] for row in body} == {"4"}  # 4 samplers, 3 cells
+    computed = {"| " + " | ".join(row) + " |" for row in body}
+    for doc in (README, results / "README.md", results / "report.md"):
+        text = doc.read_text()
+        shown = {
+            ln for ln in text.splitlines() if ln.startswith("| ") and " − " in ln.split("|")[1]
+        }
+        assert shown and shown <= computed, (doc.name, shown - computed)
+        assert "| " + " | ".join(header) + " |" in text, doc.name
+        if doc != README:
+            assert shown == computed, doc.name
+    paper = {
+        (c.variant, c.strength): c
+        for c in items
+        if c.group.evaluation == "ddpm-paper-50 − ddpm-50" and c.metric == "fd_effnet"
+    }
+    assert all(c.resolved and c.delta < 0 for c in paper.values())
+    gains = sorted(-c.delta for c in paper.values())
+    readme = " ".join(README.read_text().split())
+    assert f"in every configuration (by {gains[0]:.1f} to {gains[-1]:.1f} fd_effnet)" in readme
+    study = " ".join((results / "README.md").read_text().split())
+    for (variant, strength), c in paper.items():
+        quoted = f"{c.delta:.4g} ± {c.delta_ci:.2g}"
+        assert quoted in study, (variant, strength, quoted)
+
+
 def test_sampler_study_repeats_the_earlier_grid_as_its_readme_says() -> None:
     """The ddpm-50 evaluations of seeds 0 and 1 against the earlier grid's, metric by metric,
     rounded up as the study's README states them."""

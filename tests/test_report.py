@@ -13,7 +13,13 @@ from PIL import Image
 from scipy import stats
 
 from squeezed_diffusion.cli import main
-from squeezed_diffusion.evaluation.report import interval95, summarize, verdict, verdict_table
+from squeezed_diffusion.evaluation.report import (
+    interval95,
+    sampler_contrasts,
+    summarize,
+    verdict,
+    verdict_table,
+)
 
 STRENGTHS = {"isotropic": [0.0], "sdm": [-0.8, -0.4, 0.4], "hdm": [-0.4]}
 
@@ -113,6 +119,51 @@ def test_verdict_claims_a_direction_only_where_the_paired_interval_excludes_zero
         ["sdm", "-0.8", "3"], ["sdm", "-0.4", "3"], ["sdm", "0.4", "3"], ["hdm", "-0.4", "3"]
     ]  # fmt: skip
     assert body[1][4] == verdict(noisy)
+
+
+def test_sampler_contrast_is_the_seed_paired_difference_of_the_changes(tmp_path) -> None:
+    """Each cell sampled by ddpm and ddim: ddim's isotropic cells are 5 higher in every seed
+    (cancelled by pairing), its SDM -0.4 fd_effnet shifted by -3, -5, -4 per seed, its SDM
+    -0.8 lacks seed 2. The contrast ddpm − ddim is then +3, +5, +4 (mean 4, sd 1) and pairs
+    only the seeds all four cells have; the report has a section for it."""
+    from squeezed_diffusion.evaluation.report import build_blocks
+    from squeezed_diffusion.evaluation.report.render import Heading, Table
+
+    ddpm = [{**r, "sampler": "ddpm", "steps": 2} for r in fixture_rows()]
+    ddim = []
+    for r in fixture_rows():
+        if (r["variant"], r["strength"], r["seed"]) == ("sdm", -0.8, 2):
+            continue
+        r = {**r, "sampler": "ddim", "steps": 2}
+        if r["metric"] == "fd_effnet":
+            r["value"] += 5.0 if r["variant"] == "isotropic" else 0.0
+            if (r["variant"], r["strength"]) == ("sdm", -0.4):
+                r["value"] += 5.0 + {0: -3.0, 1: -5.0, 2: -4.0}[r["seed"]]
+            elif r["variant"] != "isotropic":
+                r["value"] += 5.0
+        ddim.append(r)
+    items = sampler_contrasts(ddpm + ddim)
+    by = {(c.group.evaluation, c.variant, c.strength, c.metric): c for c in items}
+    assert {c.group.evaluation for c in items} == {"ddpm-2 − ddim-2"}
+    noisy = by[("ddpm-2 − ddim-2", "sdm", -0.4, "fd_effnet")]
+    assert (noisy.delta, noisy.pairs) == (pytest.approx(4.0), 3)
+    assert noisy.delta_ci == pytest.approx(stats.t.ppf(0.975, 2) / 3**0.5)
+    assert verdict(noisy).endswith("higher (worse)")  # ddpm's change is the worse one
+    same = by[("ddpm-2 − ddim-2", "sdm", -0.8, "fd_effnet")]
+    assert (same.delta, same.pairs) == (pytest.approx(0.0), 2)
+    assert ("ddpm-2 − ddim-2", "isotropic", 0.0, "fd_effnet") not in by
+    header, body = verdict_table(items, "samplers")
+    assert header[:4] == ["samplers", "variant", "s", "pairs"]
+    assert ["ddpm-2 − ddim-2", "sdm", "-0.4", "3", verdict(noisy)] == body[1][:5]
+    blocks = build_blocks(ddpm + ddim, tmp_path)
+    at = next(
+        i
+        for i, b in enumerate(blocks)
+        if isinstance(b, Heading) and "depend on the sampler" in b.text
+    )
+    table = next(b for b in blocks[at:] if isinstance(b, Table))
+    assert table.rows == body
+    assert sampler_contrasts(ddpm) == []  # one sampler: nothing to contrast
 
 
 def test_change_and_difference_use_the_seeds_both_cells_have(tmp_path) -> None:

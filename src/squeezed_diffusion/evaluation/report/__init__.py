@@ -2,13 +2,22 @@
 as markdown and HTML (``render.py``), and the sweep report built from them (``build.py``)."""
 
 from .build import build_blocks, write_report
-from .stats import Summary, interval95, paper_table, summarize, verdict, verdict_table
+from .stats import (
+    Summary,
+    interval95,
+    paper_table,
+    sampler_contrasts,
+    summarize,
+    verdict,
+    verdict_table,
+)
 
 __all__ = [
     "Summary",
     "build_blocks",
     "interval95",
     "paper_table",
+    "sampler_contrasts",
     "summarize",
     "verdict",
     "verdict_table",

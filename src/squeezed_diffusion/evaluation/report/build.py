@@ -16,6 +16,7 @@ from .stats import (
     load_rows,
     paper_table,
     row_group,
+    sampler_contrasts,
     summarize,
     verdict_table,
 )
@@ -32,7 +33,13 @@ VERDICT = (
     "0; 'not resolved' where it does not (the sweep cannot tell that difference from 0)."
 )
 
-
+CONTRAST = (
+    "Whether the change from isotropic depends on the sampler: per seed, the change under the "
+    "first sampler minus the change under the second (each against the isotropic cell of the "
+    "same seed and sampler), mean ± half-width of its 95 % interval. An interval that excludes "
+    "0 says the samplers disagree about that configuration, and '(better)' that the first "
+    "sampler's change is the better one; 'not resolved' says this sweep cannot tell them apart."
+)
 NO_BASELINE = (
     "No paired differences: they need the isotropic cell of each seed, which this sweep has not "
     "finished (add variant isotropic, or strength 0, to its grid)."
@@ -91,7 +98,7 @@ def _group_blocks(
 
 def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
     """The whole report: intro, one section per configuration, sample grids, wall times."""
-    summaries = summarize(rows)
+    summaries, contrasts = summarize(rows), sampler_contrasts(rows)
     cell_ids = sorted({r["cell"] for r in rows})
     seeds = ", ".join(map(str, sorted({r["seed"] for r in rows})))
     extractors = sorted(
@@ -114,6 +121,10 @@ def build_blocks(rows: list[dict[str, Any]], cells_dir: Path) -> list[Block]:
         if body:
             blocks += [Heading(2, f"{title}: what this sweep resolves"), Text(VERDICT)]
             blocks.append(Table(header, body))
+        header, body = verdict_table([c for c in contrasts if c.group.base == base], "samplers")
+        if body:
+            blocks += [Heading(2, f"{title}: does the change depend on the sampler?")]
+            blocks += [Text(CONTRAST), Table(header, body)]
         trained = {(s.variant, s.strength) for s in together}
         for group in groups:
             items = [s for s in summaries if s.group == group]

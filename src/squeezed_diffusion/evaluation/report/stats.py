@@ -6,7 +6,10 @@ of the mean relative to strength 0 (the isotropic cell of the same dataset and e
 settings; over the seeds both have), in %. Because a seed fixes the initialisation, the
 data order and every noise draw, a cell and the isotropic cell of the same seed are a
 matched pair: the paired difference (mean over seeds of cell minus isotropic, with its own Student-t interval)
-separates the effect of the strength from seed-to-seed scatter.
+separates the effect of the strength from seed-to-seed scatter. Where each cell was sampled
+several ways, the same pairing compares samplers: per seed, the change under one sampler
+minus the change under another (both against their own isotropic cell) says whether the
+effect of the strength depends on the sampler.
 """
 
 from __future__ import annotations
@@ -161,24 +164,35 @@ def metric_rank(metric: str) -> int:
     return keys.index(metric) if metric in keys else len(keys)
 
 
-def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
-    """Mean, interval and change vs. strength 0 per configuration, variant, strength, metric.
+Seeds = dict[int, float]
 
-    Isotropic cells (blank profile and basis) are the strength-0 row of every configuration
-    of their dataset and extra settings.
-    """
-    by_seed: dict[tuple, dict[int, float]] = defaultdict(dict)
+
+def _by_seed(
+    rows: Iterable[dict[str, Any]],
+) -> tuple[dict[tuple[Group, str, float, str], Seeds], dict[tuple[str, str, str, str], Seeds]]:
+    """Each (group, variant, strength, metric)'s value per seed, and the isotropic cell's per
+    (dataset, extra settings, sampler, metric): the strength-0 row of every configuration of
+    that dataset sampled that way (isotropic cells have a blank profile and basis)."""
+    by_seed: dict[tuple[Group, str, float, str], Seeds] = defaultdict(dict)
     for r in rows:
         by_seed[(row_group(r), r["variant"], float(r["strength"]), r["metric"])][int(r["seed"])] = (
             float(r["value"])
         )
-    # The isotropic cell of a dataset, extra settings and sampler is the strength-0 row of
-    # every configuration sampled that way.
     isotropic = {
         (g.dataset, g.extra, g.evaluation, m): v
         for (g, var, _, m), v in by_seed.items()
         if var == "isotropic"
     }
+    return by_seed, isotropic
+
+
+def _order(s: Summary) -> tuple:
+    return s.group, metric_rank(s.metric), VARIANT_ORDER.get(s.variant, 9), s.strength
+
+
+def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
+    """Mean, interval and change vs. strength 0 per configuration, variant, strength, metric."""
+    by_seed, isotropic = _by_seed(rows)
     groups = {g for g, var, _, _ in by_seed if var != "isotropic"} or {
         Group(g.dataset, g.extra, "", "", g.evaluation) for g, _, _, _ in by_seed
     }
@@ -206,10 +220,38 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
             )
             for g in targets
         ]  # fmt: skip
-    return sorted(
-        out,
-        key=lambda s: (s.group, metric_rank(s.metric), VARIANT_ORDER.get(s.variant, 9), s.strength),
-    )
+    return sorted(out, key=_order)
+
+
+def sampler_contrasts(rows: Iterable[dict[str, Any]]) -> list[Summary]:
+    """Does the change from isotropic depend on the sampler? For each configuration, variant,
+    strength and metric sampled two ways A and B (each pair once, B the label sorted first):
+    the mean over seeds of (cell_A - isotropic_A) - (cell_B - isotropic_B), the seeds paired
+    across all four, with its Student-t interval. Returned as summaries whose
+    ``group.evaluation`` reads "A − B", so the verdict of a paired difference applies."""
+    by_seed, isotropic = _by_seed(rows)
+    changes: dict[tuple, dict[str, Seeds]] = defaultdict(dict)
+    for (group, variant, strength, metric), seeds in by_seed.items():
+        base = isotropic.get((group.dataset, group.extra, group.evaluation, metric), {})
+        if variant != "isotropic" and group.evaluation:
+            key = (group.base, variant, strength, metric)
+            changes[key][group.evaluation] = {k: seeds[k] - base[k] for k in seeds.keys() & base}
+    out = []
+    for (base, variant, strength, metric), by_label in changes.items():
+        labels = sorted(by_label)
+        for i, b in enumerate(labels):
+            for a in labels[i + 1 :]:
+                shared = sorted(by_label[a].keys() & by_label[b].keys())
+                diff = [by_label[a][k] - by_label[b][k] for k in shared]
+                if not diff:
+                    continue
+                mean, ci = statistics.fmean(diff), interval95(diff)
+                group = Group(*base, evaluation=f"{a} − {b}")
+                out.append(
+                    Summary(group, variant, strength, metric, len(diff), mean, ci, None,
+                            mean, ci, len(diff))
+                )  # fmt: skip
+    return sorted(out, key=_order)
 
 
 def sig(x: float, digits: int) -> str:
@@ -280,11 +322,14 @@ def verdict(s: Summary) -> str:
     return f"{_delta_text(s)} {'higher' if s.delta > 0 else 'lower'}{judged}"
 
 
-def verdict_table(items: list[Summary]) -> tuple[list[str], list[list[str]]]:
+def verdict_table(
+    items: list[Summary], label: str = "sampler"
+) -> tuple[list[str], list[list[str]]]:
     """Every configuration against isotropic, one row per (sampler, variant, strength) and one
-    column per metric, each entry the paired difference with its verdict."""
+    column per metric, each entry the paired difference with its verdict (``label`` heads the
+    first column: "samplers" for the contrasts of ``sampler_contrasts``)."""
     paired = [s for s in items if s.delta is not None]
     metrics, rows = _by_metric(
         paired, lambda s: (s.group.evaluation, s.variant, s.strength), verdict, lambda s: s.pairs
     )
-    return ["sampler", "variant", "s", "pairs", *metrics], rows
+    return [label, "variant", "s", "pairs", *metrics], rows
