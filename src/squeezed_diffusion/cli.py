@@ -597,7 +597,8 @@ def _add_sample(sub: argparse._SubParsersAction) -> None:
     sm.add_argument(
         "--out", type=_path, required=True,
         help="a new (or empty) folder for PNGs, a .npz or .npy file (what sqdm evaluate "
-        "scores), or a .png/.jpg/.jpeg file: one grid of all samples, to look at",
+        "scores), or a .png/.jpg/.jpeg file: one grid of all samples, to look at (an existing "
+        "file is replaced once the samples are drawn)",
     )  # fmt: skip
     sm.add_argument("--quiet", action="store_true", help="no progress bar")
     sm.set_defaults(func=cmd_sample)
