@@ -2,6 +2,7 @@
 
     python benchmarks/gaussian_oracle.py [--json PATH]          # exact vs paper, 1000 steps
     python benchmarks/gaussian_oracle.py --nfe [--json PATH]    # few-step solvers vs NFE
+    python benchmarks/gaussian_oracle.py --spacings [--json PATH]  # their time points
 
 For Gaussian data the optimal predictor is closed-form (``squeezed_diffusion.core.oracle``),
 so a sampler that integrates the anisotropic process exactly reproduces the data covariance up
@@ -11,18 +12,28 @@ Frobenius error of the sampled covariance (16,384 pixel vectors, a CIFAR-like co
 covariance) per (variant, strength) and sampler; the isotropic row is the Monte-Carlo floor.
 With ``--nfe``: the same error against the number of model evaluations for ddim, dpmpp-2m,
 dpmpp-3m, their SDE forms and heun (heun takes 2 steps - 1 evaluations), at 10 to 50
-evaluations (100 for dpmpp-3m-sde, which settles late).
+evaluations (100 for dpmpp-3m-sde, which settles late). With ``--spacings``: the
+deterministic solvers at 10, 20 and 50 evaluations on three choices of time points: the
+library's (DPMSolverMultistepScheduler's default, uniform in t), Karras et al.'s (rho = 7 in
+the VE sigma, diffusers' ``use_karras_sigmas``) and uniform in the principal direction's
+half-log-SNR (diffusers' ``use_lu_lambdas`` at strength 0); why the library keeps the first.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 from squeezed_diffusion import SAMPLERS, ChannelBasis, SqueezedDiffusion
 from squeezed_diffusion.core.oracle import CIFAR_LIKE_COV, oracle_errors, top_direction
+from squeezed_diffusion.core.samplers import ode_timesteps
 
 ROWS = [("isotropic", 0.0), ("sdm", -0.8), ("hdm", -0.4), ("sdm", 0.4), ("sdm", -2.0)]
 NFE_ROWS = [("isotropic", 0.0)] + [(v, s) for v in ("sdm", "hdm") for s in (-0.4, -0.8)]
@@ -68,6 +79,70 @@ def quality_vs_nfe() -> list[dict]:
     return rows
 
 
+SPACING_SOLVERS = {"dpmpp-2m": (10, 20, 50), "dpmpp-3m": (10, 20, 50), "heun": (6, 11, 26)}
+SPACINGS = ("uniform-t", "karras", "uniform-logsnr")
+
+
+def spaced_points(proc: SqueezedDiffusion, spacing: str, n: int) -> list[int]:
+    """``n`` descending time points for the ODE solvers. ``uniform-t``: the library's own
+    (``ode_timesteps``). The others run from t = T - 1 to t = 0, each target level at its
+    nearest timestep (distinct ones: a repeated point is a zero step), as diffusers rounds
+    them: ``karras`` uniform in sigma^(1/7) with sigma = sqrt((1 - abar) / abar);
+    ``uniform-logsnr`` uniform in the principal direction's half-log-SNR."""
+    if spacing == "uniform-t":
+        return [t for t, _ in ode_timesteps(proc.num_train_timesteps, n)]
+    abar = proc.alphas_cumprod.numpy()
+    if spacing == "karras":
+        sigma = np.sqrt((1 - abar) / abar)
+        ramp = np.linspace(sigma[-1] ** (1 / 7), sigma[0] ** (1 / 7), n) ** 7
+        level, target = np.log(sigma), np.log(ramp)
+    else:
+        level = proc.log_snr_table()[:, 0].numpy() / 2
+        target = np.linspace(level[-1], level[0], n)
+    nearest = np.abs(level[None, :] - target[:, None]).argmin(axis=1)
+    return sorted(set(nearest.tolist()), reverse=True)
+
+
+@contextmanager
+def respaced(proc: SqueezedDiffusion, sampler: str, spacing: str) -> Iterator[str]:
+    """``sampler`` on ``spacing``'s time points, registered for the block under a name of its
+    own: the registry is how a user adds a sampler, and ``sample`` runs it like any other."""
+    entry = SAMPLERS[sampler]
+
+    def schedule(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
+        ts = spaced_points(proc, spacing, num_steps)
+        pairs = list(zip(ts, [*ts[1:], -1], strict=True))
+        if sampler != "heun":
+            return pairs
+        out = []  # Heun corrects each step but the last one, to the data
+        for t, t_prev in pairs:
+            out += [(t, t_prev)] + ([(t_prev, t_prev)] if t_prev >= 0 else [])
+        return out
+
+    name = f"{sampler}@{spacing}"
+    SAMPLERS.register(name, dataclasses.replace(entry, name=name, schedule=schedule))
+    try:
+        yield name
+    finally:
+        SAMPLERS.unregister(name)
+
+
+def quality_vs_spacing() -> list[dict]:
+    """Covariance error per solver, spacing and step count, per variant and strength."""
+    rows = []
+    for variant, strength in NFE_ROWS:
+        proc = process(variant, strength)
+        for sampler, steps_list in SPACING_SOLVERS.items():
+            for spacing in SPACINGS:
+                with respaced(proc, sampler, spacing) as name:
+                    for steps in steps_list:
+                        err = oracle_errors(proc, name, steps)[0]
+                        rows.append({"variant": variant, "strength": strength,
+                                     "sampler": sampler, "spacing": spacing, "steps": steps,
+                                     "nfe": SAMPLERS[name].nfe(steps), "cov_rel_error": err})  # fmt: skip
+    return rows
+
+
 def format_exact(rows: list[dict]) -> str:
     lines = ["| variant, s (beta profile) | `ddpm` (exact) | `ddim` (exact) | `ddpm-paper` (no clipping) |",
              "|---|---|---|---|"]  # fmt: skip
@@ -85,29 +160,43 @@ def format_exact(rows: list[dict]) -> str:
 
 
 def format_nfe(rows: list[dict]) -> str:
-    """Rows: sampler and NFE; columns: (variant, strength)."""
+    """Rows: sampler (and spacing, where the rows have one) and NFE; columns: (variant,
+    strength)."""
     configs = list(dict.fromkeys((r["variant"], r["strength"]) for r in rows))
     names = ["isotropic" if v == "isotropic" else f"{v.upper()} {s:+g}" for v, s in configs]
-    head = "| sampler | NFE | " + " | ".join(names) + " |"
-    lines = [head, "|---|---|" + "---|" * len(configs)]
-    keys = list(dict.fromkeys((r["sampler"], r["nfe"]) for r in rows))
+    spaced = "spacing" in rows[0]
+    head = "| sampler | " + ("spacing | " if spaced else "") + "NFE | " + " | ".join(names) + " |"
+    lines = [head, "|---|---|" + "---|" * (len(configs) + spaced)]
+    keys = list(dict.fromkeys((r["sampler"], r.get("spacing"), r["nfe"]) for r in rows))
     table = {
-        (r["sampler"], r["nfe"], r["variant"], r["strength"]): r["cov_rel_error"] for r in rows
+        (r["sampler"], r.get("spacing"), r["nfe"], r["variant"], r["strength"]): r["cov_rel_error"]
+        for r in rows
     }
-    for sampler, nfe in keys:
-        errs = " | ".join(f"{table[(sampler, nfe, v, s)]:.3f}" for v, s in configs)
-        lines.append(f"| `{sampler}` | {nfe} | {errs} |")
+    for sampler, spacing, nfe in keys:
+        errs = " | ".join(f"{table[(sampler, spacing, nfe, v, s)]:.3f}" for v, s in configs)
+        lines.append(
+            f"| `{sampler}` | " + (f"{spacing} | " if spaced else "") + f"{nfe} | {errs} |"
+        )
     return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--nfe", action="store_true", help="few-step solvers against NFE")
+    parser.add_argument(
+        "--spacings", action="store_true", help="the ODE solvers on three choices of time points"
+    )
     parser.add_argument("--json", type=Path, help="also write the numbers here")
     args = parser.parse_args()
+    if args.nfe and args.spacings:
+        parser.error("--nfe and --spacings are two tables: pass one")
     start = time.perf_counter()
-    rows = quality_vs_nfe() if args.nfe else exact_vs_paper()
-    print(format_nfe(rows) if args.nfe else format_exact(rows))
+    if args.nfe or args.spacings:
+        rows = quality_vs_nfe() if args.nfe else quality_vs_spacing()
+        print(format_nfe(rows))
+    else:
+        rows = exact_vs_paper()
+        print(format_exact(rows))
     wall = time.perf_counter() - start
     print(f"({wall:.0f} s)")
     if args.json:

@@ -89,6 +89,50 @@ def test_readme_train_commands_resolve_to_the_configs_they_promise(monkeypatch) 
     assert (baseline.variant, baseline.strength, baseline.model) == ("isotropic", 0.0, "paper")
 
 
+def test_time_point_table_is_what_the_benchmark_prints() -> None:
+    """`python benchmarks/gaussian_oracle.py --spacings`, recomputed (about 5 s), is the
+    committed table; the readings the docs give hold in it."""
+    import gaussian_oracle as bench
+
+    rows = bench.quality_vs_spacing()
+    table = bench.format_nfe(rows)
+    doc = (ROOT / "docs/results/few-step-samplers/README.md").read_text()
+    assert table in doc
+    committed = json.loads(
+        (ROOT / "docs/results/few-step-samplers/oracle-spacing.json").read_text()
+    )
+    assert bench.format_nfe(committed["rows"]) == table
+    err: dict[tuple, list[float]] = {}  # per (solver, spacing, steps): one per process
+    for r in rows:
+        err.setdefault((r["sampler"], r["spacing"], r["steps"]), []).append(r["cov_rel_error"])
+
+    def worse(a: tuple, b: tuple) -> bool:  # a's error above b's for every process
+        return all(x > y for x, y in zip(err[a], err[b], strict=True))
+
+    uniform_2m = err[("dpmpp-2m", "uniform-t", 10)]
+    logsnr_2m = err[("dpmpp-2m", "uniform-logsnr", 10)]
+    assert all(x < y / 2 for x, y in zip(logsnr_2m, uniform_2m, strict=True))  # less than half
+    logsnr_20, uniform_20 = (
+        err[("dpmpp-2m", "uniform-logsnr", 20)],
+        err[("dpmpp-2m", "uniform-t", 20)],
+    )
+    assert all(abs(x - y) < 0.005 for x, y in zip(logsnr_20, uniform_20, strict=True))  # the same
+    assert worse(("dpmpp-3m", "uniform-logsnr", 10), ("dpmpp-3m", "uniform-t", 10))
+    assert worse(("dpmpp-2m", "karras", 20), ("dpmpp-2m", "uniform-t", 20))
+    assert worse(("dpmpp-2m", "karras", 50), ("dpmpp-2m", "uniform-t", 50))
+    karras_10 = [x > y for x, y in zip(err[("dpmpp-2m", "karras", 10)], uniform_2m, strict=True)]
+    assert any(karras_10) and not all(karras_10)  # worse for some processes, better for others
+    assert min(err[("dpmpp-3m", "karras", 10)]) > 0.9  # fails
+    best = min((max(v), k) for k, v in err.items() if k[2] == 20 and k[0] != "heun")
+    assert best[1] == ("dpmpp-3m", "karras", 20)  # the most accurate at 20
+    assert all(min(err[("heun", s, 6)]) > 2 for s in ("karras", "uniform-logsnr"))  # overshoots
+    for solver, counts in bench.SPACING_SOLVERS.items():  # stable on uniform-t, no better at 20
+        assert all(max(err[(solver, "uniform-t", k)]) < 0.25 for k in counts)
+    assert all(
+        not worse(("dpmpp-2m", "uniform-t", 20), ("dpmpp-2m", s, 20)) for s in bench.SPACINGS
+    )
+
+
 def test_cluster_doc_commands_parse() -> None:
     """Every ``sqdm`` (or ``-m squeezed_diffusion.cli``) command of docs/cluster.md's bash
     blocks is accepted by the CLI's parser, shell variables standing in as plain words."""
