@@ -13,7 +13,8 @@ covariance) per (variant, strength) and sampler; the isotropic row is the Monte-
 With ``--nfe``: the same error against the number of model evaluations for ddim, dpmpp-2m,
 dpmpp-3m, their SDE forms and heun (heun takes 2 steps - 1 evaluations), at 10 to 50
 evaluations (100 for dpmpp-3m-sde, which settles late). With ``--spacings``: the
-deterministic solvers at 10, 20 and 50 evaluations on three choices of time points: the
+deterministic solvers at about 10, 20 and 50 evaluations (heun 11, 21, 51; a time point two
+targets share is one point) on three choices of time points: the
 library's (DPMSolverMultistepScheduler's default, uniform in t), Karras et al.'s (rho = 7 in
 the VE sigma, diffusers' ``use_karras_sigmas``) and uniform in the principal direction's
 half-log-SNR (diffusers' ``use_lu_lambdas`` at strength 0); why the library keeps the first.
@@ -33,7 +34,12 @@ import numpy as np
 
 from squeezed_diffusion import SAMPLERS, ChannelBasis, SqueezedDiffusion
 from squeezed_diffusion.core.oracle import CIFAR_LIKE_COV, oracle_errors, top_direction
-from squeezed_diffusion.core.samplers import ode_timesteps
+from squeezed_diffusion.core.samplers import (
+    heun_timesteps,
+    ode_steps,
+    ode_timesteps,
+    with_corrections,
+)
 
 ROWS = [("isotropic", 0.0), ("sdm", -0.8), ("hdm", -0.4), ("sdm", 0.4), ("sdm", -2.0)]
 NFE_ROWS = [("isotropic", 0.0)] + [(v, s) for v in ("sdm", "hdm") for s in (-0.4, -0.8)]
@@ -110,14 +116,8 @@ def respaced(proc: SqueezedDiffusion, sampler: str, spacing: str) -> Iterator[st
     entry = SAMPLERS[sampler]
 
     def schedule(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
-        ts = spaced_points(proc, spacing, num_steps)
-        pairs = list(zip(ts, [*ts[1:], -1], strict=True))
-        if sampler != "heun":
-            return pairs
-        out = []  # Heun corrects each step but the last one, to the data
-        for t, t_prev in pairs:
-            out += [(t, t_prev)] + ([(t_prev, t_prev)] if t_prev >= 0 else [])
-        return out
+        steps = ode_steps(spaced_points(proc, spacing, num_steps))
+        return with_corrections(steps) if entry.schedule is heun_timesteps else steps
 
     name = f"{sampler}@{spacing}"
     SAMPLERS.register(name, dataclasses.replace(entry, name=name, schedule=schedule))
@@ -160,20 +160,20 @@ def format_exact(rows: list[dict]) -> str:
 
 
 def format_nfe(rows: list[dict]) -> str:
-    """Rows: sampler (and spacing, where the rows have one) and NFE; columns: (variant,
-    strength)."""
+    """Rows: sampler (and spacing, where the rows have one) and step count, shown as its NFE;
+    columns: (variant, strength)."""
     configs = list(dict.fromkeys((r["variant"], r["strength"]) for r in rows))
     names = ["isotropic" if v == "isotropic" else f"{v.upper()} {s:+g}" for v, s in configs]
     spaced = "spacing" in rows[0]
     head = "| sampler | " + ("spacing | " if spaced else "") + "NFE | " + " | ".join(names) + " |"
     lines = [head, "|---|---|" + "---|" * (len(configs) + spaced)]
-    keys = list(dict.fromkeys((r["sampler"], r.get("spacing"), r["nfe"]) for r in rows))
-    table = {
-        (r["sampler"], r.get("spacing"), r["nfe"], r["variant"], r["strength"]): r["cov_rel_error"]
-        for r in rows
+    by = {
+        (r["sampler"], r.get("spacing"), r["steps"], r["variant"], r["strength"]): r for r in rows
     }
-    for sampler, spacing, nfe in keys:
-        errs = " | ".join(f"{table[(sampler, spacing, nfe, v, s)]:.3f}" for v, s in configs)
+    for sampler, spacing, steps in dict.fromkeys(k[:3] for k in by):
+        cells = [by[(sampler, spacing, steps, v, s)] for v, s in configs]
+        (nfe,) = {c["nfe"] for c in cells}  # one count per row, else the row would mislead
+        errs = " | ".join(f"{c['cov_rel_error']:.3f}" for c in cells)
         lines.append(
             f"| `{sampler}` | " + (f"{spacing} | " if spaced else "") + f"{nfe} | {errs} |"
         )

@@ -164,6 +164,7 @@ def test_sampler_contrast_is_the_seed_paired_difference_of_the_changes(tmp_path)
     table = next(b for b in blocks[at:] if isinstance(b, Table))
     assert table.rows == body
     assert sampler_contrasts(ddpm) == []  # one sampler: nothing to contrast
+    assert sampler_contrasts(ddpm + fixture_rows()) == []  # nor with 0.1.0's unnamed one
 
 
 def test_change_and_difference_use_the_seeds_both_cells_have(tmp_path) -> None:

@@ -878,17 +878,27 @@ def ode_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, i
     why = " for the ODE solvers (T - 1: more would repeat a time point)"
     num_steps = _step_count(num_steps, max(1, num_train_timesteps - 1), why)
     ts = np.linspace(0, num_train_timesteps - 1, num_steps + 1).round()[::-1][:-1].astype(np.int64)
-    ts = ts.tolist()
-    return list(zip(ts, [*ts[1:], -1], strict=True))
+    return ode_steps(ts.tolist())
+
+
+def ode_steps(points: Sequence[int]) -> list[tuple[int, int]]:
+    """Steps ``(t, t_prev)`` through descending time ``points``, then to the data (-1): an
+    ODE solver's schedule on any choice of time points."""
+    return list(zip(points, [*points[1:], -1], strict=True))
+
+
+def with_corrections(steps: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """Heun's schedule from an ODE schedule: each step but the last (to the data) followed
+    by its correction ``(t_prev, t_prev)``, ``2 n - 1`` model evaluations for ``n`` steps."""
+    out = []
+    for t, t_prev in steps:
+        out += [(t, t_prev)] + ([(t_prev, t_prev)] if t_prev >= 0 else [])
+    return out
 
 
 def heun_timesteps(num_train_timesteps: int, num_steps: int) -> list[tuple[int, int]]:
-    """The ODE time points, each step but the last followed by its correction ``(t, t)``:
-    ``2 num_steps - 1`` model evaluations."""
-    out = []
-    for t, t_prev in ode_timesteps(num_train_timesteps, num_steps):
-        out += [(t, t_prev)] + ([(t_prev, t_prev)] if t_prev >= 0 else [])
-    return out
+    """Heun on the ODE time points (:func:`ode_timesteps`)."""
+    return with_corrections(ode_timesteps(num_train_timesteps, num_steps))
 
 
 def sample(

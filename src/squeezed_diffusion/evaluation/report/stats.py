@@ -225,7 +225,8 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
 
 def sampler_contrasts(rows: Iterable[dict[str, Any]]) -> list[Summary]:
     """Does the change from isotropic depend on the sampler? For each configuration, variant,
-    strength and metric sampled two ways A and B (each pair once, B the label sorted first):
+    strength and metric sampled two ways A and B (each pair once, A the label that sorts
+    later, named first in "A − B"):
     the mean over seeds of (cell_A - isotropic_A) - (cell_B - isotropic_B), the seeds paired
     across all four, with its Student-t interval. Returned as summaries whose
     ``group.evaluation`` reads "A − B", so the verdict of a paired difference applies."""
