@@ -453,6 +453,25 @@ def test_stock_tables_move_but_do_not_change(cls) -> None:
         assert getattr(ours, name) is before
 
 
+def test_dpm_solver_has_no_isotropic_noise_levels_and_says_where_they_are() -> None:
+    """Stock DPM-Solver's ``sigmas``, ``alpha_t``, ``sigma_t``, ``lambda_t`` are one level per
+    timestep, which a squeezed process does not have: absent (``hasattr`` False, as code that
+    probes for them expects), with an error that points at the per-direction tables."""
+    ours, stock = DPM(strength=-0.4), STOCK[DPM]()
+    for scheduler in (ours, stock):
+        scheduler.set_timesteps(5)
+    for name in ("sigmas", "alpha_t", "sigma_t", "lambda_t"):
+        assert hasattr(stock, name) and not hasattr(ours, name)
+        with pytest.raises(
+            AttributeError,
+            match=rf"^SqueezedDPMSolverMultistepScheduler has no {name}: .*sigma_table\(\)",
+        ):
+            getattr(ours, name)
+    assert ours.process.sigma_table().shape == (1000, 2)  # the levels the error names
+    with pytest.raises(AttributeError, match="has no attribute 'sigmas_'"):
+        _ = ours.sigmas_  # any other name: the usual error
+
+
 def test_ddim_step_takes_stocks_none_and_tensor_eta() -> None:
     """Stock ``DDIMPipeline`` passes ``use_clipped_model_output=None``; ``eta`` may be a
     tensor. Both step as stock does; a value that is no switch is refused by its name."""

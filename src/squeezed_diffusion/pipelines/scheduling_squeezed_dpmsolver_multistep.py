@@ -113,6 +113,19 @@ class SqueezedDPMSolverMultistepScheduler(SqueezedSchedulerMixin, SchedulerMixin
 
     _BETA_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
     _KIND = "dpmsolver"
+    _ISOTROPIC = ("sigmas", "alpha_t", "sigma_t", "lambda_t")  # stock's, one level per t
+
+    def __getattr__(self, name: str) -> Any:
+        """Stock's isotropic noise levels are absent, as for any unknown name (``hasattr``
+        stays False), but the error says why and where the per-direction levels are."""
+        if name in type(self)._ISOTROPIC:
+            raise AttributeError(
+                f"{type(self).__name__} has no {name}: stock's is one noise level per "
+                "timestep, and the squeezed process has one per direction; read "
+                "scheduler.process.sigma_table() (per-direction sigma_t,i), "
+                "scheduler.process.alphas_cumprod and scheduler.process.log_snr_table()"
+            )
+        return super().__getattr__(name)
 
     @register_to_config
     def __init__(
