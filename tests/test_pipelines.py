@@ -231,6 +231,7 @@ DPM_OPTIONS = [
     ({"final_sigmas_type": "sigma_min", "lower_order_final": False}, {}),
     ({"final_sigmas_type": "sigma_min", "euler_at_final": True}, {}),
     ({"lambda_min_clipped": -3.0}, {}),
+    ({"lambda_min_clipped": -3.0, "timestep_spacing": "trailing"}, {}),  # fewer steps, as stock
     ({"beta_schedule": "squaredcos_cap_v2", "lambda_min_clipped": -5.1}, {}),
     ({"rescale_betas_zero_snr": True}, {}),
     ({"algorithm_type": "sde-dpmsolver++"}, {}),
@@ -1501,6 +1502,26 @@ def test_a_config_change_keeps_the_schedule_and_a_refused_one_changes_nothing() 
     assert "use_karras_sigmas" not in ddpm.config and "foo" not in ddpm.config
     ddpm.register_to_config(use_karras_sigmas=False)  # at its default: kept aside, as loading
     assert ddpm.config.use_karras_sigmas is False
+
+
+def test_a_squeezed_folder_checks_overrides_and_added_keys_of_other_schedulers(tmp_path) -> None:
+    """A squeezed scheduler's saved config may hold another scheduler's keys, kept aside by
+    an earlier load at that scheduler's default: they load again. A keyword override, or a
+    value put into the config since, is checked like any other: refused, not dropped."""
+    sd = {"skip_prk_steps": True, "set_alpha_to_one": False, "steps_offset": 1}
+    PNDMScheduler(**sd).save_pretrained(tmp_path / "sd")
+    DDPM.from_pretrained(tmp_path / "sd").save_pretrained(tmp_path / "kept")
+    kept = DDPM.load_config(tmp_path / "kept")
+    assert kept["set_alpha_to_one"] is False and kept["skip_prk_steps"] is True
+    assert DDPM.from_pretrained(tmp_path / "kept").config.steps_offset == 1  # loads again
+    DDIM(strength=-0.4).save_pretrained(tmp_path / "ddim")
+    with pytest.raises(ValueError, match="use_karras_sigmas=True is a setting of"):
+        DDIM.from_pretrained(tmp_path / "ddim", use_karras_sigmas=True)
+    loaded = DDIM.from_pretrained(tmp_path / "ddim").config
+    with pytest.raises(ValueError, match="variance_type='learned_range' is a setting of"):
+        DDIM.from_config(loaded, variance_type="learned_range")
+    with pytest.raises(ValueError, match="solver_order=3 is a setting of"):
+        DDPM.from_config({**DDPM.load_config(tmp_path / "kept"), "solver_order": 3})
 
 
 def test_sde_noise_is_drawn_as_stock_draws_it_for_float64_samples() -> None:

@@ -837,9 +837,10 @@ def trailing_timesteps(
 ) -> list[int]:
     """diffusers' "trailing" spacing: a ``T / num_steps`` stride down from ``start`` (T), minus 1.
 
-    At some step counts (61 and 103 of T = 1000, ...) the float stride leaves one point more,
-    -1, from which stock steps outside the training range (its samples are garbage there);
-    refused, naming the nearest counts that work.
+    From a lower ``start`` (DPM-Solver's ``lambda_min_clipped``) that gives fewer points, as
+    in stock. At some step counts (61 and 103 of T = 1000, ...) the float stride leaves a
+    point that rounds to -1, from which stock steps outside the training range (its samples
+    are garbage there); refused, naming the nearest counts that work.
     """
     big_t = num_train_timesteps
 
@@ -850,9 +851,9 @@ def trailing_timesteps(
         )
 
     ts = points(num_steps)
-    if len(ts) != num_steps:
+    if ts.min() < 0:
         near = [
-            n for n in (num_steps - 1, num_steps + 1) if 1 <= n <= big_t and len(points(n)) == n
+            n for n in (num_steps - 1, num_steps + 1) if 1 <= n <= big_t and points(n).min() >= 0
         ]
         raise ValueError(
             f"trailing spacing over {big_t} timesteps gives {num_steps} steps an extra timestep, "

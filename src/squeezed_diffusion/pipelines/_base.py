@@ -237,7 +237,8 @@ class SqueezedSchedulerMixin:
         key no compatible scheduler has raises. "That scheduler" is the one a saved config
         names (``_class_name``); for a config that names none, the key must be at the default
         of every scheduler that has it (DDIM's and PNDM's ``set_alpha_to_one`` differ). A
-        squeezed scheduler's config holds such keys only as kept aside by an earlier load.
+        squeezed scheduler's config holds such keys as kept aside by an earlier load, at the
+        default of some scheduler that has it; a ``kwargs`` override never counts as kept.
         """
         defaults = set(config_dict.get("_use_default_values", []))
         original = {
@@ -258,10 +259,15 @@ class SqueezedSchedulerMixin:
                     f"unknown config key {key!r} for {cls.__name__} (a config of a scheduler "
                     f"that is not one of {', '.join(others)}?); remove it"
                 )
-            if kept_aside and source not in owners:
-                continue  # checked when it was kept aside
+            asks_nothing = value in cls._ASK_NOTHING.get(key, ())
+            # kept aside at the default of the scheduler it came from, which the saved config
+            # no longer names: any owner's default will do; another value was put there
+            # since, and an override is checked as any other
+            from_saved = kept_aside and source not in owners and key not in kwargs
+            if from_saved and (asks_nothing or any(value == d for d in owners.values())):
+                continue
             defaults = [owners[source]] if source in owners else list(owners.values())
-            if any(value != d for d in defaults) and value not in cls._ASK_NOTHING.get(key, ()):
+            if any(value != d for d in defaults) and not asks_nothing:
                 agreed = all(d == defaults[0] for d in defaults)
                 raise ValueError(
                     f"{key}={value!r} is a setting of {' / '.join(owners)} that {cls.__name__} "
