@@ -139,11 +139,14 @@ def valid_strengths(variant: str, grid: np.ndarray) -> list[float]:
 
 
 def test_valid_strength_ranges_are_the_documented_ones() -> None:
-    """README, 'The process': on a 0.5 grid, SDM is valid for every s <= 4.5 (antisqueezing
-    only speeds up the principal SNR's fall) and HDM for -9.5 <= s <= 4.5 (its orthogonal
-    directions, scaled by exp(s / 2), stop falling first). Both ranges are contiguous."""
+    """README, 'The process': on a 0.5 grid, SDM is valid for -44 <= s <= 4.5 (antisqueezing
+    only speeds up the principal SNR's fall; below -44 its variance overflows float32) and
+    HDM for -9.5 <= s <= 4.5 (its orthogonal directions, scaled by exp(s / 2), stop falling
+    first). Both ranges are contiguous."""
     grid = np.arange(-100.0, 20.0, 0.5)
-    for variant, low in (("sdm", -100.0), ("hdm", -9.5)):
+    with pytest.raises(ValueError, match="overflows float32; use a strength closer to 0"):
+        SqueezedDiffusion(ChannelBasis.luminance(), "sdm", -44.5)
+    for variant, low in (("sdm", -44.0), ("hdm", -9.5)):
         valid = valid_strengths(variant, grid)
         assert (valid[0], valid[-1]) == (low, 4.5), variant
         assert len(valid) == round((4.5 - low) / 0.5) + 1, variant

@@ -308,6 +308,10 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_last_good(
     assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]  # nothing non-finite saved
     good = load_checkpoint(list_checkpoints(run)[-1])
     assert all(torch.isfinite(t).all() for t in good["model"].values())
+    assert "strength" not in err  # noise at the data's scale: the strength is not the suspect
+    far = ["--variant", "sdm", "--strength", "-30", "--steps", "4"]
+    assert main(base_args(data, tmp_path / "far", *far)) == 1
+    assert "or use a strength closer to 0 (its noise std reaches" in capsys.readouterr().err
 
 
 def test_skip_nonfinite_counts_skipped_batches(data, tmp_path, monkeypatch) -> None:

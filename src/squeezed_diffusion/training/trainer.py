@@ -411,9 +411,15 @@ def _evaluate(trainer: Trainer, bar: tqdm) -> None:
 def _diverged_message(trainer: Trainer) -> str:
     ckpts = list_checkpoints(trainer.out)
     last = ckpts[-1] if ckpts else "none"
+    largest = float(trainer.process.sigma_table().max())
+    scale = (  # the data are in [-1, 1]: noise far beyond that makes losses far beyond 1
+        f"; or use a strength closer to 0 (its noise std reaches {largest:.3g})"
+        if largest > 100
+        else ""
+    )
     return (
         f"loss became non-finite by step {trainer.step}; last good checkpoint: {last}. "
-        "Lower --lr (or --weight-decay), or pass --skip-nonfinite to skip such batches"
+        f"Lower --lr (or --weight-decay), or pass --skip-nonfinite to skip such batches{scale}"
     )
 
 
