@@ -284,6 +284,30 @@ def test_an_evaluation_killed_at_the_last_step_is_made_up_by_every_runner(data, 
         assert (run / "samples" / "final.png").is_file()
 
 
+@pytest.mark.parametrize(
+    "error", [MemoryError(), torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9 GiB")]
+)
+def test_out_of_memory_is_one_line_naming_what_to_lower(
+    tmp_path, monkeypatch, capsys, error
+) -> None:
+    """Sizes beyond the machine (numpy's and torch's out-of-memory errors) end in one line
+    that says what to ask less of; any other RuntimeError is a bug and keeps its traceback."""
+    import squeezed_diffusion.evaluation.generate as generate
+
+    run = tmp_path / "run"
+    (run).mkdir()
+    monkeypatch.setattr(generate, "generate_all", lambda *a, **k: (_ for _ in ()).throw(error))
+    assert main(["sample", str(run), "--out", str(tmp_path / "s.npz")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("sqdm: error: out of memory (") and err.count("\n") == 1
+    assert "a smaller --batch-size" in err
+    monkeypatch.setattr(
+        generate, "generate_all", lambda *a, **k: (_ for _ in ()).throw(RuntimeError("bug"))
+    )
+    with pytest.raises(RuntimeError, match="bug"):
+        main(["sample", str(run), "--out", str(tmp_path / "s.npz")])
+
+
 # -- non-finite loss --------------------------------------------------------------------
 def _poison_step(monkeypatch, bad_step: int) -> None:
     """Make the training target NaN at one step, as a diverging run would."""

@@ -785,6 +785,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         # a library's message (tarfile's, say) quoted inside one of ours may span lines
         print(f"sqdm: error: {' '.join(str(err).splitlines())}", file=sys.stderr)
         return 2
+    except (MemoryError, RuntimeError) as err:  # sizes asked for beyond the machine
+        oom = isinstance(err, MemoryError) or type(err).__name__ == "OutOfMemoryError"  # torch's
+        if not oom or os.environ.get("SQDM_DEBUG"):
+            raise
+        what = " ".join(str(err).splitlines()[:1]) or type(err).__name__
+        print(
+            f"sqdm: error: out of memory ({what}); ask for less: a smaller --batch-size, "
+            "--sample-batch-size, --num, --resolution or --subset",
+            file=sys.stderr,
+        )
+        return 1
     except KeyboardInterrupt as err:  # Ctrl-C, or training.trainer.Stopped by a signal
         signum = getattr(err, "signum", None)
         if signum is None:
