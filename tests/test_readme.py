@@ -175,6 +175,16 @@ def test_readme_oracle_tables_are_what_the_benchmark_prints() -> None:
     assert nfe in (ROOT / "docs/results/few-step-samplers/README.md").read_text()
     committed = json.loads((ROOT / "docs/results/few-step-samplers/oracle-nfe.json").read_text())
     assert bench.format_nfe(committed["rows"]) == nfe
+    iso = {
+        (r["sampler"], r["nfe"]): r["cov_rel_error"]
+        for r in committed["rows"]
+        if r["variant"] == "isotropic"
+    }
+    quoted = (
+        f"(0.077 at 50 steps); isotropic `dpmpp-2m` reaches {iso[('dpmpp-2m', 20)]:.3f} with 20 "
+        f"evaluations and {iso[('dpmpp-2m', 50)]:.3f} with 50."
+    )
+    assert f"{iso[('ddim', 50)]:.3f}" == "0.077" and quoted in " ".join(text.split())
 
 
 def test_readme_parameter_counts_are_the_presets() -> None:
