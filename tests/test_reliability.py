@@ -546,6 +546,7 @@ def _bad_cases(tmp_path: Path, data: Path, run: Path) -> list[tuple[list[str], s
             "--strength -0.8 differs from the run's saved 0.0; a resumed run keeps its config",
         ),
         (["train", "--out", str(tmp_path / "nothing"), "--resume", "latest"], "cannot resume"),
+        (["train", "--out", str(run), "--resume", ""], "argument --resume: is empty"),
         (
             ["train", "--out", str(run), "--resume", "latest", "--preset", "paper-cifar10"],
             "--preset does not apply to --resume",

@@ -658,7 +658,7 @@ def test_a_compile_mode_without_compiling_is_refused(array_data, tmp_path, capsy
     assert main(train_args(array_data, run, "--steps", "1", "--compile-mode", "max-autotune")) == 2
     err = capsys.readouterr().err.strip()
     assert "compile_mode 'max-autotune' applies only when compiling" in err and "\n" not in err
-    assert "add --compile or pass --compile-mode default" in err and not run.exists()
+    assert "add --compile or drop --compile-mode" in err and not run.exists()
 
 
 def test_resuming_before_later_checkpoints_is_refused_and_changes_nothing(

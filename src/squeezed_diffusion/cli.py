@@ -510,7 +510,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     tr.add_argument("--preset", help=_choices(preset_names()) + "; flags override")
     tr.add_argument("--out", type=_path, required=True, help="run folder")
     tr.add_argument(
-        "--resume", metavar="latest|PATH", help="continue from the newest or a given checkpoint"
+        "--resume",
+        metavar="latest|PATH",
+        type=_path,
+        help="continue from the newest or a given checkpoint",
     )
     for name, (kind, text) in _train_flags().items():
         tr.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, help=text)

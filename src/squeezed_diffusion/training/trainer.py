@@ -60,7 +60,7 @@ def _check_device(cfg: TrainConfig, device: str) -> None:
     if cfg.compile_mode != "default" and not use_compile(cfg, torch.device(device)):
         raise ValueError(
             f"compile_mode {cfg.compile_mode!r} applies only when compiling, which is off on "
-            f"{device} by default; add --compile or pass --compile-mode default"
+            f"{device} by default; add --compile or drop --compile-mode"
         )
     if device == "cuda":
         return
