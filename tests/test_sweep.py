@@ -110,6 +110,8 @@ def test_values_that_differ_past_six_digits_keep_their_own_folders(tmp_path) -> 
     [
         ({"grid": {"variant": ["sdm"]}, "evaluation": {}}, "unknown key"),
         ({"grid": {"variant": "sdm"}}, "non-empty list"),
+        ({"grid": []}, "grid is an empty list; give at least one grid"),
+        ({"grid": {"variant": ["sdm"]}, "eval": {"sampler": []}}, "eval.sampler is an empty list"),
         ({"grid": {"out": ["x"]}}, "grid field 'out' is refused: each cell trains in its own"),
         ({"grid": {"colour": [1]}}, "unknown config field"),
         ({"grid": {"variant": ["sdm"]}, "eval": {"metric": ["fid"]}}, "unknown eval field"),

@@ -193,6 +193,8 @@ class EvalSpec:
         """``sampler`` as a list of mappings, as the file gave them."""
         many = isinstance(self.sampler, (list, tuple))
         entries = list(self.sampler) if many else [self.sampler]
+        if not entries:
+            raise ValueError("eval.sampler is an empty list: name at least one sampler")
         for entry in entries:
             if not isinstance(entry, (str, dict)):
                 raise ValueError(
@@ -334,6 +336,10 @@ def load_sweep(
             f"{source}: base.out: each cell's run folder is under the sweep's --out; drop it"
         )
     grids = spec["grid"] if isinstance(spec["grid"], list) else [spec["grid"]]
+    if not grids:
+        raise ValueError(
+            f"{source}: grid is an empty list; give at least one grid of field -> values"
+        )
     data = dict(data or {})
     varied = sorted({k for grid in grids if isinstance(grid, dict) for k in grid if k in data})
     if varied:
