@@ -153,6 +153,10 @@ def test_fresh_train_refuses_to_overwrite_a_run(array_data, tmp_path, capsys) ->
     assert "already holds a run; pass --resume latest" in capsys.readouterr().err
     after = load_file(str(list_checkpoints(run)[-1] / "model.safetensors"))
     assert all(torch.equal(before[k], after[k]) for k in before)
+    # resuming the finished run trains nothing, and says so
+    assert main(["train", "--out", str(run), "--resume", "latest", "--quiet"]) == 0
+    assert "the run already reached its 2 steps: nothing to train" in capsys.readouterr().out
+    assert [p.name for p in list_checkpoints(run)] == ["step-00000002"]
 
 
 PAPER_CIFAR10 = {  # DESIGN.md part 1, field by field
