@@ -160,7 +160,7 @@ def test_a_kill_while_writing_a_checkpoint_leaves_only_complete_ones(
         raise SystemExit("killed")
 
     target = {
-        "weights": (ckpt, "save_file"),
+        "weights": (ckpt, "save_tensors"),
         "manifest": (ckpt, "sha256"),
         "rename": (Path, "rename"),
     }
@@ -173,6 +173,28 @@ def test_a_kill_while_writing_a_checkpoint_leaves_only_complete_ones(
     assert list((tmp_path / "checkpoints").glob("step-00000002.tmp-*"))  # the partial write
     ckpt.remove_partial_checkpoints(tmp_path)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["step-00000001"]
+
+
+def test_weights_and_bases_are_readable_as_any_other_file(tmp_path) -> None:
+    """safetensors creates its files 0600; on a shared cluster a teammate must read the
+    checkpoints and the basis as the run's other files: 0666 less the umask."""
+    import os
+
+    import squeezed_diffusion.training.checkpoint as ckpt
+    from squeezed_diffusion import ChannelBasis
+
+    model = torch.nn.Linear(2, 2)
+    old = os.umask(0o022)
+    try:
+        folder = ckpt.save_checkpoint(
+            tmp_path, 1, model=model, ema_params=dict(model.named_parameters()),
+            optimizer_state={}, state={},
+        )  # fmt: skip
+        ChannelBasis.luminance().save(tmp_path / "basis.safetensors")
+    finally:
+        os.umask(old)
+    for path in [*folder.glob("*.safetensors"), tmp_path / "basis.safetensors"]:
+        assert path.stat().st_mode & 0o777 == 0o644, path.name
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

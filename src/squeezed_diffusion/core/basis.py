@@ -37,9 +37,9 @@ from typing import Any, ClassVar
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from .fileio import atomic_path
+from .fileio import atomic_path, save_tensors
 from .registry import Registry
 from .values import is_integer
 
@@ -260,7 +260,7 @@ class Basis(ABC):
             )
         try:
             with atomic_path(path) as tmp:
-                save_file(tensors, str(tmp), metadata=header)
+                save_tensors(tensors, tmp, metadata=header)
         except SafetensorError as err:  # safetensors' own I/O errors, as the OSError they are
             raise OSError(f"cannot write the basis to {path}: {err}") from None
         return Path(path)

@@ -1,5 +1,6 @@
-"""The file operations the whole package shares: an atomic write (of a file or a folder), a
-content hash and a ``torch.load`` that can run no code.
+"""The file operations the whole package shares: an atomic write (of a file or a folder),
+tensors saved as safetensors with the usual permissions, a content hash and a
+``torch.load`` that can run no code.
 
 They live in ``core`` because ``core`` imports nothing else from the package and bases are
 saved from here; training, evaluation and the CLI use the same functions.
@@ -51,6 +52,20 @@ def atomic_folder(path: str | Path) -> Iterator[Path]:
         tmp.rename(path)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def save_tensors(
+    tensors: dict[str, torch.Tensor], path: str | Path, metadata: dict[str, str] | None = None
+) -> None:
+    """safetensors' ``save_file``, then the permissions any other file gets (0666 less the
+    umask): safetensors creates its files 0600, which teammates on a shared cluster could
+    not read."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, str(path), metadata=metadata)
+    mask = os.umask(0)
+    os.umask(mask)
+    os.chmod(path, 0o666 & ~mask)
 
 
 def atomic_write(path: str | Path, data: str | bytes | Callable[[Path], object]) -> Path:

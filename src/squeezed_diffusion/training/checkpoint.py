@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
-from ..core.fileio import load_tensors_only, sha256
+from ..core.fileio import load_tensors_only, save_tensors, sha256
 
 CHECKPOINT_DIR = "checkpoints"
 _NAME = re.compile(r"^step-(\d{8})$")
@@ -67,12 +67,12 @@ def save_checkpoint(
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     model_state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    save_file(model_state, str(tmp / "model.safetensors"))
-    save_file(
+    save_tensors(model_state, tmp / "model.safetensors")
+    save_tensors(
         {k: v.detach().cpu().contiguous() for k, v in ema_params.items()},
-        str(tmp / "ema.safetensors"),
+        tmp / "ema.safetensors",
     )
-    save_file(_rng_state(), str(tmp / "rng.safetensors"))
+    save_tensors(_rng_state(), tmp / "rng.safetensors")
     torch.save(optimizer_state, tmp / "optimizer.pt")
     manifest = {name: sha256(tmp / name) for name in _FILES}
     (tmp / "state.json").write_text(
