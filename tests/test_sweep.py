@@ -653,6 +653,8 @@ def test_shard_from_a_slurm_job_array(tmp_path, capsys, monkeypatch) -> None:
     assert shard_from_environment({}) == (0, 1)
     with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_COUNT"):
         shard_from_environment({"SLURM_ARRAY_TASK_ID": "2"})
+    with pytest.raises(ValueError, match="SLURM_ARRAY_TASK_COUNT=0 is not a task count"):
+        shard_from_environment({"SLURM_ARRAY_TASK_ID": "0", "SLURM_ARRAY_TASK_COUNT": "0"})
     # --array=0-10:2 is six tasks, 0 2 4 6 8 10: task 6 is the fourth shard
     stepped = {"SLURM_ARRAY_TASK_MIN": "0", "SLURM_ARRAY_TASK_MAX": "10",
                "SLURM_ARRAY_TASK_STEP": "2", "SLURM_ARRAY_TASK_COUNT": "6"}  # fmt: skip

@@ -255,7 +255,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     given = [f"--{k.replace('_', '-')}" for k in SAMPLING_DEFAULTS if getattr(args, k) is not None]
     if not is_run and given:
         raise ValueError(
-            f"{', '.join(given)} apply to sampling a run; {args.source} holds samples: drop them"
+            f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to sampling a run; "
+            f"{args.source} holds samples: drop {'it' if len(given) == 1 else 'them'}"
         )
     _fill_sampling_defaults(args)
     reference = _dataset_from_arg(args.reference, args) if args.reference else None

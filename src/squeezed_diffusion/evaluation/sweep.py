@@ -523,6 +523,8 @@ def shard_from_environment(environ: Mapping[str, str]) -> tuple[int, int]:
     task, low = number("SLURM_ARRAY_TASK_ID", 0), number("SLURM_ARRAY_TASK_MIN", 0)
     step = number("SLURM_ARRAY_TASK_STEP", 1)
     count = number("SLURM_ARRAY_TASK_COUNT", 0)
+    if "SLURM_ARRAY_TASK_COUNT" in environ and count < 1:
+        raise ValueError(f"SLURM_ARRAY_TASK_COUNT={count} is not a task count; pass --shard i/n")
     span = (number("SLURM_ARRAY_TASK_MAX", 0) - low) // step + 1 if step > 0 else 0
     count = count or span
     is_range = step > 0 and (task - low) % step == 0
