@@ -647,6 +647,8 @@ def _ignored_flag_cases(tmp_path: Path, data: Path, run: Path, t: list, arr: lis
         ([*samples, "--out", str(data)], f"--out {data} is the input {data}, which writing it would replace"),
         (["evaluate", str(run), "--out", str(run / "log.jsonl")], "is a file of the input"),
         (["fit-basis", str(data), "--out", str(full)], "is a folder, but this output is one file"),
+        (["fit-basis", str(data), "--out", f"{tmp_path}/new/"], "names a folder, but a basis is one file"),
+        ([*t, *arr, "--resolution", "-4"], "the resolution must be positive, got -4"),
         (["fit-basis", str(tmp_path / "absent.npy")], "absent.npy does not exist; check the path"),
         (["report", str(full)], f"results.json does not exist; run the sweep, or rebuild its table with sqdm sweep NAME --out {full} --collect"),
         (["report", str(tmp_path / "null")], "cell c has value None, not a finite number; fix or remove the row"),

@@ -105,6 +105,11 @@ def cmd_fit_basis(args: argparse.Namespace) -> int:
     from .training.bases import fit_dataset_basis
 
     args.basis = BASES.canonical(args.basis)  # aliases as sqdm train takes them; before loading
+    if args.out and args.out.endswith(("/", os.sep)):  # Path() would drop the slash
+        raise IsADirectoryError(
+            f"--out {args.out} names a folder, but a basis is one file: e.g. "
+            f"{Path(args.out) / 'basis.safetensors'}"
+        )
     _check_writable(Path(args.out or "."), "file" if args.out else "folder")
     ds = _dataset_from_arg(args.source, args)
     # by default capped as training caps it, so that both fit the same basis of the same data

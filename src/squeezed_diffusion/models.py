@@ -63,6 +63,8 @@ def check_resolution(preset: str, resolution: int) -> None:
     if preset not in PRESETS:
         raise ValueError(f"unknown model preset {preset!r}; choose one of: {', '.join(PRESETS)}")
     levels = len(PRESETS[preset]["block_out_channels"])
+    if resolution < 1:
+        raise ValueError(f"the resolution must be positive, got {resolution}; pass --resolution N")
     if resolution % 2 ** (levels - 1):
         raise ValueError(
             f"model preset {preset!r} downsamples {levels - 1} times, so the resolution must be a "
