@@ -168,7 +168,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     refuse_inert_settings(cfg, overrides)
     _check_writable(Path(cfg.out), "folder")
     trainer = Trainer(cfg, resume=args.resume, progress=not args.quiet)
-    if trainer.step >= trainer.total_steps and not trainer.evaluation_owed:
+    if args.resume and trainer.step >= trainer.total_steps and not trainer.evaluation_owed:
         print(
             f"the run already reached its {trainer.total_steps} steps: nothing to train (a "
             "larger --steps or --epochs trains on)"

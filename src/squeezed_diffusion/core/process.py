@@ -228,29 +228,29 @@ class SqueezedDiffusion:
         return log_c, log_rest
 
     def _validate(self) -> None:
-        """Every direction's noise variance must fit in float32, what training and sampling
-        compute in (a strength far below 0 grows it as exp(2 |s|)), and every transition
-        variance ``q_t,i`` must be >= 0 (SNR falls with t)."""
+        """Every direction's transition variance ``q_t,i`` must be >= 0 (SNR falls with t),
+        and every noise variance must fit in float32, what training and sampling compute in
+        (a strength far below 0 grows it as exp(2 |s|))."""
         sig2 = self.sigma_table() ** 2  # [T, K + 1]
+        alphas = (1.0 - self.betas)[1:, None]
+        q = sig2[1:] - alphas * sig2[:-1]
+        bad = q < -1e-12 * sig2[1:]  # False where an overflow made q NaN: caught below
+        names = self.basis.group_names()
+        if bad.any():
+            t, i = (int(v) for v in bad.nonzero()[0])
+            raise ValueError(
+                f"strength {self._strength_repr()} with the {self.profile!r} profile gives an invalid "
+                f"{self.variant.upper()} process: transition variance q_t = {float(q[t, i]):.3g} < 0 "
+                f"at t={t + 1} along the {names[i]}; use a smaller |strength| or a smoother profile"
+            )
         too_big = ~(sig2 <= torch.finfo(torch.float32).max)  # inf and NaN too
         if too_big.any():
             t, i = (int(v) for v in too_big.nonzero()[0])
             raise ValueError(
                 f"strength {self._strength_repr()} with the {self.profile!r} profile gives a "
                 f"{self.variant.upper()} noise std of {float(sig2[t, i].sqrt()):.3g} at t={t} "
-                f"along the {self.basis.group_names()[i]}, whose square overflows float32; "
-                "use a strength closer to 0"
-            )
-        alphas = (1.0 - self.betas)[1:, None]
-        q = sig2[1:] - alphas * sig2[:-1]
-        bad = q < -1e-12 * sig2[1:]
-        if bad.any():
-            t, i = (int(v) for v in bad.nonzero()[0])
-            names = self.basis.group_names()
-            raise ValueError(
-                f"strength {self._strength_repr()} with the {self.profile!r} profile gives an invalid "
-                f"{self.variant.upper()} process: transition variance q_t = {float(q[t, i]):.3g} < 0 "
-                f"at t={t + 1} along the {names[i]}; use a smaller |strength| or a smoother profile"
+                f"along the {names[i]}, whose square overflows float32; use a strength closer "
+                "to 0"
             )
 
     def _strength_repr(self) -> str:
