@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 from diffusers import DDPMScheduler
@@ -235,23 +235,24 @@ class SqueezedDiffusion:
         alphas = (1.0 - self.betas)[1:, None]
         q = sig2[1:] - alphas * sig2[:-1]
         bad = q < -1e-12 * sig2[1:]  # False where an overflow made q NaN: caught below
-        names = self.basis.group_names()
         if bad.any():
             t, i = (int(v) for v in bad.nonzero()[0])
-            raise ValueError(
-                f"strength {self._strength_repr()} with the {self.profile!r} profile gives an invalid "
-                f"{self.variant.upper()} process: transition variance q_t = {float(q[t, i]):.3g} < 0 "
-                f"at t={t + 1} along the {names[i]}; use a smaller |strength| or a smoother profile"
-            )
+            problem = f"transition variance q_t = {float(q[t, i]):.3g} < 0"
+            self._refuse(f"an invalid {self.variant.upper()} process: {problem}", t + 1, i,
+                         "; use a smaller |strength| or a smoother profile")  # fmt: skip
         too_big = ~(sig2 <= torch.finfo(torch.float32).max)  # inf and NaN too
         if too_big.any():
             t, i = (int(v) for v in too_big.nonzero()[0])
-            raise ValueError(
-                f"strength {self._strength_repr()} with the {self.profile!r} profile gives a "
-                f"{self.variant.upper()} noise std of {float(sig2[t, i].sqrt()):.3g} at t={t} "
-                f"along the {names[i]}, whose square overflows float32; use a strength closer "
-                "to 0"
-            )
+            std = f"{self.variant.upper()} noise std of {float(sig2[t, i].sqrt()):.3g}"
+            self._refuse(f"a {std}", t, i, ", whose square overflows float32; use a strength "
+                         "closer to 0")  # fmt: skip
+
+    def _refuse(self, problem: str, t: int, direction: int, fix: str) -> NoReturn:
+        """The one-line error of an invalid strength: what fails, where, and the fix."""
+        raise ValueError(
+            f"strength {self._strength_repr()} with the {self.profile!r} profile gives "
+            f"{problem} at t={t} along the {self.basis.group_names()[direction]}{fix}"
+        )
 
     def _strength_repr(self) -> str:
         s = self.strength.tolist()
