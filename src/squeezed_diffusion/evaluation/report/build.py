@@ -38,7 +38,8 @@ CONTRAST = (
     "first sampler minus the change under the second (each against the isotropic cell of the "
     "same seed and sampler), mean ± half-width of its 95 % interval. An interval that excludes "
     "0 says the samplers disagree about that configuration, and '(better)' that the change "
-    "under the sampler named first (before −) is the better one; 'not resolved' says this sweep cannot tell them apart."
+    "under the sampler named first (before −) is the better one; 'not resolved' says this "
+    "sweep cannot tell them apart."
 )
 NO_BASELINE = (
     "No paired differences: they need the isotropic cell of each seed, which this sweep has not "

@@ -186,6 +186,12 @@ def _by_seed(
     return by_seed, isotropic
 
 
+def _changes(cell: Seeds, isotropic: Seeds) -> Seeds:
+    """cell - isotropic for every seed both have (a seed on one side only would mix seed
+    scatter into the change)."""
+    return {k: cell[k] - isotropic[k] for k in sorted(cell.keys() & isotropic.keys())}
+
+
 def _order(s: Summary) -> tuple:
     return s.group, metric_rank(s.metric), VARIANT_ORDER.get(s.variant, 9), s.strength
 
@@ -201,11 +207,10 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
         vals = list(seeds.values())
         key = (group.dataset, group.extra, group.evaluation, metric)
         base = isotropic.get(key, {}) if variant != "isotropic" else {}
-        # the change over the seeds both cells have, as the paired difference: with a seed
-        # missing on one side, means over different seeds would mix seed scatter into it
-        shared = sorted(seeds.keys() & base.keys())
-        mean, paired = statistics.fmean(vals), [seeds[k] - base[k] for k in shared]
-        iso_mean = statistics.fmean(base[k] for k in shared) if shared else None
+        # the % change over the seeds both cells have, as the paired difference
+        by_seed_change = _changes(seeds, base)
+        mean, paired = statistics.fmean(vals), list(by_seed_change.values())
+        iso_mean = statistics.fmean(base[k] for k in by_seed_change) if paired else None
         change = 100 * statistics.fmean(paired) / abs(iso_mean) if iso_mean else None
         same = (group.dataset, group.extra, group.evaluation)
         targets = (
@@ -226,17 +231,17 @@ def summarize(rows: Iterable[dict[str, Any]]) -> list[Summary]:
 def sampler_contrasts(rows: Iterable[dict[str, Any]]) -> list[Summary]:
     """Does the change from isotropic depend on the sampler? For each configuration, variant,
     strength and metric sampled two ways A and B (each pair once, A the label that sorts
-    later, named first in "A − B"):
-    the mean over seeds of (cell_A - isotropic_A) - (cell_B - isotropic_B), the seeds paired
-    across all four, with its Student-t interval. Returned as summaries whose
-    ``group.evaluation`` reads "A − B", so the verdict of a paired difference applies."""
+    later, named first in "A − B"): the mean over seeds of (cell_A - isotropic_A) -
+    (cell_B - isotropic_B), the seeds paired across all four, with its Student-t interval.
+    Returned as summaries whose ``group.evaluation`` reads "A − B", so the verdict of a
+    paired difference applies."""
     by_seed, isotropic = _by_seed(rows)
     changes: dict[tuple, dict[str, Seeds]] = defaultdict(dict)
     for (group, variant, strength, metric), seeds in by_seed.items():
         base = isotropic.get((group.dataset, group.extra, group.evaluation, metric), {})
         if variant != "isotropic" and group.evaluation:
             key = (group.base, variant, strength, metric)
-            changes[key][group.evaluation] = {k: seeds[k] - base[k] for k in seeds.keys() & base}
+            changes[key][group.evaluation] = _changes(seeds, base)
     out = []
     for (base, variant, strength, metric), by_label in changes.items():
         labels = sorted(by_label)
